@@ -1,0 +1,49 @@
+#pragma once
+// Shared test helpers: value comparison and the one gradcheck helper every op test uses.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <xgrad/xgrad.hpp>
+
+namespace xgtest {
+
+// Every element of `t` equals `want` within atol + rtol * |want|.
+inline void check_values(const xg::Tensor& t, const std::vector<double>& want, double atol = 1e-6,
+                         double rtol = 1e-6) {
+  const std::vector<double> got = t.to_vector<double>();
+  REQUIRE(got.size() == want.size());
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    INFO("element " << i << ": got " << got[i] << ", want " << want[i]);
+    if (std::isinf(want[i])) {
+      CHECK(got[i] == want[i]);
+    } else {
+      CHECK(std::fabs(got[i] - want[i]) <= atol + rtol * std::fabs(want[i]));
+    }
+  }
+}
+
+inline void check_close(const xg::Tensor& a, const xg::Tensor& b, double atol = 1e-6, double rtol = 1e-6) {
+  REQUIRE(a.shape() == b.shape());
+  check_values(a, b.to_vector<double>(), atol, rtol);
+}
+
+// Float64 gradcheck of fn over inputs; fails the test with the report.
+inline void gradcheck_ok(const std::function<xg::Tensor(const std::vector<xg::Tensor>&)>& fn,
+                         const std::vector<xg::Tensor>& inputs, xg::GradcheckOptions opts = {}) {
+  const xg::GradcheckReport r = xg::gradcheck(fn, inputs, opts);
+  INFO(r.str());
+  CHECK(r.passed);
+  CHECK(r.checked > 0);
+}
+
+// Random float64 input of the given shape, values in [lo, hi) (keep it off kinks).
+inline xg::Tensor rnd(const xg::Shape& s, double lo = -1.0, double hi = 1.0, std::uint64_t seed = 1) {
+  xg::Generator g(seed + static_cast<std::uint64_t>(s.numel()) * 7919);
+  return xg::uniform(s, lo, hi, xg::f64, &g);
+}
+
+}  // namespace xgtest

@@ -1,0 +1,73 @@
+#pragma once
+// Private: xtensor glue for op kernels. Only the library's .cpp files include this.
+#include <array>
+#include <cstdint>
+
+#include <xtensor/xadapt.hpp>
+#include <xtensor/xnoalias.hpp>
+
+#include "xgrad/autograd/detail/tensor_impl.hpp"
+
+namespace xg::detail {
+
+using xshape = xt::svector<std::size_t, 4>;
+
+inline xshape to_xshape(const Shape& s) {
+  xshape r(static_cast<std::size_t>(s.size()));
+  for (int i = 0; i < s.size(); ++i) r[i] = static_cast<std::size_t>(s[i]);
+  return r;
+}
+
+// A flat 1-D xtensor view of all elements (fast path: no broadcasting logic).
+template <class T>
+inline auto flat(const Tensor& t) {
+  return xt::adapt(const_cast<T*>(static_cast<const T*>(t.data_ptr())),
+                   static_cast<std::size_t>(t.numel()), xt::no_ownership(),
+                   std::array<std::size_t, 1>{static_cast<std::size_t>(t.numel())});
+}
+
+// An N-D xtensor view with t's shape (for broadcasting and axis reductions).
+template <class T>
+inline auto nd(const Tensor& t) {
+  return xt::adapt(const_cast<T*>(static_cast<const T*>(t.data_ptr())),
+                   static_cast<std::size_t>(t.numel()), xt::no_ownership(), to_xshape(t.shape()));
+}
+
+// Calls f(T{}) with T = float or double per dtype; DtypeError for int64.
+template <class F>
+inline decltype(auto) dispatch_float(const char* op, Dtype d, F&& f) {
+  if (d == Dtype::f32) return f(float{});
+  if (d == Dtype::f64) return f(double{});
+  throw DtypeError(std::string(op) + ": expected a float32 or float64 tensor, got int64");
+}
+
+}  // namespace xg::detail
+
+namespace xg::detail {
+
+// out = f(a, b) elementwise with numpy broadcasting; out already has the broadcast shape.
+// f takes xtensor expressions by const& (it must not outlive this call).
+template <class T, class F>
+void binary_kernel(const Tensor& a, const Tensor& b, Tensor& out, F&& f) {
+  if (a.shape() == b.shape()) {
+    auto xa = flat<T>(a);
+    auto xb = flat<T>(b);
+    auto o = flat<T>(out);
+    xt::noalias(o) = f(xa, xb);
+  } else {
+    auto xa = nd<T>(a);
+    auto xb = nd<T>(b);
+    auto o = nd<T>(out);
+    xt::noalias(o) = f(xa, xb);
+  }
+}
+
+// out = f(x) elementwise over all elements.
+template <class T, class F>
+void unary_kernel(const Tensor& x, Tensor& out, F&& f) {
+  auto xx = flat<T>(x);
+  auto o = flat<T>(out);
+  xt::noalias(o) = f(xx);
+}
+
+}  // namespace xg::detail
