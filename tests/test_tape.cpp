@@ -135,3 +135,77 @@ TEST_CASE("two threads train independently") {
   CHECK(r2 == s2);
   CHECK(std::fabs(r1 - 3.0) < 1e-6);
 }
+
+#include <pthread.h>
+
+TEST_CASE("a 10,000-op chain records, backwards and is freed on a 256 KiB stack") {
+  // Recursion anywhere (backward, or the cascade that frees a dropped graph) would need
+  // far more than this stack for 30,000 nodes.
+  struct Result {
+    double grad = 0.0;
+    std::size_t left = 1;
+    std::string error;
+  } res;
+  auto body = [](void* p) -> void* {
+    auto* r = static_cast<Result*>(p);
+    try {
+      Tensor a = from_vector(std::vector<double>{0.5}).requires_grad_();
+      {
+        Tensor y = from_vector(std::vector<double>{0.3});
+        for (int i = 0; i < 10000; ++i) y = tanh(add(mul(y, a), 0.1));
+        sum(y).backward();
+      }
+      {
+        Tensor y = from_vector(std::vector<double>{0.3});
+        for (int i = 0; i < 10000; ++i) y = tanh(add(mul(y, a), 0.1));
+        // dropped without backward: freed by the reference-count cascade
+      }
+      r->grad = a.grad().item();
+      r->left = tape_size();
+    } catch (const std::exception& e) {
+      r->error = e.what();
+    }
+    return nullptr;
+  };
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  pthread_t th;
+  REQUIRE(pthread_create(&th, &attr, body, &res) == 0);
+  pthread_join(th, nullptr);
+  pthread_attr_destroy(&attr);
+  CHECK(res.error.empty());
+  CHECK(res.grad != 0.0);
+  CHECK(res.left == 0);
+}
+
+TEST_CASE("retain_grad keeps a non-leaf's gradient") {
+  Tensor x = from_vector(std::vector<double>{1.0, 2.0}).requires_grad_();
+  Tensor h = mul(x, 3.0);
+  h.retain_grad();
+  sum(mul(h, h)).backward();
+  xgtest::check_values(h.grad(), {6.0, 12.0});
+  xgtest::check_values(x.grad(), {18.0, 36.0});
+}
+
+TEST_CASE("tape_dump lists ops, shapes and edges") {
+  Tensor x = ones({2, 3}, f64).requires_grad_();
+  Tensor y = tanh(mul(x, 2.0));
+  const std::string d = tape_dump();
+  CHECK(d.find("mul_scalar") != std::string::npos);
+  CHECK(d.find("tanh -> float64 [2,3]") != std::string::npos);
+  CHECK(d.find("leaf[2,3]") != std::string::npos);
+  CHECK(d.find("#0") != std::string::npos);
+}
+
+TEST_CASE("a gradient shared by two inputs is not corrupted by later accumulation") {
+  // add's backward hands the same g to both inputs; accumulating into one must not
+  // change the other.
+  Tensor a = from_vector(std::vector<double>{1.0}).requires_grad_();
+  Tensor b = from_vector(std::vector<double>{1.0}).requires_grad_();
+  Tensor s = add(a, b);
+  Tensor loss = add(sum(s), sum(mul(a, 5.0)));
+  loss.backward();
+  xgtest::check_values(a.grad(), {6.0});
+  xgtest::check_values(b.grad(), {1.0});
+}

@@ -9,6 +9,7 @@
 #include "xgrad/autograd/io.hpp"
 #include "xgrad/autograd/ops.hpp"
 #include "xgrad/autograd/random.hpp"
+#include "xgrad/autograd/runtime.hpp"
 #include "xgrad/autograd/shape.hpp"
 #include "xgrad/autograd/tape.hpp"
 #include "xgrad/autograd/tensor.hpp"

@@ -23,7 +23,7 @@ Tensor binary(const char* op, const Tensor& a, const Tensor& b, F&& f) {
   const Shape s = broadcast_shapes(op, a.shape(), b.shape());
   Tensor y = Tensor::empty(s, a.dtype());
   dispatch_float(op, a.dtype(), [&](auto tag) {
-    detail::binary_kernel<decltype(tag)>(a, b, y, f);
+    detail::arith_kernel<decltype(tag)>(a, b, y, f);
     return 0;
   });
   return y;
@@ -46,9 +46,9 @@ Tensor add(const Tensor& a, const Tensor& b) {
   Tensor y = binary("add", a, b, [](const auto& x, const auto& z) { return x + z; });
   if (needs_record({&a, &b})) {
     // d(a + b) = g, g (summed back over broadcast dims)
-    record("add", y, {&a, &b}, [sa = a.shape(), sb = b.shape()](const Tensor& g, GradSlots& dx) {
-      if (dx.needs(0)) dx[0] = sum_to(g, sa);
-      if (dx.needs(1)) dx[1] = sum_to(g, sb);
+    record("add", y, {&a, &b}, [](const Tensor& g, GradSlots& dx) {
+      if (dx.needs(0)) dx[0] = sum_to(g, dx.shape(0));
+      if (dx.needs(1)) dx[1] = sum_to(g, dx.shape(1));
     });
   }
   return y;
@@ -58,9 +58,9 @@ Tensor sub(const Tensor& a, const Tensor& b) {
   Tensor y = binary("sub", a, b, [](const auto& x, const auto& z) { return x - z; });
   if (needs_record({&a, &b})) {
     // d(a - b) = g, -g
-    record("sub", y, {&a, &b}, [sa = a.shape(), sb = b.shape()](const Tensor& g, GradSlots& dx) {
-      if (dx.needs(0)) dx[0] = sum_to(g, sa);
-      if (dx.needs(1)) dx[1] = sum_to(neg(g), sb);
+    record("sub", y, {&a, &b}, [](const Tensor& g, GradSlots& dx) {
+      if (dx.needs(0)) dx[0] = sum_to(g, dx.shape(0));
+      if (dx.needs(1)) dx[1] = sum_to(neg(g), dx.shape(1));
     });
   }
   return y;

@@ -41,21 +41,7 @@ void Shape::erase(int pos) {
   --n_;
 }
 
-std::int64_t Shape::numel() const {
-  std::int64_t n = 1;
-  for (int i = 0; i < n_; ++i) n *= d_[i];
-  return n;
-}
-
 std::string Shape::str() const { return fmt::format("[{}]", fmt::join(begin(), end(), ",")); }
-
-bool operator==(const Shape& a, const Shape& b) {
-  if (a.n_ != b.n_) return false;
-  for (int i = 0; i < a.n_; ++i) {
-    if (a.d_[i] != b.d_[i]) return false;
-  }
-  return true;
-}
 
 Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b) {
   if (a == b) return a;

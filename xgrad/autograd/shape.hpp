@@ -31,12 +31,22 @@ class Shape {
   void erase(int pos);
 
   // Product of the dims (1 for a 0-d shape).
-  std::int64_t numel() const;
+  std::int64_t numel() const {
+    std::int64_t n = 1;
+    for (int i = 0; i < n_; ++i) n *= d_[i];
+    return n;
+  }
   std::vector<std::int64_t> vec() const { return {begin(), end()}; }
   // "[2,3,4]"
   std::string str() const;
 
-  friend bool operator==(const Shape& a, const Shape& b);
+  friend bool operator==(const Shape& a, const Shape& b) {
+    if (a.n_ != b.n_) return false;
+    for (int i = 0; i < a.n_; ++i) {
+      if (a.d_[i] != b.d_[i]) return false;
+    }
+    return true;
+  }
   friend bool operator!=(const Shape& a, const Shape& b) { return !(a == b); }
 
  private:

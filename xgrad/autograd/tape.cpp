@@ -52,6 +52,7 @@ struct Node {
   BackwardFn fn;
   EdgeList inputs;
   Tensor grad;                  // accumulated d(loss)/d(output) during a walk
+  bool grad_owned = false;      // grad is ours alone: later contributions add in place
   TensorImpl* out = nullptr;    // the output handle while it lives (for retain_grad)
   Shape out_shape;
   Dtype out_dtype = Dtype::f32;
@@ -126,22 +127,42 @@ void kill(Tape& t, std::uint32_t idx) {
   maybe_clear(t);
 }
 
-// Adds g into acc. The engine owns what it stores: a gradient that is aliased elsewhere
-// (add's backward hands the same tensor to both inputs) is copied before it is kept,
-// so later in-place accumulation cannot write into somebody else's tensor.
-void accumulate(Tensor& acc, Tensor&& g) {
+bool exclusively_held(const Tensor& g) {
+  return g.impl_ptr().use_count() == 1 && g.impl()->storage.use_count() == 1;
+}
+
+Tensor copy_of(const Tensor& g) {
+  Tensor c = Tensor::empty(g.shape(), g.dtype());
+  std::memcpy(c.data_ptr(), g.data_ptr(), static_cast<std::size_t>(g.numel()) * dtype_size(g.dtype()));
+  return c;
+}
+
+// Adds g into a leaf's grad. The leaf owns what it stores: a gradient aliased elsewhere
+// (add's backward hands one tensor to both inputs) is copied before it is kept, so
+// in-place accumulation, clipping or scaling of one grad never shows in another.
+void accumulate_leaf(Tensor& acc, Tensor&& g) {
   if (!acc.defined()) {
-    const TensorImpl* gi = g.impl();
-    if (g.impl_ptr().use_count() == 1 && gi->storage.use_count() == 1) {
-      acc = std::move(g);
-    } else {
-      Tensor c = Tensor::empty(g.shape(), g.dtype());
-      std::memcpy(c.data_ptr(), g.data_ptr(), static_cast<std::size_t>(g.numel()) * dtype_size(g.dtype()));
-      acc = std::move(c);
-    }
-    return;
+    acc = exclusively_held(g) ? std::move(g) : copy_of(g);
+  } else {
+    detail::add_into(acc, g);
   }
-  detail::add_into(acc, g);
+}
+
+// Adds g into a node's pending gradient. Nobody else sees it, so an aliased first
+// contribution is kept as is (no copy: a chain of adds copies nothing); only a second
+// contribution needs a tensor of our own to add into.
+void accumulate_node(Node& n, Tensor&& g) {
+  if (!n.grad.defined()) {
+    n.grad_owned = exclusively_held(g);
+    n.grad = std::move(g);
+  } else if (n.grad_owned) {
+    detail::add_into(n.grad, g);
+  } else {
+    Tensor sum = copy_of(n.grad);
+    detail::add_into(sum, g);
+    n.grad = std::move(sum);
+    n.grad_owned = true;
+  }
 }
 
 bool all_finite(const Tensor& g) {
@@ -307,7 +328,7 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
   }
 
   if (r.node == kNoNode) {  // a leaf: d(leaf)/d(leaf) = seed
-    accumulate(r.grad, seed.clone());
+    accumulate_leaf(r.grad, copy_of(seed));
     return;
   }
   if (r.gen != t.gen || t.nodes[r.node].state != NodeState::pending) {
@@ -352,7 +373,9 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
   t.in_backward = true;
   t.nodes[L].grad = seed;
   std::vector<Tensor> slots;
-  std::vector<char> needs;
+  std::unique_ptr<bool[]> needs;  // not vector<bool>: GradSlots wants a bool*
+  std::size_t needs_cap = 0;
+  std::vector<const Shape*> shapes;
   std::uint32_t i = L + 1;
   try {
     while (i-- > 0) {
@@ -362,9 +385,18 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
       if (n.grad.defined() && n.fn) {
         const std::size_t k = n.inputs.size();
         slots.assign(k, Tensor());
-        needs.assign(k, 0);
-        for (std::size_t j = 0; j < k; ++j) needs[j] = n.inputs[j].needs();
-        GradSlots gs(slots.data(), reinterpret_cast<const bool*>(needs.data()), k);
+        if (k > needs_cap) {
+          needs = std::make_unique<bool[]>(k);
+          needs_cap = k;
+        }
+        shapes.assign(k, nullptr);
+        for (std::size_t j = 0; j < k; ++j) {
+          const Edge& e = n.inputs[j];
+          needs[j] = e.needs();
+          if (e.node != kNoNode) shapes[j] = &t.nodes[e.node].out_shape;
+          if (e.leaf) shapes[j] = &e.leaf->shape;
+        }
+        GradSlots gs(slots.data(), needs.get(), shapes.data(), k);
         n.fn(n.grad, gs);
         for (std::size_t j = 0; j < k; ++j) {
           if (!needs[j] || !slots[j].defined()) continue;
@@ -383,10 +415,14 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
                 "gradient for input {} {}",
                 n.name, i, dtype_name(n.out_dtype), n.out_shape.str(), j, want.str()));
           }
-          accumulate(e.node != kNoNode ? t.nodes[e.node].grad : e.leaf->grad, std::move(slots[j]));
+          if (e.node != kNoNode) {
+            accumulate_node(t.nodes[e.node], std::move(slots[j]));
+          } else {
+            accumulate_leaf(e.leaf->grad, std::move(slots[j]));
+          }
         }
       }
-      if (n.out && n.out->retain_grad && n.grad.defined()) accumulate(n.out->grad, n.grad.clone());
+      if (n.out && n.out->retain_grad && n.grad.defined()) accumulate_leaf(n.out->grad, copy_of(n.grad));
       if (retain_graph) {
         n.grad = Tensor();
       } else {

@@ -30,7 +30,9 @@
 // Threads: the tape is thread_local. Two threads may train two models at once; a
 // tensor with history belongs to the thread that made it (detach() to hand it over).
 #include <cstddef>
-#include <functional>
+#include <cstddef>
+#include <new>
+#include <type_traits>
 #include <initializer_list>
 #include <span>
 #include <string>
@@ -44,18 +46,95 @@ namespace xg {
 // wants input i's gradient, so work for constants can be skipped.
 class GradSlots {
  public:
-  GradSlots(Tensor* slots, const bool* needs, std::size_t n) : s_(slots), needs_(needs), n_(n) {}
+  GradSlots(Tensor* slots, const bool* needs, const Shape* const* shapes, std::size_t n)
+      : s_(slots), needs_(needs), shapes_(shapes), n_(n) {}
   std::size_t size() const { return n_; }
   bool needs(std::size_t i) const { return needs_[i]; }
+  // Shape of input i (valid when needs(i)): what dx[i] must have. Lets a backward
+  // sum back over broadcast dims without capturing (and keeping alive) the input.
+  const Shape& shape(std::size_t i) const { return *shapes_[i]; }
   Tensor& operator[](std::size_t i) { return s_[i]; }
 
  private:
   Tensor* s_;
   const bool* needs_;
+  const Shape* const* shapes_;
   std::size_t n_;
 };
 
-using BackwardFn = std::function<void(const Tensor& grad_out, GradSlots& dx)>;
+// A node's backward: void(const Tensor& grad_out, GradSlots& dx). Like std::function
+// but move-only with room for 64 bytes of captures inline (four Tensors), so recording
+// an op does not allocate for its closure.
+class BackwardFn {
+ public:
+  BackwardFn() = default;
+  BackwardFn(std::nullptr_t) {}  // NOLINT
+  template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, BackwardFn> &&
+                                              std::is_invocable_v<F&, const Tensor&, GradSlots&>>>
+  BackwardFn(F&& f) {  // NOLINT: implicit, like std::function
+    using Fn = std::decay_t<F>;
+    if constexpr (sizeof(Fn) <= kInline && alignof(Fn) <= alignof(std::max_align_t) &&
+                  std::is_nothrow_move_constructible_v<Fn>) {
+      ::new (static_cast<void*>(buf_)) Fn(std::forward<F>(f));
+      ops_ = &inline_ops<Fn>;
+    } else {
+      *reinterpret_cast<Fn**>(buf_) = new Fn(std::forward<F>(f));
+      ops_ = &heap_ops<Fn>;
+    }
+  }
+  BackwardFn(BackwardFn&& o) noexcept : ops_(o.ops_) {
+    if (ops_) ops_->move(o.buf_, buf_);
+    o.ops_ = nullptr;
+  }
+  BackwardFn& operator=(BackwardFn&& o) noexcept {
+    if (this != &o) {
+      reset();
+      ops_ = o.ops_;
+      if (ops_) ops_->move(o.buf_, buf_);
+      o.ops_ = nullptr;
+    }
+    return *this;
+  }
+  BackwardFn& operator=(std::nullptr_t) {
+    reset();
+    return *this;
+  }
+  BackwardFn(const BackwardFn&) = delete;
+  BackwardFn& operator=(const BackwardFn&) = delete;
+  ~BackwardFn() { reset(); }
+
+  explicit operator bool() const { return ops_ != nullptr; }
+  void operator()(const Tensor& g, GradSlots& dx) { ops_->call(buf_, g, dx); }
+
+ private:
+  static constexpr std::size_t kInline = 64;
+  struct Ops {
+    void (*call)(void*, const Tensor&, GradSlots&);
+    void (*move)(void* from, void* to);  // move-construct into `to`, destroy `from`
+    void (*destroy)(void*);
+  };
+  template <class Fn>
+  static constexpr Ops inline_ops{
+      [](void* p, const Tensor& g, GradSlots& dx) { (*static_cast<Fn*>(p))(g, dx); },
+      [](void* from, void* to) {
+        ::new (to) Fn(std::move(*static_cast<Fn*>(from)));
+        static_cast<Fn*>(from)->~Fn();
+      },
+      [](void* p) { static_cast<Fn*>(p)->~Fn(); }};
+  template <class Fn>
+  static constexpr Ops heap_ops{
+      [](void* p, const Tensor& g, GradSlots& dx) { (**static_cast<Fn**>(p))(g, dx); },
+      [](void* from, void* to) { *static_cast<Fn**>(to) = *static_cast<Fn**>(from); },
+      [](void* p) { delete *static_cast<Fn**>(p); }};
+
+  void reset() {
+    if (ops_) ops_->destroy(buf_);
+    ops_ = nullptr;
+  }
+
+  alignas(std::max_align_t) unsigned char buf_[kInline];
+  const Ops* ops_ = nullptr;
+};
 
 // True when an op on these inputs must be recorded (grad mode on and one requires grad).
 bool needs_record(std::initializer_list<const Tensor*> inputs);

@@ -50,6 +50,10 @@ void set_default_dtype(Dtype d) {
   t_default_dtype = d;
 }
 
+void Tensor::throw_undefined(const char* op) {
+  throw StateError(fmt::format("{}: the tensor is undefined (default-constructed Tensor)", op));
+}
+
 TensorImpl::~TensorImpl() {
   if (node != kNoNode) detail::release_output(gen, node);
 }
@@ -67,14 +71,10 @@ Tensor Tensor::empty(const Shape& shape, Dtype dtype) {
   return Tensor(std::make_shared<TensorImpl>(shape, dtype, std::shared_ptr<void>(std::move(buf), data), data));
 }
 
-const Shape& Tensor::shape() const { return impl_of("shape", impl_).shape; }
-int Tensor::ndim() const { return impl_of("ndim", impl_).shape.size(); }
-std::int64_t Tensor::numel() const { return impl_of("numel", impl_).shape.numel(); }
 std::int64_t Tensor::size(int dim) const {
   const Shape& s = shape();
   return s[wrap_dim("size", dim, s.size())];
 }
-Dtype Tensor::dtype() const { return impl_of("dtype", impl_).dtype; }
 
 double Tensor::item() const {
   const TensorImpl& t = impl_of("item", impl_);
@@ -109,8 +109,6 @@ template const float* Tensor::data<float>() const;
 template const double* Tensor::data<double>() const;
 template const std::int64_t* Tensor::data<std::int64_t>() const;
 
-void* Tensor::data_ptr() { return impl_of("data_ptr", impl_).data; }
-const void* Tensor::data_ptr() const { return impl_of("data_ptr", impl_).data; }
 
 template <class T>
 std::vector<T> Tensor::to_vector() const {
@@ -152,10 +150,6 @@ Tensor Tensor::to(Dtype dtype) const {
   return y;
 }
 
-bool Tensor::requires_grad() const {
-  const TensorImpl& t = impl_of("requires_grad", impl_);
-  return t.requires_grad;
-}
 
 Tensor& Tensor::requires_grad_(bool on) {
   TensorImpl& t = const_cast<TensorImpl&>(impl_of("requires_grad_", impl_));

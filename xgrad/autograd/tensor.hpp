@@ -25,12 +25,12 @@ class Tensor {
   static Tensor empty(const Shape& shape, Dtype dtype);
 
   bool defined() const { return impl_ != nullptr; }
-  const Shape& shape() const;
-  int ndim() const;
-  std::int64_t numel() const;
+  inline const Shape& shape() const;
+  inline int ndim() const;
+  inline std::int64_t numel() const;
   // Size of one dimension; negative dims count from the end.
   std::int64_t size(int dim) const;
-  Dtype dtype() const;
+  inline Dtype dtype() const;
 
   // The value of a one-element tensor, converted to double.
   double item() const;
@@ -40,8 +40,8 @@ class Tensor {
   // Writing through data() is not recorded: it is how optimizers update parameters.
   template <class T> T* data();
   template <class T> const T* data() const;
-  void* data_ptr();
-  const void* data_ptr() const;
+  inline void* data_ptr();
+  inline const void* data_ptr() const;
   // Copy of the values, converted to T.
   template <class T> std::vector<T> to_vector() const;
 
@@ -54,7 +54,7 @@ class Tensor {
   Tensor to(Dtype dtype) const;
 
   // Autograd.
-  bool requires_grad() const;
+  inline bool requires_grad() const;
   // Marks a leaf as a parameter whose gradient accumulates into grad().
   Tensor& requires_grad_(bool on = true);
   // A leaf is a tensor not produced by a recorded op.
@@ -79,7 +79,47 @@ class Tensor {
   bool is_same(const Tensor& other) const { return impl_ == other.impl_; }
 
  private:
+  const TensorImpl& checked(const char* op) const {
+    if (!impl_) [[unlikely]] throw_undefined(op);
+    return *impl_;
+  }
+  [[noreturn]] static void throw_undefined(const char* op);
+
   std::shared_ptr<TensorImpl> impl_;
 };
+
+inline constexpr std::uint32_t kNoNode = 0xffffffffu;
+
+// What a Tensor handle points to. Users go through Tensor; ops and the tape use these
+// fields directly. Shape and dtype are fixed at construction; the values may change
+// (optimizers write parameters in place).
+class TensorImpl {
+ public:
+  TensorImpl(const Shape& s, Dtype d, std::shared_ptr<void> storage, void* data)
+      : shape(s), dtype(d), storage(std::move(storage)), data(data) {}
+  ~TensorImpl();
+  TensorImpl(const TensorImpl&) = delete;
+  TensorImpl& operator=(const TensorImpl&) = delete;
+
+  Shape shape;
+  Dtype dtype;
+  std::shared_ptr<void> storage;  // owns the bytes; shared by views and detach()
+  void* data;                     // first element
+  Tensor grad;
+  bool requires_grad = false;     // leaves: user-set; outputs: set by record()
+  bool retain_grad = false;
+  // History: the node that produced this tensor on the tape of graph `gen`.
+  std::uint64_t gen = 0;
+  std::uint32_t node = kNoNode;
+  const char* op = nullptr;  // name of that node's op (kept after the tape is cleared)
+};
+
+inline const Shape& Tensor::shape() const { return checked("shape").shape; }
+inline int Tensor::ndim() const { return checked("ndim").shape.size(); }
+inline std::int64_t Tensor::numel() const { return checked("numel").shape.numel(); }
+inline Dtype Tensor::dtype() const { return checked("dtype").dtype; }
+inline void* Tensor::data_ptr() { return checked("data_ptr").data; }
+inline const void* Tensor::data_ptr() const { return checked("data_ptr").data; }
+inline bool Tensor::requires_grad() const { return checked("requires_grad").requires_grad; }
 
 }  // namespace xg

@@ -1,0 +1,64 @@
+#pragma once
+// Shared by the benchmark workloads: timing, peak RSS, the JSON line.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include <xgrad/xgrad.hpp>
+
+namespace bench {
+
+inline double now_ms() {
+  using clock = std::chrono::steady_clock;
+  return std::chrono::duration<double, std::milli>(clock::now().time_since_epoch()).count();
+}
+
+inline double peak_rss_mib() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;
+}
+
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  if (n == 0) return 0.0;
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// One JSON line: fixed keys first, then workload-specific numbers and strings.
+struct Result {
+  std::string workload, variant;
+  int threads = 1;
+  std::vector<double> ms;  // per timed step
+  double tokens_per_step = 0.0;
+  std::map<std::string, double> extra;
+  std::map<std::string, std::string> extra_str;
+
+  void print() const {
+    const double med = median(ms);
+    const xg::BlasInfo blas = xg::blas_info();
+    std::string s = fmt::format(
+        "{{\"workload\": \"{}\", \"variant\": \"{}\", \"threads\": {}, \"median_ms\": {:.6g}, \"min_ms\": {:.6g}, "
+        "\"max_ms\": {:.6g}, \"tokens_per_s\": {:.6g}, \"peak_rss_mib\": {:.4g}, \"blas\": \"{}\", "
+        "\"blas_core\": \"{}\", \"steps\": {}",
+        workload, variant, threads, med, *std::min_element(ms.begin(), ms.end()),
+        *std::max_element(ms.begin(), ms.end()), med > 0 ? tokens_per_step / (med / 1e3) : 0.0, peak_rss_mib(),
+        blas.library, blas.core, ms.size());
+    for (const auto& [k, v] : extra) s += fmt::format(", \"{}\": {:.6g}", k, v);
+    for (const auto& [k, v] : extra_str) s += fmt::format(", \"{}\": \"{}\"", k, v);
+    s += "}";
+    std::puts(s.c_str());
+    std::fflush(stdout);
+  }
+};
+
+}  // namespace bench
