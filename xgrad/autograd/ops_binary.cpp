@@ -4,7 +4,6 @@
 
 #include <xtensor/xbroadcast.hpp>
 #include <xtensor/xmath.hpp>
-#include <xtensor/xreducer.hpp>
 
 #include "xgrad/autograd/detail/kernels.hpp"
 #include "xgrad/autograd/factory.hpp"
@@ -90,27 +89,32 @@ Tensor div(const Tensor& a, const Tensor& b) {
   return y;
 }
 
-Tensor add(const Tensor& a, double b) {
-  Tensor y = scalar_op("add", a, [b](const auto& x) { return x + static_cast<typename std::decay_t<decltype(x)>::value_type>(b); });
+namespace {
+// x + s, recorded under the name of the op the user called (add or sub).
+Tensor add_scalar(const char* op, const Tensor& a, double b) {
+  Tensor y = scalar_op(op, a, [b](const auto& x) { return x + static_cast<typename std::decay_t<decltype(x)>::value_type>(b); });
   if (needs_record({&a})) {
     // d(a + s) = g
-    record("add_scalar", y, {&a}, [](const Tensor& g, GradSlots& dx) { dx[0] = g; });
+    record(op, y, {&a}, [](const Tensor& g, GradSlots& dx) { dx[0] = g; });
   }
   return y;
 }
 
-Tensor sub(const Tensor& a, double b) { return add(a, -b); }
-
-Tensor mul(const Tensor& a, double b) {
-  Tensor y = scalar_op("mul", a, [b](const auto& x) { return x * static_cast<typename std::decay_t<decltype(x)>::value_type>(b); });
+// x * s, recorded under the name of the op the user called (mul or div).
+Tensor mul_scalar(const char* op, const Tensor& a, double b) {
+  Tensor y = scalar_op(op, a, [b](const auto& x) { return x * static_cast<typename std::decay_t<decltype(x)>::value_type>(b); });
   if (needs_record({&a})) {
     // d(a * s) = g * s
-    record("mul_scalar", y, {&a}, [b](const Tensor& g, GradSlots& dx) { dx[0] = mul(g, b); });
+    record(op, y, {&a}, [b](const Tensor& g, GradSlots& dx) { dx[0] = mul(g, b); });
   }
   return y;
 }
+}  // namespace
 
-Tensor div(const Tensor& a, double b) { return mul(a, 1.0 / b); }
+Tensor add(const Tensor& a, double b) { return add_scalar("add_scalar", a, b); }
+Tensor sub(const Tensor& a, double b) { return add_scalar("sub_scalar", a, -b); }
+Tensor mul(const Tensor& a, double b) { return mul_scalar("mul_scalar", a, b); }
+Tensor div(const Tensor& a, double b) { return mul_scalar("div_scalar", a, 1.0 / b); }
 
 Tensor rsub(double a, const Tensor& b) {
   Tensor y = scalar_op("rsub", b, [a](const auto& x) { return static_cast<typename std::decay_t<decltype(x)>::value_type>(a) - x; });
@@ -141,28 +145,82 @@ Tensor neg(const Tensor& x) {
   return y;
 }
 
+namespace {
+
+// out (zeroed, the target shape) += x summed over the dims that are 1 in the target
+// (x's shape padded on the left). Adjacent dims that are both kept or both reduced are
+// merged first, so the common cases ([B,T,H] -> [H], [N,C] -> [N,1]) are one or two
+// flat loops. A hand loop: xtensor 0.24's immediate reducers crash under C++20/GCC 12.
+template <class T>
+void sum_to_kernel(const Tensor& x, const Shape& target, Tensor& out) {
+  const Shape& xs = x.shape();
+  const int lead = xs.size() - target.size();
+  // Merged dims: size and whether it is reduced.
+  std::int64_t size[Shape::kMaxDims];
+  bool red[Shape::kMaxDims];
+  int m = 0;
+  for (int i = 0; i < xs.size(); ++i) {
+    const bool r = i < lead || (target[i - lead] == 1 && xs[i] != 1);
+    if (xs[i] == 1) continue;  // contributes nothing either way
+    if (m > 0 && red[m - 1] == r) {
+      size[m - 1] *= xs[i];
+    } else {
+      size[m] = xs[i];
+      red[m] = r;
+      ++m;
+    }
+  }
+  const T* px = x.data<T>();
+  T* po = out.data<T>();
+  if (m == 0) {
+    po[0] += px[0];
+    return;
+  }
+  // Odometer over the outer merged dims; the innermost one is a flat loop.
+  std::int64_t idx[Shape::kMaxDims] = {};
+  std::int64_t ostride[Shape::kMaxDims];  // out stride per merged dim (0 when reduced)
+  std::int64_t s = 1;
+  for (int d = m - 1; d >= 0; --d) {
+    ostride[d] = red[d] ? 0 : s;
+    if (!red[d]) s *= size[d];
+  }
+  const std::int64_t inner = size[m - 1];
+  const std::int64_t total = x.numel();
+  for (std::int64_t base = 0; base < total; base += inner) {
+    std::int64_t o = 0;
+    for (int d = 0; d < m - 1; ++d) o += idx[d] * ostride[d];
+    const T* row = px + base;
+    if (red[m - 1]) {
+      T acc = 0;
+      for (std::int64_t j = 0; j < inner; ++j) acc += row[j];
+      po[o] += acc;
+    } else {
+      T* dst = po + o;
+      for (std::int64_t j = 0; j < inner; ++j) dst[j] += row[j];
+    }
+    for (int d = m - 2; d >= 0; --d) {
+      if (++idx[d] < size[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+}  // namespace
+
 Tensor sum_to(const Tensor& x, const Shape& shape) {
   detail::check_floating("sum_to", x);
   const Shape& xs = x.shape();
   if (xs == shape) return x;
-  if (broadcast_shapes("sum_to", xs, shape) != xs) {
+  if (shape.size() > xs.size() || broadcast_shapes("sum_to", xs, shape) != xs) {
     throw ShapeError(fmt::format("sum_to: {} does not broadcast to {}", shape.str(), xs.str()));
   }
-  // Reduce the leading extra dims and every dim that is 1 in the target.
-  const int lead = xs.size() - shape.size();
-  std::vector<std::size_t> axes;
-  for (int i = 0; i < xs.size(); ++i) {
-    if (i < lead || (shape[i - lead] == 1 && xs[i] != 1)) axes.push_back(static_cast<std::size_t>(i));
+  Tensor y = zeros(shape, x.dtype());
+  if (x.numel() > 0) {
+    dispatch_float("sum_to", x.dtype(), [&](auto tag) {
+      sum_to_kernel<decltype(tag)>(x, shape, y);
+      return 0;
+    });
   }
-  Tensor y = Tensor::empty(shape, x.dtype());
-  dispatch_float("sum_to", x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    auto xx = detail::nd<T>(x);
-    auto o = detail::flat<T>(y);
-    auto r = xt::sum(xx, axes, xt::evaluation_strategy::immediate);
-    std::copy(r.begin(), r.end(), o.begin());
-    return 0;
-  });
   if (needs_record({&x})) {
     // d sum_to(x) = broadcast of g back to x's shape
     record("sum_to", y, {&x}, [xs](const Tensor& g, GradSlots& dx) { dx[0] = broadcast_to(g, xs); });
