@@ -133,16 +133,21 @@ struct CrossEntropyOptions {
   Reduction reduction = Reduction::mean;
 };
 // logits [N, C] (or [C]), target int64 [N] (or 0-d) of class indices. Fused
-// log_softmax + nll: one node. mean divides by the number of non-ignored targets.
+// log_softmax + nll: one node. mean divides by the number of non-ignored targets; with
+// none (all ignored, or N == 0) it is NaN, like PyTorch. none gives [N] (0-d for [C]
+// logits), 0 on ignored rows. A target outside [0, C) other than ignore_index is an
+// IndexError; [B,T,V] logits are a ShapeError (reshape to [B*T,V]; see temporal losses
+// in nn for the masked [B,T,V] form).
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& opts = {});
 // log_probs [N, C] (or [C]), target int64 [N]: -log_probs[n, target[n]].
 Tensor nll_loss(const Tensor& log_probs, const Tensor& target, const CrossEntropyOptions& opts = {});
-// (a - b)^2, reduced; a and b must have the same shape.
+// (a - b)^2, reduced; a and b must have the same shape. The mean of an empty tensor is NaN.
 Tensor mse_loss(const Tensor& a, const Tensor& b, Reduction reduction = Reduction::mean);
 
 // ---- regularisation -----------------------------------------------------------------
 // Zeroes each element with probability p and scales the rest by 1/(1-p) when training;
-// identity otherwise.
+// identity otherwise. p outside [0, 1] is an Error (checked in eval mode too); p == 1
+// gives zeros.
 Tensor dropout(const Tensor& x, double p, bool training, Generator* gen = nullptr);
 
 }  // namespace xg
