@@ -1,6 +1,7 @@
 #pragma once
-// fmt::format("{}", tensor) prints dtype, shape and values (abbreviated when large):
-//   tensor([[1.0000, 2.0000], [3.0000, 4.0000]], float32, shape=[2,2], requires_grad)
+// fmt::format("{}", tensor) prints values, dtype and shape (abbreviated when large):
+//   tensor([[1.0000, 2.0000],
+//           [3.0000, 4.0000]], dtype=float32, shape=[2,2], requires_grad=True)
 #include <string>
 
 #include <fmt/format.h>
@@ -10,7 +11,8 @@
 #include "xgrad/autograd/tensor.hpp"
 
 namespace xg {
-// Up to `edge` values are shown at each end of every dimension past 2*edge values.
+// Up to `edge` values are shown at each end of every dimension past 2*edge values;
+// edge <= 0 prints every value.
 std::string to_string(const Tensor& t, int edge = 3);
 }  // namespace xg
 

@@ -1,6 +1,8 @@
 #pragma once
 // .npy files: one tensor each, numpy's format (numpy.load opens them).
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "xgrad/autograd/tensor.hpp"
 
@@ -15,5 +17,12 @@ Tensor load_npy(const std::string& path);
 // The same, to and from bytes in memory (what a .npz entry holds).
 std::string npy_bytes(const Tensor& t);
 Tensor npy_from_bytes(const std::string& bytes, const std::string& what = "npy");
+
+// .npz: a zip of "<name>.npy" entries, in order (numpy.load(path) opens it; names may
+// contain dots). Saving is atomic: a temp file in the same directory, fsync, rename.
+// Loading validates the archive and every entry before returning; a truncated or
+// corrupt file is an IOError naming the path (and the entry), never a crash.
+void save_npz(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& entries);
+std::vector<std::pair<std::string, Tensor>> load_npz(const std::string& path);
 
 }  // namespace xg

@@ -62,7 +62,9 @@ Tensor Tensor::empty(const Shape& shape, Dtype dtype) {
   std::int64_t n = 1;
   for (std::int64_t d : shape) {
     if (d < 0) throw ShapeError(fmt::format("empty: negative dimension in shape {}", shape.str()));
-    n *= d;
+    if (__builtin_mul_overflow(n, d, &n) || n > (std::int64_t{1} << 60) / 8) {
+      throw ShapeError(fmt::format("empty: shape {} has too many elements", shape.str()));
+    }
   }
   // One allocation for the bytes (8-byte elements keep both dtypes aligned).
   const std::size_t words = static_cast<std::size_t>((n * static_cast<std::int64_t>(dtype_size(dtype)) + 7) / 8);
@@ -174,8 +176,10 @@ Tensor Tensor::grad() const { return impl_of("grad", impl_).grad; }
 void Tensor::set_grad(const Tensor& g) {
   TensorImpl& t = const_cast<TensorImpl&>(impl_of("set_grad", impl_));
   if (g.defined() && (g.shape() != t.shape || g.dtype() != t.dtype)) {
-    throw ShapeError(fmt::format("set_grad: gradient {} {} does not match the tensor {} {}", dtype_name(g.dtype()),
-                                 g.shape().str(), dtype_name(t.dtype), t.shape.str()));
+    const std::string msg = fmt::format("set_grad: gradient {} {} does not match the tensor {} {}",
+                                        dtype_name(g.dtype()), g.shape().str(), dtype_name(t.dtype), t.shape.str());
+    if (g.shape() != t.shape) throw ShapeError(msg);
+    throw DtypeError(msg);
   }
   t.grad = g;
 }
@@ -224,6 +228,18 @@ void check_same_float(const char* op, const Tensor& a, const Tensor& b) {
 Tensor alias(const Tensor& x, const Shape& shape) {
   const TensorImpl& t = *x.impl();
   return Tensor(std::make_shared<TensorImpl>(shape, t.dtype, t.storage, t.data));
+}
+
+void replace_value(Tensor& dst, const Tensor& src) {
+  TensorImpl& d = *dst.impl();
+  const TensorImpl& s = *src.impl();
+  if (d.node != kNoNode || d.shape != s.shape) {
+    throw StateError(fmt::format("replace_value: {} -> {}: needs a leaf of the same shape", d.shape.str(), s.shape.str()));
+  }
+  d.storage = s.storage;
+  d.data = s.data;
+  d.dtype = s.dtype;
+  d.grad = Tensor();
 }
 
 void add_into(Tensor& dst, const Tensor& src) {

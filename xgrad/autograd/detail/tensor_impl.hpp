@@ -17,6 +17,9 @@ void check_floating(const char* op, const Tensor& t);
 void check_same_float(const char* op, const Tensor& a, const Tensor& b);
 // Tensor sharing x's storage with a new shape (same numel). No history.
 Tensor alias(const Tensor& x, const Shape& shape);
+// Makes dst hold src's storage, dtype and values (same shape; dst must be a leaf):
+// Module::to changes a parameter's dtype while every handle to it stays valid.
+void replace_value(Tensor& dst, const Tensor& src);
 // dst += src elementwise (same shape and dtype), in place, unrecorded.
 void add_into(Tensor& dst, const Tensor& src);
 }  // namespace detail
