@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 BUILD=${XGRAD_BUILD_DIR:-build}
 PACKAGES=(g++ meson ninja-build pkg-config python3 xtensor-dev libxtensor-blas-dev libxsimd-dev xtl-dev
-          libfmt-dev doctest-dev libopenblas-dev)
+          libfmt-dev doctest-dev libopenblas-dev libzip-dev)
 
 install_missing() {
   local missing=()

@@ -1,0 +1,1 @@
+#include "xgrad/autograd/io.hpp"

@@ -1,0 +1,1 @@
+#include "xgrad/autograd/ops_rnn.hpp"

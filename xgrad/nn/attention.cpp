@@ -1,0 +1,1 @@
+#include "xgrad/nn/attention.hpp"

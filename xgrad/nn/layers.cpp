@@ -1,0 +1,1 @@
+#include "xgrad/nn/layers.hpp"
