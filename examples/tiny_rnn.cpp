@@ -9,8 +9,9 @@
 using namespace xg;
 
 int main() {
-  const std::string text = "hello xgrad! ";
-  const std::int64_t V = 128, H = 32, T = static_cast<std::int64_t>(text.size());
+  // Three laps, so the model also learns to go on after the space, not only from a zero state.
+  const std::string text = "hello xgrad! hello xgrad! hello xgrad! ";
+  const std::int64_t V = 128, H = 48, T = static_cast<std::int64_t>(text.size());
   manual_seed(7);
   Tensor Wxh = mul(randn({V, H}), 0.1).detach().requires_grad_();
   Tensor Whh = mul(randn({H, H}), 0.1).detach().requires_grad_();
@@ -52,7 +53,7 @@ int main() {
   Tensor h = zeros({1, H});
   std::int64_t c = 'h';
   std::string sample(1, 'h');
-  for (int i = 0; i < 40; ++i) {
+  for (int i = 0; i < 38; ++i) {
     h = tanh(add(add(reshape(select(Wxh, 0, c), {1, H}), matmul(h, Whh)), bh));
     c = argmax(matmul(h, Why), 1).to_vector<std::int64_t>()[0];
     sample += static_cast<char>(c);
