@@ -209,3 +209,18 @@ TEST_CASE("a gradient shared by two inputs is not corrupted by later accumulatio
   xgtest::check_values(a.grad(), {6.0});
   xgtest::check_values(b.grad(), {1.0});
 }
+
+TEST_CASE("a backward that throws leaves nothing pending once its tensors are gone") {
+  Tensor x = from_vector(std::vector<double>{0.0, 1.0}).requires_grad_();
+  {
+    DetectAnomalyGuard guard;
+    Tensor loss = sum(mul(log(x), 2.0));
+    CHECK_THROWS_AS(loss.backward(), AnomalyError);
+  }
+  CHECK(tape_pending() == 0);
+  CHECK(tape_size() == 0);
+  // ...and the engine still works.
+  Tensor y = from_vector(std::vector<double>{2.0}).requires_grad_();
+  sum(mul(y, y)).backward();
+  xgtest::check_values(y.grad(), {4.0});
+}

@@ -58,6 +58,7 @@ Tensor clamp_min(const Tensor& x, double lo);
 Tensor clamp_max(const Tensor& x, double hi);
 
 // ---- comparisons (not differentiable; 1 or 0 in the dtype of a) ----------------------
+// int64 inputs compare as int64 (result int64): accuracy is sum(eq(argmax(..), target)).
 Tensor eq(const Tensor& a, const Tensor& b);
 Tensor gt(const Tensor& a, const Tensor& b);
 Tensor lt(const Tensor& a, const Tensor& b);
@@ -109,6 +110,7 @@ Tensor sum_to(const Tensor& x, const Shape& shape);
 
 // ---- reductions ---------------------------------------------------------------------
 Tensor sum(const Tensor& x);
+// An empty dims list reduces over every dim (PyTorch's dim=[]).
 Tensor sum(const Tensor& x, const std::vector<int>& dims, bool keepdim = false);
 Tensor mean(const Tensor& x);
 Tensor mean(const Tensor& x, const std::vector<int>& dims, bool keepdim = false);

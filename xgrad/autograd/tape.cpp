@@ -68,6 +68,9 @@ struct Tape {
   bool in_backward = false;
   bool killing = false;
   std::vector<std::uint32_t> kill_queue;
+  // Nodes whose last reference went away during a backward walk: killing them then could
+  // free a node the walk has yet to reach, so they wait until the walk ends.
+  std::vector<std::uint32_t> deferred;
   ~Tape();
 };
 
@@ -179,6 +182,21 @@ bool all_finite(const Tensor& g) {
     }
   }
   return true;
+}
+
+// After a backward walk: kill what lost its last reference during it, then clear the
+// tape if nothing is pending.
+void end_walk(Tape& t) {
+  t.in_backward = false;
+  std::vector<std::uint32_t> deferred;
+  deferred.swap(t.deferred);
+  const std::uint64_t gen = t.gen;
+  for (std::uint32_t k : deferred) {
+    if (t.gen != gen) break;  // a kill emptied the tape: nothing left to do
+    Node& n = t.nodes[k];
+    if (n.refs == 0 && n.state == NodeState::pending) kill(t, k);
+  }
+  maybe_clear(t);
 }
 
 template <class Inputs>
@@ -294,7 +312,13 @@ void release_output(std::uint64_t gen, std::uint32_t node) {
   if (gen != t.gen || node >= t.nodes.size()) return;
   Node& n = t.nodes[node];
   n.out = nullptr;
-  if (--n.refs == 0 && n.state == NodeState::pending) kill(t, node);
+  if (--n.refs == 0 && n.state == NodeState::pending) {
+    if (t.in_backward) {
+      t.deferred.push_back(node);
+    } else {
+      kill(t, node);
+    }
+  }
 }
 
 void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) {
@@ -434,6 +458,12 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
         n.inputs = EdgeList();
         n.grad = Tensor();
         slots.clear();
+        // The inputs lose this reader. Normally the walk frees them too; if it stops
+        // early (an exception), end_walk kills the ones nobody else holds.
+        for (std::size_t j = 0; j < inputs.size(); ++j) {
+          const std::uint32_t k = inputs[j].node;
+          if (k != kNoNode && --t.nodes[k].refs == 0) t.deferred.push_back(k);
+        }
       }
     }
   } catch (...) {
@@ -441,11 +471,10 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
       t.nodes[j].mark = false;
       t.nodes[j].grad = Tensor();
     }
-    t.in_backward = false;
+    end_walk(t);
     throw;
   }
-  t.in_backward = false;
-  maybe_clear(t);
+  end_walk(t);
 }
 
 }  // namespace detail
