@@ -139,7 +139,9 @@ Tensor sqrt(const Tensor& x) {
   Tensor y = unary("sqrt", x, [](const auto& v) { return xt::sqrt(v); });
   if (needs_record({&x})) {
     // d sqrt(x) = g / (2 y)   (inf at x == 0, NaN below: as PyTorch)
-    record("sqrt", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) { dx[0] = div(mul(g, 0.5), y); });
+    record("sqrt", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("sqrt", g, y, [](auto gi, auto yi) { return gi * decltype(gi)(0.5) / yi; });
+    });
   }
   return y;
 }
@@ -148,7 +150,9 @@ Tensor exp(const Tensor& x) {
   Tensor y = unary("exp", x, [](const auto& v) { return xt::exp(v); });
   if (needs_record({&x})) {
     // d exp(x) = g * y
-    record("exp", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) { dx[0] = mul(g, y); });
+    record("exp", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("exp", g, y, [](auto gi, auto yi) { return gi * yi; });
+    });
   }
   return y;
 }
@@ -157,7 +161,9 @@ Tensor log(const Tensor& x) {
   Tensor y = unary("log", x, [](const auto& v) { return xt::log(v); });
   if (needs_record({&x})) {
     // d log(x) = g / x
-    record("log", y, {&x}, [x](const Tensor& g, GradSlots& dx) { dx[0] = div(g, x); });
+    record("log", y, {&x}, [x](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("log", g, x, [](auto gi, auto xi) { return gi / xi; });
+    });
   }
   return y;
 }
@@ -177,7 +183,7 @@ Tensor tanh(const Tensor& x) {
   if (needs_record({&x})) {
     // d tanh(x) = g * (1 - y^2)
     record("tanh", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
-      dx[0] = mul(g, rsub(1.0, mul(y, y)));
+      dx[0] = detail::zip_new("tanh", g, y, [](auto gi, auto yi) { return gi * (decltype(gi)(1) - yi * yi); });
     });
   }
   return y;
@@ -201,7 +207,7 @@ Tensor sigmoid(const Tensor& x) {
   if (needs_record({&x})) {
     // d sigmoid(x) = g * y * (1 - y)
     record("sigmoid", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
-      dx[0] = mul(g, mul(y, rsub(1.0, y)));
+      dx[0] = detail::zip_new("sigmoid", g, y, [](auto gi, auto yi) { return gi * yi * (decltype(gi)(1) - yi); });
     });
   }
   return y;
@@ -216,7 +222,9 @@ Tensor relu(const Tensor& x) {
   if (needs_record({&x})) {
     // d relu(x) = g * [y > 0]
     // NOTE kink: relu'(0) = 0, as PyTorch.
-    record("relu", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) { dx[0] = mul(g, gt(y, 0.0)); });
+    record("relu", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("relu", g, y, [](auto gi, auto yi) { return yi > 0 ? gi : decltype(gi)(0); });
+    });
   }
   return y;
 }

@@ -78,6 +78,23 @@ void arith_kernel(const Tensor& a, const Tensor& b, Tensor& out, F&& f) {
   }
 }
 
+// A new tensor shaped like a with out[i] = f(a[i], b[i]) (a, b same shape and dtype).
+// For backward rules: one pass and one allocation instead of a chain of ops.
+template <class F>
+inline Tensor zip_new(const char* op, const Tensor& a, const Tensor& b, F&& f) {
+  Tensor out = Tensor::empty(a.shape(), a.dtype());
+  dispatch_float(op, a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* pa = static_cast<const T*>(a.data_ptr());
+    const T* pb = static_cast<const T*>(b.data_ptr());
+    T* po = static_cast<T*>(out.data_ptr());
+    const std::int64_t n = out.numel();
+    for (std::int64_t i = 0; i < n; ++i) po[i] = f(pa[i], pb[i]);
+    return 0;
+  });
+  return out;
+}
+
 // out = f(x) elementwise over all elements.
 template <class T, class F>
 void unary_kernel(const Tensor& x, Tensor& out, F&& f) {
