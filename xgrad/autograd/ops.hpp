@@ -82,7 +82,8 @@ Tensor reshape(const Tensor& x, const Shape& shape);
 Tensor flatten(const Tensor& x, int start_dim = 0, int end_dim = -1);
 Tensor transpose(const Tensor& x, int dim0, int dim1);
 Tensor permute(const Tensor& x, const std::vector<int>& dims);
-// Removes the given size-1 dim / all size-1 dims.
+// Removes the given dim if its size is 1 (otherwise x's shape is kept, like PyTorch) / all
+// size-1 dims.
 Tensor squeeze(const Tensor& x, int dim);
 Tensor squeeze(const Tensor& x);
 Tensor unsqueeze(const Tensor& x, int dim);
@@ -94,7 +95,9 @@ Tensor narrow(const Tensor& x, int dim, std::int64_t start, std::int64_t length)
 // Index `index` along dim, which is removed.
 Tensor select(const Tensor& x, int dim, std::int64_t index);
 // Rows of x along dim picked by an int64 index tensor (any shape when dim is 0 and x is
-// 2-D: the embedding lookup [*] -> [*, D]); otherwise index is 1-D.
+// 2-D: the embedding lookup [*] -> [*, D]); otherwise index is 1-D. Off the embedding path
+// a 0-d index acts like a 1-element index (the dim stays, size 1). Shape ops and
+// index_select also take int64 tensors (no gradient).
 Tensor index_select(const Tensor& x, int dim, const Tensor& index);
 // out[i][j] = x[i][index[i][j]] (dim 1), index int64 with x's ndim.
 Tensor gather(const Tensor& x, int dim, const Tensor& index);
