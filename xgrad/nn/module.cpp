@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <map>
+#include <unordered_set>
 
 #include <fmt/format.h>
 
@@ -11,8 +12,8 @@
 namespace xg::nn {
 
 void Module::check_name(const char* what, const std::string& name) const {
-  if (name.empty() || name.find('.') != std::string::npos) {
-    throw Error(fmt::format("{}: invalid name '{}' (non-empty, no dots)", what, name));
+  if (name.empty() || name.find_first_of("./") != std::string::npos) {
+    throw Error(fmt::format("{}: invalid name '{}' (non-empty, no '.' or '/')", what, name));
   }
   auto taken = [&](const auto& list) {
     for (const auto& [n, _] : list) {
@@ -28,6 +29,10 @@ void Module::check_name(const char* what, const std::string& name) const {
 Tensor Module::register_parameter(const std::string& name, Tensor t, bool requires_grad) {
   check_name("register_parameter", name);
   if (!t.defined()) throw StateError(fmt::format("register_parameter '{}': undefined tensor", name));
+  if (requires_grad && !is_floating(t.dtype())) {
+    throw DtypeError(fmt::format("register_parameter '{}': a trainable parameter must be float32 or float64, got {} {}",
+                                 name, dtype_name(t.dtype()), t.shape().str()));
+  }
   if (!t.is_leaf()) t = t.detach();  // a parameter is a leaf, whatever computed its value
   if (requires_grad) t.requires_grad_(true);
   params_.emplace_back(name, t);
@@ -64,8 +69,15 @@ std::vector<Tensor> Module::parameters() const {
 }
 
 StateDict Module::named_parameters() const {
+  StateDict all;
+  collect("", &all, nullptr);
+  // A tensor reachable under two names (tied weights) is listed once, under its first
+  // name, as in PyTorch: an optimizer must not step it twice. state_dict() keeps both.
   StateDict out;
-  collect("", &out, nullptr);
+  std::unordered_set<const TensorImpl*> seen;
+  for (auto& [n, t] : all) {
+    if (seen.insert(t.impl()).second) out.emplace_back(std::move(n), std::move(t));
+  }
   return out;
 }
 
@@ -123,7 +135,7 @@ void Module::load_state_dict(const StateDict& state, bool strict) {
     known[n] = true;
     auto it = given.find(n);
     if (it == given.end()) {
-      problems.push_back(fmt::format("missing '{}' {} {}", n, dtype_name(t.dtype()), t.shape().str()));
+      if (strict) problems.push_back(fmt::format("missing '{}' {} {}", n, dtype_name(t.dtype()), t.shape().str()));
       continue;
     }
     const Tensor& src = *it->second;

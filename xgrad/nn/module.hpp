@@ -44,7 +44,8 @@ class Module {
     return child;
   }
 
-  // Recursive, in registration order (own parameters first, then each child's).
+  // Recursive, in registration order (own parameters first, then each child's). A tensor
+  // reachable under two names (tied weights) is listed once, under its first name.
   std::vector<Tensor> parameters() const;
   StateDict named_parameters() const;
   StateDict named_buffers() const;
@@ -62,11 +63,13 @@ class Module {
   // (and by optimizers) see the new values. Gradients are dropped.
   void to(Dtype dtype);
 
-  // Parameters then buffers, dotted names, sharing storage with the module.
+  // Per module: its parameters, then its buffers, then its children's (PyTorch's order);
+  // dotted names; the tensors share storage with the module.
   StateDict state_dict() const;
-  // Copies values in. Every name, shape and dtype is checked first; all missing,
-  // unexpected (when strict) and mismatched entries are reported in one ShapeError /
-  // StateError and the module is left unchanged.
+  // Copies values in. Every name, shape and dtype is checked first; all missing and
+  // unexpected (both only when strict, like PyTorch) and mismatched entries are reported
+  // in one StateError and the module is left unchanged. Call to() before building a graph
+  // through the parameters, not while one is pending.
   void load_state_dict(const StateDict& state, bool strict = true);
   // state_dict to / from a .npz file (numpy.load opens it). Saving is atomic.
   void save(const std::string& path) const;
