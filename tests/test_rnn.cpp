@@ -1,1 +1,1155 @@
+// RNN / LSTM / GRU cells and sequence modules: parameter names and init, values against
+// hand-written double loops (multi-layer, bidirectional, batch_first, unbatched, initial
+// state, the LSTM extras), float64 gradchecks w.r.t. input, initial state and every
+// parameter, truncated BPTT with detach(), introspection records and gradient norms, the
+// per-step cost of the sequence loop, bad inputs, and agreement with PyTorch fixtures.
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
 #include "helpers.hpp"
+
+using namespace xg;
+using namespace xg::nn;
+using xgtest::check_close;
+using xgtest::check_values;
+using xgtest::rnd;
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Independent reference: the PyTorch equations as loops over std::vector<double>
+// ---------------------------------------------------------------------------
+
+enum class RefMode { tanh, relu, lstm, gru };
+
+double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+struct RefWeights {
+  std::vector<double> wih, whh, bih, bhh;  // biases empty when the module has none
+  // layer-normalised LSTM
+  std::vector<double> ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b;
+};
+
+std::vector<double> vec(const Tensor& t) { return t.defined() ? t.to_vector<double>() : std::vector<double>(); }
+
+template <class Cell>
+RefWeights cell_weights(const Cell& m) {
+  RefWeights w;
+  w.wih = vec(m.weight_ih), w.whh = vec(m.weight_hh), w.bih = vec(m.bias_ih), w.bhh = vec(m.bias_hh);
+  return w;
+}
+
+RefWeights ref_weights(const RecurrentWeights& w) {
+  return {vec(w.weight_ih),    vec(w.weight_hh),   vec(w.bias_ih),      vec(w.bias_hh),
+          vec(w.ln_ih_weight), vec(w.ln_ih_bias),  vec(w.ln_hh_weight), vec(w.ln_hh_bias),
+          vec(w.ln_c_weight),  vec(w.ln_c_bias)};
+}
+
+int gates_of(RefMode m) { return m == RefMode::lstm ? 4 : m == RefMode::gru ? 3 : 1; }
+
+// y[g] = W[g, :] · x (+ b[g]) for W [G, n].
+std::vector<double> matvec(const std::vector<double>& W, const std::vector<double>& b, const double* x,
+                           std::int64_t G, std::int64_t n) {
+  std::vector<double> y(G, 0.0);
+  for (std::int64_t g = 0; g < G; ++g) {
+    double s = b.empty() ? 0.0 : b[g];
+    for (std::int64_t i = 0; i < n; ++i) s += W[g * n + i] * x[i];
+    y[g] = s;
+  }
+  return y;
+}
+
+// Layer norm of v (biased variance, eps 1e-5) with gamma, beta.
+std::vector<double> ref_ln(const std::vector<double>& v, const std::vector<double>& gm, const std::vector<double>& bt) {
+  double mean = 0.0, var = 0.0;
+  for (double e : v) mean += e;
+  mean /= static_cast<double>(v.size());
+  for (double e : v) var += (e - mean) * (e - mean);
+  var /= static_cast<double>(v.size());
+  std::vector<double> y(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) y[i] = (v[i] - mean) / std::sqrt(var + 1e-5) * gm[i] + bt[i];
+  return y;
+}
+
+// One step for one batch row: x [n], h, c [H] -> h', c'. mh: recurrent dropout mask or null.
+void ref_step(RefMode mode, bool layer_norm, const RefWeights& w, const double* x, std::int64_t n, double* h,
+              double* c, std::int64_t H, const double* mh) {
+  const std::int64_t G = gates_of(mode) * H;
+  std::vector<double> hin(h, h + H);
+  if (mh) {
+    for (std::int64_t j = 0; j < H; ++j) hin[j] *= mh[j];
+  }
+  if (layer_norm) {
+    std::vector<double> a = ref_ln(matvec(w.wih, {}, x, G, n), w.ln_ih_w, w.ln_ih_b);
+    std::vector<double> r = ref_ln(matvec(w.whh, {}, hin.data(), G, H), w.ln_hh_w, w.ln_hh_b);
+    for (std::int64_t g = 0; g < G; ++g) a[g] += r[g] + (w.bih.empty() ? 0.0 : w.bih[g] + w.bhh[g]);
+    std::vector<double> cn(H);
+    for (std::int64_t j = 0; j < H; ++j) cn[j] = sig(a[H + j]) * c[j] + sig(a[j]) * std::tanh(a[2 * H + j]);
+    const std::vector<double> lc = ref_ln(cn, w.ln_c_w, w.ln_c_b);
+    for (std::int64_t j = 0; j < H; ++j) {
+      c[j] = cn[j];
+      h[j] = sig(a[3 * H + j]) * std::tanh(lc[j]);
+    }
+    return;
+  }
+  const std::vector<double> a = matvec(w.wih, w.bih, x, G, n);
+  const std::vector<double> r = matvec(w.whh, w.bhh, hin.data(), G, H);
+  for (std::int64_t j = 0; j < H; ++j) {
+    switch (mode) {
+      case RefMode::tanh: h[j] = std::tanh(a[j] + r[j]); break;
+      case RefMode::relu: h[j] = std::max(0.0, a[j] + r[j]); break;
+      case RefMode::lstm: {
+        const double i = sig(a[j] + r[j]), f = sig(a[H + j] + r[H + j]);
+        const double g = std::tanh(a[2 * H + j] + r[2 * H + j]), o = sig(a[3 * H + j] + r[3 * H + j]);
+        c[j] = f * c[j] + i * g;
+        h[j] = o * std::tanh(c[j]);
+        break;
+      }
+      case RefMode::gru: {
+        const double rr = sig(a[j] + r[j]), z = sig(a[H + j] + r[H + j]);
+        const double nn = std::tanh(a[2 * H + j] + rr * r[2 * H + j]);
+        h[j] = (1.0 - z) * nn + z * h[j];
+        break;
+      }
+    }
+  }
+}
+
+struct RefResult {
+  std::vector<double> out;     // [T, B, D*H]
+  std::vector<double> hn, cn;  // [L*D, B, H]
+};
+
+struct RefSpec {
+  RefMode mode;
+  std::int64_t T, B, I, H, L, D;
+  bool layer_norm = false;
+  // variational dropout masks: per layer [B, in], per layer*D+d [B, H]
+  std::vector<std::vector<double>> mx, mh;
+};
+
+RefSpec spec_of(RefMode mode, std::int64_t T, std::int64_t B, std::int64_t I, std::int64_t H, std::int64_t L,
+                std::int64_t D, bool layer_norm = false) {
+  RefSpec s;
+  s.mode = mode;
+  s.T = T, s.B = B, s.I = I, s.H = H, s.L = L, s.D = D;
+  s.layer_norm = layer_norm;
+  return s;
+}
+
+// x [T, B, I] time-major; h0 / c0 [L*D, B, H] or empty (zeros).
+RefResult ref_sequence(const RefSpec& s, const std::vector<RefWeights>& W, std::vector<double> x,
+                       const std::vector<double>& h0, const std::vector<double>& c0) {
+  const std::int64_t T = s.T, B = s.B, H = s.H, D = s.D;
+  RefResult res;
+  res.hn.assign(s.L * D * B * H, 0.0);
+  res.cn.assign(s.L * D * B * H, 0.0);
+  std::int64_t in = s.I;
+  for (std::int64_t l = 0; l < s.L; ++l) {
+    if (!s.mx.empty()) {
+      for (std::int64_t t = 0; t < T; ++t)
+        for (std::int64_t b = 0; b < B; ++b)
+          for (std::int64_t i = 0; i < in; ++i) x[(t * B + b) * in + i] *= s.mx[l][b * in + i];
+    }
+    std::vector<double> out(T * B * D * H);
+    for (std::int64_t d = 0; d < D; ++d) {
+      const std::int64_t idx = l * D + d;
+      for (std::int64_t b = 0; b < B; ++b) {
+        std::vector<double> h(H, 0.0), c(H, 0.0);
+        if (!h0.empty()) std::copy_n(h0.begin() + (idx * B + b) * H, H, h.begin());
+        if (!c0.empty()) std::copy_n(c0.begin() + (idx * B + b) * H, H, c.begin());
+        for (std::int64_t k = 0; k < T; ++k) {
+          const std::int64_t t = d == 1 ? T - 1 - k : k;
+          ref_step(s.mode, s.layer_norm, W[idx], x.data() + (t * B + b) * in, in, h.data(), c.data(), H,
+                   s.mh.empty() ? nullptr : s.mh[idx].data() + b * H);
+          std::copy_n(h.begin(), H, out.begin() + (t * B + b) * D * H + d * H);
+        }
+        std::copy_n(h.begin(), H, res.hn.begin() + (idx * B + b) * H);
+        std::copy_n(c.begin(), H, res.cn.begin() + (idx * B + b) * H);
+      }
+    }
+    x = out;
+    in = D * H;
+  }
+  res.out = x;
+  return res;
+}
+
+std::vector<RefWeights> all_weights(const RecurrentBase& m) {
+  std::vector<RefWeights> w;
+  for (std::int64_t l = 0; l < m.num_layers(); ++l) {
+    for (std::int64_t d = 0; d < m.num_directions(); ++d) w.push_back(ref_weights(m.weights(l, d == 1)));
+  }
+  return w;
+}
+
+// ---------------------------------------------------------------------------
+// Gradcheck helpers
+// ---------------------------------------------------------------------------
+
+// All of a module's results flattened into one tensor, so one gradcheck covers them.
+Tensor flat_all(std::initializer_list<Tensor> ts) {
+  std::vector<Tensor> parts;
+  for (const Tensor& t : ts) {
+    if (t.defined()) parts.push_back(reshape(t, Shape{-1}));
+  }
+  return concat(parts, 0);
+}
+
+// Gradcheck of fn w.r.t. the given inputs and every parameter of m (float64 leaves).
+void gradcheck_module(const Module& m, std::vector<Tensor> inputs, const std::function<Tensor()>& fn,
+                      GradcheckOptions opts = {}) {
+  for (const Tensor& p : m.parameters()) inputs.push_back(p);
+  const GradcheckReport r = gradcheck(fn, inputs, opts);
+  INFO(r.str());
+  CHECK(r.passed);
+  CHECK(r.checked > 0);
+}
+
+std::string message_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no exception)";
+}
+
+bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------
+
+TEST_CASE("LSTM: parameter names, shapes and order are PyTorch's (2 layers, bidirectional)") {
+  LSTM m(LSTMOptions{.input_size = 3, .hidden_size = 5, .num_layers = 2, .bidirectional = true});
+  const std::vector<std::pair<std::string, Shape>> want = {
+      {"weight_ih_l0", {20, 3}},          {"weight_hh_l0", {20, 5}},         {"bias_ih_l0", {20}},
+      {"bias_hh_l0", {20}},               {"weight_ih_l0_reverse", {20, 3}}, {"weight_hh_l0_reverse", {20, 5}},
+      {"bias_ih_l0_reverse", {20}},       {"bias_hh_l0_reverse", {20}},      {"weight_ih_l1", {20, 10}},
+      {"weight_hh_l1", {20, 5}},          {"bias_ih_l1", {20}},              {"bias_hh_l1", {20}},
+      {"weight_ih_l1_reverse", {20, 10}}, {"weight_hh_l1_reverse", {20, 5}}, {"bias_ih_l1_reverse", {20}},
+      {"bias_hh_l1_reverse", {20}}};
+  const StateDict got = m.named_parameters();
+  REQUIRE(got.size() == want.size());
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    CHECK(got[i].first == want[i].first);
+    CHECK(got[i].second.shape() == want[i].second);
+    CHECK(got[i].second.requires_grad());
+  }
+  CHECK(m.weights(1, true).weight_ih.is_same(got[12].second));
+  CHECK(m.num_parameters() == 2 * (20 * 3 + 20 * 5 + 40) + 2 * (20 * 10 + 20 * 5 + 40));
+}
+
+TEST_CASE("RNN / GRU / cells: gate multiples G*H, no biases with bias = false") {
+  RNN rnn(RNNOptions{.input_size = 4, .hidden_size = 3, .bias = false});
+  const StateDict r = rnn.named_parameters();
+  REQUIRE(r.size() == 2);
+  CHECK(r[0].first == "weight_ih_l0");
+  CHECK(r[0].second.shape() == Shape{3, 4});
+  CHECK(r[1].second.shape() == Shape{3, 3});
+  CHECK_FALSE(rnn.weights(0).bias_ih.defined());
+
+  GRU gru(GRUOptions{.input_size = 4, .hidden_size = 3, .num_layers = 2});
+  CHECK(gru.weights(1).weight_ih.shape() == Shape{9, 3});
+  CHECK(gru.named_parameters().size() == 8);
+
+  LSTMCell lc(4, 3);
+  GRUCell gc(4, 3);
+  RNNCell rc(4, 3);
+  const std::vector<std::string> names{"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+  for (const StateDict& sd : {lc.named_parameters(), gc.named_parameters(), rc.named_parameters()}) {
+    REQUIRE(sd.size() == 4);
+    for (std::size_t i = 0; i < 4; ++i) CHECK(sd[i].first == names[i]);
+  }
+  CHECK(lc.weight_ih.shape() == Shape{12, 4});
+  CHECK(gc.weight_hh.shape() == Shape{9, 3});
+  CHECK(rc.bias_hh.shape() == Shape{3});
+  CHECK_THROWS_AS(rnn.weights(1), IndexError);
+  CHECK_THROWS_AS(rnn.weights(0, true), IndexError);
+}
+
+TEST_CASE("init: every parameter in U(-1/sqrt(H), 1/sqrt(H)), reproducible from manual_seed, default dtype") {
+  manual_seed(7);
+  LSTM a(LSTMOptions{.input_size = 6, .hidden_size = 16, .num_layers = 2});
+  manual_seed(7);
+  LSTM b(LSTMOptions{.input_size = 6, .hidden_size = 16, .num_layers = 2});
+  const double k = 1.0 / 4.0;
+  for (const Tensor& p : a.parameters()) {
+    CHECK(p.dtype() == f32);
+    double lo = 1, hi = -1;
+    for (double v : p.to_vector<double>()) {
+      lo = std::min(lo, v);
+      hi = std::max(hi, v);
+    }
+    CHECK(lo >= -k);
+    CHECK(hi <= k);
+    CHECK(hi - lo > k);  // spread over the range, not constant
+  }
+  const auto pa = a.parameters(), pb = b.parameters();
+  for (std::size_t i = 0; i < pa.size(); ++i) check_close(pa[i], pb[i], 0, 0);
+
+  DefaultDtypeGuard g(f64);
+  GRUCell c(3, 4);
+  CHECK(c.weight_ih.dtype() == f64);
+  for (double v : c.bias_hh.to_vector<double>()) CHECK(std::fabs(v) <= 0.5);
+}
+
+TEST_CASE("LSTM forget_bias adds to the forget slice of bias_ih only; LN parameters start at 1 and 0") {
+  manual_seed(3);
+  LSTM a(LSTMOptions{.input_size = 2, .hidden_size = 3, .num_layers = 2});
+  manual_seed(3);
+  LSTM b(LSTMOptions{.input_size = 2, .hidden_size = 3, .num_layers = 2, .forget_bias = 1.0});
+  for (std::int64_t l = 0; l < 2; ++l) {
+    const std::vector<double> x = a.weights(l).bias_ih.to_vector<double>();
+    const std::vector<double> y = b.weights(l).bias_ih.to_vector<double>();
+    for (std::size_t i = 0; i < 12; ++i) CHECK(y[i] - x[i] == doctest::Approx(i >= 3 && i < 6 ? 1.0 : 0.0));
+    check_close(a.weights(l).bias_hh, b.weights(l).bias_hh, 0, 0);
+  }
+  manual_seed(3);
+  LSTMCell c0(2, 3);
+  manual_seed(3);
+  LSTMCell c1(LSTMCellOptions{.input_size = 2, .hidden_size = 3, .forget_bias = 2.0});
+  const std::vector<double> x = c0.bias_ih.to_vector<double>(), y = c1.bias_ih.to_vector<double>();
+  for (std::size_t i = 0; i < 12; ++i) CHECK(y[i] - x[i] == doctest::Approx(i >= 3 && i < 6 ? 2.0 : 0.0));
+
+  LSTM ln(LSTMOptions{.input_size = 2, .hidden_size = 3, .bidirectional = true, .layer_norm = true});
+  const StateDict sd = ln.named_parameters();
+  REQUIRE(sd.size() == 20);
+  CHECK(sd[4].first == "ln_ih_weight_l0");
+  CHECK(sd[9].first == "ln_c_bias_l0");
+  CHECK(sd[19].first == "ln_c_bias_l0_reverse");
+  check_values(ln.weights(0, true).ln_hh_weight, std::vector<double>(12, 1.0), 0, 0);
+  check_values(ln.weights(0).ln_c_bias, std::vector<double>(3, 0.0), 0, 0);
+}
+
+TEST_CASE("invalid options are Errors naming the module") {
+  CHECK(has(message_of([] { LSTM m(LSTMOptions{.input_size = 3, .hidden_size = 0}); }), "LSTM: hidden_size"));
+  CHECK(has(message_of([] { GRU m(GRUOptions{.input_size = 0, .hidden_size = 2}); }), "GRU: input_size"));
+  CHECK(has(message_of([] { RNN m(RNNOptions{.input_size = 1, .hidden_size = 2, .num_layers = 0}); }),
+            "RNN: num_layers"));
+  CHECK(has(message_of([] { LSTM m(LSTMOptions{.input_size = 1, .hidden_size = 2, .dropout = 1.5}); }), "dropout"));
+  CHECK(has(message_of([] { LSTM m(LSTMOptions{.input_size = 1, .hidden_size = 2, .variational_dropout = 1.0}); }),
+            "variational_dropout"));
+  CHECK(has(message_of([] { LSTM m(LSTMOptions{.input_size = 1, .hidden_size = 2, .bias = false, .forget_bias = 1}); }),
+            "forget_bias"));
+  CHECK(has(message_of([] { LSTMCell m(LSTMCellOptions{.input_size = 1, .hidden_size = 2, .bias = false, .forget_bias = 1}); }),
+            "LSTMCell: forget_bias"));
+  CHECK(has(message_of([] { RNNCell m(2, 0); }), "RNNCell: hidden_size"));
+}
+
+// ---------------------------------------------------------------------------
+// Values against the loops
+// ---------------------------------------------------------------------------
+
+TEST_CASE("sequence modules: values match the loops (all modes, 2 layers, bidirectional, initial state)") {
+  DefaultDtypeGuard g(f64);
+  const std::int64_t T = 4, B = 3, I = 5, H = 4, L = 2;
+  for (RefMode mode : {RefMode::tanh, RefMode::relu, RefMode::lstm, RefMode::gru}) {
+    for (bool bidir : {false, true}) {
+      for (bool with_state : {false, true}) {
+        INFO("mode " << int(mode) << " bidirectional " << bidir << " initial state " << with_state);
+        const std::int64_t D = bidir ? 2 : 1;
+        manual_seed(11);
+        Tensor x = rnd({T, B, I}, -1.0, 1.0, 5);
+        Tensor h0 = with_state ? rnd({L * D, B, H}, -0.8, 0.8, 6) : Tensor();
+        Tensor c0 = with_state ? rnd({L * D, B, H}, -0.8, 0.8, 7) : Tensor();
+        const RefSpec spec = spec_of(mode, T, B, I, H, L, D);
+        Tensor out, hn, cn;
+        std::vector<RefWeights> W;
+        if (mode == RefMode::lstm) {
+          LSTM m(LSTMOptions{.input_size = I, .hidden_size = H, .num_layers = L, .bidirectional = bidir});
+          auto [y, st] = m(x, {h0, c0});
+          out = y, hn = st.h, cn = st.c;
+          W = all_weights(m);
+        } else if (mode == RefMode::gru) {
+          GRU m(GRUOptions{.input_size = I, .hidden_size = H, .num_layers = L, .bidirectional = bidir});
+          auto [y, st] = m(x, {h0});
+          out = y, hn = st.h;
+          W = all_weights(m);
+        } else {
+          RNN m(RNNOptions{.input_size = I,
+                           .hidden_size = H,
+                           .num_layers = L,
+                           .nonlinearity = mode == RefMode::relu ? RNNNonlinearity::relu : RNNNonlinearity::tanh,
+                           .bidirectional = bidir});
+          auto [y, st] = m(x, {h0});
+          out = y, hn = st.h;
+          W = all_weights(m);
+        }
+        const RefResult want = ref_sequence(spec, W, vec(x), vec(h0), vec(c0));
+        CHECK(out.shape() == Shape{T, B, D * H});
+        CHECK(hn.shape() == Shape{L * D, B, H});
+        check_values(out, want.out, 1e-13, 1e-12);
+        check_values(hn, want.hn, 1e-13, 1e-12);
+        if (mode == RefMode::lstm) check_values(cn, want.cn, 1e-13, 1e-12);
+      }
+    }
+  }
+}
+
+TEST_CASE("batch_first transposes input and output only; unbatched [T, I] equals a batch of one") {
+  DefaultDtypeGuard g(f64);
+  const std::int64_t T = 5, B = 2, I = 3, H = 4;
+  manual_seed(21);
+  LSTM tm(LSTMOptions{.input_size = I, .hidden_size = H, .num_layers = 2, .bidirectional = true});
+  manual_seed(21);
+  LSTM bf(LSTMOptions{.input_size = I, .hidden_size = H, .num_layers = 2, .batch_first = true, .bidirectional = true});
+  Tensor x = rnd({T, B, I}, -1, 1, 8);
+  Tensor h0 = rnd({4, B, H}, -1, 1, 9), c0 = rnd({4, B, H}, -1, 1, 10);
+  auto [y1, s1] = tm(x, {h0, c0});
+  auto [y2, s2] = bf(transpose(x, 0, 1), {h0, c0});
+  CHECK(y2.shape() == Shape{B, T, 2 * H});
+  check_close(transpose(y2, 0, 1), y1, 1e-15, 1e-14);
+  check_close(s2.h, s1.h, 1e-15, 1e-14);
+  check_close(s2.c, s1.c, 1e-15, 1e-14);
+
+  // Unbatched: x [T, I], state [L*D, H].
+  Tensor xb = narrow(x, 1, 1, 1);
+  auto [yb, sb] = tm(xb, {narrow(h0, 1, 1, 1), narrow(c0, 1, 1, 1)});
+  auto [yu, su] = tm(squeeze(xb, 1), {squeeze(narrow(h0, 1, 1, 1), 1), squeeze(narrow(c0, 1, 1, 1), 1)});
+  CHECK(yu.shape() == Shape{T, 2 * H});
+  CHECK(su.h.shape() == Shape{4, H});
+  check_close(yu, squeeze(yb, 1), 0, 0);
+  check_close(su.c, squeeze(sb.c, 1), 0, 0);
+  // batch_first is ignored for unbatched input, as in PyTorch.
+  auto [yu2, su2] = bf(squeeze(xb, 1), {squeeze(narrow(h0, 1, 1, 1), 1), squeeze(narrow(c0, 1, 1, 1), 1)});
+  check_close(yu2, yu, 0, 0);
+
+  GRU gru(GRUOptions{.input_size = I, .hidden_size = H, .batch_first = true});
+  auto [yg, sg] = gru(rnd({T, I}));
+  CHECK(yg.shape() == Shape{T, H});
+  CHECK(sg.h.shape() == Shape{1, H});
+}
+
+TEST_CASE("output ends are the final states: y[T-1] forward half = h_n, y[0] reverse half = h_n reverse") {
+  DefaultDtypeGuard g(f64);
+  GRU m(GRUOptions{.input_size = 3, .hidden_size = 4, .bidirectional = true});
+  auto [y, st] = m(rnd({6, 2, 3}));
+  check_close(narrow(select(y, 0, 5), 1, 0, 4), select(st.h, 0, 0), 0, 0);
+  check_close(narrow(select(y, 0, 0), 1, 4, 4), select(st.h, 0, 1), 0, 0);
+}
+
+TEST_CASE("cells: values match the loops, batched and unbatched, with and without state") {
+  DefaultDtypeGuard g(f64);
+  const std::int64_t B = 3, I = 4, H = 5;
+  Tensor x = rnd({B, I}, -1, 1, 31), h = rnd({B, H}, -1, 1, 32), c = rnd({B, H}, -1, 1, 33);
+  auto ref = [&](RefMode mode, const RefWeights& w, bool with_state, std::vector<double>* c_out) {
+    std::vector<double> hs = with_state ? vec(h) : std::vector<double>(B * H, 0.0);
+    std::vector<double> cs = with_state ? vec(c) : std::vector<double>(B * H, 0.0);
+    const std::vector<double> xs = vec(x);
+    for (std::int64_t b = 0; b < B; ++b) {
+      ref_step(mode, false, w, xs.data() + b * I, I, hs.data() + b * H, cs.data() + b * H, H, nullptr);
+    }
+    if (c_out) *c_out = cs;
+    return hs;
+  };
+  for (bool with_state : {false, true}) {
+    INFO("state " << with_state);
+    for (RNNNonlinearity nl : {RNNNonlinearity::tanh, RNNNonlinearity::relu}) {
+      RNNCell m(RNNCellOptions{.input_size = I, .hidden_size = H, .nonlinearity = nl});
+      const RefWeights w = cell_weights(m);
+      const RefMode mode = nl == RNNNonlinearity::relu ? RefMode::relu : RefMode::tanh;
+      check_values(m(x, with_state ? h : Tensor()), ref(mode, w, with_state, nullptr), 1e-14, 1e-13);
+    }
+    {
+      LSTMCell m(I, H);
+      const RefWeights w = cell_weights(m);
+      std::vector<double> cw;
+      const std::vector<double> hw = ref(RefMode::lstm, w, with_state, &cw);
+      LSTMState s = m(x, with_state ? LSTMState{h, c} : LSTMState{});
+      check_values(s.h, hw, 1e-14, 1e-13);
+      check_values(s.c, cw, 1e-14, 1e-13);
+      // unbatched: row 1 alone
+      LSTMState su = m(select(x, 0, 1), with_state ? LSTMState{select(h, 0, 1), select(c, 0, 1)} : LSTMState{});
+      CHECK(su.h.shape() == Shape{H});
+      check_values(su.h, std::vector<double>(hw.begin() + H, hw.begin() + 2 * H), 1e-14, 1e-13);
+      check_values(su.c, std::vector<double>(cw.begin() + H, cw.begin() + 2 * H), 1e-14, 1e-13);
+    }
+    {
+      GRUCell m(GRUCellOptions{.input_size = I, .hidden_size = H, .bias = with_state});
+      const RefWeights w = cell_weights(m);
+      const std::vector<double> hw = ref(RefMode::gru, w, with_state, nullptr);
+      check_values(m(x, with_state ? h : Tensor()), hw, 1e-14, 1e-13);
+      Tensor hu = m(select(x, 0, 2), with_state ? select(h, 0, 2) : Tensor());
+      CHECK(hu.shape() == Shape{H});
+      check_values(hu, std::vector<double>(hw.begin() + 2 * H, hw.end()), 1e-14, 1e-13);
+    }
+  }
+}
+
+TEST_CASE("a sequence module equals its cell stepped by hand (LSTM vs LSTMCell, GRU vs GRUCell)") {
+  DefaultDtypeGuard g(f64);
+  const std::int64_t T = 6, B = 2, I = 3, H = 4;
+  LSTM seq(I, H);
+  LSTMCell cell(I, H);
+  GRU gseq(I, H);
+  GRUCell gcell(I, H);
+  // Same weights in both (weight_ih_l0 -> weight_ih, ...).
+  cell.load_state_dict({{"weight_ih", seq.weights(0).weight_ih}, {"weight_hh", seq.weights(0).weight_hh},
+                        {"bias_ih", seq.weights(0).bias_ih}, {"bias_hh", seq.weights(0).bias_hh}});
+  gcell.load_state_dict({{"weight_ih", gseq.weights(0).weight_ih}, {"weight_hh", gseq.weights(0).weight_hh},
+                         {"bias_ih", gseq.weights(0).bias_ih}, {"bias_hh", gseq.weights(0).bias_hh}});
+  Tensor x = rnd({T, B, I}, -1, 1, 41);
+  auto [y, st] = seq(x);
+  auto [gy, gst] = gseq(x);
+  LSTMState s;
+  Tensor gh;
+  for (std::int64_t t = 0; t < T; ++t) {
+    s = cell(select(x, 0, t), s);
+    gh = gcell(select(x, 0, t), gh);
+    check_close(select(y, 0, t), s.h, 1e-15, 1e-14);
+    check_close(select(gy, 0, t), gh, 1e-15, 1e-14);
+  }
+  check_close(select(st.c, 0, 0), s.c, 1e-15, 1e-14);
+}
+
+TEST_CASE("float32 modules agree with float64 ones (same weights) to float precision") {
+  manual_seed(5);
+  LSTM m32(LSTMOptions{.input_size = 3, .hidden_size = 8, .num_layers = 2, .bidirectional = true});
+  manual_seed(5);
+  LSTM m64(LSTMOptions{.input_size = 3, .hidden_size = 8, .num_layers = 2, .bidirectional = true});
+  m64.to(f64);
+  Tensor x = rnd({7, 2, 3});
+  auto [y32, s32] = m32(x.to(f32));
+  auto [y64, s64] = m64(x);
+  CHECK(y32.dtype() == f32);
+  check_close(y32, y64, 1e-5, 1e-5);
+  check_close(s32.c, s64.c, 1e-5, 1e-5);
+}
+
+TEST_CASE("empty batch (B = 0) runs and gives empty results") {
+  DefaultDtypeGuard g(f64);
+  LSTM m(LSTMOptions{.input_size = 3, .hidden_size = 2, .num_layers = 2, .bidirectional = true});
+  Tensor x = zeros({4, 0, 3}).requires_grad_();
+  auto [y, st] = m(x);
+  CHECK(y.shape() == Shape{4, 0, 4});
+  CHECK(st.h.shape() == Shape{4, 0, 2});
+  sum(y).backward();
+  CHECK(x.grad().shape() == Shape{4, 0, 3});
+  GRU gm(3, 2);
+  CHECK(gm(zeros({2, 0, 3})).output.shape() == Shape{2, 0, 2});
+}
+
+// ---------------------------------------------------------------------------
+// Gradchecks
+// ---------------------------------------------------------------------------
+
+TEST_CASE("gradcheck LSTM (2 layers, bidirectional) w.r.t. input, h0, c0 and every parameter") {
+  DefaultDtypeGuard g(f64);
+  LSTM m(LSTMOptions{.input_size = 3, .hidden_size = 2, .num_layers = 2, .bidirectional = true});
+  Tensor x = rnd({3, 2, 3}, -1, 1, 51), h0 = rnd({4, 2, 2}, -1, 1, 52), c0 = rnd({4, 2, 2}, -1, 1, 53);
+  gradcheck_module(m, {x, h0, c0}, [&] {
+    auto [y, st] = m(x, {h0, c0});
+    return flat_all({y, st.h, st.c});
+  });
+}
+
+TEST_CASE("gradcheck LSTM batch_first, zero initial state, one layer; loss through h_n only") {
+  DefaultDtypeGuard g(f64);
+  LSTM m(LSTMOptions{.input_size = 2, .hidden_size = 3, .batch_first = true});
+  Tensor x = rnd({2, 4, 2}, -1, 1, 54);
+  gradcheck_module(m, {x}, [&] {
+    auto [y, st] = m(x);
+    return flat_all({y, st.c});
+  });
+  gradcheck_module(m, {x}, [&] { return m(x).state.h; });
+}
+
+TEST_CASE("gradcheck GRU (2 layers, bidirectional, h0) and GRU batch_first without bias") {
+  DefaultDtypeGuard g(f64);
+  GRU m(GRUOptions{.input_size = 3, .hidden_size = 2, .num_layers = 2, .bidirectional = true});
+  Tensor x = rnd({3, 2, 3}, -1, 1, 55), h0 = rnd({4, 2, 2}, -1, 1, 56);
+  gradcheck_module(m, {x, h0}, [&] {
+    auto [y, st] = m(x, {h0});
+    return flat_all({y, st.h});
+  });
+  GRU nb(GRUOptions{.input_size = 2, .hidden_size = 3, .bias = false, .batch_first = true});
+  Tensor x2 = rnd({2, 3, 2}, -1, 1, 57);
+  gradcheck_module(nb, {x2}, [&] { return nb(x2).output; });
+}
+
+TEST_CASE("gradcheck RNN tanh and relu (2 layers, bidirectional, h0)") {
+  DefaultDtypeGuard g(f64);
+  for (RNNNonlinearity nl : {RNNNonlinearity::tanh, RNNNonlinearity::relu}) {
+    INFO("relu " << (nl == RNNNonlinearity::relu));
+    manual_seed(17);
+    RNN m(RNNOptions{.input_size = 3, .hidden_size = 3, .num_layers = 2, .nonlinearity = nl, .bidirectional = true});
+    Tensor x = rnd({4, 2, 3}, -1, 1, 58), h0 = rnd({4, 2, 3}, 0.1, 1, 59);
+    gradcheck_module(m, {x, h0}, [&] {
+      auto [y, st] = m(x, {h0});
+      return flat_all({y, st.h});
+    });
+  }
+}
+
+TEST_CASE("gradcheck unbatched input and single-step sequences (T = 1, B = 1, H = 1)") {
+  DefaultDtypeGuard g(f64);
+  LSTM m(LSTMOptions{.input_size = 2, .hidden_size = 1, .num_layers = 2, .bidirectional = true});
+  Tensor x = rnd({3, 2}, -1, 1, 60), h0 = rnd({4, 1}, -1, 1, 61), c0 = rnd({4, 1}, -1, 1, 62);
+  gradcheck_module(m, {x, h0, c0}, [&] {
+    auto [y, st] = m(x, {h0, c0});
+    return flat_all({y, st.h, st.c});
+  });
+  GRU gm(2, 1);
+  Tensor x1 = rnd({1, 1, 2}, -1, 1, 63);
+  gradcheck_module(gm, {x1}, [&] { return gm(x1).output; });
+}
+
+TEST_CASE("gradcheck cells: RNNCell tanh/relu, LSTMCell, GRUCell (with state, without, unbatched)") {
+  DefaultDtypeGuard g(f64);
+  Tensor x = rnd({2, 3}, -1, 1, 71), h = rnd({2, 4}, -1, 1, 72), c = rnd({2, 4}, -1, 1, 73);
+  for (RNNNonlinearity nl : {RNNNonlinearity::tanh, RNNNonlinearity::relu}) {
+    RNNCell m(RNNCellOptions{.input_size = 3, .hidden_size = 4, .nonlinearity = nl});
+    gradcheck_module(m, {x, h}, [&] { return m(x, h); });
+  }
+  LSTMCell lc(3, 4);
+  gradcheck_module(lc, {x, h, c}, [&] {
+    LSTMState s = lc(x, {h, c});
+    return flat_all({s.h, s.c});
+  });
+  gradcheck_module(lc, {x}, [&] { return lc(x).c; });
+  Tensor xu = rnd({3}, -1, 1, 74), hu = rnd({4}, -1, 1, 75), cu = rnd({4}, -1, 1, 76);
+  gradcheck_module(lc, {xu, hu, cu}, [&] {
+    LSTMState s = lc(xu, {hu, cu});
+    return flat_all({s.h, s.c});
+  });
+  GRUCell gc(3, 4);
+  gradcheck_module(gc, {x, h}, [&] { return gc(x, h); });
+  gradcheck_module(gc, {xu, hu}, [&] { return gc(xu, hu); });
+  gradcheck_module(gc, {x}, [&] { return gc(x); });
+}
+
+// ---------------------------------------------------------------------------
+// LSTM extras
+// ---------------------------------------------------------------------------
+
+TEST_CASE("layer-normalised LSTM: values match the loops; gradcheck w.r.t. input, state and all parameters") {
+  DefaultDtypeGuard g(f64);
+  const std::int64_t T = 4, B = 2, I = 3, H = 3;
+  LSTM m(LSTMOptions{.input_size = I, .hidden_size = H, .num_layers = 2, .bidirectional = true, .layer_norm = true});
+  // Move gamma / beta away from 1 / 0 so they matter.
+  for (auto& [name, p] : m.named_parameters()) {
+    if (name.rfind("ln_", 0) == 0) {
+      Tensor r = rnd(p.shape(), 0.5, 1.5, name.size());
+      std::memcpy(p.data<double>(), r.data<double>(), p.numel() * 8);
+    }
+  }
+  Tensor x = rnd({T, B, I}, -1, 1, 81), h0 = rnd({4, B, H}, -1, 1, 82), c0 = rnd({4, B, H}, -1, 1, 83);
+  for (bool with_state : {false, true}) {
+    auto [y, st] = m(x, with_state ? LSTMState{h0, c0} : LSTMState{});
+    const RefSpec spec = spec_of(RefMode::lstm, T, B, I, H, 2, 2, true);
+    const RefResult want = ref_sequence(spec, all_weights(m), vec(x), with_state ? vec(h0) : std::vector<double>(),
+                                        with_state ? vec(c0) : std::vector<double>());
+    check_values(y, want.out, 1e-12, 1e-11);
+    check_values(st.h, want.hn, 1e-12, 1e-11);
+    check_values(st.c, want.cn, 1e-12, 1e-11);
+  }
+  gradcheck_module(m, {x, h0, c0}, [&] {
+    auto [y, st] = m(x, {h0, c0});
+    return flat_all({y, st.h, st.c});
+  });
+}
+
+TEST_CASE("variational dropout: one mask per sequence on the input and the recurrent h (matches the loops)") {
+  DefaultDtypeGuard g(f64);
+  const std::int64_t T = 5, B = 3, I = 4, H = 3, L = 2;
+  const double p = 0.4;
+  LSTM m(LSTMOptions{.input_size = I, .hidden_size = H, .num_layers = L, .bidirectional = true,
+                     .variational_dropout = p});
+  Tensor x = rnd({T, B, I}, -1, 1, 91);
+  // The masks are drawn from the default generator at the start of forward, per layer: the
+  // input mask [B, I_l], then one [B, H] recurrent mask per direction (LSTMOptions' contract).
+  manual_seed(1234);
+  auto [y, st] = m(x);
+  manual_seed(1234);
+  RefSpec spec = spec_of(RefMode::lstm, T, B, I, H, L, 2);
+  Generator& gen = default_generator();
+  auto draw = [&](std::int64_t n) {
+    std::vector<double> mk(n);
+    for (double& v : mk) v = gen.uniform() >= p ? 1.0 / (1.0 - p) : 0.0;
+    return mk;
+  };
+  for (std::int64_t l = 0; l < L; ++l) {
+    spec.mx.push_back(draw(B * (l == 0 ? I : 2 * H)));
+    for (int d = 0; d < 2; ++d) spec.mh.push_back(draw(B * H));
+  }
+  const RefResult want = ref_sequence(spec, all_weights(m), vec(x), {}, {});
+  check_values(y, want.out, 1e-13, 1e-12);
+  check_values(st.c, want.cn, 1e-13, 1e-12);
+
+  // Eval mode: identity, so the output equals the plain LSTM's.
+  m.eval();
+  auto [ye, se] = m(x);
+  const RefResult plain = ref_sequence(spec_of(RefMode::lstm, T, B, I, H, L, 2), all_weights(m), vec(x), {}, {});
+  check_values(ye, plain.out, 1e-13, 1e-12);
+}
+
+TEST_CASE("variational dropout: an input feature dropped for a sequence gets zero gradient at every step") {
+  DefaultDtypeGuard g(f64);
+  const std::int64_t T = 6, B = 4, I = 5;
+  LSTM m(LSTMOptions{.input_size = I, .hidden_size = 3, .variational_dropout = 0.5});
+  Tensor x = rnd({T, B, I}, -1, 1, 92).requires_grad_();
+  manual_seed(99);
+  sum(m(x).output).backward();
+  const std::vector<double> gx = x.grad().to_vector<double>();
+  int dropped = 0, kept = 0;
+  for (std::int64_t b = 0; b < B; ++b) {
+    for (std::int64_t i = 0; i < I; ++i) {
+      int zero_steps = 0;
+      for (std::int64_t t = 0; t < T; ++t) zero_steps += gx[(t * B + b) * I + i] == 0.0;
+      CHECK((zero_steps == 0 || zero_steps == T));  // the same mask at every step
+      (zero_steps == T ? dropped : kept)++;
+    }
+  }
+  CHECK(dropped > 0);
+  CHECK(kept > 0);
+}
+
+TEST_CASE("gradcheck LSTM with variational dropout and dropout between layers (masks fixed by the seed)") {
+  DefaultDtypeGuard g(f64);
+  LSTM m(LSTMOptions{.input_size = 3, .hidden_size = 2, .num_layers = 2, .dropout = 0.3, .bidirectional = true,
+                     .variational_dropout = 0.3});
+  Tensor x = rnd({3, 2, 3}, -1, 1, 93), h0 = rnd({4, 2, 2}, -1, 1, 94), c0 = rnd({4, 2, 2}, -1, 1, 95);
+  gradcheck_module(m, {x, h0, c0}, [&] {
+    manual_seed(2024);
+    auto [y, st] = m(x, {h0, c0});
+    return flat_all({y, st.h, st.c});
+  });
+}
+
+TEST_CASE("dropout between layers: only in training, never on the last layer's output") {
+  DefaultDtypeGuard g(f64);
+  Tensor x = rnd({4, 2, 3}, -1, 1, 96);
+  manual_seed(8);
+  GRU one(GRUOptions{.input_size = 3, .hidden_size = 4, .dropout = 0.9});
+  manual_seed(8);
+  GRU ref(GRUOptions{.input_size = 3, .hidden_size = 4});
+  check_close(one(x).output, ref(x).output, 0, 0);  // one layer: nothing between layers
+
+  manual_seed(9);
+  GRU two(GRUOptions{.input_size = 3, .hidden_size = 4, .num_layers = 2, .dropout = 0.5});
+  manual_seed(9);
+  GRU two_ref(GRUOptions{.input_size = 3, .hidden_size = 4, .num_layers = 2});
+  const Tensor y1 = two(x).output, y2 = two(x).output;
+  CHECK(y1.to_vector<double>() != y2.to_vector<double>());  // a new mask per forward
+  two.eval();
+  check_close(two(x).output, two_ref(x).output, 0, 0);
+}
+
+// ---------------------------------------------------------------------------
+// Truncated BPTT
+// ---------------------------------------------------------------------------
+
+TEST_CASE("truncated BPTT: state.detach() between chunks works; carrying the state is the engine's StateError") {
+  DefaultDtypeGuard g(f64);
+  LSTM m(LSTMOptions{.input_size = 3, .hidden_size = 4, .num_layers = 2});
+  GRU gm(3, 4);
+  Tensor data = rnd({12, 2, 3}, -1, 1, 101);
+  LSTMState st;
+  RNNState gst;
+  for (std::int64_t chunk = 0; chunk < 4; ++chunk) {
+    Tensor x = narrow(data, 0, chunk * 3, 3);
+    auto [y, s] = m(x, st);
+    auto [gy, gs] = gm(x, gst);
+    add(sum(y), sum(gy)).backward();
+    st = s.detach();
+    gst = gs.detach();
+    CHECK_FALSE(st.h.requires_grad());
+    CHECK(st.h.shape() == Shape{2, 2, 4});
+  }
+  CHECK(m.weights(1).weight_hh.grad().defined());
+  CHECK(tape_pending() == 0);
+
+  // The classic bug: the second chunk starts from the first chunk's (freed) graph.
+  auto [y1, s1] = m(narrow(data, 0, 0, 3));
+  sum(y1).backward();
+  auto [y2, s2] = m(narrow(data, 0, 3, 3), s1);
+  const std::string msg = message_of([&] { sum(y2).backward(); });
+  CHECK(has(msg, "detach()"));
+  CHECK_THROWS_AS(sum(y2).backward(), StateError);
+
+  // The detached state carries the values: chunked forward == one long forward.
+  m.zero_grad();
+  auto [yall, sall] = m(data);
+  LSTMState cs;
+  Tensor last;
+  for (std::int64_t chunk = 0; chunk < 4; ++chunk) {
+    auto [y, s] = m(narrow(data, 0, chunk * 3, 3), cs);
+    cs = s.detach();
+    last = y;
+  }
+  check_close(last, narrow(yall, 0, 9, 3), 1e-15, 1e-14);
+  check_close(cs.c, sall.c, 1e-15, 1e-14);
+}
+
+// ---------------------------------------------------------------------------
+// Introspection
+// ---------------------------------------------------------------------------
+
+TEST_CASE("introspection LSTM: records per layer/direction/step with consistent gates, c and h") {
+  DefaultDtypeGuard g(f64);
+  const std::int64_t T = 4, B = 2, I = 3, H = 5;
+  LSTM m(LSTMOptions{.input_size = I, .hidden_size = H, .num_layers = 2, .bidirectional = true});
+  Tensor x = rnd({T, B, I}, -1, 1, 111);
+  Tensor c0 = rnd({4, B, H}, -1, 1, 112), h0 = rnd({4, B, H}, -1, 1, 113);
+  CHECK(m.introspection().empty());
+  m.set_record(true);
+  auto [y, st] = m(x, {h0, c0});
+  const Introspection& in = m.introspection();
+  CHECK(in.num_layers == 2);
+  CHECK(in.num_directions == 2);
+  CHECK(in.seq_len() == T);
+  CHECK(in.gate_names == std::vector<std::string>{"i", "f", "g", "o"});
+  for (std::int64_t l = 0; l < 2; ++l) {
+    for (std::int64_t d = 0; d < 2; ++d) {
+      for (std::int64_t t = 0; t < T; ++t) {
+        const StepRecord& r = in.at(l, t, d);
+        REQUIRE(r.gates.size() == 4);
+        for (const Tensor& gt_ : r.gates) CHECK(gt_.shape() == Shape{B, H});
+        CHECK_FALSE(r.h.requires_grad());
+        // c_t = f ⊙ c_{t-1} + i ⊙ g, h_t = o ⊙ tanh(c_t), in processing order.
+        const std::int64_t prev_t = d == 0 ? t - 1 : t + 1;
+        const Tensor c_prev = prev_t < 0 || prev_t >= T ? select(c0, 0, l * 2 + d) : in.at(l, prev_t, d).c;
+        check_close(r.c, add(mul(r.gates[1], c_prev), mul(r.gates[0], r.gates[2])), 1e-14, 1e-13);
+        check_close(r.h, mul(r.gates[3], tanh(r.c)), 1e-14, 1e-13);
+        if (l == 1) check_close(r.h, narrow(select(y, 0, t), 1, d * H, H), 0, 0);
+      }
+    }
+  }
+  CHECK_THROWS_AS(in.at(2, 0), IndexError);
+  CHECK_THROWS_AS(in.at(0, T), IndexError);
+  // Before backward there is no gradient to measure.
+  CHECK(std::isnan(in.at(0, 0).grad_norm()));
+  sum(y).backward();
+  for (double v : in.grad_norms(0, 1)) CHECK((std::isfinite(v) && v > 0));
+}
+
+TEST_CASE("introspection GRU: r, z, n reproduce h; recording adds no tape nodes; off records nothing") {
+  DefaultDtypeGuard g(f64);
+  const std::int64_t T = 3, B = 2, H = 4;
+  GRU m(GRUOptions{.input_size = 3, .hidden_size = H});
+  Tensor x = rnd({T, B, 3}, -1, 1, 121);
+  const std::size_t n0 = tape_size();
+  auto [y0, s0] = m(x);
+  const std::size_t plain_nodes = tape_size() - n0;
+  m.set_record(true);
+  const std::size_t n1 = tape_size();
+  auto [y, st] = m(x);
+  CHECK(tape_size() - n1 == plain_nodes);
+  const Introspection& in = m.introspection();
+  CHECK(in.gate_names == std::vector<std::string>{"r", "z", "n"});
+  for (std::int64_t t = 0; t < T; ++t) {
+    const StepRecord& r = in.at(0, t);
+    const Tensor hp = t == 0 ? zeros({B, H}) : in.at(0, t - 1).h;
+    check_close(r.h, add(mul(rsub(1.0, r.gates[1]), r.gates[2]), mul(r.gates[1], hp)), 1e-14, 1e-13);
+    CHECK_FALSE(r.c.defined());
+  }
+  RNN rnn(3, 4);
+  rnn.set_record(true, RecordOptions{.gates = true, .states = false, .grad_norms = true});
+  rnn(x);
+  CHECK(rnn.introspection().at(0, 1).gates.empty());
+  CHECK_FALSE(rnn.introspection().at(0, 1).h.defined());
+  m.set_record(false);
+  m.clear_record();
+  m(x);
+  CHECK(m.introspection().empty());
+}
+
+TEST_CASE("introspection: gradient norms per step decay backwards in time for a vanilla RNN with small weights") {
+  DefaultDtypeGuard g(f64);
+  const std::int64_t T = 12, B = 2, H = 6;
+  RNN m(RNNOptions{.input_size = 3, .hidden_size = H});
+  // ‖W_hh‖₂ <= ‖W_hh‖_F < 0.5 and |tanh'| <= 1: each step back shrinks the gradient.
+  Tensor small = rnd({H, H}, -0.08, 0.08, 131);
+  Tensor w_hh = m.weights(0).weight_hh;
+  std::memcpy(w_hh.data<double>(), small.data<double>(), H * H * 8);
+  m.set_record(true);
+  Tensor x = rnd({T, B, 3}, -1, 1, 132);
+  Tensor w = rnd({B, H}, -1, 1, 133);
+  auto [y, st] = m(x);
+  sum(mul(select(y, 0, T - 1), w)).backward();
+  const std::vector<double> norms = m.introspection().grad_norms(0);
+  REQUIRE(norms.size() == static_cast<std::size_t>(T));
+  // The last step's h only feeds the loss: its gradient is w itself.
+  double wn = 0;
+  for (double v : w.to_vector<double>()) wn += v * v;
+  CHECK(norms.back() == doctest::Approx(std::sqrt(wn)).epsilon(1e-12));
+  for (std::int64_t t = 0; t + 1 < T; ++t) CHECK(norms[t] < 0.5 * norms[t + 1]);
+  CHECK(norms[0] < 1e-3 * norms.back());
+}
+
+// ---------------------------------------------------------------------------
+// The speed design, observable on the tape
+// ---------------------------------------------------------------------------
+
+TEST_CASE("per-step cost: LSTM 6 tape nodes (view, GEMM, add, fused gates, h/c views), GRU 3, RNN 4") {
+  DefaultDtypeGuard g(f64);
+  auto nodes_per_step = [](auto& m, std::int64_t I) {
+    auto count = [&](std::int64_t T) {
+      const std::size_t before = tape_size();
+      auto r = m(rnd({T, 2, I}));
+      return static_cast<std::int64_t>(tape_size() - before);
+    };
+    return (count(9) - count(5)) / 4;
+  };
+  LSTM lstm(3, 4);
+  GRU gru(3, 4);
+  RNN rnn(3, 4);
+  CHECK(nodes_per_step(lstm, 3) == 6);
+  CHECK(nodes_per_step(gru, 3) == 3);
+  CHECK(nodes_per_step(rnn, 3) == 4);
+}
+
+TEST_CASE("a long sequence (T = 2000) backwards through the gathered projection gradient") {
+  LSTM m(LSTMOptions{.input_size = 4, .hidden_size = 8});
+  Tensor x = rnd({2000, 2, 4}, -1, 1, 141).to(f32).detach().requires_grad_();
+  {
+    auto [y, st] = m(x);
+    sum(y).backward();
+  }
+  CHECK(x.grad().shape() == Shape{2000, 2, 4});
+  CHECK(m.weights(0).weight_ih.grad().defined());
+  // Every step's input got its own rows of the gathered gradient.
+  for (std::int64_t t : {0, 1000, 1999}) {
+    double s = 0;
+    for (double v : select(x.grad(), 0, t).to_vector<double>()) s += std::fabs(v);
+    CHECK(s > 0);
+  }
+  CHECK(tape_pending() == 0);
+}
+
+TEST_CASE("retain_graph: two backward passes through the same sequence give twice the gradient") {
+  DefaultDtypeGuard g(f64);
+  GRU m(GRUOptions{.input_size = 2, .hidden_size = 3, .bidirectional = true});
+  Tensor x = rnd({4, 2, 2}, -1, 1, 151).requires_grad_();
+  Tensor loss = sum(m(x).output);
+  loss.backward(Tensor(), true);
+  const Tensor g1 = x.grad().clone();
+  loss.backward();
+  check_close(x.grad(), mul(g1, 2.0), 1e-14, 1e-14);
+}
+
+TEST_CASE("loss on one reverse-direction step only still reaches every earlier-processed step") {
+  DefaultDtypeGuard g(f64);
+  LSTM m(LSTMOptions{.input_size = 2, .hidden_size = 2, .bidirectional = true});
+  Tensor x = rnd({5, 1, 2}, -1, 1, 152);
+  // The reverse half of y[3] depends on x[3], x[4] only.
+  gradcheck_module(m, {x}, [&] { return narrow(select(m(x).output, 0, 3), 1, 2, 2); });
+}
+
+// ---------------------------------------------------------------------------
+// Bad inputs
+// ---------------------------------------------------------------------------
+
+TEST_CASE("sequence modules: bad inputs are errors naming the module and the shapes") {
+  LSTM m(LSTMOptions{.input_size = 8, .hidden_size = 5, .num_layers = 2});
+  std::string s = message_of([&] { m(zeros({5, 3, 10})); });
+  CHECK(s == "LSTM: input [5,3,10]: expected feature size 8");
+  CHECK_THROWS_AS(m(zeros({5, 3, 10})), ShapeError);
+  CHECK_THROWS_AS(m(zeros({0, 3, 8})), ShapeError);
+  CHECK(has(message_of([&] { m(zeros({0, 3, 8})); }), "zero-length"));
+  CHECK_THROWS_AS(m(zeros({8})), ShapeError);
+  CHECK(has(message_of([&] { m(zeros({2, 2, 2, 8})); }), "LSTM: input [2,2,2,8]"));
+  // state of the wrong shape, batch mismatch, h without c
+  CHECK_THROWS_AS(m(zeros({4, 3, 8}), {zeros({2, 3, 4}), zeros({2, 3, 4})}), ShapeError);
+  CHECK(has(message_of([&] { m(zeros({4, 3, 8}), {zeros({2, 3, 4}), zeros({2, 3, 5})}); }),
+            "h0 [2,3,4]: expected [2,3,5]"));
+  CHECK(has(message_of([&] { m(zeros({4, 3, 8}), {zeros({1, 3, 5}), zeros({1, 3, 5})}); }), "expected [2,3,5]"));
+  s = message_of([&] { m(zeros({4, 3, 8}), {zeros({2, 4, 5}), zeros({2, 4, 5})}); });
+  CHECK(has(s, "batch sizes differ"));
+  CHECK(has(s, "[4,3,8]"));
+  CHECK(has(s, "[2,4,5]"));
+  CHECK_THROWS_AS(m(zeros({4, 3, 8}), {zeros({2, 4, 5}), zeros({2, 4, 5})}), ShapeError);
+  CHECK(has(message_of([&] { m(zeros({4, 3, 8}), {zeros({2, 3, 5}), zeros({2, 3, 4})}); }), "c0 [2,3,4]"));
+  CHECK_THROWS_AS(m(zeros({4, 3, 8}), {zeros({2, 3, 5}), Tensor()}), ShapeError);
+  CHECK(has(message_of([&] { m(zeros({4, 3, 8}), {Tensor(), zeros({2, 3, 5})}); }), "has c but not h"));
+  // unbatched input needs a 2-D state
+  CHECK(has(message_of([&] { m(zeros({4, 8}), {zeros({2, 1, 5}), zeros({2, 1, 5})}); }), "expected [2,5]"));
+  // dtype
+  CHECK_THROWS_AS(m(zeros({4, 3, 8}, f64)), DtypeError);
+  CHECK(has(message_of([&] { m(zeros({4, 3, 8}, f64)); }), "LSTM: input is float64"));
+  CHECK_THROWS_AS(m(zeros({4, 3, 8}), {zeros({2, 3, 5}, f64), zeros({2, 3, 5}, f64)}), DtypeError);
+  CHECK_THROWS_AS(m(Tensor()), StateError);
+
+  GRU gm(GRUOptions{.input_size = 2, .hidden_size = 3, .batch_first = true, .bidirectional = true});
+  CHECK(message_of([&] { gm(zeros({4, 5, 3})); }) == "GRU: input [4,5,3]: expected feature size 2");
+  CHECK(has(message_of([&] { gm(zeros({4, 5, 2}), {zeros({2, 5, 3})}); }), "batch sizes differ"));
+  CHECK(has(message_of([&] { gm(zeros({4, 0, 2})); }), "GRU: input [4,0,2]: zero-length"));
+  RNN rm(2, 3);
+  CHECK_THROWS_AS(rm(zeros({3, 2, 2}), {zeros({1, 3, 3})}), ShapeError);
+  CHECK(has(message_of([&] { rm(randint(0, 2, {3, 2, 2})); }), "RNN: input is int64"));
+}
+
+TEST_CASE("cells: bad inputs are errors naming the cell and the shapes") {
+  LSTMCell lc(8, 5);
+  CHECK(message_of([&] { lc(zeros({3, 10})); }) == "LSTMCell: input [3,10]: expected feature size 8");
+  CHECK_THROWS_AS(lc(zeros({3, 10})), ShapeError);
+  CHECK_THROWS_AS(lc(zeros({2, 3, 8})), ShapeError);
+  CHECK(has(message_of([&] { lc(zeros({3, 8}), {zeros({3, 4}), zeros({3, 5})}); }), "LSTMCell: h [3,4]: expected [3,5]"));
+  CHECK(has(message_of([&] { lc(zeros({3, 8}), {zeros({4, 5}), zeros({4, 5})}); }), "batch sizes differ"));
+  CHECK_THROWS_AS(lc(zeros({3, 8}), {zeros({4, 5}), zeros({4, 5})}), ShapeError);
+  CHECK(has(message_of([&] { lc(zeros({3, 8}), {zeros({3, 5}), Tensor()}); }), "has h but not c"));
+  CHECK(has(message_of([&] { lc(zeros({8}), {zeros({1, 5}), zeros({1, 5})}); }), "expected [5]"));
+  CHECK_THROWS_AS(lc(zeros({3, 8}, f64)), DtypeError);
+  GRUCell gc(4, 2);
+  CHECK(has(message_of([&] { gc(zeros({3, 4}), zeros({2, 2})); }), "GRUCell: batch sizes differ"));
+  CHECK(has(message_of([&] { gc(zeros({})); }), "GRUCell: input []"));
+  RNNCell rc(4, 2);
+  CHECK(message_of([&] { rc(zeros({3, 5})); }) == "RNNCell: input [3,5]: expected feature size 4");
+  CHECK_THROWS_AS(rc(zeros({3, 4}), zeros({3, 2}, f64)), DtypeError);
+}
+
+// ---------------------------------------------------------------------------
+// Agreement with PyTorch (tests/fixtures/gen_nn.py; see tests/fixtures/README.md)
+// ---------------------------------------------------------------------------
+
+namespace {
+
+// One fixture file, run in dtype dt: parameters loaded into the module, inputs as leaves,
+// the file's scalar loss = Σ_o sum(out_o * w_o) rebuilt, and every output and gradient
+// compared within tol relative to the largest magnitude of the reference tensor.
+class Agreement {
+ public:
+  Agreement(const std::string& name, Dtype dt, double tol) : name_(name), dt_(dt), tol_(tol) {
+    for (auto& [k, v] : load_npz(std::string(XGRAD_FIXTURES_DIR) + "/nn/" + name + ".npz")) f_[k] = v;
+  }
+
+  Tensor entry(const std::string& key) const {
+    INFO(name_ << ": entry " << key);
+    REQUIRE(f_.count(key) == 1);
+    return f_.at(key).detach().to(dt_).clone();
+  }
+
+  // An input leaf whose gradient is compared with grad.in.<name>.
+  Tensor input(const std::string& name) {
+    Tensor t = entry("in." + name).requires_grad_();
+    inputs_.emplace_back(name, t);
+    return t;
+  }
+
+  // Loads every param.* entry (strict: the names must be exactly the module's).
+  void load(Module& m) const {
+    StateDict sd;
+    for (const auto& [k, v] : f_) {
+      if (k.rfind("param.", 0) == 0) sd.emplace_back(k.substr(6), v.to(dt_));
+    }
+    m.load_state_dict(sd);
+  }
+
+  void check(const Module& m, const std::map<std::string, Tensor>& outputs) const {
+    Tensor loss;
+    for (const auto& [k, v] : f_) {
+      if (k.rfind("out.", 0) != 0) continue;
+      const std::string o = k.substr(4);
+      INFO(name_ << ": output " << o);
+      REQUIRE(outputs.count(o) == 1);
+      const Tensor& got = outputs.at(o);
+      close(got, v);
+      Tensor l = sum(mul(got, entry("in.w_" + o)));
+      loss = loss.defined() ? add(loss, l) : l;
+    }
+    loss.backward();
+    for (const auto& [n, t] : inputs_) {
+      INFO(name_ << ": grad of input " << n);
+      close(t.grad(), f_.at("grad.in." + n));
+    }
+    for (const auto& [n, p] : m.named_parameters()) {
+      INFO(name_ << ": grad of parameter " << n);
+      REQUIRE(f_.count("grad.param." + n) == 1);
+      close(p.grad(), f_.at("grad.param." + n));
+    }
+  }
+
+ private:
+  void close(const Tensor& got, const Tensor& want) const {
+    REQUIRE(got.defined());
+    CHECK(got.dtype() == dt_);
+    REQUIRE(got.shape() == want.shape());
+    double scale = 0.0;
+    for (double v : want.to_vector<double>()) scale = std::max(scale, std::fabs(v));
+    check_values(got, want.to_vector<double>(), tol_ * scale, tol_);
+  }
+
+  std::string name_;
+  Dtype dt_;
+  double tol_;
+  std::map<std::string, Tensor> f_;
+  std::vector<std::pair<std::string, Tensor>> inputs_;
+};
+
+struct Precision {
+  Dtype dt;
+  double tol;
+};
+const Precision kPrecisions[] = {{f64, 1e-10}, {f32, 1e-5}};
+
+}  // namespace
+
+TEST_CASE("PyTorch agreement: RNN tanh, 2 layers, h0 (rnn_tanh_2l.npz), float64 and float32") {
+  for (const Precision& pr : kPrecisions) {
+    INFO(dtype_name(pr.dt));
+    DefaultDtypeGuard g(pr.dt);
+    Agreement a("rnn_tanh_2l", pr.dt, pr.tol);
+    RNN m(RNNOptions{.input_size = 4, .hidden_size = 6, .num_layers = 2});
+    a.load(m);
+    Tensor x = a.input("x"), h0 = a.input("h0");
+    auto [y, st] = m(x, {h0});
+    a.check(m, {{"y", y}, {"h_n", st.h}});
+  }
+}
+
+TEST_CASE("PyTorch agreement: LSTM, 2 layers, bidirectional, h0/c0 (lstm_2l_bi_h0.npz), float64 and float32") {
+  for (const Precision& pr : kPrecisions) {
+    INFO(dtype_name(pr.dt));
+    DefaultDtypeGuard g(pr.dt);
+    Agreement a("lstm_2l_bi_h0", pr.dt, pr.tol);
+    LSTM m(LSTMOptions{.input_size = 4, .hidden_size = 6, .num_layers = 2, .bidirectional = true});
+    a.load(m);
+    Tensor x = a.input("x"), h0 = a.input("h0"), c0 = a.input("c0");
+    auto [y, st] = m(x, {h0, c0});
+    a.check(m, {{"y", y}, {"h_n", st.h}, {"c_n", st.c}});
+  }
+}
+
+TEST_CASE("PyTorch agreement: GRU batch_first with h0 (gru.npz), float64 and float32") {
+  for (const Precision& pr : kPrecisions) {
+    INFO(dtype_name(pr.dt));
+    DefaultDtypeGuard g(pr.dt);
+    Agreement a("gru", pr.dt, pr.tol);
+    GRU m(GRUOptions{.input_size = 4, .hidden_size = 6, .batch_first = true});
+    a.load(m);
+    Tensor x = a.input("x"), h0 = a.input("h0");
+    auto [y, st] = m(x, {h0});
+    a.check(m, {{"y", y}, {"h_n", st.h}});
+  }
+}
+
+TEST_CASE("PyTorch agreement: LSTMCell and GRUCell (lstmcell.npz, grucell.npz), float64 and float32") {
+  for (const Precision& pr : kPrecisions) {
+    INFO(dtype_name(pr.dt));
+    DefaultDtypeGuard g(pr.dt);
+    {
+      Agreement a("lstmcell", pr.dt, pr.tol);
+      LSTMCell m(4, 6);
+      a.load(m);
+      Tensor x = a.input("x"), h0 = a.input("h0"), c0 = a.input("c0");
+      LSTMState s = m(x, {h0, c0});
+      a.check(m, {{"h", s.h}, {"c", s.c}});
+    }
+    {
+      Agreement a("grucell", pr.dt, pr.tol);
+      GRUCell m(4, 6);
+      a.load(m);
+      Tensor x = a.input("x"), h0 = a.input("h0");
+      a.check(m, {{"h", m(x, h0)}});
+    }
+  }
+}

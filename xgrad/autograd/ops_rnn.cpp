@@ -1,1 +1,334 @@
+// The fused LSTM / GRU gate kernels: one pass over the [B, G*H] gate rows per step,
+// forward and backward, with the transcendental functions on xsimd batches (GCC does not
+// vectorise std::exp / std::tanh). The same step body runs on a batch of W lanes for the
+// bulk of each row and on scalars for the tail, so both paths compute the same formulas.
+
+// GCC 12's AVX-512 intrinsics headers initialise their `undefined` vectors from themselves,
+// which -Wmaybe-uninitialized reports wherever xsimd's exp/tanh are inlined (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 #include "xgrad/autograd/ops_rnn.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#if defined(XTENSOR_USE_XSIMD)
+#include <xsimd/xsimd.hpp>
+#endif
+
+#include "xgrad/autograd/detail/kernels.hpp"
+#include "xgrad/autograd/ops.hpp"
+#include "xgrad/autograd/tape.hpp"
+
+namespace xg {
+
+using detail::dispatch_float;
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Lanes: a scalar or an xsimd batch, behind the same four calls
+// ---------------------------------------------------------------------------
+
+template <class T>
+struct Scalar {
+  using V = T;
+  static constexpr std::int64_t W = 1;
+  static V load(const T* p) { return *p; }
+  static void store(T* p, V v) { *p = v; }
+  static V sigmoid(V x) {
+    // NOTE stability: e = exp(-|x|) <= 1 never overflows; σ(x) = 1/(1+e) for x >= 0 and
+    // e/(1+e) below (as xg::sigmoid), so very negative gates keep their relative precision.
+    const V e = std::exp(-std::fabs(x));
+    const V r = V(1) / (V(1) + e);
+    return x >= V(0) ? r : e * r;
+  }
+  static V tanh(V x) { return std::tanh(x); }
+};
+
+#if defined(XTENSOR_USE_XSIMD)
+template <class T>
+struct Simd {
+  using V = xsimd::batch<T>;
+  static constexpr std::int64_t W = static_cast<std::int64_t>(V::size);
+  static V load(const T* p) { return V::load_unaligned(p); }
+  static void store(T* p, const V& v) { v.store_unaligned(p); }
+  static V sigmoid(const V& x) {
+    const V e = xsimd::exp(-xsimd::abs(x));
+    const V r = V(T(1)) / (V(T(1)) + e);
+    return xsimd::select(x >= V(T(0)), r, e * r);
+  }
+  static V tanh(const V& x) { return xsimd::tanh(x); }
+};
+#endif
+
+// Runs step.template operator()<Lanes>(j) over j in [0, n): whole batches, then scalars.
+template <class T, class Step>
+void for_lanes(std::int64_t n, Step&& step) {
+  std::int64_t j = 0;
+#if defined(XTENSOR_USE_XSIMD)
+  for (; j + Simd<T>::W <= n; j += Simd<T>::W) step.template operator()<Simd<T>>(j);
+#endif
+  for (; j < n; ++j) step.template operator()<Scalar<T>>(j);
+}
+
+// ---------------------------------------------------------------------------
+// LSTM
+// ---------------------------------------------------------------------------
+
+// One row: gates g[4H], c_prev cp[H] -> h[H], c[H]; the activations i, f, g, o go to a[4H]
+// when a is not null (only when backward will need them).
+template <class T>
+void lstm_row_forward(const T* gr, const T* cp, T* h, T* c, T* a, std::int64_t H) {
+  for_lanes<T>(H, [&]<class L>(std::int64_t j) {
+    using V = typename L::V;
+    const V i = L::sigmoid(L::load(gr + j));
+    const V f = L::sigmoid(L::load(gr + H + j));
+    const V g = L::tanh(L::load(gr + 2 * H + j));
+    const V o = L::sigmoid(L::load(gr + 3 * H + j));
+    const V cc = f * L::load(cp + j) + i * g;
+    L::store(c + j, cc);
+    L::store(h + j, o * L::tanh(cc));
+    if (a) {
+      L::store(a + j, i);
+      L::store(a + H + j, f);
+      L::store(a + 2 * H + j, g);
+      L::store(a + 3 * H + j, o);
+    }
+  });
+}
+
+// One row of the backward. gh, gc: d loss / d h, d c of this step; a: activations; c: the
+// step's cell state. Writes d gates (dg, when not null) and d c_prev (dcp, when not null).
+template <class T>
+void lstm_row_backward(const T* gh, const T* gc, const T* a, const T* cp, const T* c, T* dg, T* dcp,
+                       std::int64_t H) {
+  for_lanes<T>(H, [&]<class L>(std::int64_t j) {
+    using V = typename L::V;
+    const V one(T(1));
+    const V i = L::load(a + j), f = L::load(a + H + j), g = L::load(a + 2 * H + j), o = L::load(a + 3 * H + j);
+    const V dh = L::load(gh + j);
+    const V tc = L::tanh(L::load(c + j));
+    // Total d c: directly, and through h = o ⊙ tanh(c).
+    const V dc = L::load(gc + j) + dh * o * (one - tc * tc);
+    if (dg) {
+      L::store(dg + j, dc * g * i * (one - i));
+      L::store(dg + H + j, dc * L::load(cp + j) * f * (one - f));
+      L::store(dg + 2 * H + j, dc * i * (one - g * g));
+      L::store(dg + 3 * H + j, dh * tc * o * (one - o));
+    }
+    if (dcp) L::store(dcp + j, dc * f);
+  });
+}
+
+void check_lstm_shapes(const Tensor& gates, const Tensor& c_prev) {
+  detail::check_same_float("lstm_cell_fused", gates, c_prev);
+  const Shape& gs = gates.shape();
+  const Shape& cs = c_prev.shape();
+  if (gs.size() != 2 || gs[1] % 4 != 0) {
+    throw ShapeError(fmt::format("lstm_cell_fused: gates {}: expected [B, 4H] (2-D, columns divisible by 4)",
+                                 gs.str()));
+  }
+  const Shape want{gs[0], gs[1] / 4};
+  if (cs != want) {
+    throw ShapeError(fmt::format("lstm_cell_fused: gates {} and c_prev {}: expected c_prev {}", gs.str(), cs.str(),
+                                 want.str()));
+  }
+}
+
+// Half k (0: h, 1: c) of the packed hc [2, B, H], as a [B, H] tensor on the same storage.
+Tensor half_of(const Tensor& hc, int k) {
+  const TensorImpl& t = *hc.impl();
+  const Shape s{t.shape[1], t.shape[2]};
+  void* first = static_cast<char*>(t.data) + k * s.numel() * static_cast<std::int64_t>(dtype_size(t.dtype));
+  Tensor v(std::make_shared<TensorImpl>(s, t.dtype, t.storage, first));
+  if (needs_record({&hc})) {
+    // d hc[k] = g in half k of [2, B, H], zeros in the other half
+    record(k == 0 ? "lstm_h" : "lstm_c", v, {&hc}, [k](const Tensor& g, GradSlots& dx) {
+      const std::int64_t n = g.numel();
+      Tensor d = Tensor::empty(Shape{2, g.shape()[0], g.shape()[1]}, g.dtype());
+      const std::size_t bytes = static_cast<std::size_t>(n) * dtype_size(g.dtype());
+      char* p = static_cast<char*>(d.data_ptr());
+      std::memcpy(p + k * bytes, g.data_ptr(), bytes);
+      std::memset(p + (1 - k) * bytes, 0, bytes);  // IEEE +0.0 is all-zero bits
+      dx[0] = d;
+    });
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------------------
+// GRU
+// ---------------------------------------------------------------------------
+
+template <class T>
+void gru_row_forward(const T* gi, const T* gh, const T* hp, T* h, T* a, std::int64_t H) {
+  for_lanes<T>(H, [&]<class L>(std::int64_t j) {
+    using V = typename L::V;
+    const V r = L::sigmoid(L::load(gi + j) + L::load(gh + j));
+    const V z = L::sigmoid(L::load(gi + H + j) + L::load(gh + H + j));
+    const V n = L::tanh(L::load(gi + 2 * H + j) + r * L::load(gh + 2 * H + j));
+    // (1 - z) n + z h_prev, written as PyTorch's kernel does.
+    L::store(h + j, n + z * (L::load(hp + j) - n));
+    if (a) {
+      L::store(a + j, r);
+      L::store(a + H + j, z);
+      L::store(a + 2 * H + j, n);
+    }
+  });
+}
+
+template <class T>
+void gru_row_backward(const T* g, const T* a, const T* gh, const T* hp, T* dgi, T* dgh, T* dhp, std::int64_t H) {
+  for_lanes<T>(H, [&]<class L>(std::int64_t j) {
+    using V = typename L::V;
+    const V one(T(1));
+    const V r = L::load(a + j), z = L::load(a + H + j), n = L::load(a + 2 * H + j);
+    const V dh = L::load(g + j);
+    const V dz = dh * (L::load(hp + j) - n) * z * (one - z);
+    const V dn = dh * (one - z) * (one - n * n);
+    const V dr = dn * L::load(gh + 2 * H + j) * r * (one - r);
+    if (dgi) {
+      L::store(dgi + j, dr);
+      L::store(dgi + H + j, dz);
+      L::store(dgi + 2 * H + j, dn);
+    }
+    if (dgh) {
+      L::store(dgh + j, dr);
+      L::store(dgh + H + j, dz);
+      L::store(dgh + 2 * H + j, dn * r);
+    }
+    if (dhp) L::store(dhp + j, dh * z);
+  });
+}
+
+void check_gru_shapes(const Tensor& gi, const Tensor& gh, const Tensor& h_prev) {
+  detail::check_same_float("gru_cell_fused", gi, gh);
+  detail::check_same_float("gru_cell_fused", gi, h_prev);
+  const Shape& is = gi.shape();
+  if (is.size() != 2 || is[1] % 3 != 0) {
+    throw ShapeError(fmt::format("gru_cell_fused: gi {}: expected [B, 3H] (2-D, columns divisible by 3)", is.str()));
+  }
+  if (gh.shape() != is) {
+    throw ShapeError(fmt::format("gru_cell_fused: gi {} and gh {}: expected equal shapes", is.str(),
+                                 gh.shape().str()));
+  }
+  const Shape want{is[0], is[1] / 3};
+  if (h_prev.shape() != want) {
+    throw ShapeError(fmt::format("gru_cell_fused: gi {} and h_prev {}: expected h_prev {}", is.str(),
+                                 h_prev.shape().str(), want.str()));
+  }
+}
+
+}  // namespace
+
+LSTMGatesOut lstm_cell_fused(const Tensor& gates, const Tensor& c_prev) {
+  check_lstm_shapes(gates, c_prev);
+  const std::int64_t B = gates.shape()[0], H = gates.shape()[1] / 4;
+  const bool rec = needs_record({&gates, &c_prev});
+  Tensor hc = Tensor::empty(Shape{2, B, H}, gates.dtype());
+  // The activations are what backward needs; without a backward they are never stored.
+  Tensor acts = rec ? Tensor::empty(gates.shape(), gates.dtype()) : Tensor();
+  dispatch_float("lstm_cell_fused", gates.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* g = gates.data<T>();
+    const T* cp = c_prev.data<T>();
+    T* h = hc.data<T>();
+    T* c = h + B * H;
+    T* a = rec ? acts.data<T>() : nullptr;
+    for (std::int64_t b = 0; b < B; ++b) {
+      lstm_row_forward<T>(g + b * 4 * H, cp + b * H, h + b * H, c + b * H, a ? a + b * 4 * H : nullptr, H);
+    }
+    return 0;
+  });
+  if (rec) {
+    // d c = g_c + g_h ⊙ o ⊙ (1 - tanh²c);  d gates = [dc ⊙ g ⊙ σ'i, dc ⊙ c_prev ⊙ σ'f, dc ⊙ i ⊙ tanh'g,
+    // g_h ⊙ tanh c ⊙ σ'o];  d c_prev = dc ⊙ f
+    record("lstm_cell_fused", hc, {&gates, &c_prev},
+           [acts, c_prev, out = hc.detach()](const Tensor& g, GradSlots& dx) {
+             const std::int64_t B = c_prev.shape()[0], H = c_prev.shape()[1];
+             Tensor dg = dx.needs(0) ? Tensor::empty(acts.shape(), acts.dtype()) : Tensor();
+             Tensor dcp = dx.needs(1) ? Tensor::empty(c_prev.shape(), c_prev.dtype()) : Tensor();
+             dispatch_float("lstm_cell_fused backward", g.dtype(), [&](auto tag) {
+               using T = decltype(tag);
+               const T* gh = g.data<T>();
+               const T* gc = gh + B * H;
+               const T* a = acts.data<T>();
+               const T* cp = c_prev.data<T>();
+               const T* c = out.data<T>() + B * H;
+               T* pdg = dg.defined() ? dg.data<T>() : nullptr;
+               T* pdc = dcp.defined() ? dcp.data<T>() : nullptr;
+               for (std::int64_t b = 0; b < B; ++b) {
+                 lstm_row_backward<T>(gh + b * H, gc + b * H, a + b * 4 * H, cp + b * H, c + b * H,
+                                      pdg ? pdg + b * 4 * H : nullptr, pdc ? pdc + b * H : nullptr, H);
+               }
+               return 0;
+             });
+             dx[0] = dg;
+             dx[1] = dcp;
+           });
+  }
+  LSTMGatesOut out;
+  out.h = half_of(hc, 0);
+  out.c = half_of(hc, 1);
+  out.hc = std::move(hc);
+  return out;
+}
+
+Tensor gru_cell_fused(const Tensor& gi, const Tensor& gh, const Tensor& h_prev) {
+  check_gru_shapes(gi, gh, h_prev);
+  const std::int64_t B = gi.shape()[0], H = gi.shape()[1] / 3;
+  const bool rec = needs_record({&gi, &gh, &h_prev});
+  Tensor h = Tensor::empty(h_prev.shape(), gi.dtype());
+  Tensor acts = rec ? Tensor::empty(gi.shape(), gi.dtype()) : Tensor();
+  dispatch_float("gru_cell_fused", gi.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* pi = gi.data<T>();
+    const T* ph = gh.data<T>();
+    const T* hp = h_prev.data<T>();
+    T* y = h.data<T>();
+    T* a = rec ? acts.data<T>() : nullptr;
+    for (std::int64_t b = 0; b < B; ++b) {
+      gru_row_forward<T>(pi + b * 3 * H, ph + b * 3 * H, hp + b * H, y + b * H, a ? a + b * 3 * H : nullptr, H);
+    }
+    return 0;
+  });
+  if (rec) {
+    // dz = g ⊙ (h_prev - n) ⊙ σ'z,  dn = g ⊙ (1 - z) ⊙ tanh'n,  dr = dn ⊙ gh_n ⊙ σ'r;
+    // d gi = [dr, dz, dn],  d gh = [dr, dz, dn ⊙ r],  d h_prev = g ⊙ z
+    record("gru_cell_fused", h, {&gi, &gh, &h_prev}, [acts, gh, h_prev](const Tensor& g, GradSlots& dx) {
+      const std::int64_t B = h_prev.shape()[0], H = h_prev.shape()[1];
+      Tensor dgi = dx.needs(0) ? Tensor::empty(acts.shape(), acts.dtype()) : Tensor();
+      Tensor dgh = dx.needs(1) ? Tensor::empty(acts.shape(), acts.dtype()) : Tensor();
+      Tensor dhp = dx.needs(2) ? Tensor::empty(h_prev.shape(), h_prev.dtype()) : Tensor();
+      dispatch_float("gru_cell_fused backward", g.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* pg = g.data<T>();
+        const T* a = acts.data<T>();
+        const T* ph = gh.data<T>();
+        const T* hp = h_prev.data<T>();
+        T* pi = dgi.defined() ? dgi.data<T>() : nullptr;
+        T* pgh = dgh.defined() ? dgh.data<T>() : nullptr;
+        T* php = dhp.defined() ? dhp.data<T>() : nullptr;
+        for (std::int64_t b = 0; b < B; ++b) {
+          gru_row_backward<T>(pg + b * H, a + b * 3 * H, ph + b * 3 * H, hp + b * H, pi ? pi + b * 3 * H : nullptr,
+                              pgh ? pgh + b * 3 * H : nullptr, php ? php + b * H : nullptr, H);
+        }
+        return 0;
+      });
+      dx[0] = dgi;
+      dx[1] = dgh;
+      dx[2] = dhp;
+    });
+  }
+  return h;
+}
+
+}  // namespace xg
