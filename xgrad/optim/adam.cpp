@@ -1,0 +1,1 @@
+#include "xgrad/optim/adam.hpp"

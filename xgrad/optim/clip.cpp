@@ -1,0 +1,1 @@
+#include "xgrad/optim/clip.hpp"

@@ -1,0 +1,1 @@
+#include "xgrad/optim/sgd.hpp"

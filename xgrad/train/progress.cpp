@@ -1,0 +1,1 @@
+#include "xgrad/train/progress.hpp"
