@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,26 @@ inline void gradcheck_ok(const std::function<xg::Tensor(const std::vector<xg::Te
 inline xg::Tensor rnd(const xg::Shape& s, double lo = -1.0, double hi = 1.0, std::uint64_t seed = 1) {
   xg::Generator g(seed + static_cast<std::uint64_t>(s.numel()) * 7919);
   return xg::uniform(s, lo, hi, xg::f64, &g);
+}
+
+// f() must throw E whose message contains every needle (op name, shapes...).
+template <class E, class F>
+void check_throws_msg(F&& f, std::initializer_list<std::string> needles) {
+  bool thrown = false;
+  try {
+    f();
+  } catch (const E& e) {
+    thrown = true;
+    const std::string msg = e.what();
+    for (const std::string& n : needles) {
+      INFO("message: " << msg << " | expected to contain: " << n);
+      CHECK(msg.find(n) != std::string::npos);
+    }
+  } catch (const std::exception& e) {
+    thrown = true;
+    FAIL("wrong exception type: " << e.what());
+  }
+  CHECK_MESSAGE(thrown, "expected an exception");
 }
 
 }  // namespace xgtest

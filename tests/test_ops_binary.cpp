@@ -9,6 +9,8 @@
 
 #include "helpers.hpp"
 
+using xgtest::check_throws_msg;
+
 using namespace xg;
 using xgtest::check_close;
 using xgtest::check_values;
@@ -45,25 +47,6 @@ std::vector<double> ref_binary(const std::vector<double>& a, const Dims& as, con
 }
 
 // f() throws E and its message contains every needle.
-template <class E, class F>
-void check_throws_msg(F&& f, std::initializer_list<std::string> needles) {
-  bool thrown = false;
-  try {
-    f();
-  } catch (const E& e) {
-    thrown = true;
-    const std::string msg = e.what();
-    for (const std::string& n : needles) {
-      INFO("message: " << msg << " | expected to contain: " << n);
-      CHECK(msg.find(n) != std::string::npos);
-    }
-  } catch (const std::exception& e) {
-    thrown = true;
-    FAIL("wrong exception type: " << e.what());
-  }
-  CHECK_MESSAGE(thrown, "expected an exception");
-}
-
 struct Pair {
   Dims a, b, out;
 };

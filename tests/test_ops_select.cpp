@@ -9,6 +9,8 @@
 
 #include "helpers.hpp"
 
+using xgtest::check_throws_msg;
+
 using namespace xg;
 using xgtest::check_close;
 using xgtest::check_values;
@@ -19,25 +21,6 @@ namespace {
 
 using Dims = std::vector<std::int64_t>;
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-template <class E, class F>
-void check_throws_msg(F&& f, std::initializer_list<std::string> needles) {
-  bool thrown = false;
-  try {
-    f();
-  } catch (const E& e) {
-    thrown = true;
-    const std::string msg = e.what();
-    for (const std::string& n : needles) {
-      INFO("message: " << msg << " | expected to contain: " << n);
-      CHECK(msg.find(n) != std::string::npos);
-    }
-  } catch (const std::exception& e) {
-    thrown = true;
-    FAIL("wrong exception type: " << e.what());
-  }
-  CHECK_MESSAGE(thrown, "expected an exception");
-}
 
 // Offset of the element of an input of shape s that output index idx (of shape os) reads
 // under numpy broadcasting.

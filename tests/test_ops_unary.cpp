@@ -10,6 +10,8 @@
 
 #include "helpers.hpp"
 
+using xgtest::check_throws_msg;
+
 using namespace xg;
 using xgtest::check_close;
 using xgtest::check_values;
@@ -19,25 +21,6 @@ using xgtest::rnd;
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-template <class E, class F>
-void check_throws_msg(F&& f, std::initializer_list<std::string> needles) {
-  bool thrown = false;
-  try {
-    f();
-  } catch (const E& e) {
-    thrown = true;
-    const std::string msg = e.what();
-    for (const std::string& n : needles) {
-      INFO("message: " << msg << " | expected to contain: " << n);
-      CHECK(msg.find(n) != std::string::npos);
-    }
-  } catch (const std::exception& e) {
-    thrown = true;
-    FAIL("wrong exception type: " << e.what());
-  }
-  CHECK_MESSAGE(thrown, "expected an exception");
-}
 
 // n values evenly spread over [lo, hi] (37 = several SIMD batches plus a tail).
 std::vector<double> spread(double lo, double hi, int n = 37) {
