@@ -67,4 +67,22 @@ void check_throws_msg(F&& f, std::initializer_list<std::string> needles) {
   CHECK_MESSAGE(thrown, "expected an exception");
 }
 
+// The message of the E that f() throws (a failed check, and "", if it throws nothing
+// or something else).
+template <class E, class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    FAIL_CHECK("threw a different exception: " << e.what());
+    return "";
+  }
+  FAIL_CHECK("did not throw");
+  return "";
+}
+
+inline bool has(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
+
 }  // namespace xgtest

@@ -6,26 +6,13 @@
 
 #include "helpers.hpp"
 
+using xgtest::error_of;
+using xgtest::has;
+
 using namespace xg;
 namespace init = xg::nn::init;
 
 namespace {
-
-template <class E, class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    FAIL_CHECK("threw a different exception: " << e.what());
-    return "";
-  }
-  FAIL_CHECK("did not throw");
-  return "";
-}
-
-bool has(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
 
 struct Moments {
   double mean = 0, std = 0, min = 1e300, max = -1e300;

@@ -10,28 +10,15 @@
 
 #include "helpers.hpp"
 
+using xgtest::error_of;
+using xgtest::has;
+
 using namespace xg;
 using xgtest::check_close;
 using xgtest::check_values;
 using xgtest::rnd;
 
 namespace {
-
-template <class E, class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    FAIL_CHECK("threw a different exception: " << e.what());
-    return "";
-  }
-  FAIL_CHECK("did not throw");
-  return "";
-}
-
-bool has(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
 
 std::vector<std::string> names_of(const nn::Module& m) {
   std::vector<std::string> out;

@@ -8,6 +8,9 @@
 
 #include "helpers.hpp"
 
+using xgtest::error_of;
+using xgtest::has;
+
 using namespace xg;
 using xgtest::check_close;
 using xgtest::check_values;
@@ -104,22 +107,6 @@ Tensor targets(const std::vector<std::int64_t>& t) { return from_vector(t); }
 
 // The message of the E that f throws ("" and a failed check when it throws nothing or
 // something else).
-template <class E, class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    FAIL_CHECK("threw a different exception: " << e.what());
-    return "";
-  }
-  FAIL_CHECK("did not throw");
-  return "";
-}
-
-bool has(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
-
 struct ShapeDim {
   Shape shape;
   int dim;

@@ -7,6 +7,9 @@
 
 #include "helpers.hpp"
 
+using xgtest::error_of;
+using xgtest::has;
+
 using namespace xg;
 using xgtest::check_close;
 using xgtest::check_values;
@@ -14,22 +17,6 @@ using xgtest::gradcheck_ok;
 using xgtest::rnd;
 
 namespace {
-
-template <class E, class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    FAIL_CHECK("threw a different exception: " << e.what());
-    return "";
-  }
-  FAIL_CHECK("did not throw");
-  return "";
-}
-
-bool has(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
 
 std::int64_t rows_of(const Shape& s, int trailing) {
   std::int64_t n = 1;
