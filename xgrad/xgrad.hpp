@@ -30,6 +30,7 @@
 #include "xgrad/optim/rmsprop.hpp"
 #include "xgrad/optim/scheduler.hpp"
 #include "xgrad/optim/sgd.hpp"
+#include "xgrad/train/checkpoint.hpp"
 #include "xgrad/train/metrics.hpp"
 #include "xgrad/train/plot.hpp"
 #include "xgrad/train/progress.hpp"

@@ -25,4 +25,12 @@ Tensor npy_from_bytes(const std::string& bytes, const std::string& what = "npy")
 void save_npz(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& entries);
 std::vector<std::pair<std::string, Tensor>> load_npz(const std::string& path);
 
+namespace detail {
+// Fault injection for tests: called by save_npz after the temp file is written and synced
+// and just before it is renamed over the target, the moment at which a crash must leave
+// the previous file intact. nullptr (the default) disables it.
+using SaveNpzHook = void (*)(const std::string& tmp_path);
+void set_save_npz_hook(SaveNpzHook hook);
+}  // namespace detail
+
 }  // namespace xg

@@ -129,7 +129,11 @@ constexpr std::uint64_t kMaxEntryBytes = std::uint64_t{1} << 34;
 // Entries up to this size are read into one allocation of their stated size.
 constexpr std::uint64_t kEagerBytes = std::uint64_t{64} << 20;
 
+std::atomic<detail::SaveNpzHook> save_hook{nullptr};
+
 }  // namespace
+
+void detail::set_save_npz_hook(SaveNpzHook hook) { save_hook.store(hook); }
 
 void save_npz(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& entries) {
   // Validate everything before touching the file system.
@@ -157,6 +161,7 @@ void save_npz(const std::string& path, const std::vector<std::pair<std::string, 
       write_zip(tmp, path, entries, blobs);
     }
     sync_file(tmp, path);
+    if (const auto hook = save_hook.load()) hook(tmp);
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
       throw IOError(fmt::format("save_npz: cannot rename the temp file to '{}': {}", path, errno_text()));
     }
