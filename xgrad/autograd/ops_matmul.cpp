@@ -93,7 +93,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   if (needs_record({&a, &b})) {
     // d(a . b) = g . bᵀ, aᵀ . g   (per batch entry; [B,M,K]x[K,N] is one [B*M,K] product)
     record("matmul", y, {&a, &b}, [a, b, p](const Tensor& g, GradSlots& dx) {
-      const auto [nb, M, K, N] = p;
+      const std::int64_t nb = p.nb, M = p.M, K = p.K, N = p.N;  // not a structured binding: clang 14 cannot capture those
       dispatch_float("matmul backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
         if (dx.needs(0)) {

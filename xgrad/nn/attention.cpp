@@ -197,6 +197,7 @@ Strides layout(bool batch_first, std::int64_t B, std::int64_t T, std::int64_t W)
   return batch_first ? Strides{T * W, W} : Strides{W, B * W};
 }
 
+// Unpacked into plain locals, not structured bindings: clang 14 cannot capture those in lambdas.
 struct Heads {
   std::int64_t B = 0, H = 1, Lq = 0, S = 0;
   std::int64_t dk = 0;  // per-head width of queries and keys
@@ -210,7 +211,8 @@ struct Heads {
 
 Tensor attention_probs(const char* op, const Tensor& q, const Tensor& k, const Heads& hd, double scale,
                        const Masks& masks, const Shape& out_shape) {
-  const auto [B, H, Lq, S, dk, dv, qs, ks, vs, os] = hd;
+  [[maybe_unused]] const std::int64_t B = hd.B, H = hd.H, Lq = hd.Lq, S = hd.S, dk = hd.dk, dv = hd.dv;
+  [[maybe_unused]] const Strides qs = hd.q, ks = hd.k, vs = hd.v, os = hd.o;
   Tensor p = Tensor::empty(out_shape, q.dtype());
   dispatch_float(op, q.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -236,7 +238,8 @@ Tensor attention_probs(const char* op, const Tensor& q, const Tensor& k, const H
   if (needs_record({&q, &k})) {
     // dS = scale * P ⊙ (g - rowsum(g ⊙ P)); dQ[b,h] = dS[b,h] K[b,h], dK[b,h] = dS[b,h]ᵀ Q[b,h]
     record("attention_probs", p, {&q, &k}, [q, k, p = p.detach(), hd, scale](const Tensor& g, GradSlots& dx) {
-      const auto [B, H, Lq, S, dk, dv, qs, ks, vs, os] = hd;
+      [[maybe_unused]] const std::int64_t B = hd.B, H = hd.H, Lq = hd.Lq, S = hd.S, dk = hd.dk, dv = hd.dv;
+      [[maybe_unused]] const Strides qs = hd.q, ks = hd.k, vs = hd.v, os = hd.o;
       Tensor ds = Tensor::empty(p.shape(), p.dtype());
       dispatch_float("attention_probs backward", p.dtype(), [&](auto tag) {
         using T = decltype(tag);
@@ -283,7 +286,8 @@ Tensor attention_probs(const char* op, const Tensor& q, const Tensor& k, const H
 // ---------------------------------------------------------------------------
 
 Tensor attention_apply(const Tensor& p, const Tensor& v, const Heads& hd, const Shape& out_shape) {
-  const auto [B, H, Lq, S, dk, dv, qs, ks, vs, os] = hd;
+  [[maybe_unused]] const std::int64_t B = hd.B, H = hd.H, Lq = hd.Lq, S = hd.S, dk = hd.dk, dv = hd.dv;
+  [[maybe_unused]] const Strides qs = hd.q, ks = hd.k, vs = hd.v, os = hd.o;
   Tensor o = Tensor::empty(out_shape, p.dtype());
   dispatch_float("attention_apply", p.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -301,7 +305,8 @@ Tensor attention_apply(const Tensor& p, const Tensor& v, const Heads& hd, const 
   if (needs_record({&p, &v})) {
     // dP[b,h] = g[b,h] V[b,h]ᵀ, dV[b,h] = P[b,h]ᵀ g[b,h]
     record("attention_apply", o, {&p, &v}, [p, v, hd](const Tensor& g, GradSlots& dx) {
-      const auto [B, H, Lq, S, dk, dv, qs, ks, vs, os] = hd;
+      [[maybe_unused]] const std::int64_t B = hd.B, H = hd.H, Lq = hd.Lq, S = hd.S, dk = hd.dk, dv = hd.dv;
+      [[maybe_unused]] const Strides qs = hd.q, ks = hd.k, vs = hd.v, os = hd.o;
       dispatch_float("attention_apply backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const T* G = g.data<T>();

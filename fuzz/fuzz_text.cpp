@@ -1,0 +1,3 @@
+// placeholder until the text reader lands
+#include <cstdint>
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t*, std::size_t) { return 0; }
