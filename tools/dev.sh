@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 
 BUILD=${XGRAD_BUILD_DIR:-build}
 PACKAGES=(g++ meson ninja-build pkg-config python3 xtensor-dev libxtensor-blas-dev libxsimd-dev xtl-dev
-          libfmt-dev doctest-dev libopenblas-dev libzip-dev libcli11-dev)
+          libfmt-dev doctest-dev libopenblas-dev libzip-dev libcli11-dev
+          libopenmpi-dev openmpi-bin)
 
 install_missing() {
   local missing=()
