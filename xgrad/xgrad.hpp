@@ -35,3 +35,4 @@
 #include "xgrad/train/plot.hpp"
 #include "xgrad/train/progress.hpp"
 #include "xgrad/train/tbptt.hpp"
+#include "xgrad/train/text.hpp"

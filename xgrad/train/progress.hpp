@@ -30,9 +30,9 @@ struct ProgressOptions {
   double plain_seconds = 30.0;   // non-terminal: ... or when this many seconds passed (0: never)
   double smoothing = 0.98;       // EMA factor s in [0, 1); 0 shows the last loss
   int width = 30;                // bar characters
-  std::optional<bool> force_tty;  // tests: override the isatty() check
+  std::optional<bool> force_tty = std::nullopt;  // tests: override the isatty() check
   // Seconds since an arbitrary origin; steady_clock when empty. Tests inject a fake one.
-  std::function<double()> clock;
+  std::function<double()> clock = nullptr;
 };
 
 // h:mm:ss (hours unbounded; negative or non-finite shows "-:--:--").

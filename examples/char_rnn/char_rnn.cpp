@@ -1,0 +1,479 @@
+// char_rnn: a character-level LSTM language model, the lecture's "RNN writes C code" demo.
+//
+// With no arguments it trains on xgrad's own C++ sources (embedded in the binary at build
+// time) for about three minutes, then prints a sample of C++ it wrote, the validation bits
+// per character, and where the loss curve is:
+//
+//   ./build/examples/char_rnn/char_rnn
+//   ./build/examples/char_rnn/char_rnn --data my_novel.txt --hidden 512 --time-budget 600
+//   ./build/examples/char_rnn/char_rnn --load out/char_rnn/checkpoint.npz --sample 2000 --temperature 0.6
+//   ./build/examples/char_rnn/char_rnn --resume out/char_rnn/checkpoint_step500.npz --steps 2000
+//
+// What it shows: Embedding -> nn::LSTM -> Linear over B parallel streams of the corpus,
+// truncated BPTT with xg::train::tbptt_chunk (the carried state detached between chunks),
+// gradient clipping, Adam or RMSprop, a held-out tail of the corpus scored in bits per
+// character, the progress bar, a metrics CSV and loss-curve SVG, checkpoints that resume
+// bit for bit, and temperature / top-k sampling.
+//
+// Outputs (under --out, default out/char_rnn): metrics.csv, loss.svg, checkpoint.npz (the
+// final model), checkpoint_step<N>.npz every --checkpoint-every steps, sample.txt.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+#include <xgrad/xgrad.hpp>
+
+#include "char_model.hpp"
+
+using namespace xg;
+using char_rnn::CharRNN;
+using char_rnn::ModelConfig;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Options {
+  std::string data;
+  std::vector<std::string> extensions;
+  std::int64_t embed = 64, hidden = 256, layers = 2;
+  double dropout = 0.0;
+  std::int64_t seq_len = 64, batch = 32;
+  std::int64_t steps = 100000;
+  double time_budget = 165.0;
+  std::string optim = "adam";
+  double lr = 3e-3;
+  double clip = 5.0;
+  double valid_fraction = 0.05;
+  std::int64_t valid_chars = 0;
+  std::int64_t eval_every = 100;
+  std::int64_t checkpoint_every = 500;
+  std::string resume, load;
+  std::int64_t sample = 1500;
+  double temperature = 0.8;
+  std::int64_t top_k = 0;
+  std::string prime;
+  std::uint64_t seed = 1;
+  int threads = 1;
+  std::string out = "out/char_rnn";
+  bool check = false;
+  double check_bpc = 4.0;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Bits per character of `model` on `tokens` [N]: the stream is cut into 16 rows scored side
+// by side (state carried along each row, as in training), without recording anything.
+double evaluate_bpc(CharRNN& model, const Tensor& tokens, std::int64_t* chars_scored) {
+  NoGradGuard no_grad;
+  model.eval();
+  const std::int64_t rows = std::min<std::int64_t>(16, tokens.numel() / 2);
+  const Tensor streams = train::batchify(tokens, rows);  // [rows, N / rows]
+  const std::int64_t window = 256;                       // no graph to keep: long chunks are cheaper
+  nn::LSTMState state;
+  double total_nats = 0.0;
+  std::int64_t count = 0;
+  for (std::int64_t c = 0; c < train::tbptt_num_chunks(streams, window); ++c) {
+    const train::TBPTTChunk chunk = train::tbptt_chunk(streams, window, c);
+    auto [logits, next] = model.forward(chunk.inputs, state);  // [rows*T, V]
+    const Tensor targets = reshape(chunk.targets, {-1});        // [rows*T]
+    total_nats += cross_entropy(logits, targets, {.reduction = Reduction::sum}).item();
+    count += targets.numel();
+    state = next;
+  }
+  model.train();
+  if (chars_scored) *chars_scored = count;
+  return total_nats / static_cast<double>(count) / char_rnn::kLn2;
+}
+
+// Draws one id from logits [V] at `temperature` (0: the most likely one), keeping only the
+// top_k most likely ids when top_k > 0. In double, with the max subtracted: exp cannot
+// overflow however low the temperature.
+std::int64_t sample_id(const std::vector<double>& logits, double temperature, std::int64_t top_k, Generator& gen) {
+  const auto V = static_cast<std::int64_t>(logits.size());
+  std::vector<std::int64_t> order(static_cast<std::size_t>(V));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) { return logits[a] > logits[b]; });
+  if (temperature <= 0.0) return order[0];
+  const std::int64_t keep = top_k > 0 ? std::min(top_k, V) : V;
+  std::vector<double> p(static_cast<std::size_t>(keep));
+  double total = 0.0;
+  for (std::int64_t i = 0; i < keep; ++i) total += p[i] = std::exp((logits[order[i]] - logits[order[0]]) / temperature);
+  double u = gen.uniform() * total;
+  for (std::int64_t i = 0; i < keep; ++i) {
+    if ((u -= p[i]) < 0.0) return order[i];
+  }
+  return order[keep - 1];
+}
+
+// Feeds `prime` (or a newline, so the sample starts at the beginning of a line), then
+// draws n characters one at a time, each fed back as the next input.
+std::string sample_text(CharRNN& model, const train::CharVocab& vocab, const Options& o, Generator& gen) {
+  NoGradGuard no_grad;
+  model.eval();
+  std::string seed_text = o.prime.empty() ? std::string(1, vocab.contains('\n') ? '\n' : vocab.chr(0)) : o.prime;
+  Tensor ids = reshape(vocab.encode(seed_text), {1, -1});  // [1, P]
+  auto [logits, state] = model.forward(ids, {});          // [P, V]
+  std::string text = o.prime;
+  for (std::int64_t i = 0; i < o.sample; ++i) {
+    const std::vector<double> last = select(logits, 0, logits.size(0) - 1).to_vector<double>();  // [V]
+    const std::int64_t id = sample_id(last, o.temperature, o.top_k, gen);
+    text += vocab.chr(id);
+    std::tie(logits, state) = model.forward(from_vector(std::vector<std::int64_t>{id}, {1, 1}), state);  // [1, V]
+  }
+  model.train();
+  return text;
+}
+
+void write_loss_plot(const std::string& csv, const std::string& svg) {
+  const std::vector<double> step = train::read_csv_column(csv, "step");
+  const std::vector<double> train_bpc = train::read_csv_column(csv, "train_bpc");
+  const std::vector<double> valid_bpc = train::read_csv_column(csv, "valid_bpc");
+  // Chunk losses are noisy: the train curve is a trailing mean over 25 steps. Rows that
+  // only record a validation score (step 0, the last step after a time-budget stop) have no
+  // train value, and validation is logged only on evaluation steps: empty fields read back
+  // as NaN, so each series keeps just its finite points.
+  std::vector<double> xs, ys, vx, vy, recent;
+  const std::size_t window = 25;
+  double window_sum = 0.0;
+  for (std::size_t i = 0; i < step.size(); ++i) {
+    if (std::isfinite(train_bpc[i])) {
+      recent.push_back(train_bpc[i]);
+      window_sum += train_bpc[i];
+      if (recent.size() > window) window_sum -= recent[recent.size() - 1 - window];
+      xs.push_back(step[i]);
+      ys.push_back(window_sum / static_cast<double>(std::min(recent.size(), window)));
+    }
+    if (std::isfinite(valid_bpc[i])) {
+      vx.push_back(step[i]);
+      vy.push_back(valid_bpc[i]);
+    }
+  }
+  train::LinePlot plot{"char_rnn: bits per character (train: mean of 25 steps)", "step", "bits per character"};
+  plot.add_series("train", xs, ys);
+  plot.add_series("validation", vx, vy, "#d62728");
+  plot.write_svg(svg);
+}
+
+// The metrics log of a resumed run continues the previous one: keep the rows up to the
+// checkpoint's step (a later part belongs to the run being replaced), then append.
+void truncate_log(const std::string& path, const std::vector<std::string>& columns, std::int64_t last_step) {
+  if (!fs::exists(path)) return;
+  auto rows = train::read_csv(path);
+  if (rows.empty() || rows[0] != columns) return;  // another layout: start afresh
+  train::CsvLog log(path, columns);
+  for (std::size_t r = 1; r < rows.size(); ++r) {
+    if (rows[r].size() != columns.size() || std::stoll(rows[r][0]) > last_step) break;
+    std::vector<std::pair<std::string, train::CsvValue>> row;
+    for (std::size_t c = 0; c < columns.size(); ++c) {
+      if (!rows[r][c].empty()) row.emplace_back(columns[c], rows[r][c]);
+    }
+    log.log(row);
+  }
+}
+
+int run(const Options& o_in, const CLI::App& app) {
+  Options o = o_in;
+  set_num_threads(o.threads);
+  manual_seed(o.seed);
+  const auto t0 = std::chrono::steady_clock::now();
+
+  // ---- what to start from: a fresh model, a run to resume, or a model to sample ----------
+  const std::string from = !o.resume.empty() ? o.resume : o.load;
+  train::LoadedCheckpoint info;
+  if (!from.empty()) info = train::read_checkpoint_info(from);
+  // The checkpoint defines the model and the data layout; the command line cannot change
+  // them without breaking the run, so say when it tried.
+  auto note_ignored = [&](const char* opt, double given, double stored) {
+    if (app.count(opt) > 0 && given != stored)
+      fmt::print(stderr, "note: {} {} ignored: {} has {}\n", opt, given, from, stored);
+  };
+  ModelConfig cfg;
+  std::string corpus_what, text;
+  if (!o.load.empty()) {
+    cfg = ModelConfig::load(info.extras);
+  } else {
+    text = char_rnn::load_corpus(o.data, o.extensions, &corpus_what);
+    if (!o.resume.empty()) {
+      cfg = ModelConfig::load(info.extras);
+      if (info.extras.get_int("data.hash") != char_rnn::corpus_hash(text))
+        throw Error(fmt::format("--resume {}: the checkpoint was trained on other data; pass the same --data", from));
+      const std::int64_t batch = info.extras.get_int("data.batch"), seq_len = info.extras.get_int("data.seq_len");
+      const double valid_fraction = info.extras.get_double("data.valid_fraction");
+      note_ignored("--batch", static_cast<double>(o.batch), static_cast<double>(batch));
+      note_ignored("--seq-len", static_cast<double>(o.seq_len), static_cast<double>(seq_len));
+      note_ignored("--valid-fraction", o.valid_fraction, valid_fraction);
+      o.batch = batch;
+      o.seq_len = seq_len;
+      o.valid_fraction = valid_fraction;
+      if (app.count("--optim") > 0 && o.optim != info.extras.get_string("optim"))
+        fmt::print(stderr, "note: --optim {} ignored: {} has {}\n", o.optim, from, info.extras.get_string("optim"));
+      o.optim = info.extras.get_string("optim");  // and its state, with the learning rate
+    } else {
+      cfg.vocab = train::CharVocab(text);
+      cfg.embed = o.embed;
+      cfg.hidden = o.hidden;
+      cfg.layers = o.layers;
+      cfg.dropout = o.dropout;
+    }
+  }
+  if (!from.empty()) {
+    note_ignored("--hidden", static_cast<double>(o.hidden), static_cast<double>(cfg.hidden));
+    note_ignored("--layers", static_cast<double>(o.layers), static_cast<double>(cfg.layers));
+    note_ignored("--embed", static_cast<double>(o.embed), static_cast<double>(cfg.embed));
+    note_ignored("--dropout", o.dropout, cfg.dropout);
+  }
+  cfg.validate();
+  CharRNN model(cfg);
+  if (!o.load.empty()) train::load_checkpoint(o.load, {.model = &model});
+
+  Generator sample_gen(o.seed + 1);  // its own stream: sampling never shifts training's random numbers
+  if (!o.load.empty()) {
+    fmt::print("loaded {} (step {}): {}-layer LSTM, hidden {}, {} chars in the vocabulary\n", o.load, info.step,
+               cfg.layers, cfg.hidden, cfg.vocab.size());
+  } else {
+    // ---- data: the held-out tail, and B parallel streams of the rest ---------------------
+    if (o.batch < 1 || o.seq_len < 1) throw Error("--batch and --seq-len must be >= 1");
+    const Tensor ids = cfg.vocab.encode(text);                           // [N]
+    auto [train_ids, valid_ids] = train::split_tokens(ids, o.valid_fraction);
+    if (o.valid_chars > 0 && valid_ids.numel() > o.valid_chars) valid_ids = slice(valid_ids, 0, 0, o.valid_chars);
+    if (valid_ids.numel() < 2) throw Error(fmt::format("the validation part of {} has {} chars; use a larger "
+                                                       "corpus or --valid-fraction", corpus_what, valid_ids.numel()));
+    if (train_ids.numel() < 2 * o.batch)
+      throw Error(fmt::format("{} training chars are too few for --batch {}", train_ids.numel(), o.batch));
+    const Tensor streams = train::batchify(train_ids, o.batch);                      // [B, N/B]
+    const std::int64_t chunks_per_epoch = train::tbptt_num_chunks(streams, o.seq_len);
+
+    // ---- model, optimizer, and the state a checkpoint restores --------------------------
+    const std::vector<Tensor> params = model.parameters();
+    std::unique_ptr<optim::Optimizer> opt;
+    if (o.optim == "adam") {
+      opt = std::make_unique<optim::Adam>(params, optim::AdamOptions{.lr = o.lr});
+    } else if (o.optim == "rmsprop") {
+      // alpha 0.95 as in Karpathy's char-rnn (PyTorch's default is 0.99).
+      opt = std::make_unique<optim::RMSprop>(params, optim::RMSpropOptions{.lr = o.lr, .alpha = 0.95});
+    } else {
+      throw Error(fmt::format("--optim must be adam or rmsprop, got '{}'", o.optim));
+    }
+    const train::CheckpointParts parts{.model = &model, .optimizer = opt.get(), .generator = &default_generator()};
+
+    std::int64_t step = 0, epoch = 0, chunk = 0;
+    nn::LSTMState state;  // undefined: zeros, the start of every stream
+    if (!o.resume.empty()) {
+      const train::LoadedCheckpoint loaded = train::load_checkpoint(o.resume, parts);
+      step = loaded.step;
+      epoch = loaded.extras.get_int("data.epoch");
+      chunk = loaded.extras.get_int("data.chunk");
+      if (chunk < 0 || chunk >= chunks_per_epoch) throw Error(fmt::format("--resume {}: data.chunk {} out of range", from, chunk));
+      if (loaded.extras.has("state.h")) state = {loaded.extras.get_tensor("state.h"), loaded.extras.get_tensor("state.c")};
+      fmt::print("resumed {} at step {} (epoch {}, chunk {} of {})\n", o.resume, step, epoch, chunk, chunks_per_epoch);
+    }
+
+    auto save = [&](const std::string& path) {
+      train::Extras extras;
+      cfg.save(extras);
+      extras.set_string("optim", o.optim);
+      extras.set_int("data.hash", char_rnn::corpus_hash(text));
+      extras.set_int("data.batch", o.batch);
+      extras.set_int("data.seq_len", o.seq_len);
+      extras.set_double("data.valid_fraction", o.valid_fraction);
+      // Where the streams are: the next chunk to train on, and the state carried into it.
+      extras.set_int("data.epoch", epoch);
+      extras.set_int("data.chunk", chunk);
+      if (state.h.defined()) {
+        extras.set_tensor("state.h", state.h);
+        extras.set_tensor("state.c", state.c);
+      }
+      train::save_checkpoint(path, parts, step, extras);
+    };
+
+    fmt::print("corpus: {}: {} distinct chars; {} train / {} validation chars\n", corpus_what, cfg.vocab.size(),
+               train_ids.numel(), valid_ids.numel());
+    fmt::print("model: Embedding({}, {}) -> LSTM {}x{} -> Linear({}, {}): {} parameters; {} B={} T={} lr={}\n",
+               cfg.vocab.size(), cfg.embed, cfg.layers, cfg.hidden, cfg.hidden, cfg.vocab.size(),
+               model.num_parameters(), o.optim, o.batch, o.seq_len, opt->get_lr(0));
+    const double start_bpc = evaluate_bpc(model, valid_ids, nullptr);
+    fmt::print("{} model: {:.2f} bits per char on the validation part (uniform: log2 {} = {:.2f})\n",
+               o.resume.empty() ? "untrained" : "resumed", start_bpc, cfg.vocab.size(), std::log2(cfg.vocab.size()));
+
+    fs::create_directories(o.out);  // only now: a run that fails its checks above leaves nothing behind
+    const std::string csv_path = (fs::path(o.out) / "metrics.csv").string();
+    const std::string svg_path = (fs::path(o.out) / "loss.svg").string();
+    const std::vector<std::string> columns{"step", "epoch", "train_bpc", "valid_bpc", "grad_norm", "seconds"};
+    if (!o.resume.empty()) truncate_log(csv_path, columns, step);
+    train::CsvLog log(csv_path, columns, /*append=*/!o.resume.empty());
+    if (o.resume.empty()) log.log({{"step", 0}, {"epoch", 0}, {"valid_bpc", start_bpc}, {"seconds", seconds_since(t0)}});
+
+    std::fflush(stdout);  // the header lines before the progress bar (stderr) starts
+
+    // ---- training: the loop of train::train_tbptt, one chunk per optimizer step --------
+    // (spelled out rather than called so it can stop on the time budget and evaluate and
+    // checkpoint between chunks). Each step: the model over chunk [B, T] from the carried
+    // state, backward (which frees the chunk's graph), clip, update, and detach the state
+    // so the next chunk's backward stops here.
+    std::unique_ptr<train::ProgressBar> bar;
+    const std::int64_t first_step = step;
+    const auto train_t0 = std::chrono::steady_clock::now();
+    double valid_bpc = std::numeric_limits<double>::quiet_NaN();
+    std::int64_t valid_scored = 0, valid_step = -1;
+    std::string stop_reason = fmt::format("--steps {} done", o.steps);
+    while (step < o.steps) {
+      const double elapsed = seconds_since(train_t0);
+      if (o.time_budget > 0 && elapsed >= o.time_budget) {
+        stop_reason = fmt::format("time budget of {} s reached", o.time_budget);
+        break;
+      }
+      const train::TBPTTChunk c = train::tbptt_chunk(streams, o.seq_len, chunk);
+      auto [logits, next] = model.forward(c.inputs, state);           // [B*T, V]
+      Tensor loss = cross_entropy(logits, reshape(c.targets, {-1}));  // mean nats per char
+      loss.backward();
+      const double grad_norm = optim::clip_grad_norm(params, o.clip);
+      opt->step();
+      opt->zero_grad();
+      state = next.detach();
+      ++step;
+      if (++chunk == chunks_per_epoch) {  // the streams are used up: start them again from zeros
+        chunk = 0;
+        ++epoch;
+        state = {};
+      }
+
+      const double bpc = loss.item() / char_rnn::kLn2;
+      // The bar's total is what fits in the time budget at the rate of the first steps, so
+      // its ETA means something (it is created once that rate is known).
+      if (!bar && (step - first_step >= 10 || seconds_since(train_t0) > 3.0 || step == o.steps)) {
+        std::int64_t total = o.steps;
+        if (o.time_budget > 0) {
+          const double per_step = seconds_since(train_t0) / static_cast<double>(step - first_step);
+          total = std::min(o.steps, step + static_cast<std::int64_t>((o.time_budget - seconds_since(train_t0)) / per_step));
+        }
+        train::ProgressOptions bar_options;
+        bar_options.smoothing = 0.9;  // a few dozen steps in all: a short average
+        bar = std::make_unique<train::ProgressBar>(std::max<std::int64_t>(total, step), bar_options);
+      }
+      if (bar) bar->update(step, bpc, c.inputs.numel());
+
+      const bool last = step == o.steps;
+      std::vector<std::pair<std::string, train::CsvValue>> row{
+          {"step", step}, {"epoch", epoch}, {"train_bpc", bpc}, {"grad_norm", grad_norm},
+          {"seconds", seconds_since(t0)}};
+      if ((o.eval_every > 0 && step % o.eval_every == 0) || last) {
+        valid_bpc = evaluate_bpc(model, valid_ids, &valid_scored);
+        valid_step = step;
+        row.emplace_back("valid_bpc", valid_bpc);
+      }
+      log.log(row);
+      if (valid_step == step) write_loss_plot(csv_path, svg_path);  // a plot after every evaluation
+      if (o.checkpoint_every > 0 && step % o.checkpoint_every == 0)
+        save((fs::path(o.out) / fmt::format("checkpoint_step{}.npz", step)).string());
+    }
+    if (bar) bar->finish();
+    if (valid_step != step) {
+      // Stopped by the time budget between evaluations (or no step at all): score the model as it is now.
+      valid_bpc = evaluate_bpc(model, valid_ids, &valid_scored);
+      if (step > first_step) {
+        log.log({{"step", step}, {"epoch", epoch}, {"valid_bpc", valid_bpc}, {"seconds", seconds_since(t0)}});
+      }
+    }
+    if (log.rows() > 0) write_loss_plot(csv_path, svg_path);
+    save((fs::path(o.out) / "checkpoint.npz").string());
+
+    const double train_seconds = seconds_since(train_t0);
+    const std::int64_t chars_seen = (step - first_step) * o.batch * o.seq_len;
+    fmt::print("{}: {} steps ({} this run) in {:.1f} s, {:.2f}M chars = {:.2f} epochs this run\n", stop_reason, step,
+               step - first_step, train_seconds, static_cast<double>(chars_seen) / 1e6,
+               static_cast<double>(chars_seen) / static_cast<double>(streams.numel()));
+    fmt::print("validation: {:.3f} bits per character ({} held-out chars)\n", valid_bpc, valid_scored);
+    fmt::print("wrote {}\nwrote {}\nwrote {}\n", csv_path, svg_path, (fs::path(o.out) / "checkpoint.npz").string());
+
+    if (o.sample > 0) {
+      const std::string s = sample_text(model, cfg.vocab, o, sample_gen);
+      const std::string sample_path = (fs::path(o.out) / "sample.txt").string();
+      std::ofstream(sample_path, std::ios::binary) << s;
+      fmt::print("\n---- sample: {} chars, temperature {}{} ----\n{}\n---- end of sample ----\n", o.sample,
+                 o.temperature, o.top_k > 0 ? fmt::format(", top-k {}", o.top_k) : "", s);
+      fmt::print("wrote {}\n", sample_path);
+    }
+    fmt::print("validation bpc {:.3f}; loss curve: {}; total {:.1f} s\n", valid_bpc, svg_path, seconds_since(t0));
+    if (o.check && !(valid_bpc < o.check_bpc)) {
+      fmt::print(stderr, "check FAILED: validation {:.3f} bits per char is not below {} (untrained: ~log2 {} = {:.2f})\n",
+                 valid_bpc, o.check_bpc, cfg.vocab.size(), std::log2(cfg.vocab.size()));
+      return 1;
+    }
+    if (o.check) fmt::print("check passed: validation {:.3f} < {} bits per char\n", valid_bpc, o.check_bpc);
+    return 0;
+  }
+
+  // --load: sample only.
+  const std::string s = sample_text(model, cfg.vocab, o, sample_gen);
+  fmt::print("---- sample: {} chars, temperature {}{} ----\n{}\n---- end of sample ----\n", o.sample, o.temperature,
+             o.top_k > 0 ? fmt::format(", top-k {}", o.top_k) : "", s);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{
+      "char_rnn: a character-level LSTM language model trained with truncated BPTT.\n"
+      "With no arguments: trains on xgrad's own C++ sources (embedded) for about 3 minutes,\n"
+      "then prints a sample, the validation bits per character and the loss curve's path.\n"
+      "--resume PATH continues a run exactly from a checkpoint; --load PATH only samples\n"
+      "from a checkpoint's model (no training)."};
+  app.add_option("--data", o.data, "text file or directory to train on (default: the embedded xgrad sources; "
+                                    "--data <repo>/xgrad --ext .hpp .cpp gives the same text)");
+  app.add_option("--ext", o.extensions, "with a --data directory: only files ending in these (default: every text file)");
+  app.add_option("--hidden", o.hidden, "LSTM hidden size")->capture_default_str();
+  app.add_option("--layers", o.layers, "LSTM layers")->capture_default_str();
+  app.add_option("--embed", o.embed, "character embedding size")->capture_default_str();
+  app.add_option("--dropout", o.dropout, "dropout between LSTM layers")->capture_default_str();
+  app.add_option("--seq-len", o.seq_len, "truncated BPTT window (chars per chunk)")->capture_default_str();
+  app.add_option("--batch", o.batch, "parallel streams B")->capture_default_str();
+  app.add_option("--steps", o.steps, "optimizer steps (one chunk of B x seq-len chars each), in total when resuming")
+      ->capture_default_str();
+  app.add_option("--time-budget", o.time_budget, "stop training after this many seconds (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--optim", o.optim, "adam or rmsprop")->capture_default_str();
+  app.add_option("--lr", o.lr, "learning rate")->capture_default_str();
+  app.add_option("--clip", o.clip, "clip the gradient norm to this")->capture_default_str();
+  app.add_option("--valid-fraction", o.valid_fraction, "the corpus' last fraction held out for validation")
+      ->capture_default_str();
+  app.add_option("--valid-chars", o.valid_chars, "score at most this many held-out chars (0: all)")->capture_default_str();
+  app.add_option("--eval-every", o.eval_every, "validate every N steps (0: only at the end)")->capture_default_str();
+  app.add_option("--checkpoint-every", o.checkpoint_every, "write checkpoint_step<N>.npz every N steps (0: never)")
+      ->capture_default_str();
+  app.add_option("--resume", o.resume, "continue training from this checkpoint (same --data; the model, batch, seq-len, optimizer "
+                                      "and learning rate come from the checkpoint)");
+  app.add_option("--load", o.load, "sample from this checkpoint's model without training");
+  app.add_option("--sample", o.sample, "chars to sample at the end")->capture_default_str();
+  app.add_option("--temperature", o.temperature, "sampling temperature (0: always the most likely char)")
+      ->capture_default_str();
+  app.add_option("--top-k", o.top_k, "sample among the k most likely chars only (0: all)")->capture_default_str();
+  app.add_option("--prime", o.prime, "text the sample starts with (default: a new line)");
+  app.add_option("--seed", o.seed, "random seed (initialisation; the sampler uses seed + 1)")->capture_default_str();
+  app.add_option("--threads", o.threads, "BLAS threads (the per-step GEMMs are small: 1 is usually fastest)")->capture_default_str();
+  app.add_option("--out", o.out, "output directory")->capture_default_str();
+  app.add_flag("--check", o.check, "exit 1 unless the final validation bpc is below --check-bpc (smoke test)");
+  app.add_option("--check-bpc", o.check_bpc, "threshold for --check")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (!o.resume.empty() && !o.load.empty()) throw Error("give --resume or --load, not both");
+    if (o.temperature < 0 || o.top_k < 0 || o.sample < 0) throw Error("--temperature, --top-k and --sample must be >= 0");
+    return run(o, app);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "char_rnn: error: {}\n", e.what());
+    return 2;
+  }
+}
