@@ -289,3 +289,171 @@ TEST_CASE("plot: bad input") {
   CHECK_THROWS_WITH_AS(plot.write_svg("/nonexistent_dir_xgrad/p.svg"),
                        doctest::Contains("/nonexistent_dir_xgrad/p.svg"), xg::IOError);
 }
+
+// ---- Heatmap ------------------------------------------------------------------------
+
+namespace {
+
+using xg::train::Heatmap;
+using xg::train::heat_color;
+using xg::train::visible_label;
+
+// The fill colours of the cell rects, in document (row-major) order.
+std::vector<std::string> cell_fills(const std::string& doc) {
+  const auto begin = doc.find("<g class=\"cells\"");
+  const auto end = doc.find("</g>", begin);
+  const std::string cells = doc.substr(begin, end - begin);
+  static const std::regex fill("<rect [^>]*fill=\"(#[0-9a-f]{6})\"");
+  std::vector<std::string> out;
+  for (auto it = std::sregex_iterator(cells.begin(), cells.end(), fill); it != std::sregex_iterator(); ++it)
+    out.push_back((*it)[1]);
+  return out;
+}
+
+Heatmap small_map() {
+  Heatmap map{"attention", "source", "output"};
+  map.row_labels = {"2", "0"};
+  map.col_labels = {"a", " ", "<", "&"};
+  map.values = {0.0, 0.25, 0.5, 1.0,  //
+                0.75, 0.25, 0.0, 0.0};
+  map.scale_label = "weight";
+  return map;
+}
+
+}  // namespace
+
+TEST_CASE("heatmap: heat_color endpoints, interpolation and clamping") {
+  CHECK(heat_color(0.0) == "#f7fbff");
+  CHECK(heat_color(1.0) == "#08306b");
+  // t = 0.5 is exactly the middle stop (107, 174, 214); t = 0.125 is halfway between the
+  // first two stops: (247+198)/2 = 222.5 -> 223, (251+219)/2 = 235, (255+239)/2 = 247.
+  CHECK(heat_color(0.5) == "#6baed6");
+  CHECK(heat_color(0.125) == "#dfebf7");
+  CHECK(heat_color(-3.0) == heat_color(0.0));
+  CHECK(heat_color(7.0) == heat_color(1.0));
+  CHECK(heat_color(kNaN) == heat_color(0.0));
+}
+
+TEST_CASE("heatmap: visible_label shows whitespace") {
+  CHECK(visible_label(" ") == "␣");
+  CHECK(visible_label("\t") == "⇥");
+  CHECK(visible_label("\n") == "↵");
+  CHECK(visible_label("") == "∅");
+  CHECK(visible_label("a b") == "a b");
+  CHECK(visible_label("x") == "x");
+}
+
+TEST_CASE("heatmap: one cell per value, coloured by value, labels escaped and visible") {
+  Heatmap map = small_map();
+  const std::string path = temp_path("heat.svg");
+  map.write_svg(path);
+  const std::string doc = slurp(path);
+  check_well_formed_file(path);
+  CHECK(doc.find("xmlns=\"http://www.w3.org/2000/svg\"") != std::string::npos);
+  // Data range [0, 1]: each cell's colour is heat_color(value), row-major.
+  const auto fills = cell_fills(doc);
+  REQUIRE(fills.size() == 8);
+  for (std::size_t i = 0; i < 8; ++i) {
+    CAPTURE(i);
+    CHECK(fills[i] == heat_color(map.values[i]));
+  }
+  CHECK(count_of(doc, "<title>") == 8);
+  CHECK(doc.find(">attention</text>") != std::string::npos);
+  CHECK(doc.find(">source</text>") != std::string::npos);
+  CHECK(doc.find(">output</text>") != std::string::npos);
+  CHECK(doc.find(">weight</text>") != std::string::npos);
+  CHECK(doc.find(">␣</text>") != std::string::npos);
+  CHECK(doc.find(">&lt;</text>") != std::string::npos);
+  CHECK(doc.find(">&amp;</text>") != std::string::npos);
+  // Legend ticks of [0, 1] on a short (two-row) legend aim at 3 ticks: step 0.5 (raw
+  // 0.33 -> 5 x 0.1).
+  for (const char* t : {">0<", ">0.5<", ">1<"}) CHECK(doc.find(t) != std::string::npos);
+  CHECK(doc.find(">0.2<") == std::string::npos);
+  CHECK(doc.find("url(#heat-scale)") != std::string::npos);
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("heatmap: vmin / vmax fix the colour range and clamp values outside it") {
+  Heatmap map = small_map();
+  map.vmin = 0.25;
+  map.vmax = 0.75;
+  const auto fills = cell_fills(map.svg());
+  REQUIRE(fills.size() == 8);
+  CHECK(fills[0] == heat_color(0.0));  // 0 is below vmin
+  CHECK(fills[1] == heat_color(0.0));  // 0.25 = vmin
+  CHECK(fills[2] == heat_color(0.5));  // 0.5 is mid-range
+  CHECK(fills[3] == heat_color(1.0));  // 1 is above vmax
+  CHECK(fills[4] == heat_color(1.0));  // 0.75 = vmax
+}
+
+TEST_CASE("heatmap: a constant matrix, a 1x1 map, long labels and show_values") {
+  SUBCASE("constant") {
+    Heatmap map{"flat"};
+    map.row_labels = {"r0", "r1"};
+    map.col_labels = {"c0", "c1"};
+    map.values = {3, 3, 3, 3};
+    const std::string doc = map.svg();
+    CHECK(xml_problem(doc) == "");
+    for (const auto& f : cell_fills(doc)) CHECK(f == heat_color(0.5));
+  }
+  SUBCASE("1x1") {
+    Heatmap map;
+    map.row_labels = {"y"};
+    map.col_labels = {"x"};
+    map.values = {0.5};
+    const std::string doc = map.svg();
+    CHECK(xml_problem(doc) == "");
+    CHECK(cell_fills(doc).size() == 1);
+  }
+  SUBCASE("long column labels are rotated; values printed") {
+    Heatmap map{"words"};
+    map.row_labels = {"first row", "second"};
+    map.col_labels = {"alpha", "beta", "gamma"};
+    map.values = {1, 2, 3, 4, 5, 6};
+    map.show_values = true;
+    const std::string doc = map.svg();
+    CHECK(xml_problem(doc) == "");
+    CHECK(count_of(doc, "transform=\"rotate(-90") >= 3);
+    CHECK(doc.find(">6.00</text>") != std::string::npos);
+    CHECK(doc.find(">first row</text>") != std::string::npos);
+  }
+}
+
+TEST_CASE("heatmap: bad input is an error naming Heatmap and the sizes") {
+  Heatmap map = small_map();
+  map.values.pop_back();
+  CHECK_THROWS_AS(map.svg(), xg::ShapeError);
+  const std::string msg = xgtest::error_of<xg::ShapeError>([&] { (void)map.svg(); });
+  CHECK(xgtest::has(msg, "Heatmap"));
+  CHECK(xgtest::has(msg, "2 row labels x 4 column labels"));
+  CHECK(xgtest::has(msg, "need 8 values, got 7"));
+
+  Heatmap empty;
+  CHECK_THROWS_WITH_AS(empty.svg(), doctest::Contains("Heatmap"), xg::ShapeError);
+  empty.col_labels = {"a"};
+  CHECK_THROWS_WITH_AS(empty.svg(), doctest::Contains("0 row labels x 1 column labels"), xg::ShapeError);
+
+  Heatmap nan_map = small_map();
+  nan_map.values[6] = kNaN;
+  CHECK_THROWS_WITH_AS(nan_map.svg(), doctest::Contains("Heatmap: value at row 1, column 2 of [2,4] is nan"),
+                       xg::Error);
+  Heatmap inf_map = small_map();
+  inf_map.values[0] = -kInf;
+  CHECK_THROWS_WITH_AS(inf_map.svg(), doctest::Contains("row 0, column 0"), xg::Error);
+
+  Heatmap range = small_map();
+  range.vmin = 1.0;
+  range.vmax = 0.0;
+  CHECK_THROWS_WITH_AS(range.svg(), doctest::Contains("Heatmap: colour range"), xg::Error);
+  range.vmin = kNaN;
+  CHECK_THROWS_WITH_AS(range.svg(), doctest::Contains("Heatmap"), xg::Error);
+
+  Heatmap ok = small_map();
+  CHECK_THROWS_WITH_AS(ok.write_svg("/nonexistent_dir_xgrad/h.svg"), doctest::Contains("/nonexistent_dir_xgrad/h.svg"),
+                       xg::IOError);
+  // A failed write leaves nothing behind and a bad map writes no file.
+  const std::string path = temp_path("bad_heat.svg");
+  std::filesystem::remove(path);
+  CHECK_THROWS(nan_map.write_svg(path));
+  CHECK_FALSE(std::filesystem::exists(path));
+}

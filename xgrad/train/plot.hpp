@@ -67,3 +67,51 @@ struct LinePlot {
 };
 
 }  // namespace xg::train
+
+namespace xg::train {
+
+// A matrix of numbers drawn as coloured cells (an attention map: one row per output
+// token, one column per source token), written as a standalone SVG: title, a label per
+// row and per column, axis titles and a colour-scale legend with ticks.
+//
+//   xg::train::Heatmap map{"attention", "source", "output"};
+//   map.row_labels = {"2", "0", "2", "6"};
+//   map.col_labels = {"2", "6", " ", "n", "o", "v"};
+//   map.values = weights;   // rows x cols, row-major
+//   map.write_svg("attention.svg");
+//
+// Labels go through visible_label (a space shows as '␣') and xml_escape. The colour
+// scale runs from vmin (palest) to vmax (darkest); both default to the data's min and
+// max, and values outside a given range take the end colour. A constant matrix is drawn
+// in the middle colour. Errors (from svg() and write_svg()): no rows or no columns, or
+// values.size() != rows * cols: ShapeError naming Heatmap and the sizes; a non-finite
+// value (Error naming its row and column); a non-finite vmin / vmax or vmin > vmax.
+struct Heatmap {
+  explicit Heatmap(std::string plot_title = "", std::string x_label = "", std::string y_label = "")
+      : title(std::move(plot_title)), xlabel(std::move(x_label)), ylabel(std::move(y_label)) {}
+
+  std::string title;
+  std::string xlabel;                   // under the columns
+  std::string ylabel;                   // beside the rows
+  std::vector<std::string> row_labels;  // top to bottom; its size is the row count
+  std::vector<std::string> col_labels;  // left to right; its size is the column count
+  std::vector<double> values;           // [rows, cols] row-major
+  std::optional<double> vmin, vmax;     // colour range (default: the data's)
+  std::string scale_label;              // caption of the colour legend, e.g. "weight"
+  int cell_size = 22;                   // pixels per cell side
+  bool show_values = false;             // print each value (2 decimals) in its cell
+
+  // The whole document.
+  std::string svg() const;
+  // Writes svg() to path; IOError naming path when it cannot be written.
+  void write_svg(const std::string& path) const;
+};
+
+// The heatmap's colour for t in [0, 1] (clamped; NaN counts as 0) as "#rrggbb": a
+// white-to-dark-blue ramp, linear between five stops (ColorBrewer "Blues").
+std::string heat_color(double t);
+// A label a reader can see: " " -> "␣", "\t" -> "⇥", "\n" -> "↵", "" -> "∅"; spaces inside
+// longer labels are kept. Not escaped (pass through xml_escape for SVG).
+std::string visible_label(const std::string& s);
+
+}  // namespace xg::train
