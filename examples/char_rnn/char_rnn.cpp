@@ -17,6 +17,13 @@
 //
 // Outputs (under --out, default out/char_rnn): metrics.csv, loss.svg, checkpoint.npz (the
 // final model), checkpoint_step<N>.npz every --checkpoint-every steps, sample.txt.
+//
+// Data-parallel on MPI (when xgrad was built with MPI):
+//   mpirun -np 2 ./build/examples/char_rnn/char_rnn --distributed
+// splits the --batch streams between the ranks (xg::dist::shard), averages the gradients
+// after each backward (xg::dist::GradientReducer), and lets rank 0 alone print, validate,
+// plot, sample and write checkpoints. A checkpoint holds the carried state of every stream
+// in the original order, so a run can resume with another number of ranks, or none.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -32,6 +39,9 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 #include <xgrad/xgrad.hpp>
+#ifdef XGRAD_WITH_MPI
+#include <xgrad/dist/dist.hpp>
+#endif
 
 #include "char_model.hpp"
 
@@ -67,6 +77,63 @@ struct Options {
   std::string out = "out/char_rnn";
   bool check = false;
   double check_bpc = 4.0;
+  bool distributed = false;
+};
+
+// The data-parallel layer, or its one-process stand-in when xgrad was built without MPI.
+struct Parallel {
+  int rank = 0, world = 1;
+#ifdef XGRAD_WITH_MPI
+  std::unique_ptr<dist::GradientReducer> reducer;
+#endif
+  bool on() const { return world > 1; }
+  bool leader() const { return rank == 0; }
+  // Streams (rows of the [B, L] stream matrix) this rank trains on: a seeded shuffle of
+  // [0, B) dealt round-robin, so every rank gets B / W of them.
+  std::vector<std::int64_t> rows_of(int r, std::int64_t batch, std::uint64_t seed) const {
+#ifdef XGRAD_WITH_MPI
+    if (on()) return dist::shard(batch, seed, r, world);
+#endif
+    (void)r;
+    (void)seed;
+    std::vector<std::int64_t> all(static_cast<std::size_t>(batch));
+    std::iota(all.begin(), all.end(), 0);
+    return all;
+  }
+  void average_gradients() {
+#ifdef XGRAD_WITH_MPI
+    if (reducer) reducer->allreduce();
+#endif
+  }
+  // True on every rank when any rank says true (the time budget must stop all together).
+  bool any(bool v) const {
+#ifdef XGRAD_WITH_MPI
+    if (on()) return dist::allreduce_sum(v ? 1.0 : 0.0) > 0;
+#endif
+    return v;
+  }
+  // The carried state of every stream, in stream order ([L, B, H]), from each rank's rows.
+  Tensor gather_rows(const Tensor& mine, std::int64_t batch, std::uint64_t seed) const {
+#ifdef XGRAD_WITH_MPI
+    if (on()) {
+      std::vector<Tensor> parts;
+      std::vector<std::int64_t> rank_major_row;  // global row of each column of concat(parts)
+      for (int r = 0; r < world; ++r) {
+        const std::vector<std::int64_t> rows = rows_of(r, batch, seed);
+        Tensor part = r == rank ? mine.clone() : zeros({mine.size(0), static_cast<std::int64_t>(rows.size()), mine.size(2)}, mine.dtype());
+        dist::broadcast(part, r);
+        parts.push_back(part);
+        rank_major_row.insert(rank_major_row.end(), rows.begin(), rows.end());
+      }
+      std::vector<std::int64_t> perm(static_cast<std::size_t>(batch));
+      for (std::size_t k = 0; k < rank_major_row.size(); ++k) perm[static_cast<std::size_t>(rank_major_row[k])] = static_cast<std::int64_t>(k);
+      return index_select(concat(parts, 1), 1, from_vector(perm));
+    }
+#endif
+    (void)batch;
+    (void)seed;
+    return mine;
+  }
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -187,6 +254,17 @@ int run(const Options& o_in, const CLI::App& app) {
   Options o = o_in;
   set_num_threads(o.threads);
   manual_seed(o.seed);
+  Parallel par;
+#ifdef XGRAD_WITH_MPI
+  if (o.distributed) {
+    par.rank = dist::rank();
+    par.world = dist::world_size();
+  }
+#endif
+  // Everything a person reads or a later run loads comes from rank 0 only.
+  auto say = [&]<class... A>(fmt::format_string<A...> f, A&&... args) {
+    if (par.leader()) fmt::print(f, std::forward<A>(args)...);
+  };
   const auto t0 = std::chrono::steady_clock::now();
 
   // ---- what to start from: a fresh model, a run to resume, or a model to sample ----------
@@ -252,8 +330,13 @@ int run(const Options& o_in, const CLI::App& app) {
                                                        "corpus or --valid-fraction", corpus_what, valid_ids.numel()));
     if (train_ids.numel() < 2 * o.batch)
       throw Error(fmt::format("{} training chars are too few for --batch {}", train_ids.numel(), o.batch));
-    const Tensor streams = train::batchify(train_ids, o.batch);                      // [B, N/B]
-    const std::int64_t chunks_per_epoch = train::tbptt_num_chunks(streams, o.seq_len);
+    const Tensor all_streams = train::batchify(train_ids, o.batch);                  // [B, N/B]
+    const std::int64_t chunks_per_epoch = train::tbptt_num_chunks(all_streams, o.seq_len);
+    if (o.batch % par.world != 0)
+      throw Error(fmt::format("--batch {} must be a multiple of the {} ranks", o.batch, par.world));
+    const std::uint64_t rows_seed = 0x5eed;
+    const Tensor my_rows = from_vector(par.rows_of(par.rank, o.batch, rows_seed));
+    const Tensor streams = par.on() ? index_select(all_streams, 0, my_rows) : all_streams;  // [B / W, N/B]
 
     // ---- model, optimizer, and the state a checkpoint restores --------------------------
     const std::vector<Tensor> params = model.parameters();
@@ -267,6 +350,12 @@ int run(const Options& o_in, const CLI::App& app) {
       throw Error(fmt::format("--optim must be adam or rmsprop, got '{}'", o.optim));
     }
     const train::CheckpointParts parts{.model = &model, .optimizer = opt.get(), .generator = &default_generator()};
+#ifdef XGRAD_WITH_MPI
+    if (par.on()) {
+      dist::broadcast_parameters(model);  // one starting point for every replica
+      par.reducer = std::make_unique<dist::GradientReducer>(model);
+    }
+#endif
 
     std::int64_t step = 0, epoch = 0, chunk = 0;
     nn::LSTMState state;  // undefined: zeros, the start of every stream
@@ -277,7 +366,8 @@ int run(const Options& o_in, const CLI::App& app) {
       chunk = loaded.extras.get_int("data.chunk");
       if (chunk < 0 || chunk >= chunks_per_epoch) throw Error(fmt::format("--resume {}: data.chunk {} out of range", from, chunk));
       if (loaded.extras.has("state.h")) state = {loaded.extras.get_tensor("state.h"), loaded.extras.get_tensor("state.c")};
-      fmt::print("resumed {} at step {} (epoch {}, chunk {} of {})\n", o.resume, step, epoch, chunk, chunks_per_epoch);
+      if (par.on() && state.h.defined()) state = {index_select(state.h, 1, my_rows), index_select(state.c, 1, my_rows)};
+      say("resumed {} at step {} (epoch {}, chunk {} of {})\n", o.resume, step, epoch, chunk, chunks_per_epoch);
     }
 
     auto save = [&](const std::string& path) {
@@ -292,28 +382,35 @@ int run(const Options& o_in, const CLI::App& app) {
       extras.set_int("data.epoch", epoch);
       extras.set_int("data.chunk", chunk);
       if (state.h.defined()) {
-        extras.set_tensor("state.h", state.h);
-        extras.set_tensor("state.c", state.c);
+        extras.set_tensor("state.h", par.gather_rows(state.h, o.batch, rows_seed));
+        extras.set_tensor("state.c", par.gather_rows(state.c, o.batch, rows_seed));
       }
+#ifdef XGRAD_WITH_MPI
+      if (par.on()) return dist::save_checkpoint(path, parts, step, extras);  // rank 0 writes
+#endif
       train::save_checkpoint(path, parts, step, extras);
     };
 
-    fmt::print("corpus: {}: {} distinct chars; {} train / {} validation chars\n", corpus_what, cfg.vocab.size(),
+    if (par.on()) say("data-parallel: {} ranks, {} streams each\n", par.world, o.batch / par.world);
+    say("corpus: {}: {} distinct chars; {} train / {} validation chars\n", corpus_what, cfg.vocab.size(),
                train_ids.numel(), valid_ids.numel());
-    fmt::print("model: Embedding({}, {}) -> LSTM {}x{} -> Linear({}, {}): {} parameters; {} B={} T={} lr={}\n",
+    say("model: Embedding({}, {}) -> LSTM {}x{} -> Linear({}, {}): {} parameters; {} B={} T={} lr={}\n",
                cfg.vocab.size(), cfg.embed, cfg.layers, cfg.hidden, cfg.hidden, cfg.vocab.size(),
                model.num_parameters(), o.optim, o.batch, o.seq_len, opt->get_lr(0));
-    const double start_bpc = evaluate_bpc(model, valid_ids, nullptr);
-    fmt::print("{} model: {:.2f} bits per char on the validation part (uniform: log2 {} = {:.2f})\n",
+    const double start_bpc = par.leader() ? evaluate_bpc(model, valid_ids, nullptr) : 0.0;
+    say("{} model: {:.2f} bits per char on the validation part (uniform: log2 {} = {:.2f})\n",
                o.resume.empty() ? "untrained" : "resumed", start_bpc, cfg.vocab.size(), std::log2(cfg.vocab.size()));
 
-    fs::create_directories(o.out);  // only now: a run that fails its checks above leaves nothing behind
+    if (par.leader()) fs::create_directories(o.out);  // only now: a run that fails its checks above leaves nothing behind
     const std::string csv_path = (fs::path(o.out) / "metrics.csv").string();
     const std::string svg_path = (fs::path(o.out) / "loss.svg").string();
     const std::vector<std::string> columns{"step", "epoch", "train_bpc", "valid_bpc", "grad_norm", "seconds"};
-    if (!o.resume.empty()) truncate_log(csv_path, columns, step);
-    train::CsvLog log(csv_path, columns, /*append=*/!o.resume.empty());
-    if (o.resume.empty()) log.log({{"step", 0}, {"epoch", 0}, {"valid_bpc", start_bpc}, {"seconds", seconds_since(t0)}});
+    if (par.leader() && !o.resume.empty()) truncate_log(csv_path, columns, step);
+    std::unique_ptr<train::CsvLog> log;
+    if (par.leader()) {
+      log = std::make_unique<train::CsvLog>(csv_path, columns, /*append=*/!o.resume.empty());
+      if (o.resume.empty()) log->log({{"step", 0}, {"epoch", 0}, {"valid_bpc", start_bpc}, {"seconds", seconds_since(t0)}});
+    }
 
     std::fflush(stdout);  // the header lines before the progress bar (stderr) starts
 
@@ -330,7 +427,7 @@ int run(const Options& o_in, const CLI::App& app) {
     std::string stop_reason = fmt::format("--steps {} done", o.steps);
     while (step < o.steps) {
       const double elapsed = seconds_since(train_t0);
-      if (o.time_budget > 0 && elapsed >= o.time_budget) {
+      if (par.any(o.time_budget > 0 && elapsed >= o.time_budget)) {
         stop_reason = fmt::format("time budget of {} s reached", o.time_budget);
         break;
       }
@@ -338,6 +435,7 @@ int run(const Options& o_in, const CLI::App& app) {
       auto [logits, next] = model.forward(c.inputs, state);           // [B*T, V]
       Tensor loss = cross_entropy(logits, reshape(c.targets, {-1}));  // mean nats per char
       loss.backward();
+      par.average_gradients();  // data-parallel: every rank now holds the mean gradient
       const double grad_norm = optim::clip_grad_norm(params, o.clip);
       opt->step();
       opt->zero_grad();
@@ -352,7 +450,7 @@ int run(const Options& o_in, const CLI::App& app) {
       const double bpc = loss.item() / char_rnn::kLn2;
       // The bar's total is what fits in the time budget at the rate of the first steps, so
       // its ETA means something (it is created once that rate is known).
-      if (!bar && (step - first_step >= 10 || seconds_since(train_t0) > 3.0 || step == o.steps)) {
+      if (par.leader() && !bar && (step - first_step >= 10 || seconds_since(train_t0) > 3.0 || step == o.steps)) {
         std::int64_t total = o.steps;
         if (o.time_budget > 0) {
           const double per_step = seconds_since(train_t0) / static_cast<double>(step - first_step);
@@ -362,38 +460,42 @@ int run(const Options& o_in, const CLI::App& app) {
         bar_options.smoothing = 0.9;  // a few dozen steps in all: a short average
         bar = std::make_unique<train::ProgressBar>(std::max<std::int64_t>(total, step), bar_options);
       }
-      if (bar) bar->update(step, bpc, c.inputs.numel());
+      if (bar) bar->update(step, bpc, c.inputs.numel() * par.world);
 
       const bool last = step == o.steps;
       std::vector<std::pair<std::string, train::CsvValue>> row{
           {"step", step}, {"epoch", epoch}, {"train_bpc", bpc}, {"grad_norm", grad_norm},
           {"seconds", seconds_since(t0)}};
-      if ((o.eval_every > 0 && step % o.eval_every == 0) || last) {
+      if (par.leader() && ((o.eval_every > 0 && step % o.eval_every == 0) || last)) {
         valid_bpc = evaluate_bpc(model, valid_ids, &valid_scored);
         valid_step = step;
         row.emplace_back("valid_bpc", valid_bpc);
       }
-      log.log(row);
-      if (valid_step == step) write_loss_plot(csv_path, svg_path);  // a plot after every evaluation
+      if (log) log->log(row);
+      if (par.leader() && valid_step == step) write_loss_plot(csv_path, svg_path);  // a plot after every evaluation
       if (o.checkpoint_every > 0 && step % o.checkpoint_every == 0)
         save((fs::path(o.out) / fmt::format("checkpoint_step{}.npz", step)).string());
     }
     if (bar) bar->finish();
-    if (valid_step != step) {
+    if (par.leader() && valid_step != step) {
       // Stopped by the time budget between evaluations (or no step at all): score the model as it is now.
       valid_bpc = evaluate_bpc(model, valid_ids, &valid_scored);
       if (step > first_step) {
-        log.log({{"step", step}, {"epoch", epoch}, {"valid_bpc", valid_bpc}, {"seconds", seconds_since(t0)}});
+        log->log({{"step", step}, {"epoch", epoch}, {"valid_bpc", valid_bpc}, {"seconds", seconds_since(t0)}});
       }
     }
-    if (log.rows() > 0) write_loss_plot(csv_path, svg_path);
+    if (log && log->rows() > 0) write_loss_plot(csv_path, svg_path);
     save((fs::path(o.out) / "checkpoint.npz").string());
+#ifdef XGRAD_WITH_MPI
+    if (par.on()) dist::verify_replicas(model);  // the replicas never drifted apart
+#endif
+    if (!par.leader()) return 0;
 
     const double train_seconds = seconds_since(train_t0);
-    const std::int64_t chars_seen = (step - first_step) * o.batch * o.seq_len;
+    const std::int64_t chars_seen = (step - first_step) * o.batch * o.seq_len;  // all ranks together
     fmt::print("{}: {} steps ({} this run) in {:.1f} s, {:.2f}M chars = {:.2f} epochs this run\n", stop_reason, step,
                step - first_step, train_seconds, static_cast<double>(chars_seen) / 1e6,
-               static_cast<double>(chars_seen) / static_cast<double>(streams.numel()));
+               static_cast<double>(chars_seen) / static_cast<double>(all_streams.numel()));
     fmt::print("validation: {:.3f} bits per character ({} held-out chars)\n", valid_bpc, valid_scored);
     fmt::print("wrote {}\nwrote {}\nwrote {}\n", csv_path, svg_path, (fs::path(o.out) / "checkpoint.npz").string());
 
@@ -467,10 +569,23 @@ int main(int argc, char** argv) {
   app.add_option("--out", o.out, "output directory")->capture_default_str();
   app.add_flag("--check", o.check, "exit 1 unless the final validation bpc is below --check-bpc (smoke test)");
   app.add_option("--check-bpc", o.check_bpc, "threshold for --check")->capture_default_str();
+  app.add_flag("--distributed", o.distributed, "data-parallel over MPI: run under mpirun; --batch streams are split "
+                                               "between the ranks");
   CLI11_PARSE(app, argc, argv);
   try {
     if (!o.resume.empty() && !o.load.empty()) throw Error("give --resume or --load, not both");
     if (o.temperature < 0 || o.top_k < 0 || o.sample < 0) throw Error("--temperature, --top-k and --sample must be >= 0");
+#ifdef XGRAD_WITH_MPI
+    if (o.distributed) {
+      if (!o.load.empty()) throw Error("--distributed trains; --load only samples");
+      dist::init(&argc, &argv);
+      const int rc = run(o, app);
+      dist::finalize();
+      return rc;
+    }
+#else
+    if (o.distributed) throw Error("--distributed: this xgrad was built without MPI (apt-get install -y libopenmpi-dev)");
+#endif
     return run(o, app);
   } catch (const std::exception& e) {
     fmt::print(stderr, "char_rnn: error: {}\n", e.what());
