@@ -58,12 +58,13 @@ double Generator::normal() {
 
 std::int64_t Generator::randint(std::int64_t low, std::int64_t high) {
   if (low >= high) throw Error(fmt::format("randint: empty range [{}, {})", low, high));
-  const auto span = static_cast<std::uint64_t>(high - low);
+  // In unsigned arithmetic: high - low overflows int64 for ranges wider than 2^63.
+  const std::uint64_t span = static_cast<std::uint64_t>(high) - static_cast<std::uint64_t>(low);
   // Rejection sampling: no modulo bias.
   const std::uint64_t limit = UINT64_MAX - UINT64_MAX % span;
   std::uint64_t r = next_u64();
   while (r >= limit) r = next_u64();
-  return low + static_cast<std::int64_t>(r % span);
+  return static_cast<std::int64_t>(static_cast<std::uint64_t>(low) + r % span);
 }
 
 Generator::State Generator::state() const {
