@@ -11,6 +11,8 @@
 
 #include "xgrad/xgrad.hpp"
 
+#include "helpers.hpp"
+
 using namespace xg;
 using namespace xg::train;
 namespace fs = std::filesystem;
@@ -40,15 +42,7 @@ struct TempDir {
 
 template <class E, class F>
 void check_throws_naming(F&& f, const std::string& needle) {
-  bool thrown = false;
-  try {
-    f();
-  } catch (const E& e) {
-    thrown = true;
-    INFO("message: " << e.what());
-    CHECK(std::string(e.what()).find(needle) != std::string::npos);
-  }
-  CHECK_MESSAGE(thrown, "expected exception naming " << needle);
+  xgtest::check_throws_msg<E>(std::forward<F>(f), {needle});
 }
 
 std::vector<std::int64_t> ids_of(const Tensor& t) { return t.to_vector<std::int64_t>(); }

@@ -146,20 +146,8 @@ double correlation(const std::vector<double>& x, const float* y, std::size_t str
 
 // ---- HTML -------------------------------------------------------------------------------
 
-std::string html_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
+// HTML text: the XML escapes suit it (&apos; is valid HTML5).
+std::string html_escape(const std::string& s) { return train::xml_escape(s); }
 
 // The text shown for byte i. The model reads bytes, so a multi-byte UTF-8 character is
 // several positions: the whole character is shown at its first byte (coloured by the
