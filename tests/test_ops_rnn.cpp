@@ -1,9 +1,10 @@
-// lstm_cell_fused and gru_cell_fused: values against hand-written double loops, values
+// lstm_cell_fused, gru_cell_fused and lstm_sequence: values against hand-written double loops, values
 // and gradients against the same step composed from sigmoid/tanh/mul/add/narrow (float64
 // and float32), float64 gradchecks over several (B, H) including B = 1 and H = 1, the h/c
 // views of the packed output, empty and extreme inputs, and every bad input.
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "helpers.hpp"
@@ -379,4 +380,203 @@ TEST_CASE("gru_cell_fused: bad inputs throw errors naming the op and the shapes"
   CHECK_THROWS_AS(gru_cell_fused(zeros({2, 6}, f64), zeros({2, 6}), zeros({2, 2})), DtypeError);
   CHECK_THROWS_AS(gru_cell_fused(zeros({2, 6}), zeros({2, 6}), zeros({2, 2}, f64)), DtypeError);
   CHECK_THROWS_AS(gru_cell_fused(zeros({2, 6}), zeros({2, 6}), Tensor()), StateError);
+}
+
+// ---------------------------------------------------------------------------
+// lstm_sequence
+// ---------------------------------------------------------------------------
+
+namespace {
+
+// The recurrence as plain loops over doubles: gates = gx[t] + h_prev · W_hhᵀ, then the
+// cell equations of ref_lstm. Returns every h (time order) and the last c.
+struct LstmSeqRef {
+  std::vector<double> y, c_n;
+};
+
+LstmSeqRef ref_lstm_sequence(const std::vector<double>& gx, const std::vector<double>& w, std::vector<double> h,
+                             std::vector<double> c, std::int64_t T, std::int64_t B, std::int64_t H, bool reverse) {
+  LstmSeqRef r{std::vector<double>(T * B * H), {}};
+  for (std::int64_t k = 0; k < T; ++k) {
+    const std::int64_t t = reverse ? T - 1 - k : k;
+    std::vector<double> gates(gx.begin() + t * B * 4 * H, gx.begin() + (t + 1) * B * 4 * H);
+    for (std::int64_t b = 0; b < B; ++b) {
+      for (std::int64_t g = 0; g < 4 * H; ++g) {
+        for (std::int64_t j = 0; j < H; ++j) gates[b * 4 * H + g] += h[b * H + j] * w[g * H + j];
+      }
+    }
+    const LstmRef s = ref_lstm(gates, c, B, H);
+    h = s.h;
+    c = s.c;
+    std::copy(h.begin(), h.end(), r.y.begin() + t * B * H);
+  }
+  r.c_n = c;
+  return r;
+}
+
+// The same sequence as a loop of lstm_cell_fused steps (the per-step path).
+LSTMSequenceOut composed_sequence(const Tensor& gx, const Tensor& w, const Tensor& h0, const Tensor& c0,
+                                  bool reverse) {
+  const std::int64_t T = gx.shape()[0], B = gx.shape()[1], H = gx.shape()[2] / 4;
+  Tensor h = h0, c = c0.defined() ? c0 : zeros({B, H}, gx.dtype());
+  std::vector<Tensor> ys(static_cast<std::size_t>(T));
+  for (std::int64_t k = 0; k < T; ++k) {
+    const std::int64_t t = reverse ? T - 1 - k : k;
+    Tensor gates = select(gx, 0, t);
+    if (h.defined()) gates = add(gates, matmul(h, transpose(w, 0, 1)));
+    const LSTMGatesOut o = lstm_cell_fused(gates, c);
+    h = o.h;
+    c = o.c;
+    ys[static_cast<std::size_t>(t)] = h;
+  }
+  LSTMSequenceOut out;
+  out.y = stack(ys, 0);
+  out.h_n = h;
+  out.c_n = c;
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("lstm_sequence: values match the recurrence written as loops, both directions, with and without h0/c0") {
+  for (const auto& [T, B, H] : std::vector<std::tuple<std::int64_t, std::int64_t, std::int64_t>>{
+           {1, 1, 1}, {3, 2, 3}, {5, 3, 8}, {4, 1, 17}}) {
+    for (bool reverse : {false, true}) {
+      for (bool init : {false, true}) {
+        CAPTURE(T);
+        CAPTURE(B);
+        CAPTURE(H);
+        CAPTURE(reverse);
+        CAPTURE(init);
+        const Tensor gx = rnd({T, B, 4 * H}, -2, 2, 3);
+        const Tensor w = rnd({4 * H, H}, -0.7, 0.7, 4);
+        const Tensor h0 = init ? rnd({B, H}, -1, 1, 5) : Tensor();
+        const Tensor c0 = init ? rnd({B, H}, -1, 1, 6) : Tensor();
+        const LstmSeqRef ref = ref_lstm_sequence(
+            gx.to_vector<double>(), w.to_vector<double>(),
+            init ? h0.to_vector<double>() : std::vector<double>(B * H, 0.0),
+            init ? c0.to_vector<double>() : std::vector<double>(B * H, 0.0), T, B, H, reverse);
+        const LSTMSequenceOut o = lstm_sequence(gx, w, h0, c0, reverse);
+        CHECK(o.y.shape() == Shape{T, B, H});
+        CHECK(o.packed.shape() == Shape{T + 1, B, H});
+        check_values(o.y, ref.y, 1e-12, 1e-10);
+        check_values(o.c_n, ref.c_n, 1e-12, 1e-10);
+        const std::int64_t last = reverse ? 0 : T - 1;
+        check_values(o.h_n, std::vector<double>(ref.y.begin() + last * B * H, ref.y.begin() + (last + 1) * B * H),
+                     1e-12, 1e-10);
+      }
+    }
+  }
+}
+
+TEST_CASE("lstm_sequence: values and gradients equal the per-step lstm_cell_fused loop (float32 and float64)") {
+  const std::int64_t T = 6, B = 3, H = 5;
+  for (Dtype d : {f64, f32}) {
+    for (bool reverse : {false, true}) {
+      CAPTURE(reverse);
+      const Tensor gx0 = rnd({T, B, 4 * H}, -2, 2, 7), w0 = rnd({4 * H, H}, -0.6, 0.6, 8);
+      const Tensor h00 = rnd({B, H}, -1, 1, 9), c00 = rnd({B, H}, -1, 1, 10);
+      const Tensor wy = rnd({T, B, H}, -1, 1, 11), wc = rnd({B, H}, -1, 1, 12), wh = rnd({B, H}, -1, 1, 13);
+      auto run = [&](bool fused) {
+        Tensor gx = leaf(gx0, d), w = leaf(w0, d), h0 = leaf(h00, d), c0 = leaf(c00, d);
+        const LSTMSequenceOut o = fused ? lstm_sequence(gx, w, h0, c0, reverse) : composed_sequence(gx, w, h0, c0, reverse);
+        // Asymmetric weights on y, c_n and h_n, so every path carries gradient.
+        Tensor loss = add(add(sum(mul(o.y, wy.to(d))), sum(mul(o.c_n, wc.to(d)))), sum(mul(o.h_n, wh.to(d))));
+        loss.backward();
+        return std::vector<Tensor>{o.y.detach(), o.c_n.detach(), gx.grad(), w.grad(), h0.grad(), c0.grad()};
+      };
+      const auto a = run(true), b = run(false);
+      const double tol = d == f64 ? 1e-12 : 1e-5;
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        CAPTURE(i);
+        check_close(a[i], b[i], tol, tol);
+      }
+    }
+  }
+}
+
+TEST_CASE("lstm_sequence: float64 gradcheck over several (T, B, H), both directions, through y, h_n and c_n") {
+  for (const auto& [T, B, H] : std::vector<std::tuple<std::int64_t, std::int64_t, std::int64_t>>{
+           {1, 1, 1}, {2, 1, 3}, {3, 2, 2}, {4, 3, 5}}) {
+    for (bool reverse : {false, true}) {
+      CAPTURE(T);
+      CAPTURE(B);
+      CAPTURE(H);
+      CAPTURE(reverse);
+      const Tensor gx = rnd({T, B, 4 * H}, -1.5, 1.5, 21), w = rnd({4 * H, H}, -0.6, 0.6, 22);
+      const Tensor h0 = rnd({B, H}, -1, 1, 23), c0 = rnd({B, H}, -1, 1, 24);
+      gradcheck_ok([reverse](const std::vector<Tensor>& in) { return lstm_sequence(in[0], in[1], in[2], in[3], reverse).y; },
+                   {gx, w, h0, c0});
+      gradcheck_ok(
+          [reverse](const std::vector<Tensor>& in) { return lstm_sequence(in[0], in[1], in[2], in[3], reverse).c_n; },
+          {gx, w, h0, c0});
+      gradcheck_ok(
+          [reverse](const std::vector<Tensor>& in) { return lstm_sequence(in[0], in[1], in[2], in[3], reverse).h_n; },
+          {gx, w, h0, c0});
+      // Without an initial state (zeros), and with W_hh a constant.
+      gradcheck_ok([reverse](const std::vector<Tensor>& in) { return lstm_sequence(in[0], in[1], {}, {}, reverse).packed; },
+                   {gx, w});
+      gradcheck_ok([w, reverse](const std::vector<Tensor>& in) { return lstm_sequence(in[0], w, {}, {}, reverse).y; },
+                   {gx});
+    }
+  }
+}
+
+TEST_CASE("lstm_sequence: one recurrence node whatever T; nothing recorded under NoGradGuard") {
+  const Tensor w = rnd({8, 2}, -0.5, 0.5, 31).requires_grad_();
+  for (std::int64_t T : {1, 5, 40}) {
+    CAPTURE(T);
+    const Tensor gx = rnd({T, 3, 8}, -1, 1, 32).requires_grad_();
+    const std::size_t before = tape_size();
+    const LSTMSequenceOut o = lstm_sequence(gx, w);
+    // the recurrence, the y and c_n views, select for h_n
+    CHECK(tape_size() == before + 4);
+    CHECK(o.packed.op_name() == "lstm_sequence");
+    CHECK(o.y.op_name() == "lstm_sequence_y");
+    CHECK(o.c_n.op_name() == "lstm_sequence_c");
+    sum(o.y).backward();
+  }
+  NoGradGuard no_grad;
+  const LSTMSequenceOut o = lstm_sequence(rnd({3, 2, 8}, -1, 1, 33).requires_grad_(), w);
+  CHECK_FALSE(o.y.requires_grad());
+  CHECK_FALSE(o.c_n.requires_grad());
+}
+
+TEST_CASE("lstm_sequence: empty batch and zero hidden size give empty results") {
+  Tensor gx = zeros({3, 0, 8}, f64).requires_grad_(), w = rnd({8, 2}).requires_grad_();
+  LSTMSequenceOut o = lstm_sequence(gx, w);
+  CHECK(o.y.shape() == Shape{3, 0, 2});
+  CHECK(o.c_n.shape() == Shape{0, 2});
+  sum(o.y).backward();
+  CHECK(gx.grad().shape() == Shape{3, 0, 8});
+  check_values(w.grad(), std::vector<double>(16, 0.0));
+  CHECK(lstm_sequence(zeros({2, 3, 0}), zeros({0, 0})).y.shape() == Shape{2, 3, 0});
+}
+
+TEST_CASE("lstm_sequence: bad inputs throw errors naming the op and the shapes") {
+  auto msg_has = [](auto&& fn, const std::string& what) {
+    try {
+      fn();
+      FAIL("no exception");
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      INFO(m);
+      CHECK(m.find("lstm_sequence") != std::string::npos);
+      CHECK(m.find(what) != std::string::npos);
+    }
+  };
+  CHECK_THROWS_AS(lstm_sequence(zeros({3, 2, 7}), zeros({4, 1})), ShapeError);
+  msg_has([] { lstm_sequence(zeros({3, 2, 7}), zeros({4, 1})); }, "[3,2,7]");
+  CHECK_THROWS_AS(lstm_sequence(zeros({2, 8}), zeros({8, 2})), ShapeError);
+  CHECK_THROWS_AS(lstm_sequence(zeros({0, 2, 8}), zeros({8, 2})), ShapeError);
+  CHECK_THROWS_AS(lstm_sequence(zeros({3, 2, 8}), zeros({8, 3})), ShapeError);
+  msg_has([] { lstm_sequence(zeros({3, 2, 8}), zeros({8, 3})); }, "expected w_hh [8,2]");
+  CHECK_THROWS_AS(lstm_sequence(zeros({3, 2, 8}), zeros({8, 2}), zeros({2, 2}), Tensor()), ShapeError);
+  msg_has([] { lstm_sequence(zeros({3, 2, 8}), zeros({8, 2}), zeros({2, 2}), Tensor()); }, "both h0 and c0");
+  CHECK_THROWS_AS(lstm_sequence(zeros({3, 2, 8}), zeros({8, 2}), zeros({3, 2}), zeros({3, 2})), ShapeError);
+  msg_has([] { lstm_sequence(zeros({3, 2, 8}), zeros({8, 2}), zeros({3, 2}), zeros({3, 2})); },
+          "expected h0 and c0 [2,2]");
+  CHECK_THROWS_AS(lstm_sequence(zeros({3, 2, 8}, f32), zeros({8, 2}, f64)), DtypeError);
+  CHECK_THROWS_AS(lstm_sequence(zeros({3, 2, 8}), zeros({8, 2}), zeros({2, 2}, f64), zeros({2, 2}, f64)), DtypeError);
+  CHECK_THROWS_AS(lstm_sequence(Tensor(), zeros({8, 2})), StateError);
 }

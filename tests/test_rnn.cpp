@@ -890,7 +890,7 @@ TEST_CASE("introspection: gradient norms per step decay backwards in time for a 
 // The speed design, observable on the tape
 // ---------------------------------------------------------------------------
 
-TEST_CASE("per-step cost: LSTM 6 tape nodes (view, GEMM, add, fused gates, h/c views), GRU 3, RNN 4") {
+TEST_CASE("per-step cost: LSTM 0 tape nodes (one lstm_sequence node per layer), GRU 3, RNN 4; introspection 6") {
   DefaultDtypeGuard g(f64);
   auto nodes_per_step = [](auto& m, std::int64_t I) {
     auto count = [&](std::int64_t T) {
@@ -903,9 +903,35 @@ TEST_CASE("per-step cost: LSTM 6 tape nodes (view, GEMM, add, fused gates, h/c v
   LSTM lstm(3, 4);
   GRU gru(3, 4);
   RNN rnn(3, 4);
-  CHECK(nodes_per_step(lstm, 3) == 6);
+  CHECK(nodes_per_step(lstm, 3) == 0);
   CHECK(nodes_per_step(gru, 3) == 3);
   CHECK(nodes_per_step(rnn, 3) == 4);
+  // Recording introspection takes the per-step path (view, GEMM, add, fused gates, h/c views).
+  lstm.set_record(true, RecordOptions{false, false, false});
+  CHECK(nodes_per_step(lstm, 3) == 6);
+}
+
+TEST_CASE("LSTM: the whole-sequence path and the per-step (introspection) path agree in values and gradients") {
+  DefaultDtypeGuard g(f64);
+  LSTM m(LSTMOptions{.input_size = 3, .hidden_size = 5, .num_layers = 2, .bidirectional = true});
+  const Tensor x0 = rnd({6, 2, 3}, -1, 1, 151), h0 = rnd({4, 2, 5}, -1, 1, 152), c0 = rnd({4, 2, 5}, -1, 1, 153);
+  const Tensor wy = rnd({6, 2, 10}, -1, 1, 154), wh = rnd({4, 2, 5}, -1, 1, 155), wc = rnd({4, 2, 5}, -1, 1, 156);
+  auto run = [&](bool perstep) {
+    m.set_record(perstep, RecordOptions{false, false, false});
+    m.zero_grad();
+    Tensor x = x0.clone().requires_grad_(), h = h0.clone().requires_grad_(), c = c0.clone().requires_grad_();
+    auto [y, st] = m(x, LSTMState{h, c});
+    add(add(sum(mul(y, wy)), sum(mul(st.h, wh))), sum(mul(st.c, wc))).backward();
+    std::vector<Tensor> out = {y.detach(), st.h.detach(), st.c.detach(), x.grad(), h.grad(), c.grad()};
+    for (const Tensor& p : m.parameters()) out.push_back(p.grad());
+    return out;
+  };
+  const auto a = run(false), b = run(true);
+  REQUIRE(a.size() == b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    CAPTURE(i);
+    check_close(a[i], b[i], 1e-12, 1e-10);
+  }
 }
 
 TEST_CASE("a long sequence (T = 2000) backwards through the gathered projection gradient") {

@@ -4,6 +4,7 @@
 #include <cblas.h>
 
 #include <limits>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -50,6 +51,29 @@ void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64
     for (std::int64_t i = 0; i < M; ++i) {
       T* row = C + i * ldc;
       for (std::int64_t j = 0; j < N; ++j) row[j] = beta == T(0) ? T(0) : beta * row[j];
+    }
+    return;
+  }
+  if (K == 1) {
+    // An outer product (the weight gradient of a single-row or single-column step): sgemm
+    // would pack both operands and pre-scale C for 2*M*N flops; one pass is cheaper.
+    const std::int64_t sa = trans_a ? 1 : lda, sb = trans_b ? ldb : 1;
+    const T* b = B;
+    std::vector<T> packed;
+    if (sb != 1) {
+      // A strided row of op(B): gather it once so the loop below runs unit-stride (vectorised).
+      packed.resize(static_cast<std::size_t>(N));
+      for (std::int64_t j = 0; j < N; ++j) packed[static_cast<std::size_t>(j)] = B[j * sb];
+      b = packed.data();
+    }
+    for (std::int64_t i = 0; i < M; ++i) {
+      const T ai = alpha * A[i * sa];
+      T* row = C + i * ldc;
+      if (beta == T(0)) {
+        for (std::int64_t j = 0; j < N; ++j) row[j] = ai * b[j];
+      } else {
+        for (std::int64_t j = 0; j < N; ++j) row[j] = beta * row[j] + ai * b[j];
+      }
     }
     return;
   }

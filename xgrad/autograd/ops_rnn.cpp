@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -23,13 +24,16 @@
 #include <xsimd/xsimd.hpp>
 #endif
 
+#include "xgrad/autograd/detail/blas.hpp"
 #include "xgrad/autograd/detail/kernels.hpp"
+#include "xgrad/autograd/factory.hpp"
 #include "xgrad/autograd/ops.hpp"
 #include "xgrad/autograd/tape.hpp"
 
 namespace xg {
 
 using detail::dispatch_float;
+using detail::gemm;
 
 namespace {
 
@@ -165,6 +169,131 @@ Tensor half_of(const Tensor& hc, int k) {
 }
 
 // ---------------------------------------------------------------------------
+// LSTM over a whole sequence
+// ---------------------------------------------------------------------------
+
+void check_lstm_sequence_shapes(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0) {
+  constexpr const char* op = "lstm_sequence";
+  detail::check_defined(op, gx);
+  detail::check_defined(op, w_hh);
+  detail::check_same_float(op, gx, w_hh);
+  if (h0.defined()) detail::check_same_float(op, gx, h0);
+  if (c0.defined()) detail::check_same_float(op, gx, c0);
+  const Shape& gs = gx.shape();
+  auto shapes = [&] {
+    return fmt::format("gx {}, w_hh {}, h0 {}, c0 {}", gs.str(), w_hh.shape().str(),
+                       h0.defined() ? h0.shape().str() : "(zeros)", c0.defined() ? c0.shape().str() : "(zeros)");
+  };
+  if (gs.size() != 3 || gs[2] % 4 != 0 || gs[0] == 0) {
+    throw ShapeError(fmt::format("{}: {}: expected gx [T, B, 4H] with T > 0", op, shapes()));
+  }
+  const std::int64_t B = gs[1], H = gs[2] / 4;
+  if (w_hh.shape() != Shape{4 * H, H}) {
+    throw ShapeError(fmt::format("{}: {}: expected w_hh {}", op, shapes(), Shape{4 * H, H}.str()));
+  }
+  if (h0.defined() != c0.defined()) {
+    throw ShapeError(fmt::format("{}: {}: give both h0 and c0, or neither (zeros)", op, shapes()));
+  }
+  if (h0.defined() && (h0.shape() != Shape{B, H} || c0.shape() != Shape{B, H})) {
+    throw ShapeError(fmt::format("{}: {}: expected h0 and c0 {}", op, shapes(), Shape{B, H}.str()));
+  }
+}
+
+struct SeqDims {
+  std::int64_t T, B, H;
+  bool reverse;
+  // Time index of the k-th processed step, and of the step processed before it.
+  std::int64_t t(std::int64_t k) const { return reverse ? T - 1 - k : k; }
+  std::int64_t prev(std::int64_t k) const { return reverse ? T - k : k - 1; }
+};
+
+// y [T+1, B, H] (row T: c_n). With C (recording): acts [T, B, 4H] and C [T, B, H] keep
+// every step; without: acts is one step's scratch [B, 4H] and c runs in y's row T.
+template <class T>
+void lstm_sequence_forward(const SeqDims& d, const T* gx, const T* W, const T* h0, const T* c0, T* y, T* acts,
+                           T* C) {
+  const std::int64_t B = d.B, H = d.H, G = 4 * H, BH = B * H;
+  T* cn = y + d.T * BH;
+  if (!C) std::memcpy(cn, c0, static_cast<std::size_t>(BH) * sizeof(T));
+  for (std::int64_t k = 0; k < d.T; ++k) {
+    const std::int64_t t = d.t(k), prev = d.prev(k);
+    T* a = C ? acts + t * B * G : acts;
+    std::memcpy(a, gx + t * B * G, static_cast<std::size_t>(B * G) * sizeof(T));
+    const T* hp = k == 0 ? h0 : y + prev * BH;
+    // gates[B, 4H] += h_prev[B, H] . W_hhᵀ[H, 4H]
+    if (hp) gemm<T>(false, true, B, G, H, T(1), hp, H, W, H, T(1), a, G);
+    const T* cp = !C ? cn : k == 0 ? c0 : C + prev * BH;
+    T* c = C ? C + t * BH : cn;
+    for (std::int64_t b = 0; b < B; ++b) {
+      // In place: the row kernel reads a lane's four pre-activations before it stores them activated.
+      lstm_row_forward<T>(a + b * G, cp + b * H, y + t * BH + b * H, c + b * H, C ? a + b * G : nullptr, H);
+    }
+  }
+  if (C) std::memcpy(cn, C + d.t(d.T - 1) * BH, static_cast<std::size_t>(BH) * sizeof(T));
+}
+
+// g [T+1, B, H] (row T: d c_n) -> dgx [T, B, 4H]; dw, dh0, dc0 when not null.
+template <class T>
+void lstm_sequence_backward(const SeqDims& d, const T* g, const T* acts, const T* C, const T* y, const T* W,
+                            const T* h0, const T* c0, T* dgx, T* dw, T* dh0, T* dc0) {
+  const std::int64_t B = d.B, H = d.H, G = 4 * H, BH = B * H;
+  std::vector<T> dh_buf(static_cast<std::size_t>(BH)), dc_buf(static_cast<std::size_t>(BH));
+  T* dh = dh_buf.data();
+  T* dc = dc_buf.data();
+  std::memcpy(dc, g + d.T * BH, static_cast<std::size_t>(BH) * sizeof(T));
+  std::memcpy(dh, g + d.t(d.T - 1) * BH, static_cast<std::size_t>(BH) * sizeof(T));
+  for (std::int64_t k = d.T - 1; k >= 0; --k) {
+    const std::int64_t t = d.t(k);
+    const T* cp = k == 0 ? c0 : C + d.prev(k) * BH;
+    T* dg = dgx + t * B * G;
+    for (std::int64_t b = 0; b < B; ++b) {
+      // dc in place: the kernel reads a lane's d c before it stores d c_prev there.
+      lstm_row_backward<T>(dh + b * H, dc + b * H, acts + t * B * G + b * G, cp + b * H, C + t * BH + b * H,
+                           dg + b * G, dc + b * H, H);
+    }
+    // d h_prev[B, H] = dy(prev) + dgates[B, 4H] . W_hh[4H, H]
+    if (k > 0) {
+      std::memcpy(dh, g + d.prev(k) * BH, static_cast<std::size_t>(BH) * sizeof(T));
+      gemm<T>(false, false, B, H, G, T(1), dg, G, W, H, T(1), dh, H);
+    } else if (dh0) {
+      gemm<T>(false, false, B, H, G, T(1), dg, G, W, H, T(0), dh0, H);
+    }
+  }
+  if (dw) {
+    // Steps after the first read h_prev from y: rows 0..T-2 (forward) or 1..T-1 (reverse).
+    const T* dg_rest = d.reverse ? dgx : dgx + B * G;
+    const T* h_rest = d.reverse ? y + BH : y;
+    gemm<T>(true, false, G, H, (d.T - 1) * B, T(1), dg_rest, G, h_rest, H, T(0), dw, H);
+    if (h0) gemm<T>(true, false, G, H, B, T(1), dgx + d.t(0) * B * G, G, h0, H, T(1), dw, H);
+  }
+  if (dc0) std::memcpy(dc0, dc, static_cast<std::size_t>(BH) * sizeof(T));
+}
+
+// Rows [first, first + shape[0]) of the packed [T+1, B, H] output as a tensor of `shape`
+// on the same storage; its backward places the gradient into those rows of a zero
+// [T+1, B, H] gradient.
+Tensor packed_rows(const Tensor& packed, std::int64_t first, const Shape& shape, const char* name) {
+  const TensorImpl& t = *packed.impl();
+  const std::int64_t row = t.shape[1] * t.shape[2];
+  const std::int64_t esz = static_cast<std::int64_t>(dtype_size(t.dtype));
+  Tensor v(std::make_shared<TensorImpl>(shape, t.dtype, t.storage, static_cast<char*>(t.data) + first * row * esz));
+  if (needs_record({&packed})) {
+    // d packed = g in rows [first, first + n), zeros elsewhere
+    record(name, v, {&packed}, [first, row, esz](const Tensor& g, GradSlots& dx) {
+      const Shape& ps = dx.shape(0);
+      Tensor d = Tensor::empty(ps, g.dtype());
+      char* p = static_cast<char*>(d.data_ptr());
+      const std::int64_t total = ps.numel() * esz, lo = first * row * esz, n = g.numel() * esz;
+      std::memset(p, 0, static_cast<std::size_t>(lo));  // IEEE +0.0 is all-zero bits
+      std::memcpy(p + lo, g.data_ptr(), static_cast<std::size_t>(n));
+      std::memset(p + lo + n, 0, static_cast<std::size_t>(total - lo - n));
+      dx[0] = d;
+    });
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------------------
 // GRU
 // ---------------------------------------------------------------------------
 
@@ -280,6 +409,66 @@ LSTMGatesOut lstm_cell_fused(const Tensor& gates, const Tensor& c_prev) {
   out.c = half_of(hc, 1);
   out.hc = std::move(hc);
   return out;
+}
+
+LSTMSequenceOut lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0, bool reverse) {
+  check_lstm_sequence_shapes(gx, w_hh, h0, c0);
+  const std::int64_t T = gx.shape()[0], B = gx.shape()[1], G = gx.shape()[2], H = G / 4;
+  const Dtype dt = gx.dtype();
+  const bool rec = needs_record({&gx, &w_hh, &h0, &c0});
+  Tensor packed = Tensor::empty(Shape{T + 1, B, H}, dt);
+  // Recording keeps every step's activated gates and cell state for backward; otherwise
+  // one step's gates are scratch and the running c lives in packed's last row.
+  Tensor acts = Tensor::empty(rec ? Shape{T, B, G} : Shape{B, G}, dt);
+  Tensor cs = rec ? Tensor::empty(Shape{T, B, H}, dt) : Tensor();
+  const Tensor c_init = c0.defined() ? c0 : zeros(Shape{B, H}, dt);
+  if (B * H > 0) {
+    dispatch_float("lstm_sequence", dt, [&](auto tag) {
+      using T_ = decltype(tag);
+      lstm_sequence_forward<T_>(SeqDims{T, B, H, reverse}, gx.data<T_>(), w_hh.data<T_>(),
+                                h0.defined() ? h0.data<T_>() : nullptr, c_init.data<T_>(), packed.data<T_>(),
+                                acts.data<T_>(), rec ? cs.data<T_>() : nullptr);
+      return 0;
+    });
+  }
+  if (rec) {
+    // Per step, latest first, with dh = dy_t + dgates_{t+1}·W_hh and dc carried:
+    //   dgates_t, dc = lstm_cell_fused's backward;  d gx[t] = dgates_t
+    //   d W_hh = Σ_t dgates_tᵀ · h_prev(t)  (one GEMM over the steps after the first),
+    //   d h0 = dgates_first · W_hh,  d c0 = dc after the first step
+    record("lstm_sequence", packed, {&gx, &w_hh, &h0, &c0},
+           [acts, cs, w_hh, h0, c_init, out = packed.detach(), reverse](const Tensor& g, GradSlots& dx) {
+             const std::int64_t T = acts.shape()[0], B = acts.shape()[1], H = acts.shape()[2] / 4;
+             const Dtype dt = acts.dtype();
+             Tensor dgx = Tensor::empty(acts.shape(), dt);
+             Tensor dw = dx.needs(1) ? Tensor::empty(w_hh.shape(), dt) : Tensor();
+             Tensor dh0 = dx.needs(2) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
+             Tensor dc0 = dx.needs(3) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
+             if (B * H == 0) {
+               // No rows or no units: nothing flows; W_hh (non-empty when B = 0) gets zeros.
+               if (dw.defined()) dw = zeros(w_hh.shape(), dt);
+             } else {
+               dispatch_float("lstm_sequence backward", dt, [&](auto tag) {
+                 using T_ = decltype(tag);
+                 auto ptr = [](Tensor& t) { return t.defined() ? t.data<T_>() : nullptr; };
+                 lstm_sequence_backward<T_>(SeqDims{T, B, H, reverse}, g.data<T_>(), acts.data<T_>(), cs.data<T_>(),
+                                            out.data<T_>(), w_hh.data<T_>(), h0.defined() ? h0.data<T_>() : nullptr,
+                                            c_init.data<T_>(), dgx.data<T_>(), ptr(dw), ptr(dh0), ptr(dc0));
+                 return 0;
+               });
+             }
+             if (dx.needs(0)) dx[0] = dgx;
+             dx[1] = dw;
+             dx[2] = dh0;
+             dx[3] = dc0;
+           });
+  }
+  LSTMSequenceOut o;
+  o.y = packed_rows(packed, 0, Shape{T, B, H}, "lstm_sequence_y");
+  o.c_n = packed_rows(packed, T, Shape{B, H}, "lstm_sequence_c");
+  o.h_n = select(o.y, 0, reverse ? 0 : T - 1);
+  o.packed = std::move(packed);
+  return o;
 }
 
 Tensor gru_cell_fused(const Tensor& gi, const Tensor& gh, const Tensor& h_prev) {

@@ -31,6 +31,30 @@ struct LSTMGatesOut {
 // both f64 (DtypeError). B = 0 or H = 0 gives empty results.
 LSTMGatesOut lstm_cell_fused(const Tensor& gates, const Tensor& c_prev);
 
+// A whole LSTM layer (one direction) over a sequence as ONE tape node: the recurrence
+// runs inside, forward and backward, so the engine sees one node per layer instead of
+// several per step, and backward computes d W_hh as one GEMM over all steps
+// ([4H, T*B] x [T*B, H]) instead of T small ones.
+//   gx [T, B, 4H]: the input projections of every step with both biases,
+//                  x_t·W_ihᵀ + b_ih + b_hh (one GEMM for the whole sequence, outside);
+//   w_hh [4H, H]; h0, c0 [B, H] (undefined: zeros; give both or neither).
+//   for each step t (T-1 down to 0 when reverse):
+//     gates = gx[t] + h_prev·W_hhᵀ,  c_t, h_t = lstm_cell_fused(gates, c_prev)
+// -> y [T, B, H] (h_t for every t, in time order), h_n [B, H] (h of the last processed
+// step), c_n [B, H]. As with lstm_cell_fused the node's output is one packed tensor,
+// `packed` [T+1, B, H] (rows 0..T-1 = y, row T = c_n); y and c_n are views of it (tiny
+// nodes), h_n = select(y, 0, last). Backward saves the activated gates [T, B, 4H] and the
+// cell states [T, B, H]. Shapes: ShapeError naming the op and every shape; dtypes must all
+// be f32 or all f64 (DtypeError); T = 0 is a ShapeError; B = 0 or H = 0 give empty results.
+struct LSTMSequenceOut {
+  Tensor y;       // [T, B, H]
+  Tensor h_n;     // [B, H]
+  Tensor c_n;     // [B, H]
+  Tensor packed;  // [T+1, B, H]
+};
+LSTMSequenceOut lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor& h0 = Tensor(),
+                              const Tensor& c0 = Tensor(), bool reverse = false);
+
 // One GRU step (PyTorch's GRU, with the reset gate applied after the hidden product):
 //   gi [B, 3H] = x·W_ihᵀ + b_ih,  gh [B, 3H] = h_prev·W_hhᵀ + b_hh  (order r, z, n),
 //   h_prev [B, H].

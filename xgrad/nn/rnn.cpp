@@ -1,6 +1,7 @@
 // RNN / LSTM / GRU cells and sequence modules. The hot loop is run_direction(): one
 // GEMM for the input projections of a whole layer, then per step one GEMM, one add and
-// one fused gate node.
+// one fused gate node; a plain LSTM layer (no layer norm, no variational dropout, not
+// recording) runs its whole recurrence as one node instead (xg::lstm_sequence).
 #include "xgrad/nn/rnn.hpp"
 
 #include <cmath>
@@ -157,7 +158,8 @@ struct DirectionArgs {
 };
 
 struct DirectionResult {
-  std::vector<Tensor> hs;  // [B, H] per step, in time order
+  std::vector<Tensor> hs;  // [B, H] per step, in time order (or empty when seq is set)
+  Tensor seq;              // [T, B, H], every step's h in time order, when one op made them all
   Tensor h, c;             // after the last processed step
 };
 
@@ -202,9 +204,17 @@ DirectionResult run_direction(const DirectionArgs& a) {
   } else {
     gi_all = linear(a.input, w.weight_ih, w.bias_ih.defined() ? add(w.bias_ih, w.bias_hh) : Tensor());
   }
+  DirectionResult r;
+  if (lstm && !a.layer_norm && !a.h_mask.defined() && !a.records) {
+    // The whole recurrence as one node: dW_hh becomes one GEMM over all steps in backward.
+    const LSTMSequenceOut o = lstm_sequence(reshape(gi_all, Shape{T, B, 4 * H}), w.weight_hh, a.h0, a.c0, a.reverse);
+    r.seq = o.y;
+    r.h = o.h_n;
+    r.c = o.c_n;
+    return r;
+  }
   const std::vector<Tensor> gi = step_views(gi_all, T, a.reverse);
 
-  DirectionResult r;
   r.hs.resize(static_cast<std::size_t>(T));
   // An undefined h means zeros: the first step then skips h·W_hhᵀ. Layer norm of a zero
   // row is its bias, not zero, so the LN-LSTM starts from real zeros.
@@ -495,7 +505,7 @@ RecurrentBase::Output RecurrentBase::run(const Tensor& x, const Tensor& h0, cons
                       record_ ? &intro_.steps[idx] : nullptr,
                       &record_opts_};
       DirectionResult r = run_direction(a);
-      outs[static_cast<std::size_t>(d)] = stack(r.hs, 0);
+      outs[static_cast<std::size_t>(d)] = r.seq.defined() ? r.seq : stack(r.hs, 0);
       h_n[idx] = r.h;
       c_n[idx] = r.c;
     }

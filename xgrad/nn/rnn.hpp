@@ -23,6 +23,10 @@
 // (xg::lstm_cell_fused / gru_cell_fused, a single tape node). The steps read their rows
 // of the projection in place; in backward the per-step gradients are gathered into one
 // buffer, so dx and dW_ih are again one GEMM each per layer.
+// A plain LSTM layer (no layer_norm, no variational_dropout, introspection off) goes
+// further: its whole recurrence is ONE tape node (xg::lstm_sequence), whose backward
+// also computes dW_hh as one GEMM over all steps. Introspection keeps the per-step path
+// (it needs each step's h in the graph); both paths give the same values and gradients.
 //
 // Truncated BPTT is one line: carry `state = result.state.detach()` into the next chunk.
 // Carrying the state without detach() after a backward() is the engine's StateError.

@@ -10,7 +10,8 @@ namespace xg::detail {
 // transposes are never materialised: the flags go straight to BLAS.
 // Degenerate sizes are fine: M or N == 0 does nothing; K == 0 leaves beta * C (zeros
 // when beta == 0, even if C was uninitialised). With beta == 0, C may be uninitialised.
-// Vector-shaped products (M == 1 or N == 1) go to gemv, which does not pack operands.
+// Vector-shaped products (M == 1 or N == 1) go to gemv, which does not pack operands;
+// outer products (K == 1) are one loop.
 // Dimensions and leading dimensions beyond the BLAS integer range throw ShapeError.
 template <class T>
 void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, T alpha, const T* A,
