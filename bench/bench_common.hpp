@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <string>
 #include <vector>
@@ -15,6 +16,35 @@
 #include <xgrad/xgrad.hpp>
 
 namespace bench {
+
+// Command line shared by every workload.
+struct Args {
+  std::string workload;
+  std::string variant;  // empty: the workload's default
+  int steps = 0;        // 0: the workload's default (torch_ref.py's DEFAULT_STEPS)
+  int warmup = 3;
+  int threads = 1;
+  int ops = 10000;      // opoverhead
+  int T = 0;            // bptt_mem: one sequence length (0: all, each in a fresh process)
+  bool malloc_tuning = true;
+  int steps_or(int dflt) const { return steps > 0 ? steps : dflt; }
+};
+
+// Resident set size now (VmRSS), MiB.
+inline double rss_now_mib() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return 0.0;
+  char line[256];
+  double kib = 0.0;
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::strncmp(line, "VmRSS:", 6) == 0) {
+      kib = std::atof(line + 6);
+      break;
+    }
+  }
+  std::fclose(f);
+  return kib / 1024.0;
+}
 
 inline double now_ms() {
   using clock = std::chrono::steady_clock;
@@ -59,6 +89,20 @@ struct Result {
     std::puts(s.c_str());
     std::fflush(stdout);
   }
+};
+
+// The workloads (definitions in ../shared/bench/README.md and torch_ref.py).
+Result opoverhead(const Args& args);
+Result charlstm(const Args& args);
+Result biglstm(const Args& args);
+Result bptt_mem(const Args& args);
+Result minchar(const Args& args);
+Result seq2seq_attn(const Args& args);
+
+// Per-step timings of a training loop: warm-up steps, then timed ones.
+struct Timings {
+  std::vector<double> tot, fwd, bwd, opt;
+  std::vector<double> losses;
 };
 
 }  // namespace bench

@@ -1,0 +1,257 @@
+// The LSTM language-model workloads: charlstm, biglstm and bptt_mem. The model is what a
+// user writes: Embedding -> nn::LSTM -> Linear -> cross_entropy, trained with truncated
+// BPTT (the carried state detached every step).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cblas.h>
+
+#include <functional>
+
+#include "bench_common.hpp"
+
+namespace bench {
+
+namespace {
+
+using namespace xg;
+
+constexpr std::uint64_t kSeed = 1234;
+
+struct LMConfig {
+  std::int64_t V, E, H, layers, B, T;
+};
+
+class CharLM : public nn::Module {
+ public:
+  explicit CharLM(const LMConfig& c) : cfg(c) {
+    emb = register_module("emb", std::make_shared<nn::Embedding>(c.V, c.E));
+    rnn = register_module(
+        "rnn", std::make_shared<nn::LSTM>(nn::LSTMOptions{.input_size = c.E, .hidden_size = c.H, .num_layers = c.layers}));
+    fc = register_module("fc", std::make_shared<nn::Linear>(c.H, c.V));
+  }
+  // x [T, B] int64 -> logits [T*B, V] and the final state.
+  std::pair<Tensor, nn::LSTMState> forward(const Tensor& x, const nn::LSTMState& state) const {
+    auto [out, st] = (*rnn)((*emb)(x), state);
+    const Tensor logits = (*fc)(reshape(out, Shape{cfg.T * cfg.B, cfg.H}));
+    return {logits, st};
+  }
+
+  LMConfig cfg;
+  std::shared_ptr<nn::Embedding> emb;
+  std::shared_ptr<nn::LSTM> rnn;
+  std::shared_ptr<nn::Linear> fc;
+};
+
+// Matmul FLOPs of one forward (as torch_ref.py's lstm_lm_flops).
+double lm_forward_flops(const LMConfig& c) {
+  double f = 0;
+  for (std::int64_t l = 0; l < c.layers; ++l) {
+    const std::int64_t in = l == 0 ? c.E : c.H;
+    f += double(c.T) * 2 * c.B * (in + c.H) * 4 * c.H;
+  }
+  return f + 2.0 * c.B * c.T * c.H * c.V;
+}
+
+// Token batches: x [T, B] and targets y [T, B] (the next token), uniform random ids.
+std::vector<std::pair<Tensor, Tensor>> lm_batches(const LMConfig& c, int n, std::uint64_t seed) {
+  Generator gen(seed);
+  std::vector<std::pair<Tensor, Tensor>> out;
+  for (int i = 0; i < n; ++i) {
+    std::vector<std::int64_t> xs(static_cast<std::size_t>(c.T * c.B)), ys(xs.size());
+    for (std::int64_t b = 0; b < c.B; ++b) {
+      std::int64_t prev = static_cast<std::int64_t>(gen.uniform() * double(c.V)) % c.V;
+      for (std::int64_t t = 0; t < c.T; ++t) {
+        const std::int64_t next = static_cast<std::int64_t>(gen.uniform() * double(c.V)) % c.V;
+        xs[static_cast<std::size_t>(t * c.B + b)] = prev;
+        ys[static_cast<std::size_t>(t * c.B + b)] = next;
+        prev = next;
+      }
+    }
+    out.emplace_back(from_vector(xs, Shape{c.T, c.B}), from_vector(ys, Shape{c.T * c.B}));
+  }
+  return out;
+}
+
+enum class Opt { adam, sgd };
+
+// after_step (when set) runs after every timed step, outside the timing.
+Result train_lm(const Args& args, const char* name, const LMConfig& c, Opt which, double lr, double clip,
+                int default_steps, const std::function<void()>& after_step = {}) {
+  manual_seed(kSeed);
+  CharLM model(c);
+  // "perstep": the per-step path nn::LSTM takes while recording introspection (one fused
+  // gate node per step), with nothing recorded: the engine before lstm_sequence.
+  const bool perstep = args.variant == "perstep";
+  if (perstep) model.rnn->set_record(true, nn::RecordOptions{false, false, false});
+  const std::vector<Tensor> params = model.parameters();
+  std::unique_ptr<optim::Optimizer> opt;
+  if (which == Opt::adam) {
+    opt = std::make_unique<optim::Adam>(params, optim::AdamOptions{.lr = lr});
+  } else {
+    opt = std::make_unique<optim::SGD>(params, optim::SGDOptions{.lr = lr});
+  }
+  const int steps = args.steps_or(default_steps);
+  const auto batches = lm_batches(c, args.warmup + steps, kSeed + 1);
+  nn::LSTMState state;
+  Timings tm;
+  for (int i = 0; i < args.warmup + steps; ++i) {
+    const auto& [x, y] = batches[static_cast<std::size_t>(i)];
+    const double t0 = now_ms();
+    auto [logits, st] = model.forward(x, state);
+    const Tensor loss = cross_entropy(logits, y);
+    const double t1 = now_ms();
+    opt->zero_grad();
+    loss.backward();
+    const double t2 = now_ms();
+    if (clip > 0) optim::clip_grad_norm(params, clip);
+    opt->step();
+    state = st.detach();
+    const double t3 = now_ms();
+    tm.losses.push_back(loss.item());
+    if (i >= args.warmup) {
+      tm.tot.push_back(t3 - t0);
+      tm.fwd.push_back(t1 - t0);
+      tm.bwd.push_back(t2 - t1);
+      tm.opt.push_back(t3 - t2);
+      if (after_step) after_step();
+    }
+  }
+  Result r;
+  r.workload = name;
+  r.variant = perstep ? "perstep" : "fused";
+  r.threads = args.threads;
+  r.ms = tm.tot;
+  r.tokens_per_step = double(c.B * c.T);
+  const double med = median(tm.tot);
+  r.extra["gflops"] = 3 * lm_forward_flops(c) / 1e9 / (med / 1e3);
+  r.extra["fwd_ms"] = median(tm.fwd);
+  r.extra["bwd_ms"] = median(tm.bwd);
+  r.extra["opt_ms"] = median(tm.opt);
+  r.extra["loss_first"] = tm.losses.front();
+  r.extra["loss_last"] = tm.losses.back();
+  r.extra["T"] = double(c.T);
+  return r;
+}
+
+// GFLOP/s of cblas_sgemm alone on the GEMMs one training step of the LSTM LM needs at
+// best (one input-projection GEMM per layer, T recurrent GEMMs, the output layer, and
+// their backward products with dW_ih and dW_hh as one GEMM each over all steps).
+// Returns the time of one pass over all of them, ms, and their FLOPs (= 3x the forward's).
+struct SgemmPass {
+  double ms, flops;
+};
+SgemmPass sgemm_pass(const LMConfig& c) {
+  struct G {
+    CBLAS_TRANSPOSE ta, tb;
+    int M, N, K, count;
+  };
+  const int TB = int(c.T * c.B), B = int(c.B), H = int(c.H), G4 = int(4 * c.H), E = int(c.E), V = int(c.V);
+  const int T = int(c.T);
+  const std::vector<G> shapes = {
+      {CblasNoTrans, CblasTrans, TB, G4, E, 1},    // x · W_ihᵀ
+      {CblasNoTrans, CblasTrans, B, G4, H, T},     // h · W_hhᵀ per step
+      {CblasNoTrans, CblasTrans, TB, V, H, 1},     // out · W_fcᵀ
+      {CblasNoTrans, CblasNoTrans, TB, H, V, 1},   // d out = g · W_fc
+      {CblasTrans, CblasNoTrans, V, H, TB, 1},     // d W_fc
+      {CblasNoTrans, CblasNoTrans, B, H, G4, T},   // d h per step
+      {CblasTrans, CblasNoTrans, G4, H, TB, 1},    // d W_hh over all steps
+      {CblasTrans, CblasNoTrans, G4, E, TB, 1},    // d W_ih
+      {CblasNoTrans, CblasNoTrans, TB, E, G4, 1},  // d x
+  };
+  std::vector<float> a(std::size_t(std::max(TB, G4)) * std::max({E, H, G4, TB}), 0.01f);
+  std::vector<float> b(a.size(), 0.02f), cc(a.size(), 0.0f);
+  double flops = 0;
+  for (const G& g : shapes) flops += 2.0 * g.M * g.N * g.K * g.count;
+  const double t0 = now_ms();
+  for (const G& g : shapes) {
+    const int lda = g.ta == CblasNoTrans ? g.K : g.M, ldb = g.tb == CblasNoTrans ? g.N : g.K;
+    for (int k = 0; k < g.count; ++k) {
+      cblas_sgemm(CblasRowMajor, g.ta, g.tb, g.M, g.N, g.K, 1.0f, a.data(), lda, b.data(), ldb, 0.0f, cc.data(), g.N);
+    }
+  }
+  return {now_ms() - t0, flops};
+}
+
+}  // namespace
+
+Result charlstm(const Args& args) {
+  return train_lm(args, "charlstm", LMConfig{96, 64, 256, 2, 32, 64}, Opt::adam, 2e-3, 5.0, 20);
+}
+
+Result biglstm(const Args& args) {
+  const LMConfig c{96, 1024, 1024, 1, 64, 32};
+  // One sgemm pass after every timed step: the machine is shared and noisy, so the two
+  // medians come from interleaved samples of the same moments.
+  std::vector<double> sg_ms;
+  double sg_flops = 0;
+  sgemm_pass(c);  // warm-up
+  Result r = train_lm(args, "biglstm", c, Opt::sgd, 0.1, 0.0, 5, [&] {
+    const SgemmPass p = sgemm_pass(c);
+    sg_ms.push_back(p.ms);
+    sg_flops = p.flops;
+  });
+  const double sg = sg_flops / 1e9 / (median(sg_ms) / 1e3);
+  r.extra["sgemm_gflops"] = sg;
+  r.extra["sgemm_ms"] = median(sg_ms);
+  r.extra["sgemm_fraction"] = r.extra["gflops"] / sg;
+  return r;
+}
+
+// One forward + backward of the charlstm model at sequence length T, in this process:
+// peak RSS growth over the RSS just before the forward.
+Result bptt_mem_one(const Args& args, std::int64_t T) {
+  manual_seed(kSeed);
+  const LMConfig c{96, 64, 256, 2, 32, T};
+  CharLM model(c);
+  const bool perstep = args.variant == "perstep";
+  if (perstep) model.rnn->set_record(true, nn::RecordOptions{false, false, false});
+  const auto batches = lm_batches(c, 1, kSeed + 3);
+  const auto& [x, y] = batches[0];
+  const double rss_before = rss_now_mib();
+  const double peak_before = peak_rss_mib();
+  const double t0 = now_ms();
+  auto [logits, st] = model.forward(x, nn::LSTMState{});
+  const Tensor loss = cross_entropy(logits, y);
+  const double t1 = now_ms();
+  const double rss_after_fwd = rss_now_mib();
+  loss.backward();
+  const double t2 = now_ms();
+  Result r;
+  r.workload = "bptt_mem";
+  r.variant = perstep ? "perstep" : "fused";
+  r.threads = args.threads;
+  r.ms = {t2 - t0};
+  r.tokens_per_step = double(c.B * T);
+  r.extra["T"] = double(T);
+  r.extra["fwd_ms"] = t1 - t0;
+  r.extra["bwd_ms"] = t2 - t1;
+  r.extra["loss"] = loss.item();
+  r.extra["rss_before_mib"] = rss_before;
+  r.extra["peak_rss_before_mib"] = peak_before;
+  r.extra["rss_after_fwd_mib"] = rss_after_fwd;
+  r.extra["peak_delta_mib"] = peak_rss_mib() - rss_before;
+  return r;
+}
+
+Result bptt_mem(const Args& args) {
+  if (args.T > 0) return bptt_mem_one(args, args.T);
+  // Every T in a fresh process, so each peak RSS is clean.
+  for (int T : {64, 128, 256, 512}) {
+    std::fflush(stdout);
+    const pid_t pid = fork();
+    if (pid == 0) {
+      const std::string t = std::to_string(T), th = std::to_string(args.threads);
+      const std::string v = args.variant.empty() ? "fused" : args.variant;
+      execl("/proc/self/exe", "xgrad_bench", "bptt_mem", "--T", t.c_str(), "--threads", th.c_str(), "--variant",
+            v.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw Error(fmt::format("bptt_mem: T={} failed", T));
+  }
+  return {};
+}
+
+}  // namespace bench
