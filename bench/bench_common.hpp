@@ -103,6 +103,26 @@ Result seq2seq_attn(const Args& args);
 struct Timings {
   std::vector<double> tot, fwd, bwd, opt;
   std::vector<double> losses;
+
+  // t0..t3: step start, after forward, after backward, after the optimizer step.
+  void record(double t0, double t1, double t2, double t3, double loss, bool timed) {
+    losses.push_back(loss);
+    if (!timed) return;
+    tot.push_back(t3 - t0);
+    fwd.push_back(t1 - t0);
+    bwd.push_back(t2 - t1);
+    opt.push_back(t3 - t2);
+  }
+
+  // The timed steps, their phase medians and the first / last loss into r.
+  void fill(Result& r) const {
+    r.ms = tot;
+    r.extra["fwd_ms"] = median(fwd);
+    r.extra["bwd_ms"] = median(bwd);
+    r.extra["opt_ms"] = median(opt);
+    r.extra["loss_first"] = losses.front();
+    r.extra["loss_last"] = losses.back();
+  }
 };
 
 }  // namespace bench

@@ -108,28 +108,17 @@ Result train_lm(const Args& args, const char* name, const LMConfig& c, Opt which
     opt->step();
     state = st.detach();
     const double t3 = now_ms();
-    tm.losses.push_back(loss.item());
-    if (i >= args.warmup) {
-      tm.tot.push_back(t3 - t0);
-      tm.fwd.push_back(t1 - t0);
-      tm.bwd.push_back(t2 - t1);
-      tm.opt.push_back(t3 - t2);
-      if (after_step) after_step();
-    }
+    tm.record(t0, t1, t2, t3, loss.item(), i >= args.warmup);
+    if (i >= args.warmup && after_step) after_step();
   }
   Result r;
   r.workload = name;
   r.variant = perstep ? "perstep" : "fused";
   r.threads = args.threads;
-  r.ms = tm.tot;
+  tm.fill(r);
   r.tokens_per_step = double(c.B * c.T);
   const double med = median(tm.tot);
   r.extra["gflops"] = 3 * lm_forward_flops(c) / 1e9 / (med / 1e3);
-  r.extra["fwd_ms"] = median(tm.fwd);
-  r.extra["bwd_ms"] = median(tm.bwd);
-  r.extra["opt_ms"] = median(tm.opt);
-  r.extra["loss_first"] = tm.losses.front();
-  r.extra["loss_last"] = tm.losses.back();
   r.extra["T"] = double(c.T);
   return r;
 }

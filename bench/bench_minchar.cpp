@@ -50,27 +50,16 @@ Result minchar(const Args& args) {
     opt.step();
     hprev = h.detach();
     const double t3 = now_ms();
-    tm.losses.push_back(loss.item());
-    if (i >= args.warmup) {
-      tm.tot.push_back(t3 - t0);
-      tm.fwd.push_back(t1 - t0);
-      tm.bwd.push_back(t2 - t1);
-      tm.opt.push_back(t3 - t2);
-    }
+    tm.record(t0, t1, t2, t3, loss.item(), i >= args.warmup);
   }
   Result r;
   r.workload = "minchar";
   r.variant = "loop";
   r.threads = args.threads;
-  r.ms = tm.tot;
+  tm.fill(r);
   r.tokens_per_step = T;
   const double med = median(tm.tot);
   r.extra["gflops"] = 3.0 * T * (2 * H * V + 2 * H * H + 2 * V * H) / 1e9 / (med / 1e3);
-  r.extra["fwd_ms"] = median(tm.fwd);
-  r.extra["bwd_ms"] = median(tm.bwd);
-  r.extra["opt_ms"] = median(tm.opt);
-  r.extra["loss_first"] = tm.losses.front();
-  r.extra["loss_last"] = tm.losses.back();
   r.extra["T"] = T;
   return r;
 }

@@ -87,13 +87,7 @@ Result seq2seq_attn(const Args& args) {
     const double t2 = now_ms();
     opt.step();
     const double t3 = now_ms();
-    tm.losses.push_back(loss.item());
-    if (i >= args.warmup) {
-      tm.tot.push_back(t3 - t0);
-      tm.fwd.push_back(t1 - t0);
-      tm.bwd.push_back(t2 - t1);
-      tm.opt.push_back(t3 - t2);
-    }
+    tm.record(t0, t1, t2, t3, loss.item(), i >= args.warmup);
   }
   const double enc = double(S) * 2 * B * (E + H) * 4 * H + 2.0 * S * B * H * A;
   const double dec_step =
@@ -102,15 +96,10 @@ Result seq2seq_attn(const Args& args) {
   r.workload = "seq2seq_attn";
   r.variant = "fused";
   r.threads = args.threads;
-  r.ms = tm.tot;
+  tm.fill(r);
   r.tokens_per_step = double(B * T);
   const double med = median(tm.tot);
   r.extra["gflops"] = 3 * (enc + T * dec_step) / 1e9 / (med / 1e3);
-  r.extra["fwd_ms"] = median(tm.fwd);
-  r.extra["bwd_ms"] = median(tm.bwd);
-  r.extra["opt_ms"] = median(tm.opt);
-  r.extra["loss_first"] = tm.losses.front();
-  r.extra["loss_last"] = tm.losses.back();
   r.extra["T"] = T;
   return r;
 }
