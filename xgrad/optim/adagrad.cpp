@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "xgrad/optim/detail/update_loop.hpp"
+
 #include <cmath>
 
 namespace xg::optim {
@@ -28,15 +30,23 @@ std::vector<std::string> Adagrad::buffer_names(const AdagradOptions&) const { re
 
 namespace {
 
+// sum += g^2;  p -= clr * g / (sqrt(sum) + eps)
+template <class T, bool Wd>
+void adagrad_loop(T* __restrict p, const T* __restrict g, T* __restrict sum, std::int64_t n, T c, T wd, T eps) {
+  for (std::int64_t k = 0; k < n; ++k) {
+    T d = g[k];
+    if constexpr (Wd) d += wd * p[k];
+    const T s = sum[k] + d * d;
+    sum[k] = s;
+    p[k] -= c * d / (std::sqrt(s) + eps);
+  }
+}
+
 template <class T>
 void adagrad_update(T* p, const T* g, T* sum, std::int64_t n, double clr, const AdagradOptions& o) {
   const T wd = static_cast<T>(o.weight_decay), eps = static_cast<T>(o.eps), c = static_cast<T>(clr);
-  for (std::int64_t k = 0; k < n; ++k) {
-    T d = g[k];
-    if (o.weight_decay != 0.0) d += wd * p[k];
-    sum[k] += d * d;
-    p[k] -= c * d / (std::sqrt(sum[k]) + eps);
-  }
+  detail::with_flags([&](auto... flag) { adagrad_loop<T, decltype(flag)::value...>(p, g, sum, n, c, wd, eps); },
+                     o.weight_decay != 0.0);
 }
 
 }  // namespace

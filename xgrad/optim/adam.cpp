@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "xgrad/optim/detail/update_loop.hpp"
+
 #include <algorithm>
 #include <cmath>
 
@@ -31,6 +33,25 @@ std::vector<std::string> adam_buffers(const O& o) {
 }
 
 // decoupled: AdamW's p *= 1 - lr * wd before the update; otherwise Adam's L2 term in g.
+// m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
+template <class T, bool Decoupled, bool L2, bool Amsgrad>
+void adam_loop(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v, T* __restrict vmax,
+               std::int64_t n, T step_size, T bc2s, T b1, T b1c, T b2, T b2c, T eps, T wd, T shrink) {
+  for (std::int64_t k = 0; k < n; ++k) {
+    T pk = p[k];
+    if constexpr (Decoupled) pk *= shrink;
+    T d = g[k];
+    if constexpr (L2) d += wd * pk;
+    const T mk = b1 * m[k] + b1c * d;
+    const T vk = b2 * v[k] + b2c * d * d;
+    m[k] = mk;
+    v[k] = vk;
+    T vv = vk;
+    if constexpr (Amsgrad) vv = vmax[k] = std::max(vmax[k], vk);
+    p[k] = pk - step_size * mk / (std::sqrt(vv) / bc2s + eps);
+  }
+}
+
 template <class T, class O>
 void adam_update(T* p, const T* g, T* m, T* v, T* vmax, std::int64_t n, std::int64_t step, const O& o,
                  bool decoupled) {
@@ -43,16 +64,12 @@ void adam_update(T* p, const T* g, T* m, T* v, T* vmax, std::int64_t n, std::int
   const T eps = static_cast<T>(o.eps), wd = static_cast<T>(o.weight_decay);
   const T shrink = static_cast<T>(1.0 - o.lr * o.weight_decay);
   const bool l2 = !decoupled && o.weight_decay != 0.0;
-  for (std::int64_t k = 0; k < n; ++k) {
-    if (decoupled) p[k] *= shrink;
-    T d = g[k];
-    if (l2) d += wd * p[k];
-    m[k] = tb1 * m[k] + tb1c * d;
-    v[k] = tb2 * v[k] + tb2c * d * d;
-    T vv = v[k];
-    if (vmax) vv = vmax[k] = std::max(vmax[k], v[k]);
-    p[k] -= step_size * m[k] / (std::sqrt(vv) / bc2s + eps);
-  }
+  detail::with_flags(
+      [&](auto... flag) {
+        adam_loop<T, decltype(flag)::value...>(p, g, m, v, vmax, n, step_size, bc2s, tb1, tb1c, tb2, tb2c, eps, wd,
+                                               shrink);
+      },
+      decoupled, l2, vmax != nullptr);
 }
 
 template <class O>

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "xgrad/optim/detail/update_loop.hpp"
+
 #include <cmath>
 
 namespace xg::optim {
@@ -31,28 +33,43 @@ std::vector<std::string> RMSprop::buffer_names(const RMSpropOptions& o) const {
 
 namespace {
 
-template <class T>
-void rmsprop_update(T* p, const T* g, T* sq, T* buf, T* gavg, std::int64_t n, const RMSpropOptions& o) {
-  const T wd = static_cast<T>(o.weight_decay), a = static_cast<T>(o.alpha), a1 = static_cast<T>(1.0 - o.alpha);
-  const T eps = static_cast<T>(o.eps), mom = static_cast<T>(o.momentum), lr = static_cast<T>(o.lr);
+// sq = a sq + (1 - a) g^2;  centered: avg = sqrt(sq - gavg^2) + eps, else sqrt(sq) + eps;
+// momentum: buf = mom buf + g / avg, p -= lr buf; else p -= lr g / avg.
+template <class T, bool Wd, bool Centered, bool Momentum>
+void rmsprop_loop(T* __restrict p, const T* __restrict g, T* __restrict sq, T* __restrict buf, T* __restrict gavg,
+                  std::int64_t n, T wd, T a, T a1, T eps, T mom, T lr) {
   for (std::int64_t k = 0; k < n; ++k) {
     T d = g[k];
-    if (o.weight_decay != 0.0) d += wd * p[k];
-    sq[k] = a * sq[k] + a1 * d * d;
+    if constexpr (Wd) d += wd * p[k];
+    const T s = a * sq[k] + a1 * d * d;
+    sq[k] = s;
     T avg;
-    if (gavg) {
-      gavg[k] = a * gavg[k] + a1 * d;
-      avg = std::sqrt(sq[k] - gavg[k] * gavg[k]) + eps;
+    if constexpr (Centered) {
+      const T ga = a * gavg[k] + a1 * d;
+      gavg[k] = ga;
+      avg = std::sqrt(s - ga * ga) + eps;
     } else {
-      avg = std::sqrt(sq[k]) + eps;
+      avg = std::sqrt(s) + eps;
     }
-    if (buf) {
-      buf[k] = mom * buf[k] + d / avg;
-      p[k] -= lr * buf[k];
+    if constexpr (Momentum) {
+      const T b = mom * buf[k] + d / avg;
+      buf[k] = b;
+      p[k] -= lr * b;
     } else {
       p[k] -= lr * d / avg;
     }
   }
+}
+
+template <class T>
+void rmsprop_update(T* p, const T* g, T* sq, T* buf, T* gavg, std::int64_t n, const RMSpropOptions& o) {
+  const T wd = static_cast<T>(o.weight_decay), a = static_cast<T>(o.alpha), a1 = static_cast<T>(1.0 - o.alpha);
+  const T eps = static_cast<T>(o.eps), mom = static_cast<T>(o.momentum), lr = static_cast<T>(o.lr);
+  detail::with_flags(
+      [&](auto... flag) {
+        rmsprop_loop<T, decltype(flag)::value...>(p, g, sq, buf, gavg, n, wd, a, a1, eps, mom, lr);
+      },
+      o.weight_decay != 0.0, gavg != nullptr, buf != nullptr);
 }
 
 template <class T>

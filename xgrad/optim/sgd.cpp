@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "xgrad/optim/detail/update_loop.hpp"
+
 namespace xg::optim {
 
 void SGDOptions::validate(const char* optimizer) const {
@@ -30,20 +32,41 @@ std::vector<std::string> SGD::buffer_names(const SGDOptions& o) const {
 
 namespace {
 
+// momentum: buf = mom buf + (1 - dampening) g (the first buf = g), g = nesterov ? g + mom buf : buf;
+// p -= lr g
+template <class T, bool Wd, bool Momentum, bool First, bool Nesterov>
+void sgd_loop(T* __restrict p, const T* __restrict g, T* __restrict buf, std::int64_t n, T wd, T mom, T damp, T lr) {
+  for (std::int64_t k = 0; k < n; ++k) {
+    T d = g[k];
+    if constexpr (Wd) d += wd * p[k];
+    if constexpr (Momentum) {
+      // The buffer starts as the first (decayed) gradient, undampened, as in PyTorch.
+      T b;
+      if constexpr (First) {
+        b = d;
+      } else {
+        b = mom * buf[k] + damp * d;
+      }
+      buf[k] = b;
+      if constexpr (Nesterov) {
+        d = d + mom * b;
+      } else {
+        d = b;
+      }
+    }
+    p[k] -= lr * d;
+  }
+}
+
 template <class T>
 void sgd_update(T* p, const T* g, T* buf, bool first, std::int64_t n, const SGDOptions& o) {
   const T wd = static_cast<T>(o.weight_decay), mom = static_cast<T>(o.momentum);
   const T damp = static_cast<T>(1.0 - o.dampening), lr = static_cast<T>(o.lr);
-  for (std::int64_t k = 0; k < n; ++k) {
-    T d = g[k];
-    if (o.weight_decay != 0.0) d += wd * p[k];
-    if (buf) {
-      // The buffer starts as the first (decayed) gradient, undampened, as in PyTorch.
-      buf[k] = first ? d : mom * buf[k] + damp * d;
-      d = o.nesterov ? d + mom * buf[k] : buf[k];
-    }
-    p[k] -= lr * d;
-  }
+  detail::with_flags(
+      [&](auto... flag) {
+        sgd_loop<T, decltype(flag)::value...>(p, g, buf, n, wd, mom, damp, lr);
+      },
+      o.weight_decay != 0.0, buf != nullptr, first, o.nesterov);
 }
 
 }  // namespace
