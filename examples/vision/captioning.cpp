@@ -4,12 +4,30 @@
 //   --mode pooled     the first model: the CNN's features, averaged over the image, become
 //                     the LSTM's initial state; after that the decoder never sees the image
 //                     again (Karpathy & Fei-Fei / Vinyals et al., "Show and Tell").
-//   --mode attention  (default) the decoder looks again at every word: its state queries
-//                     the 4x4 grid of CNN features with additive attention, and the
-//                     attended features (the context) feed the next step and the word
-//                     classifier ("Show, Attend and Tell", Xu et al. 2015; the query is the
-//                     state after reading the previous word, as in Luong et al.).
+//   --mode attention  (default) the decoder looks again at every word ("Show, Attend and
+//                     Tell", Xu et al. 2015): its state queries the 4x4 grid with additive
+//                     attention, and the word classifier reads [state; attended context].
 //   --mode both       trains both and prints them side by side.
+//
+// The attention model is wired so that the attention has to sit on the object each colour
+// and shape word names — the only way the image can reach a word is through where that
+// word's step looks:
+//   - where to look (the keys) is the CNN grid, whose features see their neighbours and know
+//     their position, so a query can find "the next object in reading order" or "the red one"
+//     (plus the values below: a content handle that trains from the first step; with the
+//     grid alone the attention could stay uniform for a whole run, the grid never learning);
+//   - what is seen (the values) comes from a patch encoder that sees only its own 8x8 cell,
+//     plus the cell's row and column: a context holds the attended cell and nothing around it;
+//   - the decoder state never holds image content: it starts from zero, not from pooled
+//     features, and each step is fed the previous word and WHERE the previous step looked
+//     (its attention weights), not what it saw there.
+// So after "a red" the state knows which cell it looked at but not what is in it, and must
+// look at that cell again to say "circle". The lecture's wiring (initial state from the
+// pooled features, the context fed into the next step, values = the grid) captions as well,
+// but after a colour word its state already knows the object, so the shape words' attention
+// drifted anywhere: 0.05 on the object (uniform 0.06) against 0.69 at colour words. With a
+// blind state but grid values, both moved to the object, yet an object at the edge was
+// often read from its neighbour cell, whose receptive field covers it.
 //
 // The scenes (scenes.hpp) are 32x32 images with one to three coloured shapes on a 4x4
 // grid, and their captions come from a small grammar over the objects in reading order:
@@ -147,41 +165,69 @@ enum class Mode { pooled, attention };
 
 struct Captioner : nn::Module {
   Mode mode;
-  std::shared_ptr<vision::SceneEncoder> encoder;
+  std::shared_ptr<vision::SceneEncoder> encoder;  // the grid: pooled mode's summary, attention's keys
   std::shared_ptr<nn::Embedding> embed;
-  std::shared_ptr<nn::Linear> init_h, init_c;  // pooled features -> initial state (both modes)
+  std::shared_ptr<nn::Linear> init_h, init_c;     // pooled mode: pooled features -> initial state
+  std::shared_ptr<nn::Conv2d> patch1, patch2;     // attention mode: what each cell alone shows
   std::shared_ptr<nn::LSTMCell> cell;
   std::shared_ptr<nn::AdditiveAttention> attention;  // attention mode only
   std::shared_ptr<nn::Linear> hidden_out, out;       // the word classifier
+  Tensor cell_xy;                                    // [1, 16, 2]: row, column of each cell in [-1, 1]
+  std::int64_t hidden_size;
 
   Captioner(Mode m, std::int64_t channels, std::int64_t embed_size, std::int64_t hidden, std::int64_t attn)
-      : mode(m) {
-    const bool att = mode == Mode::attention;
+      : mode(m), hidden_size(hidden) {
     encoder = register_module("encoder", std::make_shared<vision::SceneEncoder>(channels));
     embed = register_module("embed", std::make_shared<nn::Embedding>(kVocab, embed_size));
-    init_h = register_module("init_h", std::make_shared<nn::Linear>(channels, hidden));
-    init_c = register_module("init_c", std::make_shared<nn::Linear>(channels, hidden));
-    // With attention, the step input is [word; previous context] ("input feeding").
-    cell = register_module("cell", std::make_shared<nn::LSTMCell>(embed_size + (att ? channels : 0), hidden));
-    if (att) attention = register_module("attention", std::make_shared<nn::AdditiveAttention>(hidden, channels, attn));
-    hidden_out = register_module("hidden_out", std::make_shared<nn::Linear>(hidden + (att ? channels : 0), hidden));
+    if (mode == Mode::pooled) {
+      init_h = register_module("init_h", std::make_shared<nn::Linear>(channels, hidden));
+      init_c = register_module("init_c", std::make_shared<nn::Linear>(channels, hidden));
+      cell = register_module("cell", std::make_shared<nn::LSTMCell>(embed_size, hidden));
+      hidden_out = register_module("hidden_out", std::make_shared<nn::Linear>(hidden, hidden));
+    } else {
+      // Stride = kernel, 4 then 2: each output sees exactly its own 8x8 cell, nothing around it.
+      patch1 = register_module("patch1", std::make_shared<nn::Conv2d>(3, 16, 4, 4));
+      patch2 = register_module("patch2", std::make_shared<nn::Conv2d>(16, channels, 2, 2));
+      std::vector<float> xy;
+      for (int l = 0; l < kCells; ++l) {
+        xy.push_back((l / vision::kGrid + 0.5f) / vision::kGrid * 2 - 1);
+        xy.push_back((l % vision::kGrid + 0.5f) / vision::kGrid * 2 - 1);
+      }
+      cell_xy = from_vector(xy, {1, kCells, 2});
+      // The step input is [word; where the previous step looked]: never what it saw there.
+      cell = register_module("cell", std::make_shared<nn::LSTMCell>(embed_size + kCells, hidden));
+      attention = register_module("attention", std::make_shared<nn::AdditiveAttention>(hidden, 2 * channels + 2, attn));
+      hidden_out = register_module("hidden_out", std::make_shared<nn::Linear>(hidden + channels + 2, hidden));
+    }
     out = register_module("out", std::make_shared<nn::Linear>(hidden, kVocab));
   }
 
   // What the decoder carries from word to word.
   struct Decoder {
-    nn::LSTMState state;                  // {h, c} [B, H]
-    Tensor context;                       // [B, C], the last attended features
-    nn::AdditiveAttention::Keys keys;     // the grid and its projection, once per image
+    nn::LSTMState state;               // {h, c} [B, H]
+    Tensor weights;                    // [B, 16], where the last step looked (attention mode)
+    nn::AdditiveAttention::Keys keys;  // [grid; values] and their projection, once per image
+    Tensor values;                     // [B, 16, C + 2]: each cell's own content and position
   };
 
   Decoder start(const Tensor& images) const {
     const Tensor grid = encoder->forward(images);  // [B, 16, C]
-    const Tensor pooled = mean(grid, {1});         // [B, C]
     Decoder d;
-    d.state = {tanh(init_h->forward(pooled)), init_c->forward(pooled)};
-    d.context = pooled;
-    if (attention) d.keys = attention->precompute_keys(grid);
+    if (!attention) {
+      const Tensor pooled = mean(grid, {1});  // [B, C]
+      d.state = {tanh(init_h->forward(pooled)), init_c->forward(pooled)};
+      return d;
+    }
+    // The attention decoder starts blind: a zero state, and no previous look.
+    const std::int64_t B = images.size(0);
+    d.state = {zeros({B, hidden_size}), zeros({B, hidden_size})};
+    d.weights = zeros({B, kCells});
+    const Tensor patches = relu(patch2->forward(relu(patch1->forward(images))));  // [B, C, 4, 4]
+    const std::int64_t C = patches.size(1);
+    d.values = concat({transpose(reshape(patches, {B, C, kCells}), 1, 2),  // [B, 16, C]
+                       broadcast_to(cell_xy, {B, kCells, 2})},
+                      2);  // [B, 16, C + 2]
+    d.keys = attention->precompute_keys(concat({grid, d.values}, 2));  // [B, 16, 2C + 2]
     return d;
   }
 
@@ -196,9 +242,10 @@ struct Captioner : nn::Module {
       d.state = cell->forward(e, d.state);
       return {out->forward(tanh(hidden_out->forward(d.state.h))), Tensor()};
     }
-    d.state = cell->forward(concat({e, d.context}, 1), d.state);  // [B, H]
-    const nn::AttentionOutput a = attention->forward(d.state.h, d.keys);  // context [B, C], weights [B, 16]
-    d.context = a.context;
+    d.state = cell->forward(concat({e, d.weights}, 1), d.state);  // [B, H]
+    // context [B, C + 2]: only what the attended cells show, and where they are; weights [B, 16]
+    const nn::AttentionOutput a = attention->forward(d.state.h, d.keys, d.values);
+    d.weights = a.weights;
     const Tensor logits = out->forward(tanh(hidden_out->forward(concat({d.state.h, a.context}, 1))));
     return {logits, a.weights};
   }
@@ -444,11 +491,15 @@ int main(int argc, char** argv) {
       // Untrained: loss log(14) = 2.64, token accuracy ~ 1/14. A decoder blind to the image
       // still learns the grammar ("a" after each relation, <eos> placement) but pays
       // log 4 + log 3 nats on every colour + shape pair: about 0.6 per token on average.
-      // Attention: 1/16 = 0.06 on the named object for a uniform look.
+      // Attention: 1/16 = 0.06 on the named object for a uniform look; the smoke test's 1000
+      // steps put 0.78-0.90 on it at both colour and shape words (seeds 1-5).
       const bool learned = e.loss < 0.55 && e.token_acc > 0.5;
-      const bool looks = m != Mode::attention || e.colour_mass > 0.15;
+      const bool looks = m != Mode::attention || (e.colour_mass > 0.3 && e.shape_mass > 0.3);
       if (!learned) fmt::print(stderr, "check failed: loss {:.3f} (want < 0.55), token accuracy {:.3f} (want > 0.5)\n", e.loss, e.token_acc);
-      if (!looks) fmt::print(stderr, "check failed: attention on the object a colour word names {:.2f} (want > 0.15)\n", e.colour_mass);
+      if (!looks) {
+        fmt::print(stderr, "check failed: attention on the object a colour / shape word names {:.2f} / {:.2f} (want > 0.3 each)\n",
+                   e.colour_mass, e.shape_mass);
+      }
       ok = ok && learned && looks;
     }
   }

@@ -7,7 +7,7 @@
 //     from. The coarse grid makes "above" and "left of" unambiguous, and the CNN below
 //     downsamples by exactly the cell size, so feature (r, c) looks at cell (r, c): the
 //     attention a model puts on an object can be measured, not just looked at.
-//   - SceneEncoder: the small CNN both examples use, image -> grid of features.
+//   - SceneEncoder: a small CNN, image -> grid of features (captioning's grid; vqa encodes each cell on its own).
 //   - write_attention_svg: the image with one attention map per panel (one per word or
 //     question), written by hand as SVG <rect>s.
 // Everything is deterministic given the xg::Generator passed in.

@@ -1,6 +1,6 @@
 // vqa: visual question answering on synthetic scenes — an LSTM reads the question, the
-// question's encoding queries a grid of CNN features with attention, and a classifier
-// answers from what it attended to and the question.
+// question's encoding conditions attention over a grid of per-cell CNN features (two
+// glimpses), and a classifier answers from the question and what the glimpses found.
 //
 // The scenes are the captioning example's (scenes.hpp: 32x32 images, one to three
 // coloured shapes on a 4x4 grid). Five kinds of question, each asked only when its answer
@@ -12,13 +12,33 @@
 //   relation  "what is left of the green object ?"    -> the shape of the one object there
 //             (left of / right of: any column to that side; above / below: any row)
 //
-// The model is a stacked attention network (Yang et al. 2016) with --hops glimpses
-// (default 1, which measured best in the default budget: 65% vs 59-62% with 2): hop k
-// attends over the 16 cells with the query u_k (u_1 = the question encoding q), and
-// u_{k+1} = u_k + W_k · context_k. A relation question needs two looks —
-// find the green object, then what lies left of it — and a grid feature only sees its
-// own cell and its neighbours (scenes.hpp), so one glimpse cannot always do it. The
-// answer classifier reads [context of the last hop; its query].
+// The model: a stacked attention network (Yang et al. 2016) whose attention scores are
+// conditioned on the question by FiLM, over per-cell CNN features. Why each part is there
+// (held-out accuracy after the default 6000 steps, measured on variants of this model while
+// writing it):
+//   - Per-cell features. A small CNN encodes each 8x8 cell on its own (CellEncoder below),
+//     then LayerNorm, then the cell's (row, column) as two more channels. A feature then
+//     says "a green triangle is HERE", nothing about its neighbours, at a fixed scale. The
+//     shared SceneEncoder's features also see the neighbouring cells and come out tiny at
+//     init (mean ~0.02), so the answer prior is all the classifier learns for a long time:
+//     77% with it instead (vs 97-98%).
+//   - Adam at lr 1e-3, cosine-annealed: at 3e-3 it sat on the answer prior (47% after
+//     3000 steps, vs 92% at 1e-3).
+//   - Two hops (--hops). Hop k scores every cell l with the query u_k (u_1 = the question
+//     encoding), and u_{k+1} = u_k + W_k · context_k. A relation needs two looks — find the
+//     green object, then look left of where it was (its context carries its position) —
+//     and the second look also helps the other types: 77% with one hop.
+//   - Scores: s_l = v · tanh(W_key x_l ⊙ gamma(u_k) + beta(u_k)), a softmax over the 16
+//     cells, context = the weighted sum of cell features. The product makes "cell is green
+//     AND the question asks for green" one unit; beta, a term of the query alone, lets a
+//     unit compare a cell's column with the anchor's. (With these features Bahdanau's
+//     additive scorer tanh(W x_l + U u) learns it too: 97.2% vs 97.7%.)
+//   - Counting needs no extra machinery: a per-cell sigmoid gate whose sum fed the
+//     classifier did not change the result (97.6% without). A softmax can count here,
+//     presumably because every empty cell gets the same score: the mass left on the empty
+//     cells, and so the context, depends on how many cells match (the count figure's
+//     hop 2 spreads over the empty cells).
+//   - The classifier reads [question; every hop's context].
 //
 // Reported: held-out accuracy per question type, and where the attention went: the mean
 // mass, per hop, on the cell of the object the question is about (the named object; for
@@ -26,8 +46,8 @@
 // one per question type, the image and each hop's attention map, with the question and
 // the predicted / true answer on top.
 //
-//   ./vqa                        # ~2 minutes on one core
-//   ./vqa --steps 300 --check    # the smoke test: fails unless it learned
+//   ./vqa                        # ~2 minutes on one core (97% held out)
+//   ./vqa --steps 600 --check    # the smoke test: fails unless it learned
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -225,24 +245,67 @@ Batch make_batch(std::vector<Question> qs) {
 
 // ---- the model ---------------------------------------------------------------------------
 
+// The image as a grid of 16 feature vectors, one per 8x8 cell, each computed from its own
+// cell only: a small CNN (conv 3x3 -> relu -> pool 2, twice: 8x8 -> 2x2) runs on the 16
+// cells as a batch of B * 16 tiny images. Unlike the shared SceneEncoder, whose features
+// see the neighbouring cells too, a cell's feature here says "a green triangle is HERE"
+// and nothing about the cells around it, which is what the attention has to pick out.
+//   images [B, 3, 32, 32] -> grid [B, 16, C]   (position l = row * 4 + col)
+struct CellEncoder : nn::Module {
+  std::shared_ptr<nn::Conv2d> conv1, conv2;
+  std::shared_ptr<nn::MaxPool2d> pool;
+  std::shared_ptr<nn::Linear> fc;
+
+  explicit CellEncoder(std::int64_t channels) {
+    conv1 = register_module("conv1", std::make_shared<nn::Conv2d>(3, 16, 3, 1, 1));
+    conv2 = register_module("conv2", std::make_shared<nn::Conv2d>(16, 32, 3, 1, 1));
+    pool = register_module("pool", std::make_shared<nn::MaxPool2d>(2));
+    fc = register_module("fc", std::make_shared<nn::Linear>(32 * 2 * 2, channels));
+  }
+
+  Tensor forward(const Tensor& images) const {
+    const std::int64_t B = images.size(0);
+    constexpr std::int64_t G = vision::kGrid, P = vision::kCell;
+    // [B, 3, row, y, col, x] -> [B, row, col, 3, y, x]: the cells as separate images.
+    Tensor x = reshape(permute(reshape(images, {B, 3, G, P, G, P}), {0, 2, 4, 1, 3, 5}), {B * kCells, 3, P, P});
+    x = pool->forward(relu(conv1->forward(x)));                    // [B*16, 16, 4, 4]
+    x = pool->forward(relu(conv2->forward(x)));                    // [B*16, 32, 2, 2]
+    x = relu(fc->forward(reshape(x, {B * kCells, -1})));           // [B*16, C]
+    return reshape(x, {B, kCells, -1});                            // [B, 16, C]
+  }
+};
+
 struct VQAModel : nn::Module {
-  std::shared_ptr<vision::SceneEncoder> encoder;
+  std::shared_ptr<CellEncoder> encoder;
+  std::shared_ptr<nn::LayerNorm> norm;
   std::shared_ptr<nn::Embedding> embed;
   std::shared_ptr<nn::LSTM> question_lstm;
-  std::vector<std::shared_ptr<nn::AdditiveAttention>> attention;  // one per hop
-  std::vector<std::shared_ptr<nn::Linear>> refine;                // W_k: context -> query update
+  std::vector<std::shared_ptr<nn::Linear>> key, film, score;  // per hop
+  std::vector<std::shared_ptr<nn::Linear>> refine;            // W_k: context -> query update
   std::shared_ptr<nn::Linear> hidden, out;
+  Tensor coords;  // [1, 16, 2]: row, column of each cell in [-1, 1]
+  std::int64_t features = 0, width = 0;
 
-  VQAModel(int hops, std::int64_t channels, std::int64_t embed_size, std::int64_t hid, std::int64_t attn) {
-    encoder = register_module("encoder", std::make_shared<vision::SceneEncoder>(channels));
+  VQAModel(int hops, std::int64_t channels, std::int64_t embed_size, std::int64_t hid, std::int64_t attn)
+      : features(channels + 2), width(attn) {
+    encoder = register_module("encoder", std::make_shared<CellEncoder>(channels));
+    norm = register_module("norm", std::make_shared<nn::LayerNorm>(Shape{channels}));
     embed = register_module("embed", std::make_shared<nn::Embedding>(static_cast<std::int64_t>(kWords.size()), embed_size));
     question_lstm = register_module("question_lstm", std::make_shared<nn::LSTM>(embed_size, hid));
     for (int k = 0; k < hops; ++k) {
-      attention.push_back(register_module(fmt::format("attention{}", k), std::make_shared<nn::AdditiveAttention>(hid, channels, attn)));
-      if (k + 1 < hops) refine.push_back(register_module(fmt::format("refine{}", k), std::make_shared<nn::Linear>(channels, hid)));
+      key.push_back(register_module(fmt::format("key{}", k), std::make_shared<nn::Linear>(features, attn)));
+      film.push_back(register_module(fmt::format("film{}", k), std::make_shared<nn::Linear>(hid, 2 * attn)));
+      score.push_back(register_module(fmt::format("score{}", k), std::make_shared<nn::Linear>(attn, 1, false)));
+      if (k + 1 < hops) refine.push_back(register_module(fmt::format("refine{}", k), std::make_shared<nn::Linear>(features, hid)));
     }
-    hidden = register_module("hidden", std::make_shared<nn::Linear>(channels + hid, hid));
-    out = register_module("out", std::make_shared<nn::Linear>(hid, static_cast<std::int64_t>(kAnswers.size())));
+    hidden = register_module("hidden", std::make_shared<nn::Linear>(hid + hops * features, 2 * hid));
+    out = register_module("out", std::make_shared<nn::Linear>(2 * hid, static_cast<std::int64_t>(kAnswers.size())));
+    std::vector<float> c(kCells * 2);
+    for (int l = 0; l < kCells; ++l) {
+      c[2 * l] = static_cast<float>(l / vision::kGrid) / 1.5f - 1;
+      c[2 * l + 1] = static_cast<float>(l % vision::kGrid) / 1.5f - 1;
+    }
+    coords = from_vector(c, {1, kCells, 2});
   }
 
   struct Output {
@@ -251,25 +314,35 @@ struct VQAModel : nn::Module {
   };
 
   Output forward(const Batch& b) const {
-    const std::int64_t T = b.words.size(0), B = b.words.size(1);
+    const std::int64_t T = b.words.size(0), B = b.words.size(1), A = width;
     // The question: LSTM over all T steps, then each question's state at its last word.
     const Tensor outputs = question_lstm->forward(embed->forward(b.words)).output;  // [T, B, H]
     Tensor u = index_select(reshape(outputs, {T * B, -1}), 0, b.last);             // [B, H]
-    const Tensor grid = encoder->forward(b.images);                                 // [B, 16, C]
+    const Tensor grid = concat({norm->forward(encoder->forward(b.images)),          // [B, 16, C + 2]
+                                broadcast_to(coords, {B, kCells, 2})}, 2);
     Output o;
-    Tensor context;
-    for (std::size_t k = 0; k < attention.size(); ++k) {
-      const nn::AttentionOutput a = attention[k]->forward(u, grid);  // context [B, C], weights [B, 16]
-      o.weights.push_back(a.weights);
-      context = a.context;
-      if (k < refine.size()) u = u + refine[k]->forward(context);    // the next hop's query
+    std::vector<Tensor> features_in{u};
+    for (std::size_t k = 0; k < key.size(); ++k) {
+      // FiLM: the query scales (gamma) and shifts (beta) every projected cell feature.
+      const Tensor f = reshape(film[k]->forward(u), {B, 1, 2 * A});                        // [B, 1, 2A]
+      const Tensor joint = tanh(key[k]->forward(grid) * narrow(f, 2, 0, A) + narrow(f, 2, A, A));  // [B, 16, A]
+      const Tensor w = softmax(reshape(score[k]->forward(joint), {B, kCells}), 1);                  // [B, 16]
+      o.weights.push_back(w);
+      const Tensor context = reshape(matmul(reshape(w, {B, 1, kCells}), grid), {B, -1});  // [B, C + 2]
+      features_in.push_back(context);
+      if (k < refine.size()) u = u + refine[k]->forward(context);  // the next hop's query
     }
-    o.logits = out->forward(relu(hidden->forward(concat({context, u}, 1))));
+    o.logits = out->forward(relu(hidden->forward(concat(features_in, 1))));
     return o;
   }
 };
 
 // ---- evaluation ----------------------------------------------------------------------------
+
+// Row i of a [B, 16] map, flattened into `all`.
+std::vector<float> row_of(const std::vector<float>& all, std::size_t i) {
+  return {all.begin() + static_cast<std::ptrdiff_t>(i * kCells), all.begin() + static_cast<std::ptrdiff_t>((i + 1) * kCells)};
+}
 
 struct TypeStats {
   double n = 0, correct = 0;
@@ -280,7 +353,7 @@ struct TypeStats {
 std::array<TypeStats, kTypes> evaluate(const VQAModel& model, const std::vector<Batch>& test, double* loss_out) {
   NoGradGuard no_grad;
   std::array<TypeStats, kTypes> stats;
-  const std::size_t hops = model.attention.size();
+  const std::size_t hops = model.key.size();
   for (TypeStats& s : stats) s.about_mass.assign(hops, 0.0), s.answer_mass.assign(hops, 0.0);
   double loss = 0, n = 0;
   for (const Batch& b : test) {
@@ -298,8 +371,7 @@ std::array<TypeStats, kTypes> evaluate(const VQAModel& model, const std::vector<
       if (q.about.empty()) continue;  // "is there ...?" with answer no, "how many ...?" with 0
       s.attn_n += 1;
       for (std::size_t k = 0; k < hops; ++k) {
-        const std::vector<float> wk(w[k].begin() + static_cast<std::ptrdiff_t>(i * kCells),
-                                    w[k].begin() + static_cast<std::ptrdiff_t>((i + 1) * kCells));
+        const std::vector<float> wk = row_of(w[k], i);
         s.about_mass[k] += vision::mass_on(wk, q.about);
         if (!q.answer_cells.empty()) s.answer_mass[k] += vision::mass_on(wk, q.answer_cells);
       }
@@ -309,7 +381,9 @@ std::array<TypeStats, kTypes> evaluate(const VQAModel& model, const std::vector<
   return stats;
 }
 
-// One figure per question type: the first held-out question of that type.
+// One figure per question type: the first held-out question of that type that names an
+// object in the image (not "is there ...?" with answer no, nor a count of 0, whose
+// attention has nothing to find), with each hop's attention.
 void write_figures(const VQAModel& model, const Batch& batch, const std::string& dir) {
   NoGradGuard no_grad;
   const VQAModel::Output o = model.forward(batch);
@@ -317,17 +391,13 @@ void write_figures(const VQAModel& model, const Batch& batch, const std::string&
   std::array<bool, kTypes> done{};
   for (std::size_t i = 0; i < batch.questions.size(); ++i) {
     const Question& q = batch.questions[i];
-    if (done[q.type]) continue;
+    if (done[q.type] || q.about.empty()) continue;
     done[q.type] = true;
     std::vector<vision::Panel> panels{{"image", {}, ""}};
     for (std::size_t k = 0; k < o.weights.size(); ++k) {
-      const std::vector<float> all = o.weights[k].to_vector<float>();
-      vision::Panel p{fmt::format("hop {}", k + 1),
-                      std::vector<float>(all.begin() + static_cast<std::ptrdiff_t>(i * kCells),
-                                         all.begin() + static_cast<std::ptrdiff_t>((i + 1) * kCells)),
-                      ""};
-      if (!q.about.empty()) p.subtitle = fmt::format("on the named object: {:.2f}", vision::mass_on(p.weights, q.about));
-      if (!q.answer_cells.empty()) p.subtitle += fmt::format(", answer: {:.2f}", vision::mass_on(p.weights, q.answer_cells));
+      vision::Panel p{fmt::format("hop {} attention", k + 1), row_of(o.weights[k].to_vector<float>(), i), ""};
+      if (!q.about.empty()) p.subtitle = fmt::format("named {:.2f}", vision::mass_on(p.weights, q.about));
+      if (!q.answer_cells.empty()) p.subtitle += fmt::format(", answer {:.2f}", vision::mass_on(p.weights, q.answer_cells));
       panels.push_back(std::move(p));
     }
     const std::string path = fmt::format("{}/attention_{}.svg", dir, kTypeNames[q.type]);
@@ -341,22 +411,22 @@ void write_figures(const VQAModel& model, const Batch& batch, const std::string&
 // ---- main ----------------------------------------------------------------------------------
 
 int main(int argc, char** argv) {
-  int steps = 6000, batch = 32, test = 2000, hops = 1;
+  int steps = 6000, batch = 32, test = 2000, hops = 2;
   std::int64_t channels = 32, embed_size = 16, hid = 64, attn = 32;
-  double lr = 3e-3, clip = 5.0;
+  double lr = 1e-3, clip = 5.0;
   std::uint64_t seed = 1;
   int threads = 1;
   std::string out = "out/vqa";
   bool check = false;
-  CLI::App app{"vqa: LSTM question encoder + stacked attention over a CNN grid, on synthetic scenes"};
+  CLI::App app{"vqa: LSTM question encoder + question-conditioned (FiLM) attention over per-cell CNN features, on synthetic scenes"};
   app.add_option("--steps", steps, "training steps (one fresh batch each)")->capture_default_str();
   app.add_option("--batch", batch, "questions per batch (all five types equally)")->capture_default_str();
   app.add_option("--test", test, "held-out questions")->capture_default_str();
-  app.add_option("--hops", hops, "attention glimpses (1 = plain attention)")->check(CLI::Range(1, 4))->capture_default_str();
-  app.add_option("--channels", channels, "CNN feature channels C")->capture_default_str();
+  app.add_option("--hops", hops, "attention glimpses (relation questions need 2)")->check(CLI::Range(1, 4))->capture_default_str();
+  app.add_option("--channels", channels, "CNN feature channels C per cell")->capture_default_str();
   app.add_option("--embed", embed_size, "word embedding size")->capture_default_str();
   app.add_option("--hidden", hid, "LSTM hidden size")->capture_default_str();
-  app.add_option("--attn", attn, "additive attention width")->capture_default_str();
+  app.add_option("--attn", attn, "width A of the FiLM-conditioned scorer")->capture_default_str();
   app.add_option("--lr", lr, "Adam learning rate (cosine-annealed to 5%)")->capture_default_str();
   app.add_option("--clip", clip, "gradient norm clip")->capture_default_str();
   app.add_option("--seed", seed, "random seed")->capture_default_str();
@@ -429,10 +499,11 @@ int main(int argc, char** argv) {
   if (!check) return 0;
   // Untrained: loss log(13) = 2.56, accuracy ~1/13. Guessing uniformly among each
   // type's possible answers gives 33% on average; always answering each type's most
-  // common answer without looking ~37%. (The tiny smoke configuration learns the
-  // question prior and only starts to use the image: the thresholds say so.)
-  const bool ok = test_loss < 1.3 && accuracy > 0.38;
-  if (!ok) fmt::print(stderr, "check failed: held-out loss {:.3f} (want < 1.3), accuracy {:.3f} (want > 0.38)\n", test_loss, accuracy);
+  // common answer without looking ~37%, and a model that learned only that prior sits at
+  // loss ~1.05. The smoke configuration (600 steps) already uses the image: loss
+  // 0.81-0.87, accuracy 51-58% over seeds 1-3.
+  const bool ok = test_loss < 1.0 && accuracy > 0.45;
+  if (!ok) fmt::print(stderr, "check failed: held-out loss {:.3f} (want < 1.0), accuracy {:.3f} (want > 0.45)\n", test_loss, accuracy);
   fmt::print("{}\n", ok ? "check passed" : "check FAILED");
   return ok ? 0 : 1;
 }
