@@ -75,7 +75,7 @@ def measure(w, args, env, xgrad_bench):
             t = run_json(torch_cmd, env)[-1]
             xs.append(x[key])
             ts.append(t[key])
-            for k in ("gflops", "sgemm_gflops", "sgemm_fraction"):
+            for k in ("gflops", "sgemm_gflops", "sgemm_fraction", "xgrad_gemm_gflops", "best_gemm_fraction"):
                 if k in x:
                     extra.setdefault(k, []).append(x[k])
             extra.setdefault("torch_gflops", []).append(t.get("gflops"))
@@ -162,7 +162,9 @@ def main():
             print(f"{'':14} {'numpy ms':15} {fmt_num(r['numpy']):>10} {'':>10} {r['numpy_over_xgrad']:6.2f}x faster")
         if "sgemm_gflops" in r:
             print(f"{'':14} {'GFLOP/s':15} {fmt_num(r['gflops']):>10} {fmt_num(r.get('torch_gflops')):>10}  "
-                  f"sgemm {fmt_num(r['sgemm_gflops'])}: {100 * r['sgemm_fraction']:.0f}%")
+                  f"sgemm {fmt_num(r['sgemm_gflops'])}: {100 * r['sgemm_fraction']:.0f}%"
+                  + (f", xgrad gemm {fmt_num(r['xgrad_gemm_gflops'])}: {100 * r['best_gemm_fraction']:.0f}% of the faster"
+                     if "xgrad_gemm_gflops" in r else ""))
         if "per_T" in r:
             per = ", ".join(f"T={T}: {v['xgrad']:.0f} vs {v['torch']:.0f}" for T, v in r["per_T"].items())
             print(f"{'':14} {'MiB by T':15} {per}")
@@ -174,7 +176,11 @@ def main():
             if "numpy" in r:
                 extra = f" (numpy {fmt_num(r['numpy'])} ms: {r['numpy_over_xgrad']:.2f}x)"
             if "sgemm_gflops" in r:
-                extra = f" ({fmt_num(r['gflops'])} GFLOP/s = {100 * r['sgemm_fraction']:.0f}% of sgemm {fmt_num(r['sgemm_gflops'])})"
+                extra = f" ({fmt_num(r['gflops'])} GFLOP/s = {100 * r['sgemm_fraction']:.0f}% of sgemm {fmt_num(r['sgemm_gflops'])}"
+                if "xgrad_gemm_gflops" in r:
+                    extra += (f", {100 * r['best_gemm_fraction']:.0f}% of xgrad's gemm "
+                              f"{fmt_num(r['xgrad_gemm_gflops'])}" if r["xgrad_gemm_gflops"] > r["sgemm_gflops"] else "")
+                extra += ")"
             if "per_T" in r:
                 extra = " (" + ", ".join(f"{T}: {v['xgrad']:.0f}/{v['torch']:.0f}" for T, v in r["per_T"].items()) + ")"
             print(f"| {r['workload']} | {r['key']} | {fmt_num(r['xgrad'])}{extra} | {fmt_num(r['torch'])} | "

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "xgrad/autograd/detail/packed_gemm.hpp"
 #include "xgrad/autograd/error.hpp"
 
 namespace xg::detail {
@@ -103,6 +104,10 @@ void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64
     } else {
       gemv_call(CblasTrans, k, n, alpha, B, lb, A, inca, beta, C, 1);
     }
+    return;
+  }
+  if (tiled_gemm_pays()) {
+    gemm_tiled<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
   gemm_call(trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, A, la, B, lb,

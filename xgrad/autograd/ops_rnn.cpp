@@ -18,6 +18,8 @@
 #include <cstring>
 #include <vector>
 
+#include <optional>
+
 #include <fmt/format.h>
 
 #if defined(XTENSOR_USE_XSIMD)
@@ -26,6 +28,7 @@
 
 #include "xgrad/autograd/detail/blas.hpp"
 #include "xgrad/autograd/detail/kernels.hpp"
+#include "xgrad/autograd/detail/packed_gemm.hpp"
 #include "xgrad/autograd/factory.hpp"
 #include "xgrad/autograd/ops.hpp"
 #include "xgrad/autograd/tape.hpp"
@@ -215,13 +218,20 @@ void lstm_sequence_forward(const SeqDims& d, const T* gx, const T* W, const T* h
   const std::int64_t B = d.B, H = d.H, G = 4 * H, BH = B * H;
   T* cn = y + d.T * BH;
   if (!C) std::memcpy(cn, c0, static_cast<std::size_t>(BH) * sizeof(T));
+  // W_hhᵀ packed once for all the steps (BLAS would re-pack it at every step).
+  std::optional<detail::PackedB<T>> wt;
+  if (d.T > 1 && detail::packed_gemm_pays()) wt.emplace(true, H, G, W, H);
   for (std::int64_t k = 0; k < d.T; ++k) {
     const std::int64_t t = d.t(k), prev = d.prev(k);
     T* a = C ? acts + t * B * G : acts;
     std::memcpy(a, gx + t * B * G, static_cast<std::size_t>(B * G) * sizeof(T));
     const T* hp = k == 0 ? h0 : y + prev * BH;
     // gates[B, 4H] += h_prev[B, H] . W_hhᵀ[H, 4H]
-    if (hp) gemm<T>(false, true, B, G, H, T(1), hp, H, W, H, T(1), a, G);
+    if (hp && wt) {
+      wt->gemm_acc(B, hp, H, a, G);
+    } else if (hp) {
+      gemm<T>(false, true, B, G, H, T(1), hp, H, W, H, T(1), a, G);
+    }
     const T* cp = !C ? cn : k == 0 ? c0 : C + prev * BH;
     T* c = C ? C + t * BH : cn;
     for (std::int64_t b = 0; b < B; ++b) {
@@ -242,6 +252,8 @@ void lstm_sequence_backward(const SeqDims& d, const T* g, const T* acts, const T
   T* dc = dc_buf.data();
   std::memcpy(dc, g + d.T * BH, static_cast<std::size_t>(BH) * sizeof(T));
   std::memcpy(dh, g + d.t(d.T - 1) * BH, static_cast<std::size_t>(BH) * sizeof(T));
+  std::optional<detail::PackedB<T>> wp;  // W_hh packed once, as in the forward
+  if (d.T > 1 && detail::packed_gemm_pays()) wp.emplace(false, G, H, W, H);
   for (std::int64_t k = d.T - 1; k >= 0; --k) {
     const std::int64_t t = d.t(k);
     const T* cp = k == 0 ? c0 : C + d.prev(k) * BH;
@@ -254,7 +266,14 @@ void lstm_sequence_backward(const SeqDims& d, const T* g, const T* acts, const T
     // d h_prev[B, H] = dy(prev) + dgates[B, 4H] . W_hh[4H, H]
     if (k > 0) {
       std::memcpy(dh, g + d.prev(k) * BH, static_cast<std::size_t>(BH) * sizeof(T));
-      gemm<T>(false, false, B, H, G, T(1), dg, G, W, H, T(1), dh, H);
+      if (wp) {
+        wp->gemm_acc(B, dg, G, dh, H);
+      } else {
+        gemm<T>(false, false, B, H, G, T(1), dg, G, W, H, T(1), dh, H);
+      }
+    } else if (dh0 && wp) {
+      std::fill(dh0, dh0 + BH, T(0));
+      wp->gemm_acc(B, dg, G, dh0, H);
     } else if (dh0) {
       gemm<T>(false, false, B, H, G, T(1), dg, G, W, H, T(0), dh0, H);
     }

@@ -1,5 +1,8 @@
 #include "xgrad/autograd/runtime.hpp"
 
+#include <cctype>
+#include <string>
+
 #include <fmt/format.h>
 
 #include "xgrad/autograd/error.hpp"
@@ -37,5 +40,38 @@ void set_num_threads(int n) {
 }
 
 int get_num_threads() { return blas_info().threads; }
+
+namespace detail {
+
+int blas_threads() {
+#ifdef XGRAD_BLAS_OPENBLAS
+  return openblas_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+int blas_kernel_bits() {
+#ifdef XGRAD_BLAS_OPENBLAS
+  // OpenBLAS picks its kernel set once, when it loads (OPENBLAS_CORETYPE or CPU detection).
+  static const int bits = [] {
+    const char* c = openblas_get_corename();
+    std::string core = c ? c : "";
+    for (char& ch : core) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    for (const char* wide : {"skylakex", "cooperlake", "sapphirerapids"}) {
+      if (core.find(wide) != std::string::npos) return 512;
+    }
+    for (const char* avx : {"haswell", "zen", "sandybridge", "excavator", "bulldozer", "piledriver", "steamroller"}) {
+      if (core.find(avx) != std::string::npos) return 256;
+    }
+    return 128;
+  }();
+  return bits;
+#else
+  return 512;  // unknown: assume the BLAS uses the widest vectors there are
+#endif
+}
+
+}  // namespace detail
 
 }  // namespace xg

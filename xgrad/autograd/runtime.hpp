@@ -11,7 +11,8 @@ struct BlasInfo {
 };
 BlasInfo blas_info();
 
-// Threads the BLAS may use for one GEMM. xgrad itself runs ops on the calling thread.
+// Threads one matrix product may use: the BLAS's threads, and as many for xgrad's own
+// GEMM kernel on products big enough to split. Everything else runs on the calling thread.
 void set_num_threads(int n);
 int get_num_threads();
 
