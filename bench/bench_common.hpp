@@ -79,10 +79,10 @@ struct Result {
     std::string s = fmt::format(
         "{{\"workload\": \"{}\", \"variant\": \"{}\", \"threads\": {}, \"median_ms\": {:.6g}, \"min_ms\": {:.6g}, "
         "\"max_ms\": {:.6g}, \"tokens_per_s\": {:.6g}, \"peak_rss_mib\": {:.4g}, \"blas\": \"{}\", "
-        "\"blas_core\": \"{}\", \"steps\": {}",
+        "\"blas_core\": \"{}\", \"gemm\": \"{}\", \"recurrent_gemm\": \"{}\", \"steps\": {}",
         workload, variant, threads, med, *std::min_element(ms.begin(), ms.end()),
         *std::max_element(ms.begin(), ms.end()), med > 0 ? tokens_per_step / (med / 1e3) : 0.0, peak_rss_mib(),
-        blas.library, blas.core, ms.size());
+        blas.library, blas.core, blas.gemm, blas.recurrent_gemm, ms.size());
     for (const auto& [k, v] : extra) s += fmt::format(", \"{}\": {:.6g}", k, v);
     for (const auto& [k, v] : extra_str) s += fmt::format(", \"{}\": \"{}\"", k, v);
     s += "}";
@@ -98,6 +98,7 @@ Result biglstm(const Args& args);
 Result bptt_mem(const Args& args);
 Result minchar(const Args& args);
 Result seq2seq_attn(const Args& args);
+Result gemm(const Args& args);  // per-shape GEMM rates, its own JSON lines
 
 // Per-step timings of a training loop: warm-up steps, then timed ones.
 struct Timings {

@@ -61,7 +61,8 @@ def measure(w, args, env, xgrad_bench):
                 t = run_json(torch_cmd + ["--seq-len", str(T)], env)[-1]
                 xs[T].append(x[key])
                 ts[T].append(t[key])
-                res.update(blas=x.get("blas"), blas_core=x.get("blas_core"), torch_core=t.get("openblas_core"))
+                res.update(blas=x.get("blas"), blas_core=x.get("blas_core"), torch_core=t.get("openblas_core"),
+                       gemm=x.get("gemm"), recurrent_gemm=x.get("recurrent_gemm"))
         res["per_T"] = {T: {"xgrad": median(xs[T]), "torch": median(ts[T])} for T in BPTT_T}
         res["xgrad"], res["torch"] = median(xs[512]), median(ts[512])
         # Linear in T: growth per token roughly constant (last / first of growth / T).
@@ -82,7 +83,8 @@ def measure(w, args, env, xgrad_bench):
             if w == "minchar":
                 n = run_json([sys.executable, args.numpy_ref, "--json", "--steps", "300"] + th, env)[-1]
                 ns.append(n["median_ms"])
-            res.update(blas=x.get("blas"), blas_core=x.get("blas_core"), torch_core=t.get("openblas_core"))
+            res.update(blas=x.get("blas"), blas_core=x.get("blas_core"), torch_core=t.get("openblas_core"),
+                       gemm=x.get("gemm"), recurrent_gemm=x.get("recurrent_gemm"))
         res["xgrad"], res["torch"] = median(xs), median(ts)
         res["xgrad_runs"], res["torch_runs"] = xs, ts
         for k, v in extra.items():
@@ -151,7 +153,8 @@ def main():
     with open("/proc/loadavg") as f:
         load_after = f.read().split()[:3]
     core = rows[0].get("blas_core") if rows else None
-    print(f"\nthreads={args.threads} OPENBLAS_CORETYPE={env.get('OPENBLAS_CORETYPE')} (xgrad core {core}) "
+    gemm = f"{rows[0].get('gemm')}, recurrent {rows[0].get('recurrent_gemm')}" if rows else None
+    print(f"\nthreads={args.threads} OPENBLAS_CORETYPE={env.get('OPENBLAS_CORETYPE')} (xgrad core {core}; gemm {gemm}) "
           f"reps={args.reps} load average before {' '.join(load_before)}, after {' '.join(load_after)}")
     print(f"{'workload':14} {'metric':15} {'xgrad':>10} {'pytorch':>10} {'ratio':>7}  target")
     for r in rows:

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "helpers.hpp"
@@ -206,6 +207,11 @@ TEST_CASE("gemm() routes to the tiled kernel only where it pays, with the same r
     REQUIRE(std::fabs(via_gemm[i] - static_cast<double>(want[i])) <= tolerance<double>(c.K));
     REQUIRE(std::fabs(via_tiled[i] - static_cast<double>(want[i])) <= tolerance<double>(c.K));
   }
-  // The tiled kernel is only ever chosen where the packed recurrence is too.
-  CHECK((!detail::tiled_gemm_pays() || detail::packed_gemm_pays()));
+  // The tiled kernel is only ever chosen where the packed recurrence is too, and blas_info()
+  // says which one runs.
+  CHECK((!detail::tiled_gemm_pays() || detail::packed_gemm_usable()));
+  const BlasInfo info = blas_info();
+  const std::string own = "xgrad-" + std::to_string(detail::tiled_vector_bits());
+  CHECK(info.gemm == (detail::tiled_gemm_pays() ? own : "blas"));
+  CHECK(info.recurrent_gemm == (detail::packed_gemm_usable() ? own : "blas"));
 }

@@ -220,7 +220,7 @@ void lstm_sequence_forward(const SeqDims& d, const T* gx, const T* W, const T* h
   if (!C) std::memcpy(cn, c0, static_cast<std::size_t>(BH) * sizeof(T));
   // W_hhᵀ packed once for all the steps (BLAS would re-pack it at every step).
   std::optional<detail::PackedB<T>> wt;
-  if (d.T > 1 && detail::packed_gemm_pays()) wt.emplace(true, H, G, W, H);
+  if (d.T > 1 && detail::packed_gemm_pays(B, G, H)) wt.emplace(true, H, G, W, H);
   for (std::int64_t k = 0; k < d.T; ++k) {
     const std::int64_t t = d.t(k), prev = d.prev(k);
     T* a = C ? acts + t * B * G : acts;
@@ -253,7 +253,7 @@ void lstm_sequence_backward(const SeqDims& d, const T* g, const T* acts, const T
   std::memcpy(dc, g + d.T * BH, static_cast<std::size_t>(BH) * sizeof(T));
   std::memcpy(dh, g + d.t(d.T - 1) * BH, static_cast<std::size_t>(BH) * sizeof(T));
   std::optional<detail::PackedB<T>> wp;  // W_hh packed once, as in the forward
-  if (d.T > 1 && detail::packed_gemm_pays()) wp.emplace(false, G, H, W, H);
+  if (d.T > 1 && detail::packed_gemm_pays(B, H, G)) wp.emplace(false, G, H, W, H);
   for (std::int64_t k = d.T - 1; k >= 0; --k) {
     const std::int64_t t = d.t(k);
     const T* cp = k == 0 ? c0 : C + d.prev(k) * BH;

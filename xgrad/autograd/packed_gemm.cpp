@@ -150,28 +150,34 @@ void run_panels(std::int64_t M, std::int64_t N, std::int64_t K, const T* A, std:
   }
 }
 
-// Runs f(j0, nc) over column ranges of whole panels, one per thread: on get_num_threads()
+// Runs f(t, j0, nc) over column ranges of whole panels, one per thread: on get_num_threads()
 // threads when the product has at least kSplitFlops (a thread start costs ~20 us; this is
-// ~300 us of work), else on the caller alone. Exceptions reach the caller after the join.
+// ~300 us of work) and no BLAS threads compete (tiled_gemm_pays), else on the caller alone.
+// Exceptions reach the caller after the join.
 constexpr double kSplitFlops = 64e6;
+
+bool splits(std::int64_t M, std::int64_t N, std::int64_t K) {
+  return 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= kSplitFlops &&
+         blas_threads() > 1 && tiled_gemm_pays();
+}
 
 template <class F>
 void split_columns(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t NR, F&& f) {
   const std::int64_t panels = (N + NR - 1) / NR;
   std::int64_t nt = 1;
-  if (2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= kSplitFlops) {
-    const auto hw = static_cast<std::int64_t>(std::max(1U, std::thread::hardware_concurrency()));
+  if (splits(M, N, K)) {
+    static const auto hw = static_cast<std::int64_t>(std::max(1U, std::thread::hardware_concurrency()));
     nt = std::min({static_cast<std::int64_t>(blas_threads()), hw, panels});
   }
   if (nt <= 1) {
-    f(std::int64_t{0}, N);
+    f(std::int64_t{0}, std::int64_t{0}, N);
     return;
   }
   const auto lo = [&](std::int64_t t) { return std::min(N, panels * t / nt * NR); };
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(nt));
   const auto run = [&](std::int64_t t) {
     try {
-      f(lo(t), lo(t + 1) - lo(t));
+      f(t, lo(t), lo(t + 1) - lo(t));
     } catch (...) {
       errors[static_cast<std::size_t>(t)] = std::current_exception();
     }
@@ -203,7 +209,7 @@ PackedB<T>::PackedB(bool trans_b, std::int64_t K, std::int64_t N, const T* B, st
 
 template <class T>
 void PackedB<T>::gemm_acc(std::int64_t M, const T* A, std::int64_t lda, T* C, std::int64_t ldc) const {
-  split_columns(M, N_, K_, kNR<T>, [&](std::int64_t j0, std::int64_t nc) {
+  split_columns(M, N_, K_, kNR<T>, [&](std::int64_t, std::int64_t j0, std::int64_t nc) {
     run_panels<T, false>(M, nc, K_, A, lda, panels_ + j0 * K_, C + j0, ldc);
   });
 }
@@ -212,7 +218,8 @@ namespace {
 
 template <class T>
 void gemm_tiled_serial(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, T alpha,
-                       const T* A, std::int64_t lda, const T* B, std::int64_t ldb, T beta, T* C, std::int64_t ldc) {
+                       const T* A, std::int64_t lda, const T* B, std::int64_t ldb, T beta, T* C, std::int64_t ldc,
+                       std::vector<T>& buf) {
   for (std::int64_t i = 0; i < M; ++i) {
     T* row = C + i * ldc;
     if (beta == T(0)) {
@@ -224,7 +231,6 @@ void gemm_tiled_serial(bool trans_a, bool trans_b, std::int64_t M, std::int64_t 
   if (K <= 0 || alpha == T(0)) return;
   // Blocks of op(B) small enough to stay in L2 while every row of A passes over them.
   constexpr std::int64_t KC = 256, NC = 1024;
-  thread_local std::vector<T> buf;
   constexpr std::int64_t align = 64 / static_cast<std::int64_t>(sizeof(T));
   const std::size_t need = static_cast<std::size_t>(std::min(KC, K) * panel_count<T>(std::min(NC, N)) * kNR<T> + align);
   if (buf.size() < need) buf.resize(need);
@@ -252,9 +258,16 @@ template <class T>
 void gemm_tiled(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, T alpha, const T* A,
                 std::int64_t lda, const T* B, std::int64_t ldb, T beta, T* C, std::int64_t ldc) {
   if (M <= 0 || N <= 0) return;
-  split_columns(M, N, K, kNR<T>, [&](std::int64_t j0, std::int64_t nc) {
+  // Packing space per share, owned by the calling thread: reused from call to call (a
+  // worker's own thread_local would be fresh memory, page-faulted anew, at every split).
+  thread_local std::vector<std::vector<T>> space;
+  if (space.size() < 2) space.resize(2);
+  if (space.size() < static_cast<std::size_t>(blas_threads())) space.resize(static_cast<std::size_t>(blas_threads()));
+  // A pointer, not the name: inside a worker, `space` would be the worker's own instance.
+  std::vector<std::vector<T>>* mine = &space;
+  split_columns(M, N, K, kNR<T>, [&](std::int64_t t, std::int64_t j0, std::int64_t nc) {
     gemm_tiled_serial<T>(trans_a, trans_b, M, nc, K, alpha, A, lda, trans_b ? B + j0 * ldb : B + j0, ldb, beta,
-                         C + j0, ldc);
+                         C + j0, ldc, (*mine)[static_cast<std::size_t>(t)]);
   });
 }
 
@@ -265,7 +278,14 @@ template void gemm_tiled<double>(bool, bool, std::int64_t, std::int64_t, std::in
 template class PackedB<float>;
 template class PackedB<double>;
 
-bool packed_gemm_pays() { return kVecBytes >= 32 && kVecBytes * 8 >= blas_kernel_bits(); }
+int tiled_vector_bits() { return kVecBytes * 8; }
+
+bool packed_gemm_usable() { return kVecBytes >= 32 && kVecBytes * 8 >= blas_kernel_bits(); }
+
+bool packed_gemm_pays(std::int64_t M, std::int64_t N, std::int64_t K) {
+  const bool big = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= kSplitFlops;
+  return packed_gemm_usable() && (tiled_gemm_pays() || blas_threads() == 1 || !big);
+}
 
 bool tiled_gemm_pays() { return kVecBytes >= 32 && kVecBytes * 8 > blas_kernel_bits(); }
 

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "xgrad/autograd/detail/packed_gemm.hpp"
 #include "xgrad/autograd/error.hpp"
 
 #ifdef XGRAD_BLAS_OPENBLAS
@@ -29,6 +30,9 @@ BlasInfo blas_info() {
   info.library = "blis";
   info.threads = 1;
 #endif
+  const std::string own = fmt::format("xgrad-{}", detail::tiled_vector_bits());
+  info.gemm = detail::tiled_gemm_pays() ? own : "blas";
+  info.recurrent_gemm = detail::packed_gemm_usable() ? own : "blas";
   return info;
 }
 
@@ -39,7 +43,7 @@ void set_num_threads(int n) {
 #endif
 }
 
-int get_num_threads() { return blas_info().threads; }
+int get_num_threads() { return detail::blas_threads(); }
 
 namespace detail {
 

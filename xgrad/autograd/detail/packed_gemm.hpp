@@ -41,16 +41,27 @@ extern template void gemm_tiled<float>(bool, bool, std::int64_t, std::int64_t, s
 extern template void gemm_tiled<double>(bool, bool, std::int64_t, std::int64_t, std::int64_t, double, const double*,
                                         std::int64_t, const double*, std::int64_t, double, double*, std::int64_t);
 
-// Whether the recurrences should use PackedB instead of BLAS: when this build has vector
+// Whether the recurrences can use PackedB instead of BLAS: when this build has vector
 // registers of at least 256 bits (the kernel is compiled for the build's target) and they
 // are no narrower than the BLAS's kernels. At equal width packing W_hh once still wins.
-bool packed_gemm_pays();
+bool packed_gemm_usable();
+
+// Whether a per-step product [M, K] · [K, N] should run on PackedB: when usable, except
+// where it would be split over threads while the BLAS runs the other products (its idle
+// threads spin for a while after each call and take the cores our split needs: biglstm's
+// step product reached 275 GFLOP/s split against BLAS's 318 on 2 threads; alone, 463).
+bool packed_gemm_pays(std::int64_t M, std::int64_t N, std::int64_t K);
 
 // Whether gemm() should take gemm_tiled over BLAS: when the kernels OpenBLAS picked at load
 // time use narrower vectors than this build (OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU),
 // gemm_tiled is 1.2-2x faster on every shape measured. At equal width they tie on large
 // products and BLAS wins small transposed ones (its packing is faster), so BLAS keeps them.
+// Products of 64 MFLOP and more split over get_num_threads() threads, and only here: with
+// every GEMM ours, the BLAS's threads stay asleep.
 bool tiled_gemm_pays();
+
+// The vector width (bits) the kernel is compiled for.
+int tiled_vector_bits();
 
 // From runtime.cpp: the BLAS's thread count, and the vector width (bits) of its kernels.
 int blas_threads();
