@@ -33,7 +33,7 @@ const std::vector<Shape> kShapes = {
     {false, true, 32, 512, 192, "seq2seq decoder gates", false},
     {false, true, 32, 128, 128, "seq2seq attention query", false},
     {false, true, 32, 40, 256, "seq2seq output layer", false},
-    {true, false, 512, 192, 640, "seq2seq decoder dW (stacked steps)", false},
+    {true, false, 512, 192, 640, "a weight gradient over 640 rows", false},
     {false, true, 64, 4096, 1024, "biglstm h.W_hh^T per step", true},
     {false, true, 2048, 4096, 1024, "biglstm x.W_ih^T", false},
     {true, false, 4096, 1024, 2048, "biglstm dW_hh", false},
