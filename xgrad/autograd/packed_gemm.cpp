@@ -5,7 +5,6 @@
 #include <exception>
 #include <thread>
 
-
 namespace xg::detail {
 
 namespace {
@@ -156,18 +155,19 @@ void run_panels(std::int64_t M, std::int64_t N, std::int64_t K, const T* A, std:
 // Exceptions reach the caller after the join.
 constexpr double kSplitFlops = 64e6;
 
-bool splits(std::int64_t M, std::int64_t N, std::int64_t K) {
+bool splits(std::int64_t M, std::int64_t N, std::int64_t K, int threads) {
   return 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= kSplitFlops &&
-         blas_threads() > 1 && tiled_gemm_pays();
+         threads > 1 && tiled_gemm_pays();
 }
 
+// threads: blas_threads() read once by the caller (another thread may change it meanwhile).
 template <class F>
-void split_columns(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t NR, F&& f) {
+void split_columns(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t NR, int threads, F&& f) {
   const std::int64_t panels = (N + NR - 1) / NR;
   std::int64_t nt = 1;
-  if (splits(M, N, K)) {
+  if (splits(M, N, K, threads)) {
     static const auto hw = static_cast<std::int64_t>(std::max(1U, std::thread::hardware_concurrency()));
-    nt = std::min({static_cast<std::int64_t>(blas_threads()), hw, panels});
+    nt = std::min({static_cast<std::int64_t>(threads), hw, panels});
   }
   if (nt <= 1) {
     f(std::int64_t{0}, std::int64_t{0}, N);
@@ -209,7 +209,7 @@ PackedB<T>::PackedB(bool trans_b, std::int64_t K, std::int64_t N, const T* B, st
 
 template <class T>
 void PackedB<T>::gemm_acc(std::int64_t M, const T* A, std::int64_t lda, T* C, std::int64_t ldc) const {
-  split_columns(M, N_, K_, kNR<T>, [&](std::int64_t, std::int64_t j0, std::int64_t nc) {
+  split_columns(M, N_, K_, kNR<T>, blas_threads(), [&](std::int64_t, std::int64_t j0, std::int64_t nc) {
     run_panels<T, false>(M, nc, K_, A, lda, panels_ + j0 * K_, C + j0, ldc);
   });
 }
@@ -261,11 +261,11 @@ void gemm_tiled(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std:
   // Packing space per share, owned by the calling thread: reused from call to call (a
   // worker's own thread_local would be fresh memory, page-faulted anew, at every split).
   thread_local std::vector<std::vector<T>> space;
-  if (space.size() < 2) space.resize(2);
-  if (space.size() < static_cast<std::size_t>(blas_threads())) space.resize(static_cast<std::size_t>(blas_threads()));
+  const int threads = std::max(1, blas_threads());
+  if (space.size() < static_cast<std::size_t>(threads)) space.resize(static_cast<std::size_t>(threads));
   // A pointer, not the name: inside a worker, `space` would be the worker's own instance.
   std::vector<std::vector<T>>* mine = &space;
-  split_columns(M, N, K, kNR<T>, [&](std::int64_t t, std::int64_t j0, std::int64_t nc) {
+  split_columns(M, N, K, kNR<T>, threads, [&](std::int64_t t, std::int64_t j0, std::int64_t nc) {
     gemm_tiled_serial<T>(trans_a, trans_b, M, nc, K, alpha, A, lda, trans_b ? B + j0 * ldb : B + j0, ldb, beta,
                          C + j0, ldc, (*mine)[static_cast<std::size_t>(t)]);
   });
