@@ -46,6 +46,12 @@ def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def backends(x, t):
+    """What BLAS, OpenBLAS core and GEMM kernels the two sides reported."""
+    return {"blas": x.get("blas"), "blas_core": x.get("blas_core"), "torch_core": t.get("openblas_core"),
+            "gemm": x.get("gemm"), "recurrent_gemm": x.get("recurrent_gemm")}
+
+
 def measure(w, args, env, xgrad_bench):
     """Alternating repetitions; returns a result dict for workload w."""
     tv, key = WORKLOADS[w]
@@ -61,8 +67,7 @@ def measure(w, args, env, xgrad_bench):
                 t = run_json(torch_cmd + ["--seq-len", str(T)], env)[-1]
                 xs[T].append(x[key])
                 ts[T].append(t[key])
-                res.update(blas=x.get("blas"), blas_core=x.get("blas_core"), torch_core=t.get("openblas_core"),
-                       gemm=x.get("gemm"), recurrent_gemm=x.get("recurrent_gemm"))
+                res.update(backends(x, t))
         res["per_T"] = {T: {"xgrad": median(xs[T]), "torch": median(ts[T])} for T in BPTT_T}
         res["xgrad"], res["torch"] = median(xs[512]), median(ts[512])
         # Linear in T: growth per token roughly constant (last / first of growth / T).
@@ -83,8 +88,7 @@ def measure(w, args, env, xgrad_bench):
             if w == "minchar":
                 n = run_json([sys.executable, args.numpy_ref, "--json", "--steps", "300"] + th, env)[-1]
                 ns.append(n["median_ms"])
-            res.update(blas=x.get("blas"), blas_core=x.get("blas_core"), torch_core=t.get("openblas_core"),
-                       gemm=x.get("gemm"), recurrent_gemm=x.get("recurrent_gemm"))
+            res.update(backends(x, t))
         res["xgrad"], res["torch"] = median(xs), median(ts)
         res["xgrad_runs"], res["torch_runs"] = xs, ts
         for k, v in extra.items():

@@ -16,9 +16,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <vector>
-
 #include <optional>
+#include <vector>
 
 #include <fmt/format.h>
 

@@ -99,6 +99,15 @@ std::int64_t panel_count(std::int64_t N) {
   return (N + kNR<T> - 1) / kNR<T>;
 }
 
+// The first element of buf on a 64-byte line, buf grown to hold n elements from there.
+template <class T>
+T* line_aligned(std::vector<T>& buf, std::int64_t n) {
+  constexpr std::size_t line = 64 / sizeof(T);
+  if (buf.size() < static_cast<std::size_t>(n) + line) buf.resize(static_cast<std::size_t>(n) + line);
+  const auto addr = reinterpret_cast<std::uintptr_t>(buf.data());
+  return buf.data() + ((64 - addr % 64) % 64) / sizeof(T);
+}
+
 template <class T>
 void pack_panels(bool trans_b, std::int64_t K, std::int64_t N, const T* B, std::int64_t ldb, T alpha, T* dst) {
   constexpr std::int64_t NR = kNR<T>;
@@ -150,14 +159,15 @@ void run_panels(std::int64_t M, std::int64_t N, std::int64_t K, const T* A, std:
 }
 
 // Runs f(t, j0, nc) over column ranges of whole panels, one per thread: on get_num_threads()
-// threads when the product has at least kSplitFlops (a thread start costs ~20 us; this is
+// threads when the product has at least 64 MFLOP (a thread start costs ~20 us; this is
 // ~300 us of work) and no BLAS threads compete (tiled_gemm_pays), else on the caller alone.
 // Exceptions reach the caller after the join.
-constexpr double kSplitFlops = 64e6;
+bool worth_splitting(std::int64_t M, std::int64_t N, std::int64_t K) {
+  return 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= 64e6;
+}
 
 bool splits(std::int64_t M, std::int64_t N, std::int64_t K, int threads) {
-  return 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= kSplitFlops &&
-         threads > 1 && tiled_gemm_pays();
+  return worth_splitting(M, N, K) && threads > 1 && tiled_gemm_pays();
 }
 
 // threads: blas_threads() read once by the caller (another thread may change it meanwhile).
@@ -200,10 +210,7 @@ void split_columns(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t 
 
 template <class T>
 PackedB<T>::PackedB(bool trans_b, std::int64_t K, std::int64_t N, const T* B, std::int64_t ldb) : K_(K), N_(N) {
-  constexpr std::int64_t align = 64 / static_cast<std::int64_t>(sizeof(T));
-  buf_.resize(static_cast<std::size_t>(panel_count<T>(N) * kNR<T> * K + align));
-  const auto addr = reinterpret_cast<std::uintptr_t>(buf_.data());
-  panels_ = buf_.data() + ((64 - addr % 64) % 64) / sizeof(T);
+  panels_ = line_aligned(buf_, panel_count<T>(N) * kNR<T> * K);
   pack_panels<T>(trans_b, K, N, B, ldb, T(1), panels_);
 }
 
@@ -231,11 +238,7 @@ void gemm_tiled_serial(bool trans_a, bool trans_b, std::int64_t M, std::int64_t 
   if (K <= 0 || alpha == T(0)) return;
   // Blocks of op(B) small enough to stay in L2 while every row of A passes over them.
   constexpr std::int64_t KC = 256, NC = 1024;
-  constexpr std::int64_t align = 64 / static_cast<std::int64_t>(sizeof(T));
-  const std::size_t need = static_cast<std::size_t>(std::min(KC, K) * panel_count<T>(std::min(NC, N)) * kNR<T> + align);
-  if (buf.size() < need) buf.resize(need);
-  const auto addr = reinterpret_cast<std::uintptr_t>(buf.data());
-  T* P = buf.data() + ((64 - addr % 64) % 64) / sizeof(T);
+  T* P = line_aligned(buf, std::min(KC, K) * panel_count<T>(std::min(NC, N)) * kNR<T>);
   for (std::int64_t j0 = 0; j0 < N; j0 += NC) {
     const std::int64_t nc = std::min(NC, N - j0);
     for (std::int64_t k0 = 0; k0 < K; k0 += KC) {
@@ -283,8 +286,7 @@ int tiled_vector_bits() { return kVecBytes * 8; }
 bool packed_gemm_usable() { return kVecBytes >= 32 && kVecBytes * 8 >= blas_kernel_bits(); }
 
 bool packed_gemm_pays(std::int64_t M, std::int64_t N, std::int64_t K) {
-  const bool big = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= kSplitFlops;
-  return packed_gemm_usable() && (tiled_gemm_pays() || blas_threads() == 1 || !big);
+  return packed_gemm_usable() && (tiled_gemm_pays() || blas_threads() == 1 || !worth_splitting(M, N, K));
 }
 
 bool tiled_gemm_pays() { return kVecBytes >= 32 && kVecBytes * 8 > blas_kernel_bits(); }
