@@ -9,8 +9,8 @@
 #include <string>
 
 #include "bench_common.hpp"
-#include "xgrad/autograd/detail/blas.hpp"
-#include "xgrad/autograd/detail/packed_gemm.hpp"
+#include "xgrad/backend/detail/blas.hpp"
+#include "xgrad/backend/detail/packed_gemm.hpp"
 
 namespace bench {
 

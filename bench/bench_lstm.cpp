@@ -9,7 +9,7 @@
 #include <functional>
 
 #include "bench_common.hpp"
-#include "xgrad/autograd/detail/blas.hpp"  // detail::gemm, timed next to cblas_sgemm
+#include "xgrad/backend/detail/blas.hpp"  // detail::gemm, timed next to cblas_sgemm
 
 namespace bench {
 

@@ -10,7 +10,7 @@
 #include <xtensor/xview.hpp>
 
 #include "helpers.hpp"
-#include "xgrad/autograd/detail/blas.hpp"
+#include "xgrad/backend/detail/blas.hpp"
 
 using namespace xg;
 using xgtest::check_close;

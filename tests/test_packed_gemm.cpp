@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "helpers.hpp"
-#include "xgrad/autograd/detail/blas.hpp"
-#include "xgrad/autograd/detail/packed_gemm.hpp"
+#include "xgrad/backend/detail/blas.hpp"
+#include "xgrad/backend/detail/packed_gemm.hpp"
 
 using namespace xg;
 

@@ -1,0 +1,106 @@
+#pragma once
+// Private: xtensor glue for op kernels. Only the library's .cpp files include this.
+#include <array>
+#include <cstdint>
+
+#include <xtensor/xadapt.hpp>
+#include <xtensor/xnoalias.hpp>
+
+#include "tensor_impl.hpp"
+
+namespace xg::detail {
+
+using xshape = xt::svector<std::size_t, 4>;
+
+inline xshape to_xshape(const Shape& s) {
+  xshape r(static_cast<std::size_t>(s.size()));
+  for (int i = 0; i < s.size(); ++i) r[i] = static_cast<std::size_t>(s[i]);
+  return r;
+}
+
+// A flat 1-D xtensor view of all elements (fast path: no broadcasting logic).
+template <class T>
+inline auto flat(const Tensor& t) {
+  return xt::adapt(const_cast<T*>(static_cast<const T*>(t.data_ptr())),
+                   static_cast<std::size_t>(t.numel()), xt::no_ownership(),
+                   std::array<std::size_t, 1>{static_cast<std::size_t>(t.numel())});
+}
+
+// An N-D xtensor view with t's shape (for broadcasting and axis reductions).
+template <class T>
+inline auto nd(const Tensor& t) {
+  return xt::adapt(const_cast<T*>(static_cast<const T*>(t.data_ptr())),
+                   static_cast<std::size_t>(t.numel()), xt::no_ownership(), to_xshape(t.shape()));
+}
+
+// Calls f(T{}) with T = float or double per dtype; DtypeError for int64.
+template <class F>
+inline decltype(auto) dispatch_float(const char* op, Dtype d, F&& f) {
+  if (d == Dtype::f32) return f(float{});
+  if (d == Dtype::f64) return f(double{});
+  throw DtypeError(std::string(op) + ": expected a float32 or float64 tensor, got int64");
+}
+
+}  // namespace xg::detail
+
+namespace xg::detail {
+
+// out = f(a, b) elementwise with numpy broadcasting; out already has the broadcast shape.
+// f takes xtensor expressions by const& (it must not outlive this call).
+template <class T, class F>
+void binary_kernel(const Tensor& a, const Tensor& b, Tensor& out, F&& f) {
+  if (a.shape() == b.shape()) {
+    auto xa = flat<T>(a);
+    auto xb = flat<T>(b);
+    auto o = flat<T>(out);
+    xt::noalias(o) = f(xa, xb);
+  } else {
+    auto xa = nd<T>(a);
+    auto xb = nd<T>(b);
+    auto o = nd<T>(out);
+    xt::noalias(o) = f(xa, xb);
+  }
+}
+
+// As binary_kernel, for f built from arithmetic operators only: with equal shapes f is
+// called on scalars in a plain loop (gcc vectorises + - * /, and a small tensor skips
+// xtensor's per-assignment shape logic, most of the cost of a 1x1 op).
+template <class T, class F>
+void arith_kernel(const Tensor& a, const Tensor& b, Tensor& out, F&& f) {
+  if (a.shape() == b.shape()) {
+    const T* pa = static_cast<const T*>(a.data_ptr());
+    const T* pb = static_cast<const T*>(b.data_ptr());
+    T* po = static_cast<T*>(out.data_ptr());
+    const std::int64_t n = out.numel();
+    for (std::int64_t i = 0; i < n; ++i) po[i] = f(pa[i], pb[i]);
+  } else {
+    binary_kernel<T>(a, b, out, f);
+  }
+}
+
+// A new tensor shaped like a with out[i] = f(a[i], b[i]) (a, b same shape and dtype).
+// For backward rules: one pass and one allocation instead of a chain of ops.
+template <class F>
+inline Tensor zip_new(const char* op, const Tensor& a, const Tensor& b, F&& f) {
+  Tensor out = Tensor::empty(a.shape(), a.dtype());
+  dispatch_float(op, a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* pa = static_cast<const T*>(a.data_ptr());
+    const T* pb = static_cast<const T*>(b.data_ptr());
+    T* po = static_cast<T*>(out.data_ptr());
+    const std::int64_t n = out.numel();
+    for (std::int64_t i = 0; i < n; ++i) po[i] = f(pa[i], pb[i]);
+    return 0;
+  });
+  return out;
+}
+
+// out = f(x) elementwise over all elements.
+template <class T, class F>
+void unary_kernel(const Tensor& x, Tensor& out, F&& f) {
+  auto xx = flat<T>(x);
+  auto o = flat<T>(out);
+  xt::noalias(o) = f(xx);
+}
+
+}  // namespace xg::detail

@@ -1,0 +1,27 @@
+#pragma once
+// Private helpers shared by the library's .cpp files. Not installed.
+#include <cstdint>
+#include <memory>
+
+#include "../tensor.hpp"
+
+namespace xg {
+
+// Private helpers shared by the library's .cpp files.
+namespace detail {
+// Throws StateError when t is undefined; `op` names the caller.
+void check_defined(const char* op, const Tensor& t);
+// Throws DtypeError unless t is f32/f64.
+void check_floating(const char* op, const Tensor& t);
+// Throws DtypeError unless a and b have the same dtype (and are floating).
+void check_same_float(const char* op, const Tensor& a, const Tensor& b);
+// Tensor sharing x's storage with a new shape (same numel). No history.
+Tensor alias(const Tensor& x, const Shape& shape);
+// Makes dst hold src's storage, dtype and values (same shape; dst must be a leaf):
+// Module::to changes a parameter's dtype while every handle to it stays valid.
+void replace_value(Tensor& dst, const Tensor& src);
+// dst += src elementwise (same shape and dtype), in place, unrecorded.
+void add_into(Tensor& dst, const Tensor& src);
+}  // namespace detail
+
+}  // namespace xg

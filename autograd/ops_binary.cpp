@@ -1,0 +1,252 @@
+// Binary elementwise arithmetic with numpy broadcasting, and the two ops every
+// broadcast backward uses: sum_to and broadcast_to.
+#include <fmt/format.h>
+
+#include <xtensor/xbroadcast.hpp>
+#include <xtensor/xmath.hpp>
+
+#include "detail/kernels.hpp"
+#include "factory.hpp"
+#include "ops.hpp"
+#include "tape.hpp"
+
+namespace xg {
+
+using detail::dispatch_float;
+
+namespace {
+
+template <class F>
+Tensor binary(const char* op, const Tensor& a, const Tensor& b, F&& f) {
+  detail::check_same_float(op, a, b);
+  const Shape s = broadcast_shapes(op, a.shape(), b.shape());
+  Tensor y = Tensor::empty(s, a.dtype());
+  dispatch_float(op, a.dtype(), [&](auto tag) {
+    detail::arith_kernel<decltype(tag)>(a, b, y, f);
+    return 0;
+  });
+  return y;
+}
+
+template <class F>
+Tensor scalar_op(const char* op, const Tensor& x, F&& f) {
+  detail::check_floating(op, x);
+  Tensor y = Tensor::empty(x.shape(), x.dtype());
+  dispatch_float(op, x.dtype(), [&](auto tag) {
+    detail::unary_kernel<decltype(tag)>(x, y, f);
+    return 0;
+  });
+  return y;
+}
+
+}  // namespace
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  Tensor y = binary("add", a, b, [](const auto& x, const auto& z) { return x + z; });
+  if (needs_record({&a, &b})) {
+    // d(a + b) = g, g (summed back over broadcast dims)
+    record("add", y, {&a, &b}, [](const Tensor& g, GradSlots& dx) {
+      if (dx.needs(0)) dx[0] = sum_to(g, dx.shape(0));
+      if (dx.needs(1)) dx[1] = sum_to(g, dx.shape(1));
+    });
+  }
+  return y;
+}
+
+Tensor sub(const Tensor& a, const Tensor& b) {
+  Tensor y = binary("sub", a, b, [](const auto& x, const auto& z) { return x - z; });
+  if (needs_record({&a, &b})) {
+    // d(a - b) = g, -g
+    record("sub", y, {&a, &b}, [](const Tensor& g, GradSlots& dx) {
+      if (dx.needs(0)) dx[0] = sum_to(g, dx.shape(0));
+      if (dx.needs(1)) dx[1] = sum_to(neg(g), dx.shape(1));
+    });
+  }
+  return y;
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  Tensor y = binary("mul", a, b, [](const auto& x, const auto& z) { return x * z; });
+  if (needs_record({&a, &b})) {
+    // d(a * b) = g * b, g * a
+    record("mul", y, {&a, &b}, [a, b](const Tensor& g, GradSlots& dx) {
+      if (dx.needs(0)) dx[0] = sum_to(mul(g, b), a.shape());
+      if (dx.needs(1)) dx[1] = sum_to(mul(g, a), b.shape());
+    });
+  }
+  return y;
+}
+
+Tensor div(const Tensor& a, const Tensor& b) {
+  Tensor y = binary("div", a, b, [](const auto& x, const auto& z) { return x / z; });
+  if (needs_record({&a, &b})) {
+    // d(a / b) = g / b, -g * a / b^2 = -g * y / b
+    record("div", y, {&a, &b}, [a, b, y = y.detach()](const Tensor& g, GradSlots& dx) {
+      if (dx.needs(0)) dx[0] = sum_to(div(g, b), a.shape());
+      if (dx.needs(1)) dx[1] = sum_to(neg(div(mul(g, y), b)), b.shape());
+    });
+  }
+  return y;
+}
+
+namespace {
+// x + s, recorded under the name of the op the user called (add or sub).
+Tensor add_scalar(const char* op, const Tensor& a, double b) {
+  Tensor y = scalar_op(op, a, [b](const auto& x) { return x + static_cast<typename std::decay_t<decltype(x)>::value_type>(b); });
+  if (needs_record({&a})) {
+    // d(a + s) = g
+    record(op, y, {&a}, [](const Tensor& g, GradSlots& dx) { dx[0] = g; });
+  }
+  return y;
+}
+
+// x * s, recorded under the name of the op the user called (mul or div).
+Tensor mul_scalar(const char* op, const Tensor& a, double b) {
+  Tensor y = scalar_op(op, a, [b](const auto& x) { return x * static_cast<typename std::decay_t<decltype(x)>::value_type>(b); });
+  if (needs_record({&a})) {
+    // d(a * s) = g * s
+    record(op, y, {&a}, [b](const Tensor& g, GradSlots& dx) { dx[0] = mul(g, b); });
+  }
+  return y;
+}
+}  // namespace
+
+Tensor add(const Tensor& a, double b) { return add_scalar("add_scalar", a, b); }
+Tensor sub(const Tensor& a, double b) { return add_scalar("sub_scalar", a, -b); }
+Tensor mul(const Tensor& a, double b) { return mul_scalar("mul_scalar", a, b); }
+Tensor div(const Tensor& a, double b) { return mul_scalar("div_scalar", a, 1.0 / b); }
+
+Tensor rsub(double a, const Tensor& b) {
+  Tensor y = scalar_op("rsub", b, [a](const auto& x) { return static_cast<typename std::decay_t<decltype(x)>::value_type>(a) - x; });
+  if (needs_record({&b})) {
+    // d(s - b) = -g
+    record("rsub_scalar", y, {&b}, [](const Tensor& g, GradSlots& dx) { dx[0] = neg(g); });
+  }
+  return y;
+}
+
+Tensor rdiv(double a, const Tensor& b) {
+  Tensor y = scalar_op("rdiv", b, [a](const auto& x) { return static_cast<typename std::decay_t<decltype(x)>::value_type>(a) / x; });
+  if (needs_record({&b})) {
+    // d(s / b) = -g * y / b
+    record("rdiv_scalar", y, {&b}, [b, y = y.detach()](const Tensor& g, GradSlots& dx) {
+      dx[0] = neg(div(mul(g, y), b));
+    });
+  }
+  return y;
+}
+
+Tensor neg(const Tensor& x) {
+  Tensor y = scalar_op("neg", x, [](const auto& v) { return -v; });
+  if (needs_record({&x})) {
+    // d(-x) = -g
+    record("neg", y, {&x}, [](const Tensor& g, GradSlots& dx) { dx[0] = neg(g); });
+  }
+  return y;
+}
+
+namespace {
+
+// out (zeroed, the target shape) += x summed over the dims that are 1 in the target
+// (x's shape padded on the left). Adjacent dims that are both kept or both reduced are
+// merged first, so the common cases ([B,T,H] -> [H], [N,C] -> [N,1]) are one or two
+// flat loops. A hand loop: xtensor 0.24's immediate reducers crash under C++20/GCC 12.
+template <class T>
+void sum_to_kernel(const Tensor& x, const Shape& target, Tensor& out) {
+  const Shape& xs = x.shape();
+  const int lead = xs.size() - target.size();
+  // Merged dims: size and whether it is reduced.
+  std::int64_t size[Shape::kMaxDims];
+  bool red[Shape::kMaxDims];
+  int m = 0;
+  for (int i = 0; i < xs.size(); ++i) {
+    const bool r = i < lead || (target[i - lead] == 1 && xs[i] != 1);
+    if (xs[i] == 1) continue;  // contributes nothing either way
+    if (m > 0 && red[m - 1] == r) {
+      size[m - 1] *= xs[i];
+    } else {
+      size[m] = xs[i];
+      red[m] = r;
+      ++m;
+    }
+  }
+  const T* px = x.data<T>();
+  T* po = out.data<T>();
+  if (m == 0) {
+    po[0] += px[0];
+    return;
+  }
+  // Odometer over the outer merged dims; the innermost one is a flat loop.
+  std::int64_t idx[Shape::kMaxDims] = {};
+  std::int64_t ostride[Shape::kMaxDims];  // out stride per merged dim (0 when reduced)
+  std::int64_t s = 1;
+  for (int d = m - 1; d >= 0; --d) {
+    ostride[d] = red[d] ? 0 : s;
+    if (!red[d]) s *= size[d];
+  }
+  const std::int64_t inner = size[m - 1];
+  const std::int64_t total = x.numel();
+  for (std::int64_t base = 0; base < total; base += inner) {
+    std::int64_t o = 0;
+    for (int d = 0; d < m - 1; ++d) o += idx[d] * ostride[d];
+    const T* row = px + base;
+    if (red[m - 1]) {
+      T acc = 0;
+      for (std::int64_t j = 0; j < inner; ++j) acc += row[j];
+      po[o] += acc;
+    } else {
+      T* dst = po + o;
+      for (std::int64_t j = 0; j < inner; ++j) dst[j] += row[j];
+    }
+    for (int d = m - 2; d >= 0; --d) {
+      if (++idx[d] < size[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+}  // namespace
+
+Tensor sum_to(const Tensor& x, const Shape& shape) {
+  detail::check_floating("sum_to", x);
+  const Shape& xs = x.shape();
+  if (xs == shape) return x;
+  if (shape.size() > xs.size() || broadcast_shapes("sum_to", xs, shape) != xs) {
+    throw ShapeError(fmt::format("sum_to: {} does not broadcast to {}", shape.str(), xs.str()));
+  }
+  Tensor y = zeros(shape, x.dtype());
+  if (x.numel() > 0) {
+    dispatch_float("sum_to", x.dtype(), [&](auto tag) {
+      sum_to_kernel<decltype(tag)>(x, shape, y);
+      return 0;
+    });
+  }
+  if (needs_record({&x})) {
+    // d sum_to(x) = broadcast of g back to x's shape
+    record("sum_to", y, {&x}, [xs](const Tensor& g, GradSlots& dx) { dx[0] = broadcast_to(g, xs); });
+  }
+  return y;
+}
+
+Tensor broadcast_to(const Tensor& x, const Shape& shape) {
+  detail::check_floating("broadcast_to", x);
+  if (broadcast_shapes("broadcast_to", x.shape(), shape) != shape) {
+    throw ShapeError(fmt::format("broadcast_to: {} does not broadcast to {}", x.shape().str(), shape.str()));
+  }
+  if (x.shape() == shape) return x;
+  Tensor y = Tensor::empty(shape, x.dtype());
+  dispatch_float("broadcast_to", x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    auto xx = detail::nd<T>(x);
+    auto o = detail::nd<T>(y);
+    xt::noalias(o) = xt::broadcast(xx, o.shape());
+    return 0;
+  });
+  if (needs_record({&x})) {
+    // d broadcast_to(x) = g summed back to x's shape
+    record("broadcast_to", y, {&x}, [xs = x.shape()](const Tensor& g, GradSlots& dx) { dx[0] = sum_to(g, xs); });
+  }
+  return y;
+}
+
+}  // namespace xg

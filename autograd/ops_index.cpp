@@ -1,0 +1,210 @@
+// Integer indexing: index_select (the embedding lookup is its hot path) and gather.
+// Every index is validated before anything is written, so a bad token id throws
+// instead of reading outside the tensor. Backwards scatter-add: repeated indices sum.
+#include <algorithm>
+#include <array>
+
+#include <fmt/format.h>
+
+#include "detail/tensor_impl.hpp"
+#include "factory.hpp"
+#include "ops.hpp"
+#include "tape.hpp"
+
+namespace xg {
+
+namespace {
+
+// Calls f(T{}) with the element type of d (values of any dtype can be indexed).
+template <class F>
+decltype(auto) dispatch_any(Dtype d, F&& f) {
+  if (d == Dtype::f32) return f(float{});
+  if (d == Dtype::f64) return f(double{});
+  return f(std::int64_t{});
+}
+
+std::int64_t prod(const Shape& s, int from, int to) {
+  std::int64_t n = 1;
+  for (int i = from; i < to; ++i) n *= s[i];
+  return n;
+}
+
+void check_index_dtype(const char* op, const Tensor& index) {
+  detail::check_defined(op, index);
+  if (index.dtype() != Dtype::i64) {
+    throw DtypeError(fmt::format("{}: the index must be int64, got {} {}", op, dtype_name(index.dtype()),
+                                 index.shape().str()));
+  }
+}
+
+// Every index in [0, n); names the first bad one.
+void check_range(const char* op, const Tensor& index, std::int64_t n, int dim, const Shape& xs) {
+  const std::int64_t* ip = index.data<std::int64_t>();
+  const std::int64_t k = index.numel();
+  for (std::int64_t j = 0; j < k; ++j) {
+    if (ip[j] < 0 || ip[j] >= n) {
+      throw IndexError(fmt::format("{}: index {} (at position {}) is out of range for dim {} of size {} of {}; {}",
+                                   op, ip[j], j, dim, n, xs.str(),
+                                   n > 0 ? fmt::format("valid 0..{}", n - 1) : std::string("the dim is empty")));
+    }
+  }
+}
+
+// dx = zeros(xs); dx[o, idx[j], :] += g[o, j, :] (rows of `inner` elements).
+template <class T>
+void scatter_rows(const T* g, T* dx, const std::int64_t* idx, std::int64_t outer, std::int64_t k, std::int64_t n,
+                  std::int64_t inner) {
+  for (std::int64_t o = 0; o < outer; ++o) {
+    T* base = dx + o * n * inner;
+    for (std::int64_t j = 0; j < k; ++j, g += inner) {
+      T* row = base + idx[j] * inner;
+      for (std::int64_t c = 0; c < inner; ++c) row[c] += g[c];
+    }
+  }
+}
+
+// Walks every position of `index` (shape is) in row-major order and calls
+// f(pos, xoff) with the flat offset into x (strides xst) that gather reads.
+template <class F>
+void gather_walk(const Shape& is, const std::int64_t* xst, int dim, const std::int64_t* idx, F&& f) {
+  const int n = is.size();
+  const std::int64_t total = is.numel();
+  if (total == 0) return;
+  const std::int64_t last = n > 0 ? is[n - 1] : 1;
+  const std::int64_t step = (n > 0 && dim != n - 1) ? 1 : 0;  // x stride along the last dim, unless it is dim
+  const std::int64_t sd = xst[dim];
+  std::int64_t pos_idx[Shape::kMaxDims] = {};
+  std::int64_t base = 0;  // x offset of the current row, without the dim term
+  for (std::int64_t pos = 0; pos < total; pos += last) {
+    for (std::int64_t c = 0; c < last; ++c) f(pos + c, base + c * step + idx[pos + c] * sd);
+    for (int d = n - 2; d >= 0; --d) {
+      const std::int64_t s = d == dim ? 0 : xst[d];
+      if (++pos_idx[d] < is[d]) {
+        base += s;
+        break;
+      }
+      base -= s * (is[d] - 1);
+      pos_idx[d] = 0;
+    }
+  }
+}
+
+}  // namespace
+
+Tensor index_select(const Tensor& x, int dim, const Tensor& index) {
+  detail::check_defined("index_select", x);
+  check_index_dtype("index_select", index);
+  const Shape& xs = x.shape();
+  if (xs.size() == 0) {
+    throw IndexError(fmt::format("index_select: cannot index a 0-d tensor (index {})", index.shape().str()));
+  }
+  const int d = wrap_dim("index_select", dim, xs.size());
+  const bool embedding = d == 0 && xs.size() == 2;
+  // out[o, j, :] = x[o, index[j], :]; the embedding lookup is outer = 1 with any index shape.
+  Shape ys;
+  if (embedding) {
+    ys = index.shape();
+    if (ys.size() == Shape::kMaxDims) {
+      throw ShapeError(fmt::format("index_select: index {} has too many dims for the result {} + [{}]",
+                                   index.shape().str(), index.shape().str(), xs[1]));
+    }
+    ys.push_back(xs[1]);
+  } else {
+    if (index.ndim() > 1) {
+      throw ShapeError(fmt::format("index_select: index must be 1-D for dim {} of {} (only dim 0 of a 2-D tensor "
+                                   "takes any index shape), got {}",
+                                   dim, xs.str(), index.shape().str()));
+    }
+    ys = xs;
+    ys[d] = index.numel();
+  }
+  const std::int64_t n = xs[d];
+  check_range("index_select", index, n, dim, xs);
+  const std::int64_t outer = prod(xs, 0, d), inner = prod(xs, d + 1, xs.size()), k = index.numel();
+  Tensor y = Tensor::empty(ys, x.dtype());
+  dispatch_any(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = x.data<T>();
+    const std::int64_t* ip = index.data<std::int64_t>();
+    T* yp = y.data<T>();
+    for (std::int64_t o = 0; o < outer; ++o) {
+      const T* xb = xp + o * n * inner;
+      if (inner == 1) {
+        for (std::int64_t j = 0; j < k; ++j) yp[j] = xb[ip[j]];
+      } else {
+        for (std::int64_t j = 0; j < k; ++j) std::copy_n(xb + ip[j] * inner, inner, yp + j * inner);
+      }
+      yp += k * inner;
+    }
+    return 0;
+  });
+  if (needs_record({&x})) {
+    // d x[index] = g's rows scatter-added into zeros of x's shape (repeats accumulate)
+    record("index_select", y, {&x}, [xs, index, outer, n, inner](const Tensor& g, GradSlots& dx) {
+      Tensor z = zeros(xs, g.dtype());
+      dispatch_any(g.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        scatter_rows<T>(g.data<T>(), z.data<T>(), index.data<std::int64_t>(), outer, index.numel(), n, inner);
+        return 0;
+      });
+      dx[0] = z;
+    });
+  }
+  return y;
+}
+
+Tensor gather(const Tensor& x, int dim, const Tensor& index) {
+  detail::check_defined("gather", x);
+  check_index_dtype("gather", index);
+  const Shape& xs = x.shape();
+  const Shape& is = index.shape();
+  const int nd = xs.size();
+  const int d = wrap_dim("gather", dim, nd);
+  if (is.size() != nd) {
+    throw ShapeError(fmt::format("gather: index {} must have as many dims as x {} ({} vs {})", is.str(), xs.str(),
+                                 is.size(), nd));
+  }
+  for (int i = 0; i < nd; ++i) {
+    if (i != d && is[i] > xs[i]) {
+      throw ShapeError(fmt::format("gather: index {} is larger than x {} in dim {} ({} > {})", is.str(), xs.str(), i,
+                                   is[i], xs[i]));
+    }
+  }
+  // A 0-d x is a 1-element vector for the offset arithmetic.
+  const std::int64_t n = nd == 0 ? 1 : xs[d];
+  check_range("gather", index, n, dim, xs);
+  std::int64_t xst[Shape::kMaxDims] = {1};
+  std::int64_t st = 1;
+  for (int i = nd - 1; i >= 0; --i) {
+    xst[i] = st;
+    st *= xs[i];
+  }
+  Tensor y = Tensor::empty(is, x.dtype());
+  dispatch_any(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = x.data<T>();
+    T* yp = y.data<T>();
+    gather_walk(is, xst, d, index.data<std::int64_t>(), [&](std::int64_t pos, std::int64_t off) { yp[pos] = xp[off]; });
+    return 0;
+  });
+  if (needs_record({&x})) {
+    std::array<std::int64_t, Shape::kMaxDims> strides{};
+    std::copy_n(xst, Shape::kMaxDims, strides.begin());
+    // d gather(x, index) = g scatter-added at the gathered positions of zeros of x's shape
+    record("gather", y, {&x}, [xs, d, index, strides](const Tensor& g, GradSlots& dx) {
+      Tensor z = zeros(xs, g.dtype());
+      dispatch_any(g.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* gp = g.data<T>();
+        T* zp = z.data<T>();
+        gather_walk(index.shape(), strides.data(), d, index.data<std::int64_t>(),
+                    [&](std::int64_t pos, std::int64_t off) { zp[off] += gp[pos]; });
+        return 0;
+      });
+      dx[0] = z;
+    });
+  }
+  return y;
+}
+
+}  // namespace xg

@@ -1,0 +1,118 @@
+// matmul: every supported rank pair is one batched row-major product
+//   y[nb, M, N] = a[nb, M, K] . b[nb, K, N]
+// (nb = 1 except for [B,M,K] x [B,K,N]), so forward and backward are one gemm per batch
+// entry with the transposes passed as flags, never materialised.
+#include <fmt/format.h>
+
+#include "../backend/detail/blas.hpp"
+#include "detail/kernels.hpp"
+#include "ops.hpp"
+#include "tape.hpp"
+
+namespace xg {
+
+using detail::dispatch_float;
+using detail::gemm;
+
+namespace {
+
+// The canonical product sizes of one matmul call.
+struct Mm {
+  std::int64_t nb, M, K, N;
+};
+
+[[noreturn]] void unsupported(const Tensor& a, const Tensor& b) {
+  throw ShapeError(fmt::format(
+      "matmul: {} x {}: unsupported ranks {}-d x {}-d (supported: [M,K]x[K,N], [B,M,K]x[B,K,N], "
+      "[B,M,K]x[K,N], [K]x[K,N], [M,K]x[K])",
+      a.shape().str(), b.shape().str(), a.ndim(), b.ndim()));
+}
+
+// Maps the rank pair to (nb, M, K, N) and the output shape; throws on anything else.
+Mm plan(const Tensor& a, const Tensor& b, Shape& out) {
+  const Shape& sa = a.shape();
+  const Shape& sb = b.shape();
+  const int ra = sa.size(), rb = sb.size();
+  Mm p{};
+  std::int64_t kb = 0;
+  if (ra == 2 && rb == 2) {
+    p = {1, sa[0], sa[1], sb[1]};
+    kb = sb[0];
+    out = Shape{sa[0], sb[1]};
+  } else if (ra == 3 && rb == 3) {
+    if (sa[0] != sb[0]) {
+      throw ShapeError(fmt::format("matmul: {} x {}: batch sizes differ ({} vs {})", sa.str(), sb.str(), sa[0], sb[0]));
+    }
+    p = {sa[0], sa[1], sa[2], sb[2]};
+    kb = sb[1];
+    out = Shape{sa[0], sa[1], sb[2]};
+  } else if (ra == 3 && rb == 2) {
+    // [B,M,K] is contiguous, so it is the [B*M,K] matrix: one gemm instead of B.
+    p = {1, sa[0] * sa[1], sa[2], sb[1]};
+    kb = sb[0];
+    out = Shape{sa[0], sa[1], sb[1]};
+  } else if (ra == 1 && rb == 2) {
+    p = {1, 1, sa[0], sb[1]};  // [K] is the row [1,K]
+    kb = sb[0];
+    out = Shape{sb[1]};
+  } else if (ra == 2 && rb == 1) {
+    p = {1, sa[0], sa[1], 1};  // [K] is the column [K,1]
+    kb = sb[0];
+    out = Shape{sa[0]};
+  } else {
+    unsupported(a, b);
+  }
+  if (p.K != kb) {
+    throw ShapeError(fmt::format("matmul: {} x {}: inner dimensions differ ({} vs {})", sa.str(), sb.str(), p.K, kb));
+  }
+  return p;
+}
+
+// C[i] = op(A[i]) . op(B[i]) for i < nb; stride 0 reuses one operand for every i.
+template <class T>
+void batched(bool ta, bool tb, std::int64_t nb, std::int64_t M, std::int64_t N, std::int64_t K, const T* A,
+             std::int64_t lda, std::int64_t sa, const T* B, std::int64_t ldb, std::int64_t sb, T* C) {
+  for (std::int64_t i = 0; i < nb; ++i) {
+    gemm<T>(ta, tb, M, N, K, T(1), A + i * sa, lda, B + i * sb, ldb, T(0), C + i * M * N, N);
+  }
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  detail::check_same_float("matmul", a, b);
+  Shape out;
+  const Mm p = plan(a, b, out);
+  Tensor y = Tensor::empty(out, a.dtype());
+  dispatch_float("matmul", a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    batched<T>(false, false, p.nb, p.M, p.N, p.K, a.data<T>(), p.K, p.M * p.K, b.data<T>(), p.N, p.K * p.N,
+               y.data<T>());
+    return 0;
+  });
+  if (needs_record({&a, &b})) {
+    // d(a . b) = g . bᵀ, aᵀ . g   (per batch entry; [B,M,K]x[K,N] is one [B*M,K] product)
+    record("matmul", y, {&a, &b}, [a, b, p](const Tensor& g, GradSlots& dx) {
+      const std::int64_t nb = p.nb, M = p.M, K = p.K, N = p.N;  // not a structured binding: clang 14 cannot capture those
+      dispatch_float("matmul backward", g.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        if (dx.needs(0)) {
+          Tensor da = Tensor::empty(a.shape(), a.dtype());
+          // da[M,K] = g[M,N] . bᵀ[N,K]
+          batched<T>(false, true, nb, M, K, N, g.data<T>(), N, M * N, b.data<T>(), N, K * N, da.data<T>());
+          dx[0] = da;
+        }
+        if (dx.needs(1)) {
+          Tensor db = Tensor::empty(b.shape(), b.dtype());
+          // db[K,N] = aᵀ[K,M] . g[M,N]
+          batched<T>(true, false, nb, K, N, M, a.data<T>(), K, M * K, g.data<T>(), N, M * N, db.data<T>());
+          dx[1] = db;
+        }
+        return 0;
+      });
+    });
+  }
+  return y;
+}
+
+}  // namespace xg

@@ -1,0 +1,247 @@
+// Fused layer ops: linear and layer_norm.
+//
+// linear runs once per time step in hand-written RNN loops, so its fixed cost matters as
+// much as its GEMM: one output allocation, the bias copied into the output rows and
+// accumulated by the GEMM (beta = 1), the weight's transpose passed to BLAS as a flag,
+// and a closure small enough to live inline in the tape node. No xtensor here: plain
+// row loops are all these kernels need.
+#include "ops_norm.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "../backend/detail/blas.hpp"
+#include "detail/tensor_impl.hpp"
+#include "factory.hpp"
+#include "tape.hpp"
+
+namespace xg {
+
+using detail::gemm;
+
+namespace {
+
+// Calls f(T{}) for the float dtype d (callers have checked d is floating).
+template <class F>
+decltype(auto) on_float(Dtype d, F&& f) {
+  if (d == Dtype::f64) return f(double{});
+  return f(float{});
+}
+
+std::int64_t prod(const Shape& s, int from, int to) {
+  std::int64_t n = 1;
+  for (int i = from; i < to; ++i) n *= s[i];
+  return n;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// linear
+// ---------------------------------------------------------------------------
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  detail::check_same_float("linear", x, weight);
+  const Shape& xs = x.shape();
+  const Shape& ws = weight.shape();
+  if (ws.size() != 2) {
+    throw ShapeError(fmt::format("linear: input {}, weight {}: the weight must be 2-D [out_features, in_features]",
+                                 xs.str(), ws.str()));
+  }
+  const std::int64_t out = ws[0], in = ws[1];
+  if (xs.size() == 0 || xs.back() != in) {
+    throw ShapeError(fmt::format("linear: input {}, weight {}: expected input feature size (last dim) {}, got {}",
+                                 xs.str(), ws.str(), in, xs.size() == 0 ? std::string("a 0-d input") : std::to_string(xs.back())));
+  }
+  if (bias.defined()) {
+    detail::check_same_float("linear", x, bias);
+    if (bias.ndim() != 1 || bias.shape()[0] != out) {
+      throw ShapeError(fmt::format("linear: weight {}, bias {}: the bias must be [out_features] = [{}]", ws.str(),
+                                   bias.shape().str(), out));
+    }
+  }
+  const std::int64_t n = prod(xs, 0, xs.size() - 1);  // rows of the [n, in] view
+  Shape ys = xs;
+  ys[ys.size() - 1] = out;
+  Tensor y = Tensor::empty(ys, x.dtype());
+  on_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* yp = y.data<T>();
+    if (bias.defined()) {
+      const T* bp = bias.data<T>();
+      for (std::int64_t i = 0; i < n; ++i) std::copy_n(bp, out, yp + i * out);
+    }
+    // y[n,out] = x[n,in] . Wᵀ[in,out] (+ the bias rows already in y)
+    gemm<T>(false, true, n, out, in, T(1), x.data<T>(), in, weight.data<T>(), in, bias.defined() ? T(1) : T(0), yp,
+            out);
+    return 0;
+  });
+  if (needs_record({&x, &weight, &bias})) {
+    // d(x Wᵀ + b) = g W, gᵀ x, Σ_rows g
+    record("linear", y, {&x, &weight, &bias}, [x, weight](const Tensor& g, GradSlots& dx) {
+      const std::int64_t out = weight.shape()[0], in = weight.shape()[1];
+      const std::int64_t n = prod(x.shape(), 0, x.ndim() - 1);
+      on_float(g.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* gp = g.data<T>();
+        if (dx.needs(0)) {
+          Tensor d = Tensor::empty(x.shape(), x.dtype());
+          // dx[n,in] = g[n,out] . W[out,in]
+          gemm<T>(false, false, n, in, out, T(1), gp, out, weight.data<T>(), in, T(0), d.data<T>(), in);
+          dx[0] = d;
+        }
+        if (dx.needs(1)) {
+          Tensor d = Tensor::empty(weight.shape(), weight.dtype());
+          // dW[out,in] = gᵀ[out,n] . x[n,in]
+          gemm<T>(true, false, out, in, n, T(1), gp, out, x.data<T>(), in, T(0), d.data<T>(), in);
+          dx[1] = d;
+        }
+        if (dx.needs(2)) {
+          Tensor d = zeros(Shape{out}, g.dtype());
+          T* dp = d.data<T>();
+          for (std::int64_t i = 0; i < n; ++i) {
+            const T* gr = gp + i * out;
+            for (std::int64_t j = 0; j < out; ++j) dp[j] += gr[j];
+          }
+          dx[2] = d;
+        }
+        return 0;
+      });
+    });
+  }
+  return y;
+}
+
+// ---------------------------------------------------------------------------
+// layer_norm
+// ---------------------------------------------------------------------------
+
+namespace {
+
+void check_affine(const char* what, const Tensor& x, const Tensor& p, const Shape& ns) {
+  if (!p.defined()) return;
+  detail::check_same_float("layer_norm", x, p);
+  if (p.shape() != ns) {
+    throw ShapeError(fmt::format("layer_norm: {} {} must have normalized_shape {}", what, p.shape().str(), ns.str()));
+  }
+}
+
+}  // namespace
+
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
+                  double eps) {
+  detail::check_floating("layer_norm", x);
+  const Shape& xs = x.shape();
+  const Shape& ns = normalized_shape;
+  const int k = ns.size(), nd = xs.size();
+  bool trailing = k > 0 && k <= nd;
+  for (int i = 0; trailing && i < k; ++i) trailing = xs[nd - k + i] == ns[i];
+  if (!trailing) {
+    throw ShapeError(fmt::format("layer_norm: input {}: normalized_shape {} must be non-empty and equal the input's "
+                                 "trailing dims",
+                                 xs.str(), ns.str()));
+  }
+  check_affine("weight", x, weight, ns);
+  check_affine("bias", x, bias, ns);
+  if (!(eps >= 0.0)) throw Error(fmt::format("layer_norm: eps must be >= 0, got {}", eps));
+
+  const std::int64_t D = ns.numel();
+  const std::int64_t M = prod(xs, 0, nd - k);
+  const bool rec = needs_record({&x, &weight, &bias});
+  Tensor y = Tensor::empty(xs, x.dtype());
+  // Per row: mean and 1/sqrt(var + eps), for the backward.
+  Tensor stats = rec ? Tensor::empty(Shape{M, 2}, Dtype::f64) : Tensor();
+  on_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = x.data<T>();
+    const T* wp = weight.defined() ? weight.data<T>() : nullptr;
+    const T* bp = bias.defined() ? bias.data<T>() : nullptr;
+    T* yp = y.data<T>();
+    double* st = rec ? stats.data<double>() : nullptr;
+    for (std::int64_t r = 0; r < M; ++r) {
+      const T* xr = xp + r * D;
+      T* yr = yp + r * D;
+      double s = 0.0;
+      for (std::int64_t j = 0; j < D; ++j) s += static_cast<double>(xr[j]);
+      const double mu = s / static_cast<double>(D);
+      double v = 0.0;  // two passes: no cancellation when |mean| >> std
+      for (std::int64_t j = 0; j < D; ++j) {
+        const double c = static_cast<double>(xr[j]) - mu;
+        v += c * c;
+      }
+      const double rstd = 1.0 / std::sqrt(v / static_cast<double>(D) + eps);
+      for (std::int64_t j = 0; j < D; ++j) {
+        double h = (static_cast<double>(xr[j]) - mu) * rstd;
+        if (wp) h *= static_cast<double>(wp[j]);
+        if (bp) h += static_cast<double>(bp[j]);
+        yr[j] = static_cast<T>(h);
+      }
+      if (st) {
+        st[2 * r] = mu;
+        st[2 * r + 1] = rstd;
+      }
+    }
+    return 0;
+  });
+  if (rec) {
+    // xhat = (x - mean) rstd, gh = g w: dx = rstd (gh - mean(gh) - xhat mean(gh xhat)), dw = Σ g xhat, db = Σ g
+    record("layer_norm", y, {&x, &weight, &bias}, [x, weight, stats, D](const Tensor& g, GradSlots& dx) {
+      const std::int64_t M = stats.shape()[0];
+      const bool need_x = dx.needs(0), need_w = dx.needs(1), need_b = dx.needs(2);
+      on_float(g.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* xp = x.data<T>();
+        const T* gp = g.data<T>();
+        const T* wp = weight.defined() ? weight.data<T>() : nullptr;
+        const double* st = stats.data<double>();
+        Tensor dxt = need_x ? Tensor::empty(x.shape(), x.dtype()) : Tensor();
+        T* dxp = need_x ? dxt.data<T>() : nullptr;
+        std::vector<double> dw(need_w ? static_cast<std::size_t>(D) : 0, 0.0);
+        std::vector<double> db(need_b ? static_cast<std::size_t>(D) : 0, 0.0);
+        for (std::int64_t r = 0; r < M; ++r) {
+          const T* xr = xp + r * D;
+          const T* gr = gp + r * D;
+          const double mu = st[2 * r], rstd = st[2 * r + 1];
+          if (need_w || need_b) {
+            for (std::int64_t j = 0; j < D; ++j) {
+              const double gj = static_cast<double>(gr[j]);
+              if (need_w) dw[j] += gj * (static_cast<double>(xr[j]) - mu) * rstd;
+              if (need_b) db[j] += gj;
+            }
+          }
+          if (!need_x) continue;
+          double sg = 0.0, sgh = 0.0;  // Σ gh, Σ gh * xhat
+          for (std::int64_t j = 0; j < D; ++j) {
+            const double gh = static_cast<double>(gr[j]) * (wp ? static_cast<double>(wp[j]) : 1.0);
+            sg += gh;
+            sgh += gh * (static_cast<double>(xr[j]) - mu) * rstd;
+          }
+          const double a = sg / static_cast<double>(D), b = sgh / static_cast<double>(D);
+          T* dr = dxp + r * D;
+          for (std::int64_t j = 0; j < D; ++j) {
+            const double gh = static_cast<double>(gr[j]) * (wp ? static_cast<double>(wp[j]) : 1.0);
+            const double xh = (static_cast<double>(xr[j]) - mu) * rstd;
+            dr[j] = static_cast<T>(rstd * (gh - a - xh * b));
+          }
+        }
+        if (need_x) dx[0] = dxt;
+        auto to_tensor = [&](const std::vector<double>& v, std::size_t slot) {
+          Tensor t = Tensor::empty(dx.shape(slot), g.dtype());
+          T* p = t.data<T>();
+          for (std::int64_t j = 0; j < D; ++j) p[j] = static_cast<T>(v[static_cast<std::size_t>(j)]);
+          dx[slot] = t;
+        };
+        if (need_w) to_tensor(dw, 1);
+        if (need_b) to_tensor(db, 2);
+        return 0;
+      });
+    });
+  }
+  return y;
+}
+
+}  // namespace xg

@@ -1,0 +1,541 @@
+// The fused LSTM / GRU gate kernels: one pass over the [B, G*H] gate rows per step,
+// forward and backward, with the transcendental functions on xsimd batches (GCC does not
+// vectorise std::exp / std::tanh). The same step body runs on a batch of W lanes for the
+// bulk of each row and on scalars for the tail, so both paths compute the same formulas.
+
+// GCC 12's AVX-512 intrinsics headers initialise their `undefined` vectors from themselves,
+// which -Wmaybe-uninitialized reports wherever xsimd's exp/tanh are inlined (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+#include "ops_rnn.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include <fmt/format.h>
+
+#if defined(XTENSOR_USE_XSIMD)
+#include <xsimd/xsimd.hpp>
+#endif
+
+#include "../backend/detail/blas.hpp"
+#include "detail/kernels.hpp"
+#include "../backend/detail/packed_gemm.hpp"
+#include "factory.hpp"
+#include "ops.hpp"
+#include "tape.hpp"
+
+namespace xg {
+
+using detail::dispatch_float;
+using detail::gemm;
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Lanes: a scalar or an xsimd batch, behind the same four calls
+// ---------------------------------------------------------------------------
+
+template <class T>
+struct Scalar {
+  using V = T;
+  static constexpr std::int64_t W = 1;
+  static V load(const T* p) { return *p; }
+  static void store(T* p, V v) { *p = v; }
+  static V sigmoid(V x) {
+    // NOTE stability: e = exp(-|x|) <= 1 never overflows; σ(x) = 1/(1+e) for x >= 0 and
+    // e/(1+e) below (as xg::sigmoid), so very negative gates keep their relative precision.
+    const V e = std::exp(-std::fabs(x));
+    const V r = V(1) / (V(1) + e);
+    return x >= V(0) ? r : e * r;
+  }
+  static V tanh(V x) { return std::tanh(x); }
+};
+
+#if defined(XTENSOR_USE_XSIMD)
+template <class T>
+struct Simd {
+  using V = xsimd::batch<T>;
+  static constexpr std::int64_t W = static_cast<std::int64_t>(V::size);
+  static V load(const T* p) { return V::load_unaligned(p); }
+  static void store(T* p, const V& v) { v.store_unaligned(p); }
+  static V sigmoid(const V& x) {
+    const V e = xsimd::exp(-xsimd::abs(x));
+    const V r = V(T(1)) / (V(T(1)) + e);
+    return xsimd::select(x >= V(T(0)), r, e * r);
+  }
+  static V tanh(const V& x) { return xsimd::tanh(x); }
+};
+#endif
+
+// Runs step.template operator()<Lanes>(j) over j in [0, n): whole batches, then scalars.
+template <class T, class Step>
+void for_lanes(std::int64_t n, Step&& step) {
+  std::int64_t j = 0;
+#if defined(XTENSOR_USE_XSIMD)
+  for (; j + Simd<T>::W <= n; j += Simd<T>::W) step.template operator()<Simd<T>>(j);
+#endif
+  for (; j < n; ++j) step.template operator()<Scalar<T>>(j);
+}
+
+// ---------------------------------------------------------------------------
+// LSTM
+// ---------------------------------------------------------------------------
+
+// One row: gates g[4H], c_prev cp[H] -> h[H], c[H]; the activations i, f, g, o go to a[4H]
+// when a is not null (only when backward will need them).
+template <class T>
+void lstm_row_forward(const T* gr, const T* cp, T* h, T* c, T* a, std::int64_t H) {
+  for_lanes<T>(H, [&]<class L>(std::int64_t j) {
+    using V = typename L::V;
+    const V i = L::sigmoid(L::load(gr + j));
+    const V f = L::sigmoid(L::load(gr + H + j));
+    const V g = L::tanh(L::load(gr + 2 * H + j));
+    const V o = L::sigmoid(L::load(gr + 3 * H + j));
+    const V cc = f * L::load(cp + j) + i * g;
+    L::store(c + j, cc);
+    L::store(h + j, o * L::tanh(cc));
+    if (a) {
+      L::store(a + j, i);
+      L::store(a + H + j, f);
+      L::store(a + 2 * H + j, g);
+      L::store(a + 3 * H + j, o);
+    }
+  });
+}
+
+// One row of the backward. gh, gc: d loss / d h, d c of this step; a: activations; c: the
+// step's cell state. Writes d gates (dg, when not null) and d c_prev (dcp, when not null).
+template <class T>
+void lstm_row_backward(const T* gh, const T* gc, const T* a, const T* cp, const T* c, T* dg, T* dcp,
+                       std::int64_t H) {
+  for_lanes<T>(H, [&]<class L>(std::int64_t j) {
+    using V = typename L::V;
+    const V one(T(1));
+    const V i = L::load(a + j), f = L::load(a + H + j), g = L::load(a + 2 * H + j), o = L::load(a + 3 * H + j);
+    const V dh = L::load(gh + j);
+    const V tc = L::tanh(L::load(c + j));
+    // Total d c: directly, and through h = o ⊙ tanh(c).
+    const V dc = L::load(gc + j) + dh * o * (one - tc * tc);
+    if (dg) {
+      L::store(dg + j, dc * g * i * (one - i));
+      L::store(dg + H + j, dc * L::load(cp + j) * f * (one - f));
+      L::store(dg + 2 * H + j, dc * i * (one - g * g));
+      L::store(dg + 3 * H + j, dh * tc * o * (one - o));
+    }
+    if (dcp) L::store(dcp + j, dc * f);
+  });
+}
+
+void check_lstm_shapes(const Tensor& gates, const Tensor& c_prev) {
+  detail::check_same_float("lstm_cell_fused", gates, c_prev);
+  const Shape& gs = gates.shape();
+  const Shape& cs = c_prev.shape();
+  if (gs.size() != 2 || gs[1] % 4 != 0) {
+    throw ShapeError(fmt::format("lstm_cell_fused: gates {}: expected [B, 4H] (2-D, columns divisible by 4)",
+                                 gs.str()));
+  }
+  const Shape want{gs[0], gs[1] / 4};
+  if (cs != want) {
+    throw ShapeError(fmt::format("lstm_cell_fused: gates {} and c_prev {}: expected c_prev {}", gs.str(), cs.str(),
+                                 want.str()));
+  }
+}
+
+// Half k (0: h, 1: c) of the packed hc [2, B, H], as a [B, H] tensor on the same storage.
+Tensor half_of(const Tensor& hc, int k) {
+  const TensorImpl& t = *hc.impl();
+  const Shape s{t.shape[1], t.shape[2]};
+  void* first = static_cast<char*>(t.data) + k * s.numel() * static_cast<std::int64_t>(dtype_size(t.dtype));
+  Tensor v(std::make_shared<TensorImpl>(s, t.dtype, t.storage, first));
+  if (needs_record({&hc})) {
+    // d hc[k] = g in half k of [2, B, H], zeros in the other half
+    record(k == 0 ? "lstm_h" : "lstm_c", v, {&hc}, [k](const Tensor& g, GradSlots& dx) {
+      const std::int64_t n = g.numel();
+      Tensor d = Tensor::empty(Shape{2, g.shape()[0], g.shape()[1]}, g.dtype());
+      const std::size_t bytes = static_cast<std::size_t>(n) * dtype_size(g.dtype());
+      char* p = static_cast<char*>(d.data_ptr());
+      std::memcpy(p + k * bytes, g.data_ptr(), bytes);
+      std::memset(p + (1 - k) * bytes, 0, bytes);  // IEEE +0.0 is all-zero bits
+      dx[0] = d;
+    });
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------------------
+// LSTM over a whole sequence
+// ---------------------------------------------------------------------------
+
+void check_lstm_sequence_shapes(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0) {
+  constexpr const char* op = "lstm_sequence";
+  detail::check_defined(op, gx);
+  detail::check_defined(op, w_hh);
+  detail::check_same_float(op, gx, w_hh);
+  if (h0.defined()) detail::check_same_float(op, gx, h0);
+  if (c0.defined()) detail::check_same_float(op, gx, c0);
+  const Shape& gs = gx.shape();
+  auto shapes = [&] {
+    return fmt::format("gx {}, w_hh {}, h0 {}, c0 {}", gs.str(), w_hh.shape().str(),
+                       h0.defined() ? h0.shape().str() : "(zeros)", c0.defined() ? c0.shape().str() : "(zeros)");
+  };
+  if (gs.size() != 3 || gs[2] % 4 != 0 || gs[0] == 0) {
+    throw ShapeError(fmt::format("{}: {}: expected gx [T, B, 4H] with T > 0", op, shapes()));
+  }
+  const std::int64_t B = gs[1], H = gs[2] / 4;
+  if (w_hh.shape() != Shape{4 * H, H}) {
+    throw ShapeError(fmt::format("{}: {}: expected w_hh {}", op, shapes(), Shape{4 * H, H}.str()));
+  }
+  if (h0.defined() != c0.defined()) {
+    throw ShapeError(fmt::format("{}: {}: give both h0 and c0, or neither (zeros)", op, shapes()));
+  }
+  if (h0.defined() && (h0.shape() != Shape{B, H} || c0.shape() != Shape{B, H})) {
+    throw ShapeError(fmt::format("{}: {}: expected h0 and c0 {}", op, shapes(), Shape{B, H}.str()));
+  }
+}
+
+struct SeqDims {
+  std::int64_t T, B, H;
+  bool reverse;
+  // Time index of the k-th processed step, and of the step processed before it.
+  std::int64_t t(std::int64_t k) const { return reverse ? T - 1 - k : k; }
+  std::int64_t prev(std::int64_t k) const { return reverse ? T - k : k - 1; }
+};
+
+// y [T+1, B, H] (row T: c_n). With C (recording): acts [T, B, 4H] and C [T, B, H] keep
+// every step; without: acts is one step's scratch [B, 4H] and c runs in y's row T.
+template <class T>
+void lstm_sequence_forward(const SeqDims& d, const T* gx, const T* W, const T* h0, const T* c0, T* y, T* acts,
+                           T* C) {
+  const std::int64_t B = d.B, H = d.H, G = 4 * H, BH = B * H;
+  T* cn = y + d.T * BH;
+  if (!C) std::memcpy(cn, c0, static_cast<std::size_t>(BH) * sizeof(T));
+  // W_hhᵀ packed once for all the steps (BLAS would re-pack it at every step).
+  std::optional<detail::PackedB<T>> wt;
+  if (d.T > 1 && detail::packed_gemm_pays(B, G, H)) wt.emplace(true, H, G, W, H);
+  for (std::int64_t k = 0; k < d.T; ++k) {
+    const std::int64_t t = d.t(k), prev = d.prev(k);
+    T* a = C ? acts + t * B * G : acts;
+    std::memcpy(a, gx + t * B * G, static_cast<std::size_t>(B * G) * sizeof(T));
+    const T* hp = k == 0 ? h0 : y + prev * BH;
+    // gates[B, 4H] += h_prev[B, H] . W_hhᵀ[H, 4H]
+    if (hp && wt) {
+      wt->gemm_acc(B, hp, H, a, G);
+    } else if (hp) {
+      gemm<T>(false, true, B, G, H, T(1), hp, H, W, H, T(1), a, G);
+    }
+    const T* cp = !C ? cn : k == 0 ? c0 : C + prev * BH;
+    T* c = C ? C + t * BH : cn;
+    for (std::int64_t b = 0; b < B; ++b) {
+      // In place: the row kernel reads a lane's four pre-activations before it stores them activated.
+      lstm_row_forward<T>(a + b * G, cp + b * H, y + t * BH + b * H, c + b * H, C ? a + b * G : nullptr, H);
+    }
+  }
+  if (C) std::memcpy(cn, C + d.t(d.T - 1) * BH, static_cast<std::size_t>(BH) * sizeof(T));
+}
+
+// g [T+1, B, H] (row T: d c_n) -> dgx [T, B, 4H]; dw, dh0, dc0 when not null.
+template <class T>
+void lstm_sequence_backward(const SeqDims& d, const T* g, const T* acts, const T* C, const T* y, const T* W,
+                            const T* h0, const T* c0, T* dgx, T* dw, T* dh0, T* dc0) {
+  const std::int64_t B = d.B, H = d.H, G = 4 * H, BH = B * H;
+  std::vector<T> dh_buf(static_cast<std::size_t>(BH)), dc_buf(static_cast<std::size_t>(BH));
+  T* dh = dh_buf.data();
+  T* dc = dc_buf.data();
+  std::memcpy(dc, g + d.T * BH, static_cast<std::size_t>(BH) * sizeof(T));
+  std::memcpy(dh, g + d.t(d.T - 1) * BH, static_cast<std::size_t>(BH) * sizeof(T));
+  std::optional<detail::PackedB<T>> wp;  // W_hh packed once, as in the forward
+  if (d.T > 1 && detail::packed_gemm_pays(B, H, G)) wp.emplace(false, G, H, W, H);
+  for (std::int64_t k = d.T - 1; k >= 0; --k) {
+    const std::int64_t t = d.t(k);
+    const T* cp = k == 0 ? c0 : C + d.prev(k) * BH;
+    T* dg = dgx + t * B * G;
+    for (std::int64_t b = 0; b < B; ++b) {
+      // dc in place: the kernel reads a lane's d c before it stores d c_prev there.
+      lstm_row_backward<T>(dh + b * H, dc + b * H, acts + t * B * G + b * G, cp + b * H, C + t * BH + b * H,
+                           dg + b * G, dc + b * H, H);
+    }
+    // d h_prev[B, H] = dy(prev) + dgates[B, 4H] . W_hh[4H, H]
+    if (k > 0) {
+      std::memcpy(dh, g + d.prev(k) * BH, static_cast<std::size_t>(BH) * sizeof(T));
+      if (wp) {
+        wp->gemm_acc(B, dg, G, dh, H);
+      } else {
+        gemm<T>(false, false, B, H, G, T(1), dg, G, W, H, T(1), dh, H);
+      }
+    } else if (dh0 && wp) {
+      std::fill(dh0, dh0 + BH, T(0));
+      wp->gemm_acc(B, dg, G, dh0, H);
+    } else if (dh0) {
+      gemm<T>(false, false, B, H, G, T(1), dg, G, W, H, T(0), dh0, H);
+    }
+  }
+  if (dw) {
+    // Steps after the first read h_prev from y: rows 0..T-2 (forward) or 1..T-1 (reverse).
+    const T* dg_rest = d.reverse ? dgx : dgx + B * G;
+    const T* h_rest = d.reverse ? y + BH : y;
+    gemm<T>(true, false, G, H, (d.T - 1) * B, T(1), dg_rest, G, h_rest, H, T(0), dw, H);
+    if (h0) gemm<T>(true, false, G, H, B, T(1), dgx + d.t(0) * B * G, G, h0, H, T(1), dw, H);
+  }
+  if (dc0) std::memcpy(dc0, dc, static_cast<std::size_t>(BH) * sizeof(T));
+}
+
+// Rows [first, first + shape[0]) of the packed [T+1, B, H] output as a tensor of `shape`
+// on the same storage; its backward places the gradient into those rows of a zero
+// [T+1, B, H] gradient.
+Tensor packed_rows(const Tensor& packed, std::int64_t first, const Shape& shape, const char* name) {
+  const TensorImpl& t = *packed.impl();
+  const std::int64_t row = t.shape[1] * t.shape[2];
+  const std::int64_t esz = static_cast<std::int64_t>(dtype_size(t.dtype));
+  Tensor v(std::make_shared<TensorImpl>(shape, t.dtype, t.storage, static_cast<char*>(t.data) + first * row * esz));
+  if (needs_record({&packed})) {
+    // d packed = g in rows [first, first + n), zeros elsewhere
+    record(name, v, {&packed}, [first, row, esz](const Tensor& g, GradSlots& dx) {
+      const Shape& ps = dx.shape(0);
+      Tensor d = Tensor::empty(ps, g.dtype());
+      char* p = static_cast<char*>(d.data_ptr());
+      const std::int64_t total = ps.numel() * esz, lo = first * row * esz, n = g.numel() * esz;
+      std::memset(p, 0, static_cast<std::size_t>(lo));  // IEEE +0.0 is all-zero bits
+      std::memcpy(p + lo, g.data_ptr(), static_cast<std::size_t>(n));
+      std::memset(p + lo + n, 0, static_cast<std::size_t>(total - lo - n));
+      dx[0] = d;
+    });
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------------------
+// GRU
+// ---------------------------------------------------------------------------
+
+template <class T>
+void gru_row_forward(const T* gi, const T* gh, const T* hp, T* h, T* a, std::int64_t H) {
+  for_lanes<T>(H, [&]<class L>(std::int64_t j) {
+    using V = typename L::V;
+    const V r = L::sigmoid(L::load(gi + j) + L::load(gh + j));
+    const V z = L::sigmoid(L::load(gi + H + j) + L::load(gh + H + j));
+    const V n = L::tanh(L::load(gi + 2 * H + j) + r * L::load(gh + 2 * H + j));
+    // (1 - z) n + z h_prev, written as PyTorch's kernel does.
+    L::store(h + j, n + z * (L::load(hp + j) - n));
+    if (a) {
+      L::store(a + j, r);
+      L::store(a + H + j, z);
+      L::store(a + 2 * H + j, n);
+    }
+  });
+}
+
+template <class T>
+void gru_row_backward(const T* g, const T* a, const T* gh, const T* hp, T* dgi, T* dgh, T* dhp, std::int64_t H) {
+  for_lanes<T>(H, [&]<class L>(std::int64_t j) {
+    using V = typename L::V;
+    const V one(T(1));
+    const V r = L::load(a + j), z = L::load(a + H + j), n = L::load(a + 2 * H + j);
+    const V dh = L::load(g + j);
+    const V dz = dh * (L::load(hp + j) - n) * z * (one - z);
+    const V dn = dh * (one - z) * (one - n * n);
+    const V dr = dn * L::load(gh + 2 * H + j) * r * (one - r);
+    if (dgi) {
+      L::store(dgi + j, dr);
+      L::store(dgi + H + j, dz);
+      L::store(dgi + 2 * H + j, dn);
+    }
+    if (dgh) {
+      L::store(dgh + j, dr);
+      L::store(dgh + H + j, dz);
+      L::store(dgh + 2 * H + j, dn * r);
+    }
+    if (dhp) L::store(dhp + j, dh * z);
+  });
+}
+
+void check_gru_shapes(const Tensor& gi, const Tensor& gh, const Tensor& h_prev) {
+  detail::check_same_float("gru_cell_fused", gi, gh);
+  detail::check_same_float("gru_cell_fused", gi, h_prev);
+  const Shape& is = gi.shape();
+  if (is.size() != 2 || is[1] % 3 != 0) {
+    throw ShapeError(fmt::format("gru_cell_fused: gi {}: expected [B, 3H] (2-D, columns divisible by 3)", is.str()));
+  }
+  if (gh.shape() != is) {
+    throw ShapeError(fmt::format("gru_cell_fused: gi {} and gh {}: expected equal shapes", is.str(),
+                                 gh.shape().str()));
+  }
+  const Shape want{is[0], is[1] / 3};
+  if (h_prev.shape() != want) {
+    throw ShapeError(fmt::format("gru_cell_fused: gi {} and h_prev {}: expected h_prev {}", is.str(),
+                                 h_prev.shape().str(), want.str()));
+  }
+}
+
+}  // namespace
+
+LSTMGatesOut lstm_cell_fused(const Tensor& gates, const Tensor& c_prev) {
+  check_lstm_shapes(gates, c_prev);
+  const std::int64_t B = gates.shape()[0], H = gates.shape()[1] / 4;
+  const bool rec = needs_record({&gates, &c_prev});
+  Tensor hc = Tensor::empty(Shape{2, B, H}, gates.dtype());
+  // The activations are what backward needs; without a backward they are never stored.
+  Tensor acts = rec ? Tensor::empty(gates.shape(), gates.dtype()) : Tensor();
+  dispatch_float("lstm_cell_fused", gates.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* g = gates.data<T>();
+    const T* cp = c_prev.data<T>();
+    T* h = hc.data<T>();
+    T* c = h + B * H;
+    T* a = rec ? acts.data<T>() : nullptr;
+    for (std::int64_t b = 0; b < B; ++b) {
+      lstm_row_forward<T>(g + b * 4 * H, cp + b * H, h + b * H, c + b * H, a ? a + b * 4 * H : nullptr, H);
+    }
+    return 0;
+  });
+  if (rec) {
+    // d c = g_c + g_h ⊙ o ⊙ (1 - tanh²c);  d gates = [dc ⊙ g ⊙ σ'i, dc ⊙ c_prev ⊙ σ'f, dc ⊙ i ⊙ tanh'g,
+    // g_h ⊙ tanh c ⊙ σ'o];  d c_prev = dc ⊙ f
+    record("lstm_cell_fused", hc, {&gates, &c_prev},
+           [acts, c_prev, out = hc.detach()](const Tensor& g, GradSlots& dx) {
+             const std::int64_t B = c_prev.shape()[0], H = c_prev.shape()[1];
+             Tensor dg = dx.needs(0) ? Tensor::empty(acts.shape(), acts.dtype()) : Tensor();
+             Tensor dcp = dx.needs(1) ? Tensor::empty(c_prev.shape(), c_prev.dtype()) : Tensor();
+             dispatch_float("lstm_cell_fused backward", g.dtype(), [&](auto tag) {
+               using T = decltype(tag);
+               const T* gh = g.data<T>();
+               const T* gc = gh + B * H;
+               const T* a = acts.data<T>();
+               const T* cp = c_prev.data<T>();
+               const T* c = out.data<T>() + B * H;
+               T* pdg = dg.defined() ? dg.data<T>() : nullptr;
+               T* pdc = dcp.defined() ? dcp.data<T>() : nullptr;
+               for (std::int64_t b = 0; b < B; ++b) {
+                 lstm_row_backward<T>(gh + b * H, gc + b * H, a + b * 4 * H, cp + b * H, c + b * H,
+                                      pdg ? pdg + b * 4 * H : nullptr, pdc ? pdc + b * H : nullptr, H);
+               }
+               return 0;
+             });
+             dx[0] = dg;
+             dx[1] = dcp;
+           });
+  }
+  LSTMGatesOut out;
+  out.h = half_of(hc, 0);
+  out.c = half_of(hc, 1);
+  out.hc = std::move(hc);
+  return out;
+}
+
+LSTMSequenceOut lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0, bool reverse) {
+  check_lstm_sequence_shapes(gx, w_hh, h0, c0);
+  const std::int64_t T = gx.shape()[0], B = gx.shape()[1], G = gx.shape()[2], H = G / 4;
+  const Dtype dt = gx.dtype();
+  const bool rec = needs_record({&gx, &w_hh, &h0, &c0});
+  Tensor packed = Tensor::empty(Shape{T + 1, B, H}, dt);
+  // Recording keeps every step's activated gates and cell state for backward; otherwise
+  // one step's gates are scratch and the running c lives in packed's last row.
+  Tensor acts = Tensor::empty(rec ? Shape{T, B, G} : Shape{B, G}, dt);
+  Tensor cs = rec ? Tensor::empty(Shape{T, B, H}, dt) : Tensor();
+  const Tensor c_init = c0.defined() ? c0 : zeros(Shape{B, H}, dt);
+  if (B * H > 0) {
+    dispatch_float("lstm_sequence", dt, [&](auto tag) {
+      using T_ = decltype(tag);
+      lstm_sequence_forward<T_>(SeqDims{T, B, H, reverse}, gx.data<T_>(), w_hh.data<T_>(),
+                                h0.defined() ? h0.data<T_>() : nullptr, c_init.data<T_>(), packed.data<T_>(),
+                                acts.data<T_>(), rec ? cs.data<T_>() : nullptr);
+      return 0;
+    });
+  }
+  if (rec) {
+    // Per step, latest first, with dh = dy_t + dgates_{t+1}·W_hh and dc carried:
+    //   dgates_t, dc = lstm_cell_fused's backward;  d gx[t] = dgates_t
+    //   d W_hh = Σ_t dgates_tᵀ · h_prev(t)  (one GEMM over the steps after the first),
+    //   d h0 = dgates_first · W_hh,  d c0 = dc after the first step
+    record("lstm_sequence", packed, {&gx, &w_hh, &h0, &c0},
+           [acts, cs, w_hh, h0, c_init, out = packed.detach(), reverse](const Tensor& g, GradSlots& dx) {
+             const std::int64_t T = acts.shape()[0], B = acts.shape()[1], H = acts.shape()[2] / 4;
+             const Dtype dt = acts.dtype();
+             Tensor dgx = Tensor::empty(acts.shape(), dt);
+             Tensor dw = dx.needs(1) ? Tensor::empty(w_hh.shape(), dt) : Tensor();
+             Tensor dh0 = dx.needs(2) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
+             Tensor dc0 = dx.needs(3) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
+             if (B * H == 0) {
+               // No rows or no units: nothing flows; W_hh (non-empty when B = 0) gets zeros.
+               if (dw.defined()) dw = zeros(w_hh.shape(), dt);
+             } else {
+               dispatch_float("lstm_sequence backward", dt, [&](auto tag) {
+                 using T_ = decltype(tag);
+                 auto ptr = [](Tensor& t) { return t.defined() ? t.data<T_>() : nullptr; };
+                 lstm_sequence_backward<T_>(SeqDims{T, B, H, reverse}, g.data<T_>(), acts.data<T_>(), cs.data<T_>(),
+                                            out.data<T_>(), w_hh.data<T_>(), h0.defined() ? h0.data<T_>() : nullptr,
+                                            c_init.data<T_>(), dgx.data<T_>(), ptr(dw), ptr(dh0), ptr(dc0));
+                 return 0;
+               });
+             }
+             if (dx.needs(0)) dx[0] = dgx;
+             dx[1] = dw;
+             dx[2] = dh0;
+             dx[3] = dc0;
+           });
+  }
+  LSTMSequenceOut o;
+  o.y = packed_rows(packed, 0, Shape{T, B, H}, "lstm_sequence_y");
+  o.c_n = packed_rows(packed, T, Shape{B, H}, "lstm_sequence_c");
+  o.h_n = select(o.y, 0, reverse ? 0 : T - 1);
+  o.packed = std::move(packed);
+  return o;
+}
+
+Tensor gru_cell_fused(const Tensor& gi, const Tensor& gh, const Tensor& h_prev) {
+  check_gru_shapes(gi, gh, h_prev);
+  const std::int64_t B = gi.shape()[0], H = gi.shape()[1] / 3;
+  const bool rec = needs_record({&gi, &gh, &h_prev});
+  Tensor h = Tensor::empty(h_prev.shape(), gi.dtype());
+  Tensor acts = rec ? Tensor::empty(gi.shape(), gi.dtype()) : Tensor();
+  dispatch_float("gru_cell_fused", gi.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* pi = gi.data<T>();
+    const T* ph = gh.data<T>();
+    const T* hp = h_prev.data<T>();
+    T* y = h.data<T>();
+    T* a = rec ? acts.data<T>() : nullptr;
+    for (std::int64_t b = 0; b < B; ++b) {
+      gru_row_forward<T>(pi + b * 3 * H, ph + b * 3 * H, hp + b * H, y + b * H, a ? a + b * 3 * H : nullptr, H);
+    }
+    return 0;
+  });
+  if (rec) {
+    // dz = g ⊙ (h_prev - n) ⊙ σ'z,  dn = g ⊙ (1 - z) ⊙ tanh'n,  dr = dn ⊙ gh_n ⊙ σ'r;
+    // d gi = [dr, dz, dn],  d gh = [dr, dz, dn ⊙ r],  d h_prev = g ⊙ z
+    record("gru_cell_fused", h, {&gi, &gh, &h_prev}, [acts, gh, h_prev](const Tensor& g, GradSlots& dx) {
+      const std::int64_t B = h_prev.shape()[0], H = h_prev.shape()[1];
+      Tensor dgi = dx.needs(0) ? Tensor::empty(acts.shape(), acts.dtype()) : Tensor();
+      Tensor dgh = dx.needs(1) ? Tensor::empty(acts.shape(), acts.dtype()) : Tensor();
+      Tensor dhp = dx.needs(2) ? Tensor::empty(h_prev.shape(), h_prev.dtype()) : Tensor();
+      dispatch_float("gru_cell_fused backward", g.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* pg = g.data<T>();
+        const T* a = acts.data<T>();
+        const T* ph = gh.data<T>();
+        const T* hp = h_prev.data<T>();
+        T* pi = dgi.defined() ? dgi.data<T>() : nullptr;
+        T* pgh = dgh.defined() ? dgh.data<T>() : nullptr;
+        T* php = dhp.defined() ? dhp.data<T>() : nullptr;
+        for (std::int64_t b = 0; b < B; ++b) {
+          gru_row_backward<T>(pg + b * H, a + b * 3 * H, ph + b * 3 * H, hp + b * H, pi ? pi + b * 3 * H : nullptr,
+                              pgh ? pgh + b * 3 * H : nullptr, php ? php + b * H : nullptr, H);
+        }
+        return 0;
+      });
+      dx[0] = dgi;
+      dx[1] = dgh;
+      dx[2] = dhp;
+    });
+  }
+  return h;
+}
+
+}  // namespace xg

@@ -1,0 +1,67 @@
+#pragma once
+// Fused recurrent-cell ops: the gate math of one LSTM or GRU time step as ONE tape node
+// each, with a hand-written backward. The matrix products (x·W_ihᵀ, h·W_hhᵀ) stay
+// outside (xg::linear), so a sequence computes its input projections for all steps in
+// one GEMM and each step costs one GEMM plus one of these kernels.
+//
+// Gate order and equations are PyTorch's, so weights move between the two unchanged.
+#include "tensor.hpp"
+
+namespace xg {
+
+// The two results of one LSTM step. The tape has single-output nodes, so the fused node
+// produces one packed tensor `hc` [2, B, H] (hc[0] = h, hc[1] = c), and h and c are
+// views of its two halves: they share its storage (no copy) and each is a tiny node whose
+// backward places its gradient into the matching half of hc's. Use h and c; hc is there
+// for code that wants both in one tensor (it is the node the gradient flows through).
+struct LSTMGatesOut {
+  Tensor h;   // [B, H]
+  Tensor c;   // [B, H]
+  Tensor hc;  // [2, B, H]
+};
+
+// One LSTM step from its gate pre-activations.
+//   gates [B, 4H] = x·W_ihᵀ + b_ih + h_prev·W_hhᵀ + b_hh, in PyTorch's order i, f, g, o;
+//   c_prev [B, H].
+//   i = σ(gates_i), f = σ(gates_f), g = tanh(gates_g), o = σ(gates_o)
+//   c = f ⊙ c_prev + i ⊙ g,   h = o ⊙ tanh(c)
+// Backward saves only the activated gates (not the pre-activations) and reads c back from
+// the output; tanh(c) is recomputed. gates must be 2-D with a column count divisible by
+// 4, c_prev [B, gates.cols / 4] (ShapeError naming both shapes otherwise); both f32 or
+// both f64 (DtypeError). B = 0 or H = 0 gives empty results.
+LSTMGatesOut lstm_cell_fused(const Tensor& gates, const Tensor& c_prev);
+
+// A whole LSTM layer (one direction) over a sequence as ONE tape node: the recurrence
+// runs inside, forward and backward, so the engine sees one node per layer instead of
+// several per step, and backward computes d W_hh as one GEMM over all steps
+// ([4H, T*B] x [T*B, H]) instead of T small ones.
+//   gx [T, B, 4H]: the input projections of every step with both biases,
+//                  x_t·W_ihᵀ + b_ih + b_hh (one GEMM for the whole sequence, outside);
+//   w_hh [4H, H]; h0, c0 [B, H] (undefined: zeros; give both or neither).
+//   for each step t (T-1 down to 0 when reverse):
+//     gates = gx[t] + h_prev·W_hhᵀ,  c_t, h_t = lstm_cell_fused(gates, c_prev)
+// -> y [T, B, H] (h_t for every t, in time order), h_n [B, H] (h of the last processed
+// step), c_n [B, H]. As with lstm_cell_fused the node's output is one packed tensor,
+// `packed` [T+1, B, H] (rows 0..T-1 = y, row T = c_n); y and c_n are views of it (tiny
+// nodes), h_n = select(y, 0, last). Backward saves the activated gates [T, B, 4H] and the
+// cell states [T, B, H]. Shapes: ShapeError naming the op and every shape; dtypes must all
+// be f32 or all f64 (DtypeError); T = 0 is a ShapeError; B = 0 or H = 0 give empty results.
+struct LSTMSequenceOut {
+  Tensor y;       // [T, B, H]
+  Tensor h_n;     // [B, H]
+  Tensor c_n;     // [B, H]
+  Tensor packed;  // [T+1, B, H]
+};
+LSTMSequenceOut lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor& h0 = Tensor(),
+                              const Tensor& c0 = Tensor(), bool reverse = false);
+
+// One GRU step (PyTorch's GRU, with the reset gate applied after the hidden product):
+//   gi [B, 3H] = x·W_ihᵀ + b_ih,  gh [B, 3H] = h_prev·W_hhᵀ + b_hh  (order r, z, n),
+//   h_prev [B, H].
+//   r = σ(gi_r + gh_r),  z = σ(gi_z + gh_z),  n = tanh(gi_n + r ⊙ gh_n)
+//   h = (1 - z) ⊙ n + z ⊙ h_prev
+// -> h [B, H]. One node; backward saves r, z, n and reads gh_n and h_prev back from the
+// inputs. Shapes as for lstm_cell_fused (gi and gh equal, columns divisible by 3).
+Tensor gru_cell_fused(const Tensor& gi, const Tensor& gh, const Tensor& h_prev);
+
+}  // namespace xg

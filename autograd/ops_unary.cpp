@@ -1,0 +1,242 @@
+// Elementwise functions of one tensor. The kernels are xtensor expressions over the flat
+// storage, so xsimd vectorises exp/log/tanh/sqrt/pow for float32 and float64.
+
+// GCC 12's AVX-512 intrinsics headers initialise their `undefined` vectors from themselves
+// (`__m512 __Y = __Y;`), which -Wmaybe-uninitialized reports wherever xsimd's sqrt, exp,
+// log or pow are inlined: a known GCC 12 false positive (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+#include <cmath>
+#include <limits>
+
+#include <fmt/format.h>
+
+#include <xtensor/xbuilder.hpp>
+#include <xtensor/xmath.hpp>
+#include <xtensor/xoperation.hpp>
+
+#include "detail/kernels.hpp"
+#include "factory.hpp"
+#include "ops.hpp"
+#include "tape.hpp"
+
+namespace xg {
+
+using detail::dispatch_float;
+
+namespace {
+
+template <class F>
+Tensor unary(const char* op, const Tensor& x, F&& f) {
+  detail::check_floating(op, x);
+  Tensor y = Tensor::empty(x.shape(), x.dtype());
+  dispatch_float(op, x.dtype(), [&](auto tag) {
+    detail::unary_kernel<decltype(tag)>(x, y, f);
+    return 0;
+  });
+  return y;
+}
+
+// Backward helpers: constant tensors (1/0 masks, signs) that multiply the incoming
+// gradient. They depend on x only, so they are plain kernels, not recorded ops.
+
+// 1 where lo <= x <= hi, else 0 (NaN gets 0).
+Tensor range_mask(const Tensor& x, double lo, double hi) {
+  return unary("clamp", x, [lo, hi](const auto& v) {
+    using T = typename std::decay_t<decltype(v)>::value_type;
+    return xt::where(v >= static_cast<T>(lo) && v <= static_cast<T>(hi), T(1), T(0));
+  });
+}
+
+// -1, 0 or +1 (NaN stays NaN, like PyTorch's sgn).
+Tensor sign_of(const Tensor& x) {
+  return unary("abs", x, [](const auto& v) { return xt::sign(v); });
+}
+
+Tensor clamp_impl(const char* op, const Tensor& x, double lo, double hi) {
+  detail::check_floating(op, x);
+  if (std::isnan(lo) || std::isnan(hi)) {
+    throw Error(fmt::format("{}: bound is NaN (min {}, max {}) for input {}", op, lo, hi, x.shape().str()));
+  }
+  // PyTorch computes min(max(x, lo), hi), so lo > hi gives hi everywhere; folding lo
+  // down to hi gives the same values from the two selects below.
+  const double vlo = std::min(lo, hi);
+  // Comparisons (not std::max) so that NaN inputs stay NaN, as in PyTorch.
+  // (The bounds are passed as prvalues: xtensor keeps lvalue scalars by reference, and
+  // the expression outlives this lambda.)
+  Tensor y = unary(op, x, [vlo, hi](const auto& v) {
+    using T = typename std::decay_t<decltype(v)>::value_type;
+    return xt::where(v > static_cast<T>(hi), static_cast<T>(hi), xt::where(v < static_cast<T>(vlo), static_cast<T>(vlo), v));
+  });
+  if (needs_record({&x})) {
+    // d clamp(x, lo, hi) = g * [lo <= x <= hi]
+    // NOTE kink: at x == lo or x == hi the gradient passes (PyTorch's choice); with
+    // lo > hi no x is in range, so no gradient flows (again as PyTorch).
+    record(op, y, {&x}, [x, lo, hi](const Tensor& g, GradSlots& dx) { dx[0] = mul(g, range_mask(x, lo, hi)); });
+  }
+  return y;
+}
+
+}  // namespace
+
+Tensor pow(const Tensor& x, double exponent) {
+  const double e = exponent;
+  // The exponents PyTorch special-cases are computed exactly by multiplication, division
+  // and sqrt (x^3 of -2 is -8, not exp(3 log 2) = 7.999999999999998) and 10x cheaper.
+  Tensor y;
+  if (e == 2.0) {
+    y = unary("pow", x, [](const auto& v) { return v * v; });
+  } else if (e == 3.0) {
+    y = unary("pow", x, [](const auto& v) { return v * v * v; });
+  } else if (e == 1.0) {
+    y = unary("pow", x, [](const auto& v) { return v; });
+  } else if (e == 0.0) {
+    // x^0 = 1 for every x, NaN included (IEEE pow, as PyTorch).
+    y = unary("pow", x, [](const auto& v) { return xt::ones_like(v); });
+  } else if (e == 0.5) {
+    y = unary("pow", x, [](const auto& v) { return xt::sqrt(v); });
+  } else if (e == -0.5) {
+    y = unary("pow", x, [](const auto& v) {
+      using T = typename std::decay_t<decltype(v)>::value_type;
+      return T(1) / xt::sqrt(v);
+    });
+  } else if (e == -1.0) {
+    y = unary("pow", x, [](const auto& v) {
+      using T = typename std::decay_t<decltype(v)>::value_type;
+      return T(1) / v;
+    });
+  } else if (e == -2.0) {
+    y = unary("pow", x, [](const auto& v) {
+      using T = typename std::decay_t<decltype(v)>::value_type;
+      return T(1) / (v * v);
+    });
+  } else {
+    // xsimd's pow maps 0^e to 0 for every e (0^-1.5 would be 0, not inf), so zero bases
+    // take std::pow's value. (Exponents are prvalues: xtensor keeps lvalue scalars by
+    // reference, and the expression outlives this lambda.)
+    y = unary("pow", x, [e](const auto& v) {
+      using T = typename std::decay_t<decltype(v)>::value_type;
+      return xt::where(xt::equal(v, T(0)), std::pow(T(0), static_cast<T>(e)), xt::pow(v, static_cast<T>(e)));
+    });
+  }
+  if (needs_record({&x})) {
+    // d x^e = g * e * x^(e-1)   (e == 0: zero, even at x == 0 where x^-1 is inf)
+    record("pow", y, {&x}, [x, e](const Tensor& g, GradSlots& dx) {
+      if (e == 0.0) {
+        dx[0] = zeros_like(x);
+      } else {
+        dx[0] = mul(g, mul(pow(x, e - 1.0), e));
+      }
+    });
+  }
+  return y;
+}
+
+Tensor sqrt(const Tensor& x) {
+  Tensor y = unary("sqrt", x, [](const auto& v) { return xt::sqrt(v); });
+  if (needs_record({&x})) {
+    // d sqrt(x) = g / (2 y)   (inf at x == 0, NaN below: as PyTorch)
+    record("sqrt", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("sqrt", g, y, [](auto gi, auto yi) { return gi * decltype(gi)(0.5) / yi; });
+    });
+  }
+  return y;
+}
+
+Tensor exp(const Tensor& x) {
+  Tensor y = unary("exp", x, [](const auto& v) { return xt::exp(v); });
+  if (needs_record({&x})) {
+    // d exp(x) = g * y
+    record("exp", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("exp", g, y, [](auto gi, auto yi) { return gi * yi; });
+    });
+  }
+  return y;
+}
+
+Tensor log(const Tensor& x) {
+  Tensor y = unary("log", x, [](const auto& v) { return xt::log(v); });
+  if (needs_record({&x})) {
+    // d log(x) = g / x
+    record("log", y, {&x}, [x](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("log", g, x, [](auto gi, auto xi) { return gi / xi; });
+    });
+  }
+  return y;
+}
+
+Tensor abs(const Tensor& x) {
+  Tensor y = unary("abs", x, [](const auto& v) { return xt::abs(v); });
+  if (needs_record({&x})) {
+    // d |x| = g * sign(x)
+    // NOTE kink: abs'(0) = 0 (the subgradient PyTorch picks).
+    record("abs", y, {&x}, [x](const Tensor& g, GradSlots& dx) { dx[0] = mul(g, sign_of(x)); });
+  }
+  return y;
+}
+
+Tensor tanh(const Tensor& x) {
+  Tensor y = unary("tanh", x, [](const auto& v) { return xt::tanh(v); });
+  if (needs_record({&x})) {
+    // d tanh(x) = g * (1 - y^2)
+    record("tanh", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("tanh", g, y, [](auto gi, auto yi) { return gi * (decltype(gi)(1) - yi * yi); });
+    });
+  }
+  return y;
+}
+
+Tensor sigmoid(const Tensor& x) {
+  detail::check_floating("sigmoid", x);
+  Tensor y = Tensor::empty(x.shape(), x.dtype());
+  dispatch_float("sigmoid", x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    auto v = detail::flat<T>(x);
+    auto o = detail::flat<T>(y);
+    // NOTE stability: with e = exp(-|x|) <= 1 nothing overflows: sigmoid(x) = 1 / (1 + e)
+    // for x >= 0 and e / (1 + e) for x < 0, which keeps full relative precision for very
+    // negative x (1 / (1 + exp(-x)) would overflow exp and flush to 0). Two passes over o
+    // so exp runs once per element, vectorised.
+    xt::noalias(o) = xt::exp(-xt::abs(v));
+    xt::noalias(o) = xt::where(v >= T(0), T(1) / (T(1) + o), o / (T(1) + o));
+    return 0;
+  });
+  if (needs_record({&x})) {
+    // d sigmoid(x) = g * y * (1 - y)
+    record("sigmoid", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("sigmoid", g, y, [](auto gi, auto yi) { return gi * yi * (decltype(gi)(1) - yi); });
+    });
+  }
+  return y;
+}
+
+Tensor relu(const Tensor& x) {
+  // Written as a select, not max(x, 0), so that NaN propagates like PyTorch's relu.
+  Tensor y = unary("relu", x, [](const auto& v) {
+    using T = typename std::decay_t<decltype(v)>::value_type;
+    return xt::where(v < T(0), T(0), v);
+  });
+  if (needs_record({&x})) {
+    // d relu(x) = g * [y > 0]
+    // NOTE kink: relu'(0) = 0, as PyTorch.
+    record("relu", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("relu", g, y, [](auto gi, auto yi) { return yi > 0 ? gi : decltype(gi)(0); });
+    });
+  }
+  return y;
+}
+
+Tensor clamp(const Tensor& x, double lo, double hi) { return clamp_impl("clamp", x, lo, hi); }
+
+Tensor clamp_min(const Tensor& x, double lo) {
+  return clamp_impl("clamp_min", x, lo, std::numeric_limits<double>::infinity());
+}
+
+Tensor clamp_max(const Tensor& x, double hi) {
+  return clamp_impl("clamp_max", x, -std::numeric_limits<double>::infinity(), hi);
+}
+
+}  // namespace xg

@@ -1,0 +1,187 @@
+#pragma once
+// The tape: how xgrad computes gradients.
+//
+// Every thread owns one tape, a vector of nodes in the order ops ran. An op that takes
+// at least one input requiring grad appends a node holding: its name, its backward
+// function, an edge per input (to the node that produced it, or to the leaf tensor
+// whose .grad() it feeds), and whatever values its backward needs, captured by the
+// closure and nothing more. The output Tensor remembers (graph generation, node index).
+//
+// Creation order is a topological order, so `loss.backward()` is one reverse loop over
+// indices: mark the nodes reachable from the loss, then walk down from the loss, call
+// each reached node's backward with the gradient accumulated for it, and add the
+// results (`+=`, so a value used twice is right) into the nodes or leaves its edges
+// name. No recursion: a 10,000-step unroll costs no stack. No sort, no visited set:
+// the order is deterministic.
+//
+// The walk frees what it passes (closures, saved values, intermediate gradients), so
+// peak memory is the forward's saved values, not twice that; retain_graph keeps them.
+// A node whose output tensor died before any backward used it is freed at once (a
+// reference count per node: the output handle plus the live nodes that read it), so a
+// forgotten NoGradGuard in an evaluation loop costs time, not memory. When nothing on
+// the tape is pending, the tape is cleared and its generation number moves on.
+//
+// A tensor that outlives its graph (the hidden state carried to the next chunk of
+// truncated BPTT) still names its old node. Recording an op on it is allowed; a
+// backward that reaches it throws StateError explaining detach(). NoGradGuard records
+// nothing. Backward runs with recording off (no higher-order gradients yet, but the
+// backward functions take and return Tensors, so they can come later).
+//
+// Threads: the tape is thread_local. Two threads may train two models at once; a
+// tensor with history belongs to the thread that made it (detach() to hand it over).
+#include <cstddef>
+#include <cstddef>
+#include <new>
+#include <type_traits>
+#include <initializer_list>
+#include <span>
+#include <string>
+
+#include "tensor.hpp"
+
+namespace xg {
+
+// What a backward function fills in: dx[i] = d(loss)/d(input i), same shape and dtype
+// as input i, or left undefined (contributes nothing). needs(i) says whether anybody
+// wants input i's gradient, so work for constants can be skipped.
+class GradSlots {
+ public:
+  GradSlots(Tensor* slots, const bool* needs, const Shape* const* shapes, std::size_t n)
+      : s_(slots), needs_(needs), shapes_(shapes), n_(n) {}
+  std::size_t size() const { return n_; }
+  bool needs(std::size_t i) const { return needs_[i]; }
+  // Shape of input i (valid when needs(i)): what dx[i] must have. Lets a backward
+  // sum back over broadcast dims without capturing (and keeping alive) the input.
+  const Shape& shape(std::size_t i) const { return *shapes_[i]; }
+  Tensor& operator[](std::size_t i) { return s_[i]; }
+
+ private:
+  Tensor* s_;
+  const bool* needs_;
+  const Shape* const* shapes_;
+  std::size_t n_;
+};
+
+// A node's backward: void(const Tensor& grad_out, GradSlots& dx). Like std::function
+// but move-only with room for 64 bytes of captures inline (four Tensors), so recording
+// an op does not allocate for its closure.
+class BackwardFn {
+ public:
+  BackwardFn() = default;
+  BackwardFn(std::nullptr_t) {}  // NOLINT
+  template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, BackwardFn> &&
+                                              std::is_invocable_v<F&, const Tensor&, GradSlots&>>>
+  BackwardFn(F&& f) {  // NOLINT: implicit, like std::function
+    using Fn = std::decay_t<F>;
+    if constexpr (sizeof(Fn) <= kInline && alignof(Fn) <= alignof(std::max_align_t) &&
+                  std::is_nothrow_move_constructible_v<Fn>) {
+      ::new (static_cast<void*>(buf_)) Fn(std::forward<F>(f));
+      ops_ = &inline_ops<Fn>;
+    } else {
+      *reinterpret_cast<Fn**>(buf_) = new Fn(std::forward<F>(f));
+      ops_ = &heap_ops<Fn>;
+    }
+  }
+  BackwardFn(BackwardFn&& o) noexcept : ops_(o.ops_) {
+    if (ops_) ops_->move(o.buf_, buf_);
+    o.ops_ = nullptr;
+  }
+  BackwardFn& operator=(BackwardFn&& o) noexcept {
+    if (this != &o) {
+      reset();
+      ops_ = o.ops_;
+      if (ops_) ops_->move(o.buf_, buf_);
+      o.ops_ = nullptr;
+    }
+    return *this;
+  }
+  BackwardFn& operator=(std::nullptr_t) {
+    reset();
+    return *this;
+  }
+  BackwardFn(const BackwardFn&) = delete;
+  BackwardFn& operator=(const BackwardFn&) = delete;
+  ~BackwardFn() { reset(); }
+
+  explicit operator bool() const { return ops_ != nullptr; }
+  void operator()(const Tensor& g, GradSlots& dx) { ops_->call(buf_, g, dx); }
+
+ private:
+  static constexpr std::size_t kInline = 64;
+  struct Ops {
+    void (*call)(void*, const Tensor&, GradSlots&);
+    void (*move)(void* from, void* to);  // move-construct into `to`, destroy `from`
+    void (*destroy)(void*);
+  };
+  template <class Fn>
+  static constexpr Ops inline_ops{
+      [](void* p, const Tensor& g, GradSlots& dx) { (*static_cast<Fn*>(p))(g, dx); },
+      [](void* from, void* to) {
+        ::new (to) Fn(std::move(*static_cast<Fn*>(from)));
+        static_cast<Fn*>(from)->~Fn();
+      },
+      [](void* p) { static_cast<Fn*>(p)->~Fn(); }};
+  template <class Fn>
+  static constexpr Ops heap_ops{
+      [](void* p, const Tensor& g, GradSlots& dx) { (**static_cast<Fn**>(p))(g, dx); },
+      [](void* from, void* to) { *static_cast<Fn**>(to) = *static_cast<Fn**>(from); },
+      [](void* p) { delete *static_cast<Fn**>(p); }};
+
+  void reset() {
+    if (ops_) ops_->destroy(buf_);
+    ops_ = nullptr;
+  }
+
+  alignas(std::max_align_t) unsigned char buf_[kInline];
+  const Ops* ops_ = nullptr;
+};
+
+// True when an op on these inputs must be recorded (grad mode on and one requires grad).
+bool needs_record(std::initializer_list<const Tensor*> inputs);
+bool needs_record(std::span<const Tensor> inputs);
+
+// Appends a node producing `out` from `inputs` (`name` must be a string literal).
+// Marks `out` as requiring grad. Public so users can write their own differentiable ops.
+void record(const char* name, Tensor& out, std::initializer_list<const Tensor*> inputs, BackwardFn fn);
+void record(const char* name, Tensor& out, std::span<const Tensor> inputs, BackwardFn fn);
+
+bool is_grad_enabled();
+void set_grad_enabled(bool on);
+
+// Scoped: ops record nothing (sampling, evaluation: constant memory).
+class NoGradGuard {
+ public:
+  NoGradGuard() : prev_(is_grad_enabled()) { set_grad_enabled(false); }
+  ~NoGradGuard() { set_grad_enabled(prev_); }
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
+bool is_anomaly_enabled();
+void set_anomaly_enabled(bool on);
+
+// Scoped: every gradient computed by backward is checked for NaN/Inf; the first one
+// found throws AnomalyError naming the op (and its tape index and shapes) whose
+// backward produced it.
+class DetectAnomalyGuard {
+ public:
+  DetectAnomalyGuard() : prev_(is_anomaly_enabled()) { set_anomaly_enabled(true); }
+  ~DetectAnomalyGuard() { set_anomaly_enabled(prev_); }
+  DetectAnomalyGuard(const DetectAnomalyGuard&) = delete;
+  DetectAnomalyGuard& operator=(const DetectAnomalyGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
+// This thread's tape, one line per node: index, op, output shape, inputs, state.
+std::string tape_dump();
+// Nodes on this thread's tape (pending or not yet cleared).
+std::size_t tape_size();
+// Nodes still pending (neither freed by backward nor dead).
+std::size_t tape_pending();
+
+}  // namespace xg

@@ -1,0 +1,263 @@
+#include "tensor.hpp"
+
+#include <cmath>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "detail/kernels.hpp"
+#include "detail/tape_internal.hpp"
+#include "tape.hpp"
+
+namespace xg {
+
+namespace {
+thread_local Dtype t_default_dtype = Dtype::f32;
+
+const TensorImpl& impl_of(const char* op, const std::shared_ptr<TensorImpl>& p) {
+  if (!p) throw StateError(fmt::format("{}: the tensor is undefined (default-constructed Tensor)", op));
+  return *p;
+}
+
+template <class To, class From>
+void convert(const void* src, void* dst, std::int64_t n) {
+  const From* s = static_cast<const From*>(src);
+  To* d = static_cast<To*>(dst);
+  for (std::int64_t i = 0; i < n; ++i) d[i] = static_cast<To>(s[i]);
+}
+
+template <class To>
+void convert_from(Dtype from, const void* src, void* dst, std::int64_t n) {
+  switch (from) {
+    case Dtype::f32: convert<To, float>(src, dst, n); break;
+    case Dtype::f64: convert<To, double>(src, dst, n); break;
+    case Dtype::i64: convert<To, std::int64_t>(src, dst, n); break;
+  }
+}
+
+void convert_any(Dtype from, Dtype to, const void* src, void* dst, std::int64_t n) {
+  switch (to) {
+    case Dtype::f32: convert_from<float>(from, src, dst, n); break;
+    case Dtype::f64: convert_from<double>(from, src, dst, n); break;
+    case Dtype::i64: convert_from<std::int64_t>(from, src, dst, n); break;
+  }
+}
+}  // namespace
+
+Dtype default_dtype() { return t_default_dtype; }
+void set_default_dtype(Dtype d) {
+  if (!is_floating(d)) throw DtypeError("set_default_dtype: the default dtype must be float32 or float64");
+  t_default_dtype = d;
+}
+
+void Tensor::throw_undefined(const char* op) {
+  throw StateError(fmt::format("{}: the tensor is undefined (default-constructed Tensor)", op));
+}
+
+TensorImpl::~TensorImpl() {
+  if (node != kNoNode) detail::release_output(gen, node);
+}
+
+Tensor Tensor::empty(const Shape& shape, Dtype dtype) {
+  std::int64_t n = 1;
+  for (std::int64_t d : shape) {
+    if (d < 0) throw ShapeError(fmt::format("empty: negative dimension in shape {}", shape.str()));
+    if (__builtin_mul_overflow(n, d, &n) || n > (std::int64_t{1} << 60) / 8) {
+      throw ShapeError(fmt::format("empty: shape {} has too many elements", shape.str()));
+    }
+  }
+  // One allocation for the bytes, and the data starts on a 64-byte line inside it: vector
+  // loops split their head and tail by address, so with malloc's 16-byte alignment the
+  // rounding of reductions followed the heap's layout and the same program could print
+  // different losses from run to run. (Over-allocating 48 bytes is cheaper than an aligned
+  // operator new, which cost ~100 ns per op.)
+  constexpr std::size_t kLine = 64;
+  const std::size_t bytes = static_cast<std::size_t>(n * static_cast<std::int64_t>(dtype_size(dtype)));
+  const std::size_t words = (bytes + kLine - 8 + 7) / 8;
+  std::shared_ptr<double[]> buf = std::make_shared_for_overwrite<double[]>(std::max<std::size_t>(words, 1));
+  const auto addr = reinterpret_cast<std::uintptr_t>(buf.get());
+  void* data = reinterpret_cast<void*>((addr + kLine - 1) & ~std::uintptr_t{kLine - 1});
+  return Tensor(std::make_shared<TensorImpl>(shape, dtype, std::shared_ptr<void>(std::move(buf), data), data));
+}
+
+std::int64_t Tensor::size(int dim) const {
+  const Shape& s = shape();
+  return s[wrap_dim("size", dim, s.size())];
+}
+
+double Tensor::item() const {
+  const TensorImpl& t = impl_of("item", impl_);
+  if (t.shape.numel() != 1) {
+    throw ShapeError(fmt::format("item: tensor of shape {} has {} elements; item() needs exactly one",
+                                 t.shape.str(), t.shape.numel()));
+  }
+  switch (t.dtype) {
+    case Dtype::f32: return *static_cast<const float*>(t.data);
+    case Dtype::f64: return *static_cast<const double*>(t.data);
+    case Dtype::i64: return static_cast<double>(*static_cast<const std::int64_t*>(t.data));
+  }
+  return 0.0;
+}
+
+template <class T>
+T* Tensor::data() {
+  const TensorImpl& t = impl_of("data", impl_);
+  if (t.dtype != dtype_of<T>()) {
+    throw DtypeError(fmt::format("data<{}>: the tensor is {}", dtype_name(dtype_of<T>()), dtype_name(t.dtype)));
+  }
+  return static_cast<T*>(t.data);
+}
+template <class T>
+const T* Tensor::data() const {
+  return const_cast<Tensor*>(this)->data<T>();
+}
+template float* Tensor::data<float>();
+template double* Tensor::data<double>();
+template std::int64_t* Tensor::data<std::int64_t>();
+template const float* Tensor::data<float>() const;
+template const double* Tensor::data<double>() const;
+template const std::int64_t* Tensor::data<std::int64_t>() const;
+
+
+template <class T>
+std::vector<T> Tensor::to_vector() const {
+  const TensorImpl& t = impl_of("to_vector", impl_);
+  std::vector<T> out(static_cast<std::size_t>(t.shape.numel()));
+  convert_any(t.dtype, dtype_of<T>(), t.data, out.data(), t.shape.numel());
+  return out;
+}
+template std::vector<float> Tensor::to_vector<float>() const;
+template std::vector<double> Tensor::to_vector<double>() const;
+template std::vector<std::int64_t> Tensor::to_vector<std::int64_t>() const;
+
+Tensor Tensor::clone() const {
+  const TensorImpl& t = impl_of("clone", impl_);
+  Tensor y = empty(t.shape, t.dtype);
+  std::memcpy(y.data_ptr(), t.data, static_cast<std::size_t>(t.shape.numel()) * dtype_size(t.dtype));
+  if (needs_record({this})) {
+    // d clone = identity
+    record("clone", y, {this}, [](const Tensor& g, GradSlots& dx) { dx[0] = g; });
+  }
+  return y;
+}
+
+Tensor Tensor::detach() const {
+  const TensorImpl& t = impl_of("detach", impl_);
+  return Tensor(std::make_shared<TensorImpl>(t.shape, t.dtype, t.storage, t.data));
+}
+
+Tensor Tensor::to(Dtype dtype) const {
+  const TensorImpl& t = impl_of("to", impl_);
+  if (dtype == t.dtype) return *this;
+  Tensor y = empty(t.shape, dtype);
+  convert_any(t.dtype, dtype, t.data, y.data_ptr(), t.shape.numel());
+  if (is_floating(dtype) && needs_record({this})) {
+    const Dtype from = t.dtype;
+    // d to(x) = g converted back to x's dtype
+    record("to", y, {this}, [from](const Tensor& g, GradSlots& dx) { dx[0] = g.to(from); });
+  }
+  return y;
+}
+
+
+Tensor& Tensor::requires_grad_(bool on) {
+  TensorImpl& t = const_cast<TensorImpl&>(impl_of("requires_grad_", impl_));
+  if (t.node != kNoNode) {
+    throw StateError(fmt::format(
+        "requires_grad_: this tensor was produced by '{}' and already has a gradient history; "
+        "only leaves can be marked (use detach().requires_grad_() for a new leaf)",
+        op_name()));
+  }
+  if (on && !is_floating(t.dtype)) {
+    throw DtypeError(fmt::format("requires_grad_: only float32/float64 tensors can require grad, got {} {}",
+                                 dtype_name(t.dtype), t.shape.str()));
+  }
+  t.requires_grad = on;
+  return *this;
+}
+
+bool Tensor::is_leaf() const { return impl_of("is_leaf", impl_).node == kNoNode; }
+
+Tensor Tensor::grad() const { return impl_of("grad", impl_).grad; }
+
+void Tensor::set_grad(const Tensor& g) {
+  TensorImpl& t = const_cast<TensorImpl&>(impl_of("set_grad", impl_));
+  if (g.defined() && (g.shape() != t.shape || g.dtype() != t.dtype)) {
+    const std::string msg = fmt::format("set_grad: gradient {} {} does not match the tensor {} {}",
+                                        dtype_name(g.dtype()), g.shape().str(), dtype_name(t.dtype), t.shape.str());
+    if (g.shape() != t.shape) throw ShapeError(msg);
+    throw DtypeError(msg);
+  }
+  t.grad = g;
+}
+
+void Tensor::zero_grad() { const_cast<TensorImpl&>(impl_of("zero_grad", impl_)).grad = Tensor(); }
+
+Tensor& Tensor::retain_grad() {
+  TensorImpl& t = const_cast<TensorImpl&>(impl_of("retain_grad", impl_));
+  if (!t.requires_grad) throw StateError("retain_grad: the tensor does not require grad");
+  t.retain_grad = true;
+  return *this;
+}
+
+void Tensor::backward(const Tensor& seed, bool retain_graph) const {
+  impl_of("backward", impl_);
+  detail::run_backward(*this, seed, retain_graph);
+}
+
+std::string Tensor::op_name() const {
+  const TensorImpl& t = impl_of("op_name", impl_);
+  return t.op ? t.op : "leaf";
+}
+
+namespace detail {
+
+void check_defined(const char* op, const Tensor& t) {
+  if (!t.defined()) throw StateError(fmt::format("{}: an input tensor is undefined (default-constructed Tensor)", op));
+}
+
+void check_floating(const char* op, const Tensor& t) {
+  check_defined(op, t);
+  if (!is_floating(t.dtype())) {
+    throw DtypeError(fmt::format("{}: expected a float32 or float64 tensor, got int64 {}", op, t.shape().str()));
+  }
+}
+
+void check_same_float(const char* op, const Tensor& a, const Tensor& b) {
+  check_floating(op, a);
+  check_floating(op, b);
+  if (a.dtype() != b.dtype()) {
+    throw DtypeError(fmt::format("{}: dtypes differ: {} {} and {} {} (convert one with .to())", op,
+                                 dtype_name(a.dtype()), a.shape().str(), dtype_name(b.dtype()), b.shape().str()));
+  }
+}
+
+Tensor alias(const Tensor& x, const Shape& shape) {
+  const TensorImpl& t = *x.impl();
+  return Tensor(std::make_shared<TensorImpl>(shape, t.dtype, t.storage, t.data));
+}
+
+void replace_value(Tensor& dst, const Tensor& src) {
+  TensorImpl& d = *dst.impl();
+  const TensorImpl& s = *src.impl();
+  if (d.node != kNoNode || d.shape != s.shape) {
+    throw StateError(fmt::format("replace_value: {} -> {}: needs a leaf of the same shape", d.shape.str(), s.shape.str()));
+  }
+  d.storage = s.storage;
+  d.data = s.data;
+  d.dtype = s.dtype;
+  d.grad = Tensor();
+}
+
+void add_into(Tensor& dst, const Tensor& src) {
+  dispatch_float("accumulate", dst.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* d = dst.data<T>();
+    const T* s = src.data<T>();
+    const std::int64_t n = dst.numel();
+    for (std::int64_t i = 0; i < n; ++i) d[i] += s[i];
+  });
+}
+
+}  // namespace detail
+}  // namespace xg

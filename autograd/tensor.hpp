@@ -1,0 +1,125 @@
+#pragma once
+// xg::Tensor: a cheap shared handle to a value, its dtype and shape, an optional .grad(),
+// and the link to the tape node that produced it (see tape.hpp for how that link is used).
+// Copying a Tensor aliases it, like torch::Tensor. Values are row-major and contiguous.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dtype.hpp"
+#include "../backend/error.hpp"
+#include "shape.hpp"
+
+namespace xg {
+
+class TensorImpl;
+
+class Tensor {
+ public:
+  // An undefined tensor (defined() == false); most calls on it throw StateError.
+  Tensor() = default;
+  explicit Tensor(std::shared_ptr<TensorImpl> impl) : impl_(std::move(impl)) {}
+
+  // Uninitialised storage of the given shape; the building block of every op.
+  static Tensor empty(const Shape& shape, Dtype dtype);
+
+  bool defined() const { return impl_ != nullptr; }
+  inline const Shape& shape() const;
+  inline int ndim() const;
+  inline std::int64_t numel() const;
+  // Size of one dimension; negative dims count from the end.
+  std::int64_t size(int dim) const;
+  inline Dtype dtype() const;
+
+  // The value of a one-element tensor, converted to double.
+  double item() const;
+  template <class T> T item() const { return static_cast<T>(item()); }
+
+  // Raw element access (row-major). T must match dtype() (DtypeError otherwise).
+  // Writing through data() is not recorded: it is how optimizers update parameters.
+  template <class T> T* data();
+  template <class T> const T* data() const;
+  inline void* data_ptr();
+  inline const void* data_ptr() const;
+  // Copy of the values, converted to T.
+  template <class T> std::vector<T> to_vector() const;
+
+  // A copy with its own storage and no history (clone of a tensor that requires grad
+  // is recorded: its gradient flows back).
+  Tensor clone() const;
+  // Same storage, no history: the cut for truncated BPTT.
+  Tensor detach() const;
+  // Converted copy, recorded (the gradient is converted back). Same dtype: returns *this.
+  Tensor to(Dtype dtype) const;
+
+  // Autograd.
+  inline bool requires_grad() const;
+  // Marks a leaf as a parameter whose gradient accumulates into grad().
+  Tensor& requires_grad_(bool on = true);
+  // A leaf is a tensor not produced by a recorded op.
+  bool is_leaf() const;
+  // Accumulated gradient (undefined until a backward reaches this tensor).
+  Tensor grad() const;
+  void set_grad(const Tensor& g);
+  // Drops the gradient (like PyTorch's set_to_none=true).
+  void zero_grad();
+  // Keep this non-leaf's gradient in grad() after backward (PyTorch's retain_grad).
+  Tensor& retain_grad();
+  // Backpropagates from this tensor. A tensor of more than one element needs `seed`
+  // (d(loss)/d(this), same shape). The walked graph is freed unless retain_graph.
+  void backward(const Tensor& seed = Tensor(), bool retain_graph = false) const;
+
+  // Name of the op that produced this tensor ("leaf" otherwise).
+  std::string op_name() const;
+
+  TensorImpl* impl() const { return impl_.get(); }
+  const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }
+  // Same underlying storage and node (aliases).
+  bool is_same(const Tensor& other) const { return impl_ == other.impl_; }
+
+ private:
+  const TensorImpl& checked(const char* op) const {
+    if (!impl_) [[unlikely]] throw_undefined(op);
+    return *impl_;
+  }
+  [[noreturn]] static void throw_undefined(const char* op);
+
+  std::shared_ptr<TensorImpl> impl_;
+};
+
+inline constexpr std::uint32_t kNoNode = 0xffffffffu;
+
+// What a Tensor handle points to. Users go through Tensor; ops and the tape use these
+// fields directly. Shape and dtype are fixed at construction; the values may change
+// (optimizers write parameters in place).
+class TensorImpl {
+ public:
+  TensorImpl(const Shape& s, Dtype d, std::shared_ptr<void> storage, void* data)
+      : shape(s), dtype(d), storage(std::move(storage)), data(data) {}
+  ~TensorImpl();
+  TensorImpl(const TensorImpl&) = delete;
+  TensorImpl& operator=(const TensorImpl&) = delete;
+
+  Shape shape;
+  Dtype dtype;
+  std::shared_ptr<void> storage;  // owns the bytes; shared by views and detach()
+  void* data;                     // first element
+  Tensor grad;
+  bool requires_grad = false;     // leaves: user-set; outputs: set by record()
+  bool retain_grad = false;
+  // History: the node that produced this tensor on the tape of graph `gen`.
+  std::uint64_t gen = 0;
+  std::uint32_t node = kNoNode;
+  const char* op = nullptr;  // name of that node's op (kept after the tape is cleared)
+};
+
+inline const Shape& Tensor::shape() const { return checked("shape").shape; }
+inline int Tensor::ndim() const { return checked("ndim").shape.size(); }
+inline std::int64_t Tensor::numel() const { return checked("numel").shape.numel(); }
+inline Dtype Tensor::dtype() const { return checked("dtype").dtype; }
+inline void* Tensor::data_ptr() { return checked("data_ptr").data; }
+inline const void* Tensor::data_ptr() const { return checked("data_ptr").data; }
+inline bool Tensor::requires_grad() const { return checked("requires_grad").requires_grad; }
+
+}  // namespace xg

@@ -1,0 +1,690 @@
+// RNN / LSTM / GRU cells and sequence modules. The hot loop is run_direction(): one
+// GEMM for the input projections of a whole layer, then per step one GEMM, one add and
+// one fused gate node; a plain LSTM layer (no layer norm, no variational dropout, not
+// recording) runs its whole recurrence as one node instead (xg::lstm_sequence).
+#include "rnn.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "../autograd/factory.hpp"
+#include "../autograd/ops.hpp"
+#include "../autograd/ops_norm.hpp"
+#include "../autograd/ops_rnn.hpp"
+#include "../autograd/random.hpp"
+#include "../autograd/tape.hpp"
+
+namespace xg::nn {
+
+namespace {
+
+using Mode = RecurrentBase::Mode;
+
+constexpr double kLayerNormEps = 1e-5;
+
+// ---------------------------------------------------------------------------
+// Per-step views of a layer's input projection
+// ---------------------------------------------------------------------------
+
+// Where the per-step gradients of one projection are gathered during a backward pass.
+struct StepGrads {
+  Tensor buf;  // [T*B, G]
+  std::int64_t last = std::numeric_limits<std::int64_t>::max();  // order index of the last step written
+};
+
+// The T steps of x [T*B, G] (rows t*B .. t*B+B-1 are step t) as [B, G] tensors on x's
+// storage, listed in processing order: views[k] is step t = k, or T-1-k when reverse.
+//
+// Making each step a narrow() of x would cost, in backward, one zero-padded [T*B, G]
+// gradient per step: O(T²) time and memory. Instead every view's backward copies its
+// gradient into one shared buffer and gives x nothing, except the view processed first
+// (k = 0), which hands the whole buffer to x. That is correct because the view of step
+// k = 0 is recorded first, so backward walks it last, and because a recurrence reaches
+// it whenever any step is reached (every step depends on the one processed before it).
+// That precondition is why this helper is private to the recurrent modules.
+std::vector<Tensor> step_views(const Tensor& x, std::int64_t T, bool reverse) {
+  const TensorImpl& xi = *x.impl();
+  const std::int64_t B = xi.shape[0] / T, G = xi.shape[1];
+  const std::int64_t step_bytes = B * G * static_cast<std::int64_t>(dtype_size(xi.dtype));
+  const bool rec = needs_record({&x});
+  auto grads = rec ? std::make_shared<StepGrads>() : nullptr;
+  std::vector<Tensor> views;
+  views.reserve(static_cast<std::size_t>(T));
+  for (std::int64_t k = 0; k < T; ++k) {
+    const std::int64_t t = reverse ? T - 1 - k : k;
+    void* first = static_cast<char*>(xi.data) + t * step_bytes;
+    Tensor v(std::make_shared<TensorImpl>(Shape{B, G}, xi.dtype, xi.storage, first));
+    if (rec) {
+      // d x[t] = g in rows of step t (gathered for all steps, handed over once by k = 0)
+      record("rnn_step", v, {&x}, [grads, k, t, T, step_bytes](const Tensor& g, GradSlots& dx) {
+        StepGrads& s = *grads;
+        // Steps are walked in decreasing k, so k >= last means a new backward pass.
+        if (!s.buf.defined() || k >= s.last) s.buf = zeros(Shape{T * g.shape()[0], g.shape()[1]}, g.dtype());
+        s.last = k;
+        std::memcpy(static_cast<char*>(s.buf.data_ptr()) + t * step_bytes, g.data_ptr(),
+                    static_cast<std::size_t>(step_bytes));
+        if (k == 0) {
+          dx[0] = std::move(s.buf);
+          s.buf = Tensor();
+          s.last = std::numeric_limits<std::int64_t>::max();
+        }
+      });
+    }
+    views.push_back(std::move(v));
+  }
+  return views;
+}
+
+// ---------------------------------------------------------------------------
+// Initialisation and masks (written in place: handles held elsewhere stay valid)
+// ---------------------------------------------------------------------------
+
+template <class F>
+void fill(Tensor& t, F&& value_at) {
+  if (t.dtype() == Dtype::f32) {
+    float* p = t.data<float>();
+    for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<float>(value_at(i));
+  } else {
+    double* p = t.data<double>();
+    for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = value_at(i);
+  }
+}
+
+void fill_uniform(Tensor& t, double bound) {
+  Generator& gen = default_generator();
+  fill(t, [&](std::int64_t) { return -bound + 2.0 * bound * gen.uniform(); });
+}
+
+void fill_value(Tensor& t, double v) {
+  fill(t, [v](std::int64_t) { return v; });
+}
+
+// Adds v to elements [start, start + len) of a 1-D tensor.
+void add_to_range(Tensor& t, std::int64_t start, std::int64_t len, double v) {
+  if (t.dtype() == Dtype::f32) {
+    float* p = t.data<float>();
+    for (std::int64_t i = start; i < start + len; ++i) p[i] += static_cast<float>(v);
+  } else {
+    double* p = t.data<double>();
+    for (std::int64_t i = start; i < start + len; ++i) p[i] += v;
+  }
+}
+
+// 0 with probability p, else 1/(1-p): the variational dropout mask (a constant).
+Tensor keep_mask(const Shape& s, double p, Dtype dt) {
+  Tensor m = Tensor::empty(s, dt);
+  Generator& gen = default_generator();
+  const double scale = 1.0 / (1.0 - p);
+  fill(m, [&](std::int64_t) { return gen.uniform() >= p ? scale : 0.0; });
+  return m;
+}
+
+void check_size(const char* name, const char* what, std::int64_t v) {
+  if (v <= 0) throw Error(fmt::format("{}: {} must be positive, got {}", name, what, v));
+}
+
+void check_probability(const char* name, const char* what, double p, bool allow_one) {
+  if (!(p >= 0.0 && (allow_one ? p <= 1.0 : p < 1.0))) {
+    throw Error(fmt::format("{}: {} must be in [0, 1{}, got {}", name, what, allow_one ? "]" : ")", p));
+  }
+}
+
+void check_dtype(const char* name, const char* what, const Tensor& t, Dtype params) {
+  if (!is_floating(t.dtype()) || t.dtype() != params) {
+    throw DtypeError(fmt::format("{}: {} is {} {} but the parameters are {} (convert with .to(), or module.to())",
+                                 name, what, dtype_name(t.dtype()), t.shape().str(), dtype_name(params)));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// One direction of one layer
+// ---------------------------------------------------------------------------
+
+struct DirectionArgs {
+  Mode mode;
+  bool layer_norm;
+  const RecurrentWeights* w;
+  Tensor input;  // [T*B, I]
+  std::int64_t T, B, H;
+  bool reverse;
+  Tensor h0, c0;  // [B, H] or undefined (zeros)
+  Tensor h_mask;  // variational dropout on the recurrent h, [B, H] or undefined
+  std::vector<StepRecord>* records;  // null unless recording
+  const RecordOptions* record_options;
+};
+
+struct DirectionResult {
+  std::vector<Tensor> hs;  // [B, H] per step, in time order (or empty when seq is set)
+  Tensor seq;              // [T, B, H], every step's h in time order, when one op made them all
+  Tensor h, c;             // after the last processed step
+};
+
+void record_step(const DirectionArgs& a, StepRecord& s, const Tensor& gates, const Tensor& gi, const Tensor& gh,
+                 const Tensor& h, const Tensor& c) {
+  const RecordOptions& o = *a.record_options;
+  {
+    NoGradGuard no_grad;
+    const std::int64_t H = a.H;
+    auto part = [H](const Tensor& t, std::int64_t k) { return narrow(t, 1, k * H, H); };
+    if (o.gates && a.mode == Mode::lstm) {
+      s.gates = {sigmoid(part(gates, 0)), sigmoid(part(gates, 1)), tanh(part(gates, 2)), sigmoid(part(gates, 3))};
+    } else if (o.gates && a.mode == Mode::gru) {
+      Tensor r = sigmoid(add(part(gi, 0), part(gh, 0)));
+      s.gates = {r, sigmoid(add(part(gi, 1), part(gh, 1))), tanh(add(part(gi, 2), mul(r, part(gh, 2))))};
+    }
+    if (o.states) {
+      s.h = h.detach().clone();
+      if (c.defined()) s.c = c.detach().clone();
+    }
+  }
+  if (o.grad_norms && h.requires_grad()) {
+    s.h_graph = h;
+    s.h_graph.retain_grad();
+  }
+}
+
+DirectionResult run_direction(const DirectionArgs& a) {
+  const RecurrentWeights& w = *a.w;
+  const std::int64_t T = a.T, B = a.B, H = a.H;
+  const bool lstm = a.mode == Mode::lstm, gru = a.mode == Mode::gru;
+  const Dtype dt = a.input.dtype();
+
+  // The input projections of all T steps in one GEMM. RNN and LSTM fold b_hh in as well
+  // (it is added at every step); GRU cannot: b_hn sits inside r ⊙ (W_hn h + b_hn).
+  Tensor gi_all;
+  if (lstm && a.layer_norm) {
+    gi_all = layer_norm(linear(a.input, w.weight_ih), Shape{4 * H}, w.ln_ih_weight, w.ln_ih_bias, kLayerNormEps);
+    if (w.bias_ih.defined()) gi_all = add(gi_all, add(w.bias_ih, w.bias_hh));
+  } else if (gru) {
+    gi_all = linear(a.input, w.weight_ih, w.bias_ih);
+  } else {
+    gi_all = linear(a.input, w.weight_ih, w.bias_ih.defined() ? add(w.bias_ih, w.bias_hh) : Tensor());
+  }
+  DirectionResult r;
+  if (lstm && !a.layer_norm && !a.h_mask.defined() && !a.records) {
+    // The whole recurrence as one node: dW_hh becomes one GEMM over all steps in backward.
+    const LSTMSequenceOut o = lstm_sequence(reshape(gi_all, Shape{T, B, 4 * H}), w.weight_hh, a.h0, a.c0, a.reverse);
+    r.seq = o.y;
+    r.h = o.h_n;
+    r.c = o.c_n;
+    return r;
+  }
+  const std::vector<Tensor> gi = step_views(gi_all, T, a.reverse);
+
+  r.hs.resize(static_cast<std::size_t>(T));
+  // An undefined h means zeros: the first step then skips h·W_hhᵀ. Layer norm of a zero
+  // row is its bias, not zero, so the LN-LSTM starts from real zeros.
+  Tensor h = a.h0, c = a.c0;
+  if (lstm && !c.defined()) c = zeros(Shape{B, H}, dt);
+  if (lstm && a.layer_norm && !h.defined()) h = zeros(Shape{B, H}, dt);
+
+  for (std::int64_t k = 0; k < T; ++k) {
+    const std::int64_t t = a.reverse ? T - 1 - k : k;
+    const Tensor& x_t = gi[static_cast<std::size_t>(k)];
+    const Tensor h_in = h.defined() && a.h_mask.defined() ? mul(h, a.h_mask) : h;
+    Tensor gates, gh;
+    if (lstm) {
+      gates = x_t;
+      if (h_in.defined()) {
+        Tensor hw = linear(h_in, w.weight_hh);
+        if (a.layer_norm) hw = layer_norm(hw, Shape{4 * H}, w.ln_hh_weight, w.ln_hh_bias, kLayerNormEps);
+        gates = add(x_t, hw);
+      }
+      LSTMGatesOut o = lstm_cell_fused(gates, c);
+      c = o.c;
+      if (a.layer_norm) {
+        // h = o ⊙ tanh(LN_c(c)): the fused node's own h (o ⊙ tanh(c)) goes unused.
+        h = mul(sigmoid(narrow(gates, 1, 3 * H, H)),
+                tanh(layer_norm(c, Shape{H}, w.ln_c_weight, w.ln_c_bias, kLayerNormEps)));
+      } else {
+        h = o.h;
+      }
+    } else if (gru) {
+      if (h_in.defined()) {
+        gh = linear(h_in, w.weight_hh, w.bias_hh);
+      } else {
+        gh = w.bias_hh.defined() ? broadcast_to(w.bias_hh, Shape{B, 3 * H}) : zeros(Shape{B, 3 * H}, dt);
+      }
+      h = gru_cell_fused(x_t, gh, h.defined() ? h : zeros(Shape{B, H}, dt));
+    } else {
+      const Tensor pre = h_in.defined() ? add(x_t, linear(h_in, w.weight_hh)) : x_t;
+      h = a.mode == Mode::rnn_relu ? relu(pre) : tanh(pre);
+    }
+    r.hs[static_cast<std::size_t>(t)] = h;
+    if (a.records) [[unlikely]] {
+      record_step(a, (*a.records)[static_cast<std::size_t>(t)], gates, x_t, gh, h, lstm ? c : Tensor());
+    }
+  }
+  r.h = h;
+  r.c = c;
+  return r;
+}
+
+int gate_count(Mode m) { return m == Mode::lstm ? 4 : m == Mode::gru ? 3 : 1; }
+
+// The dims of a cell's input: batched or not, B. Throws for bad ranks / feature sizes.
+bool check_cell_input(const char* name, const Tensor& x, std::int64_t input_size, Dtype params) {
+  if (!x.defined()) throw StateError(fmt::format("{}: the input is undefined", name));
+  check_dtype(name, "input", x, params);
+  if (x.ndim() != 1 && x.ndim() != 2) {
+    throw ShapeError(fmt::format("{}: input {}: expected [B, {}] or unbatched [{}]", name, x.shape().str(),
+                                 input_size, input_size));
+  }
+  if (x.shape().back() != input_size) {
+    throw ShapeError(fmt::format("{}: input {}: expected feature size {}", name, x.shape().str(), input_size));
+  }
+  return x.ndim() == 2;
+}
+
+// A cell state must be [B, H] for batched input, [H] for unbatched input.
+void check_cell_state(const char* name, const char* what, const Tensor& s, const Tensor& x, bool batched,
+                      std::int64_t hidden, Dtype params) {
+  if (!s.defined()) return;
+  check_dtype(name, what, s, params);
+  const Shape want = batched ? Shape{x.shape()[0], hidden} : Shape{hidden};
+  if (s.shape() == want) return;
+  if (batched && s.ndim() == 2 && s.shape()[1] == hidden) {
+    throw ShapeError(fmt::format("{}: batch sizes differ: input {} has {} rows but {} {} has {}", name,
+                                 x.shape().str(), x.shape()[0], what, s.shape().str(), s.shape()[0]));
+  }
+  throw ShapeError(fmt::format("{}: {} {}: expected {} (input {}, hidden_size {})", name, what, s.shape().str(),
+                               want.str(), x.shape().str(), hidden));
+}
+
+void init_cell(const char* name, std::int64_t input, std::int64_t hidden, double forget_bias, bool bias) {
+  check_size(name, "input_size", input);
+  check_size(name, "hidden_size", hidden);
+  if (forget_bias != 0.0 && !bias) throw Error(fmt::format("{}: forget_bias needs bias = true", name));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Introspection
+// ---------------------------------------------------------------------------
+
+double StepRecord::grad_norm() const {
+  if (!h_graph.defined()) return std::numeric_limits<double>::quiet_NaN();
+  const Tensor g = h_graph.grad();
+  if (!g.defined()) return std::numeric_limits<double>::quiet_NaN();
+  double s = 0.0;
+  for (double v : g.to_vector<double>()) s += v * v;
+  return std::sqrt(s);
+}
+
+const StepRecord& Introspection::at(std::int64_t layer, std::int64_t t, std::int64_t direction) const {
+  if (layer < 0 || layer >= num_layers || direction < 0 || direction >= num_directions || t < 0 || t >= seq_len()) {
+    throw IndexError(fmt::format(
+        "Introspection::at: layer {}, t {}, direction {} is out of range ({} layers, {} directions, {} steps)", layer,
+        t, direction, num_layers, num_directions, seq_len()));
+  }
+  return steps[static_cast<std::size_t>(layer * num_directions + direction)][static_cast<std::size_t>(t)];
+}
+
+std::vector<double> Introspection::grad_norms(std::int64_t layer, std::int64_t direction) const {
+  std::vector<double> out;
+  for (std::int64_t t = 0; t < seq_len(); ++t) out.push_back(at(layer, t, direction).grad_norm());
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// RecurrentBase
+// ---------------------------------------------------------------------------
+
+struct RecurrentBase::Layout {
+  bool batched;
+  std::int64_t T, B;
+};
+
+RecurrentBase::RecurrentBase(const Config& cfg) : cfg_(cfg) {
+  const char* name = cfg.name;
+  check_size(name, "input_size", cfg.input_size);
+  check_size(name, "hidden_size", cfg.hidden_size);
+  check_size(name, "num_layers", cfg.num_layers);
+  check_probability(name, "dropout", cfg.dropout, true);
+  check_probability(name, "variational_dropout", cfg.variational_dropout, false);
+  if (cfg.forget_bias != 0.0 && !cfg.bias) throw Error(fmt::format("{}: forget_bias needs bias = true", name));
+  const std::int64_t G = gate_count(cfg.mode), H = cfg.hidden_size, D = num_directions();
+  const Dtype dt = default_dtype();
+  for (std::int64_t l = 0; l < cfg.num_layers; ++l) {
+    for (std::int64_t d = 0; d < D; ++d) {
+      const std::string sfx = fmt::format("_l{}{}", l, d == 1 ? "_reverse" : "");
+      const std::int64_t in = l == 0 ? cfg.input_size : H * D;
+      RecurrentWeights w;
+      w.weight_ih = register_parameter("weight_ih" + sfx, Tensor::empty(Shape{G * H, in}, dt));
+      w.weight_hh = register_parameter("weight_hh" + sfx, Tensor::empty(Shape{G * H, H}, dt));
+      if (cfg.bias) {
+        w.bias_ih = register_parameter("bias_ih" + sfx, Tensor::empty(Shape{G * H}, dt));
+        w.bias_hh = register_parameter("bias_hh" + sfx, Tensor::empty(Shape{G * H}, dt));
+      }
+      if (cfg.layer_norm) {
+        w.ln_ih_weight = register_parameter("ln_ih_weight" + sfx, Tensor::empty(Shape{4 * H}, dt));
+        w.ln_ih_bias = register_parameter("ln_ih_bias" + sfx, Tensor::empty(Shape{4 * H}, dt));
+        w.ln_hh_weight = register_parameter("ln_hh_weight" + sfx, Tensor::empty(Shape{4 * H}, dt));
+        w.ln_hh_bias = register_parameter("ln_hh_bias" + sfx, Tensor::empty(Shape{4 * H}, dt));
+        w.ln_c_weight = register_parameter("ln_c_weight" + sfx, Tensor::empty(Shape{H}, dt));
+        w.ln_c_bias = register_parameter("ln_c_bias" + sfx, Tensor::empty(Shape{H}, dt));
+      }
+      weights_.push_back(w);
+    }
+  }
+  reset_parameters();
+}
+
+void RecurrentBase::reset_parameters() {
+  const double bound = 1.0 / std::sqrt(static_cast<double>(cfg_.hidden_size));
+  for (RecurrentWeights& w : weights_) {
+    for (Tensor* t : {&w.weight_ih, &w.weight_hh, &w.bias_ih, &w.bias_hh}) {
+      if (t->defined()) fill_uniform(*t, bound);
+    }
+    if (w.bias_ih.defined() && cfg_.forget_bias != 0.0) {
+      add_to_range(w.bias_ih, cfg_.hidden_size, cfg_.hidden_size, cfg_.forget_bias);
+    }
+    if (cfg_.layer_norm) {
+      for (Tensor* t : {&w.ln_ih_weight, &w.ln_hh_weight, &w.ln_c_weight}) fill_value(*t, 1.0);
+      for (Tensor* t : {&w.ln_ih_bias, &w.ln_hh_bias, &w.ln_c_bias}) fill_value(*t, 0.0);
+    }
+  }
+}
+
+const RecurrentWeights& RecurrentBase::weights(std::int64_t layer, bool reverse) const {
+  if (layer < 0 || layer >= cfg_.num_layers || (reverse && !cfg_.bidirectional)) {
+    throw IndexError(fmt::format("{}: weights(layer {}, reverse {}): the module has {} layer(s){}", cfg_.name, layer,
+                                 reverse, cfg_.num_layers, cfg_.bidirectional ? "" : " and one direction"));
+  }
+  return weights_[static_cast<std::size_t>(layer * num_directions() + (reverse ? 1 : 0))];
+}
+
+void RecurrentBase::set_record(bool on, const RecordOptions& options) {
+  record_ = on;
+  record_opts_ = options;
+}
+
+RecurrentBase::Layout RecurrentBase::check_inputs(const Tensor& x, const Tensor& h0, const Tensor& c0) const {
+  const char* name = cfg_.name;
+  if (!x.defined()) throw StateError(fmt::format("{}: the input is undefined", name));
+  const Dtype params = weights_[0].weight_ih.dtype();
+  check_dtype(name, "input", x, params);
+  const Shape& xs = x.shape();
+  if (xs.size() != 2 && xs.size() != 3) {
+    throw ShapeError(fmt::format("{}: input {}: expected 3-D {} or unbatched 2-D [T, I]", name, xs.str(),
+                                 cfg_.batch_first ? "[B, T, I] (batch_first)" : "[T, B, I]"));
+  }
+  Layout lay{};
+  lay.batched = xs.size() == 3;
+  lay.T = lay.batched && cfg_.batch_first ? xs[1] : xs[0];
+  lay.B = !lay.batched ? 1 : cfg_.batch_first ? xs[0] : xs[1];
+  if (xs.back() != cfg_.input_size) {
+    throw ShapeError(fmt::format("{}: input {}: expected feature size {}", name, xs.str(), cfg_.input_size));
+  }
+  if (lay.T == 0) {
+    throw ShapeError(fmt::format("{}: input {}: zero-length sequence (T = 0); a recurrent layer needs at least one "
+                                 "time step",
+                                 name, xs.str()));
+  }
+  const std::int64_t LD = cfg_.num_layers * num_directions(), H = cfg_.hidden_size;
+  const Shape want = lay.batched ? Shape{LD, lay.B, H} : Shape{LD, H};
+  auto check_state = [&](const char* what, const Tensor& s) {
+    if (!s.defined()) return;
+    check_dtype(name, what, s, params);
+    const Shape& ss = s.shape();
+    if (ss == want) return;
+    if (lay.batched && ss.size() == 3 && ss[0] == LD && ss[2] == H) {
+      throw ShapeError(fmt::format("{}: batch sizes differ: input {} has batch {} but {} {} has {}", name, xs.str(),
+                                   lay.B, what, ss.str(), ss[1]));
+    }
+    throw ShapeError(fmt::format("{}: {} {}: expected {} (num_layers * num_directions, {}hidden_size) for input {}",
+                                 name, what, ss.str(), want.str(), lay.batched ? "batch, " : "", xs.str()));
+  };
+  check_state("h0", h0);
+  check_state("c0", c0);
+  if (cfg_.mode == Mode::lstm && h0.defined() != c0.defined()) {
+    throw ShapeError(fmt::format("{}: the initial state has {} but not {}: give both h and c {}, or neither (zeros)",
+                                 name, h0.defined() ? "h" : "c", h0.defined() ? "c" : "h", want.str()));
+  }
+  return lay;
+}
+
+RecurrentBase::Output RecurrentBase::run(const Tensor& x, const Tensor& h0, const Tensor& c0) const {
+  const Layout lay = check_inputs(x, h0, c0);
+  const std::int64_t T = lay.T, B = lay.B, H = cfg_.hidden_size, D = num_directions(), L = cfg_.num_layers;
+  const bool lstm = cfg_.mode == Mode::lstm;
+  const Dtype dt = x.dtype();
+  const bool training = is_training();
+  const double vdrop = training ? cfg_.variational_dropout : 0.0;
+
+  if (record_) {
+    intro_ = Introspection();
+    intro_.num_layers = L;
+    intro_.num_directions = D;
+    if (lstm) intro_.gate_names = {"i", "f", "g", "o"};
+    if (cfg_.mode == Mode::gru) intro_.gate_names = {"r", "z", "n"};
+    intro_.steps.assign(static_cast<std::size_t>(L * D), std::vector<StepRecord>(static_cast<std::size_t>(T)));
+  }
+
+  // Everything below runs time-major [T, B, *].
+  const Tensor seq = !lay.batched ? unsqueeze(x, 1) : cfg_.batch_first ? transpose(x, 0, 1) : x;
+  const Tensor h0b = h0.defined() && !lay.batched ? unsqueeze(h0, 1) : h0;
+  const Tensor c0b = c0.defined() && !lay.batched ? unsqueeze(c0, 1) : c0;
+
+  // Variational dropout: every mask of this sequence is drawn now (per layer: the input
+  // mask, then one recurrent mask per direction) and reused at every step.
+  std::vector<Tensor> input_masks, h_masks;
+  if (vdrop > 0.0) {
+    for (std::int64_t l = 0; l < L; ++l) {
+      input_masks.push_back(keep_mask(Shape{B, l == 0 ? cfg_.input_size : D * H}, vdrop, dt));
+      for (std::int64_t d = 0; d < D; ++d) h_masks.push_back(keep_mask(Shape{B, H}, vdrop, dt));
+    }
+  }
+
+  std::vector<Tensor> h_n(static_cast<std::size_t>(L * D)), c_n(static_cast<std::size_t>(L * D));
+  Tensor layer_in = seq;
+  for (std::int64_t l = 0; l < L; ++l) {
+    const std::int64_t in = layer_in.shape()[2];
+    // [T, B, I] * [B, I]: the same mask rows at every step.
+    if (vdrop > 0.0) layer_in = mul(layer_in, input_masks[static_cast<std::size_t>(l)]);
+    const Tensor flat = reshape(layer_in, Shape{T * B, in});
+    std::vector<Tensor> outs(static_cast<std::size_t>(D));
+    for (std::int64_t d = 0; d < D; ++d) {
+      const std::size_t idx = static_cast<std::size_t>(l * D + d);
+      DirectionArgs a{cfg_.mode,
+                      cfg_.layer_norm,
+                      &weights_[idx],
+                      flat,
+                      T,
+                      B,
+                      H,
+                      d == 1,
+                      h0b.defined() ? select(h0b, 0, static_cast<std::int64_t>(idx)) : Tensor(),
+                      c0b.defined() ? select(c0b, 0, static_cast<std::int64_t>(idx)) : Tensor(),
+                      vdrop > 0.0 ? h_masks[idx] : Tensor(),
+                      record_ ? &intro_.steps[idx] : nullptr,
+                      &record_opts_};
+      DirectionResult r = run_direction(a);
+      outs[static_cast<std::size_t>(d)] = r.seq.defined() ? r.seq : stack(r.hs, 0);
+      h_n[idx] = r.h;
+      c_n[idx] = r.c;
+    }
+    Tensor out = D == 1 ? outs[0] : concat(outs, 2);
+    if (l + 1 < L && training && cfg_.dropout > 0.0) out = dropout(out, cfg_.dropout, true);
+    layer_in = out;
+  }
+
+  Output o;
+  o.output = layer_in;
+  o.h_n = stack(h_n, 0);
+  if (lstm) o.c_n = stack(c_n, 0);
+  if (!lay.batched) {
+    o.output = squeeze(o.output, 1);
+    o.h_n = squeeze(o.h_n, 1);
+    if (lstm) o.c_n = squeeze(o.c_n, 1);
+  } else if (cfg_.batch_first) {
+    o.output = transpose(o.output, 0, 1);
+  }
+  return o;
+}
+
+// ---------------------------------------------------------------------------
+// RNN, LSTM, GRU
+// ---------------------------------------------------------------------------
+
+RNN::RNN(const RNNOptions& o)
+    : RecurrentBase(Config{"RNN", o.nonlinearity == RNNNonlinearity::relu ? Mode::rnn_relu : Mode::rnn_tanh,
+                           o.input_size, o.hidden_size, o.num_layers, o.bias, o.batch_first, o.bidirectional,
+                           o.dropout, 0.0, 0.0, false}),
+      options(o) {}
+
+RNN::RNN(std::int64_t input_size, std::int64_t hidden_size)
+    : RNN(RNNOptions{.input_size = input_size, .hidden_size = hidden_size}) {}
+
+RNNResult RNN::forward(const Tensor& x, const RNNState& state) const {
+  Output o = run(x, state.h, Tensor());
+  return {o.output, {o.h_n}};
+}
+
+LSTM::LSTM(const LSTMOptions& o)
+    : RecurrentBase(Config{"LSTM", Mode::lstm, o.input_size, o.hidden_size, o.num_layers, o.bias, o.batch_first,
+                           o.bidirectional, o.dropout, o.forget_bias, o.variational_dropout, o.layer_norm}),
+      options(o) {}
+
+LSTM::LSTM(std::int64_t input_size, std::int64_t hidden_size)
+    : LSTM(LSTMOptions{.input_size = input_size, .hidden_size = hidden_size}) {}
+
+LSTMResult LSTM::forward(const Tensor& x, const LSTMState& state) const {
+  Output o = run(x, state.h, state.c);
+  return {o.output, {o.h_n, o.c_n}};
+}
+
+GRU::GRU(const GRUOptions& o)
+    : RecurrentBase(Config{"GRU", Mode::gru, o.input_size, o.hidden_size, o.num_layers, o.bias, o.batch_first,
+                           o.bidirectional, o.dropout, 0.0, 0.0, false}),
+      options(o) {}
+
+GRU::GRU(std::int64_t input_size, std::int64_t hidden_size)
+    : GRU(GRUOptions{.input_size = input_size, .hidden_size = hidden_size}) {}
+
+RNNResult GRU::forward(const Tensor& x, const RNNState& state) const {
+  Output o = run(x, state.h, Tensor());
+  return {o.output, {o.h_n}};
+}
+
+// ---------------------------------------------------------------------------
+// Cells
+// ---------------------------------------------------------------------------
+
+namespace {
+
+// Registers weight_ih [G*H, I], weight_hh [G*H, H], bias_ih, bias_hh (PyTorch's order).
+template <class Cell>
+void register_cell(Cell& m, std::int64_t G, std::int64_t I, std::int64_t H, bool bias) {
+  const Dtype dt = default_dtype();
+  m.weight_ih = m.register_parameter("weight_ih", Tensor::empty(Shape{G * H, I}, dt));
+  m.weight_hh = m.register_parameter("weight_hh", Tensor::empty(Shape{G * H, H}, dt));
+  if (bias) {
+    m.bias_ih = m.register_parameter("bias_ih", Tensor::empty(Shape{G * H}, dt));
+    m.bias_hh = m.register_parameter("bias_hh", Tensor::empty(Shape{G * H}, dt));
+  }
+}
+
+template <class Cell>
+void reset_cell(Cell& m, std::int64_t H) {
+  const double bound = 1.0 / std::sqrt(static_cast<double>(H));
+  for (Tensor* t : {&m.weight_ih, &m.weight_hh, &m.bias_ih, &m.bias_hh}) {
+    if (t->defined()) fill_uniform(*t, bound);
+  }
+}
+
+// x·W_ihᵀ + b_ih + h·W_hhᵀ + b_hh for batched x [B, I] and h [B, H] (undefined: zeros).
+Tensor cell_preactivation(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
+                          const Tensor& b_ih, const Tensor& b_hh) {
+  Tensor pre = linear(x, w_ih, b_ih);
+  if (h.defined()) return add(pre, linear(h, w_hh, b_hh));
+  return b_hh.defined() ? add(pre, b_hh) : pre;
+}
+
+}  // namespace
+
+RNNCell::RNNCell(const RNNCellOptions& o) : options(o) {
+  init_cell("RNNCell", o.input_size, o.hidden_size, 0.0, o.bias);
+  register_cell(*this, 1, o.input_size, o.hidden_size, o.bias);
+  reset_parameters();
+}
+
+RNNCell::RNNCell(std::int64_t input_size, std::int64_t hidden_size)
+    : RNNCell(RNNCellOptions{.input_size = input_size, .hidden_size = hidden_size}) {}
+
+void RNNCell::reset_parameters() { reset_cell(*this, options.hidden_size); }
+
+Tensor RNNCell::forward(const Tensor& x, const Tensor& h) const {
+  const Dtype params = weight_ih.dtype();
+  const bool batched = check_cell_input("RNNCell", x, options.input_size, params);
+  check_cell_state("RNNCell", "h", h, x, batched, options.hidden_size, params);
+  const Tensor xb = batched ? x : unsqueeze(x, 0);
+  const Tensor hb = h.defined() && !batched ? unsqueeze(h, 0) : h;
+  const Tensor pre = cell_preactivation(xb, hb, weight_ih, weight_hh, bias_ih, bias_hh);
+  const Tensor y = options.nonlinearity == RNNNonlinearity::relu ? relu(pre) : tanh(pre);
+  return batched ? y : squeeze(y, 0);
+}
+
+LSTMCell::LSTMCell(const LSTMCellOptions& o) : options(o) {
+  init_cell("LSTMCell", o.input_size, o.hidden_size, o.forget_bias, o.bias);
+  register_cell(*this, 4, o.input_size, o.hidden_size, o.bias);
+  reset_parameters();
+}
+
+LSTMCell::LSTMCell(std::int64_t input_size, std::int64_t hidden_size)
+    : LSTMCell(LSTMCellOptions{.input_size = input_size, .hidden_size = hidden_size}) {}
+
+void LSTMCell::reset_parameters() {
+  reset_cell(*this, options.hidden_size);
+  if (bias_ih.defined() && options.forget_bias != 0.0) {
+    add_to_range(bias_ih, options.hidden_size, options.hidden_size, options.forget_bias);
+  }
+}
+
+LSTMState LSTMCell::forward(const Tensor& x, const LSTMState& state) const {
+  const Dtype params = weight_ih.dtype();
+  const std::int64_t H = options.hidden_size;
+  const bool batched = check_cell_input("LSTMCell", x, options.input_size, params);
+  check_cell_state("LSTMCell", "h", state.h, x, batched, H, params);
+  check_cell_state("LSTMCell", "c", state.c, x, batched, H, params);
+  if (state.h.defined() != state.c.defined()) {
+    throw ShapeError(fmt::format("LSTMCell: the state has {} but not {}: give both h and c, or neither (zeros)",
+                                 state.h.defined() ? "h" : "c", state.h.defined() ? "c" : "h"));
+  }
+  const Tensor xb = batched ? x : unsqueeze(x, 0);
+  const std::int64_t B = xb.shape()[0];
+  const Tensor hb = state.h.defined() && !batched ? unsqueeze(state.h, 0) : state.h;
+  const Tensor cb = !state.c.defined() ? zeros(Shape{B, H}, params) : batched ? state.c : unsqueeze(state.c, 0);
+  const LSTMGatesOut o = lstm_cell_fused(cell_preactivation(xb, hb, weight_ih, weight_hh, bias_ih, bias_hh), cb);
+  if (batched) return {o.h, o.c};
+  return {squeeze(o.h, 0), squeeze(o.c, 0)};
+}
+
+GRUCell::GRUCell(const GRUCellOptions& o) : options(o) {
+  init_cell("GRUCell", o.input_size, o.hidden_size, 0.0, o.bias);
+  register_cell(*this, 3, o.input_size, o.hidden_size, o.bias);
+  reset_parameters();
+}
+
+GRUCell::GRUCell(std::int64_t input_size, std::int64_t hidden_size)
+    : GRUCell(GRUCellOptions{.input_size = input_size, .hidden_size = hidden_size}) {}
+
+void GRUCell::reset_parameters() { reset_cell(*this, options.hidden_size); }
+
+Tensor GRUCell::forward(const Tensor& x, const Tensor& h) const {
+  const Dtype params = weight_ih.dtype();
+  const std::int64_t H = options.hidden_size;
+  const bool batched = check_cell_input("GRUCell", x, options.input_size, params);
+  check_cell_state("GRUCell", "h", h, x, batched, H, params);
+  const Tensor xb = batched ? x : unsqueeze(x, 0);
+  const Tensor hb = !h.defined() ? zeros(Shape{xb.shape()[0], H}, params) : batched ? h : unsqueeze(h, 0);
+  const Tensor y = gru_cell_fused(linear(xb, weight_ih, bias_ih), linear(hb, weight_hh, bias_hh), hb);
+  return batched ? y : squeeze(y, 0);
+}
+
+}  // namespace xg::nn
