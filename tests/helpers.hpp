@@ -2,7 +2,10 @@
 // Shared test helpers: value comparison and the one gradcheck helper every op test uses.
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <initializer_list>
 #include <string>
@@ -84,5 +87,12 @@ std::string error_of(F&& f) {
 }
 
 inline bool has(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
+
+// Whether the tests that hand files to numpy can run: they are skipped (and counted as
+// skipped) where /usr/bin/python3 has no numpy. Evaluated once per test case at start-up.
+inline bool python_numpy_available() {
+  return ::access("/usr/bin/python3", X_OK) == 0 &&
+         std::system("/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1") == 0;
+}
 
 }  // namespace xgtest

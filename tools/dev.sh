@@ -7,13 +7,14 @@
 #                            UndefinedBehaviorSanitizer (any report fails the test), then
 #                            each libFuzzer target for FUZZ_SECONDS (default 30) on its corpus
 #   bash tools/dev.sh fuzz [RUNS]   each fuzz target for RUNS executions (default 1000000)
-# test and sanitize end with one line "N passed, N failed" counting test cases.
+# test and sanitize end with one line "N passed, N failed, N skipped" counting test cases
+# of that run; a failed build stops them with its error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BUILD=${XGRAD_BUILD_DIR:-build}
 PACKAGES=(g++ meson ninja-build pkg-config python3 xtensor-dev libxtensor-blas-dev libxsimd-dev xtl-dev
-          libfmt-dev doctest-dev libopenblas-dev libzip-dev libcli11-dev
+          libfmt-dev doctest-dev libopenblas-dev libzip-dev libcli11-dev python3-numpy
           libopenmpi-dev openmpi-bin)
 
 install_missing() {
@@ -30,6 +31,29 @@ install_missing() {
   fi
 }
 
+# configure_and_build DIR [meson options...]: configures DIR once, then builds it. The
+# output goes to DIR/build.log; on failure its end is printed, so a broken build says why.
+configure_and_build() {
+  local dir=$1
+  shift
+  if [ ! -f "$dir/build.ninja" ]; then
+    local log
+    log=$(mktemp)
+    if ! meson setup "$dir" "$@" >"$log" 2>&1; then
+      tail -40 "$log" >&2
+      echo "dev.sh: meson setup $dir failed" >&2
+      rm -f "$log"
+      return 1
+    fi
+    rm -f "$log"
+  fi
+  if ! ninja -C "$dir" >"$dir/build.log" 2>&1; then
+    grep -E -A12 'error|FAILED' "$dir/build.log" | head -80 >&2
+    echo "dev.sh: build of $dir failed (full log: $dir/build.log)" >&2
+    return 1
+  fi
+}
+
 SAN_BUILD=${XGRAD_SAN_BUILD_DIR:-build-san}
 FUZZ_BUILD=${XGRAD_FUZZ_BUILD_DIR:-build-fuzz}
 SAN_PACKAGES=(clang libclang-rt-14-dev)
@@ -39,17 +63,15 @@ SAN_PACKAGES=(clang libclang-rt-14-dev)
 # the tests use freely. -O1 and no -march=native: instrumented xtensor code at -O3 with
 # AVX-512 takes GCC tens of minutes per file; -O1 is what the sanitizer docs recommend.
 build_san() {
-  [ -f "$SAN_BUILD/build.ninja" ] || meson setup "$SAN_BUILD" -Db_sanitize=address,undefined -Dbench=false \
+  configure_and_build "$SAN_BUILD" -Db_sanitize=address,undefined -Dbench=false \
       -Doptimization=1 -Dnative=false \
-      -Dcpp_args=-fno-sanitize-recover=all -Dcpp_link_args=-fno-sanitize-recover=all >/dev/null
-  ninja -C "$SAN_BUILD"
+      -Dcpp_args=-fno-sanitize-recover=all -Dcpp_link_args=-fno-sanitize-recover=all
 }
 # The library and the libFuzzer targets: clang, ASan + UBSan, coverage-instrumented.
 build_fuzz() {
-  [ -f "$FUZZ_BUILD/build.ninja" ] || CXX=clang++ meson setup "$FUZZ_BUILD" -Db_sanitize=address,undefined \
+  CXX=clang++ configure_and_build "$FUZZ_BUILD" -Db_sanitize=address,undefined \
       -Db_lundef=false -Doptimization=1 -Dnative=false -Dfuzz=true -Dtests=false -Dexamples=false -Dbench=false \
-      -Dcpp_args=-fno-sanitize-recover=all -Dcpp_link_args=-fno-sanitize-recover=all >/dev/null
-  ninja -C "$FUZZ_BUILD"
+      -Dcpp_args=-fno-sanitize-recover=all -Dcpp_link_args=-fno-sanitize-recover=all
 }
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
@@ -79,20 +101,18 @@ run_fuzzers() {
   return $status
 }
 
-build() {
-  [ -f "$BUILD/build.ninja" ] || meson setup "$BUILD" >/dev/null
-  ninja -C "$BUILD"
-}
+build() { configure_and_build "$BUILD"; }
 
 case "${1:-}" in
   demo)
     install_missing "${PACKAGES[@]}"
-    build >/dev/null
+    build
     "$BUILD/examples/char_rnn/char_rnn"
     ;;
   test)
     install_missing "${PACKAGES[@]}"
-    build >/dev/null
+    rm -f "$BUILD/meson-logs/testlog.json"  # the count below comes from this run only
+    build
     status=0
     meson test -C "$BUILD" --print-errorlogs --num-processes 1 || status=$?
     python3 tools/count_tests.py "$BUILD/meson-logs/testlog.json"
@@ -100,8 +120,9 @@ case "${1:-}" in
     ;;
   sanitize)
     install_missing "${PACKAGES[@]}" "${SAN_PACKAGES[@]}"
-    build_san >/dev/null
-    build_fuzz >/dev/null
+    rm -f "$SAN_BUILD/meson-logs/testlog.json" "$FUZZ_BUILD/fuzz-results.json"
+    build_san
+    build_fuzz
     status=0
     meson test -C "$SAN_BUILD" --print-errorlogs --num-processes 1 --timeout-multiplier 4 --no-suite install \
         || status=$?
@@ -111,7 +132,7 @@ case "${1:-}" in
     ;;
   fuzz)
     install_missing "${PACKAGES[@]}" "${SAN_PACKAGES[@]}"
-    build_fuzz >/dev/null
+    build_fuzz
     run_fuzzers -runs="${2:-1000000}"
     ;;
   *)
