@@ -302,6 +302,11 @@ TEST_CASE("in place: shape, dtype, history and undefined errors") {
   xgtest::check_throws_msg<ShapeError>([&] { a *= zeros({4}, f64); }, {"mul_", "[3]", "[4]"});
   xgtest::check_throws_msg<DtypeError>([&] { a -= zeros({3}, f32); }, {"float64", "float32"});
   xgtest::check_values(a, {0, 0, 0});
+  // Arithmetic is for floating tensors; int64 ones are refused, unchanged.
+  Tensor ids = from_vector({1, 2});
+  xgtest::check_throws_msg<DtypeError>([&] { ids += 1.0; }, {"add", "int64"});
+  xgtest::check_throws_msg<DtypeError>([&] { ids *= ids; }, {"mul", "int64"});
+  CHECK(ids.to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 2});
   Tensor undefined;
   CHECK_THROWS_AS(undefined += 1.0, StateError);
   CHECK_THROWS_AS(a /= Tensor(), StateError);
@@ -360,6 +365,11 @@ TEST_CASE("from_vector: braced lists and vectors of any arithmetic type, with a 
   const Tensor v = from_vector(std::vector<int>{7, -8});
   CHECK(v.dtype() == i64);
   CHECK(v.to_vector<std::int64_t>() == std::vector<std::int64_t>{7, -8});
+  const Tensor vs = from_vector(std::vector<int>{1, 2, 3, 4, 5, 6}, {3, 2});
+  CHECK(vs.shape() == Shape{3, 2});
+  CHECK(vs.dtype() == i64);
+  CHECK(vs.to_vector<std::int64_t>()[5] == 6);
+  CHECK_THROWS_AS(from_vector(std::vector<int>{1, 2}, {3}), ShapeError);
   CHECK(from_vector(std::vector<std::int64_t>{5}).dtype() == i64);
   CHECK(from_vector(std::vector<long long>{5, 6}).dtype() == i64);
   CHECK(from_vector(std::vector<std::uint8_t>{255, 0}).to_vector<std::int64_t>() == std::vector<std::int64_t>{255, 0});
