@@ -90,6 +90,26 @@ Tensor from_vector(const std::vector<double>& v, const Shape& shape, Dtype dtype
   return from_values(v, shape).to(dtype);
 }
 
+Tensor from_blob(void* data, const Shape& shape, Dtype dtype) {
+  std::int64_t n = 1;
+  for (std::int64_t d : shape) {
+    if (d < 0) throw ShapeError(fmt::format("from_blob: negative dimension in shape {}", shape.str()));
+    if (__builtin_mul_overflow(n, d, &n) || n > (std::int64_t{1} << 60) / 8) {
+      throw ShapeError(fmt::format("from_blob: shape {} has too many elements", shape.str()));
+    }
+  }
+  if (data == nullptr && n > 0) {
+    throw Error(fmt::format("from_blob: null pointer for {} {} ({} elements)", dtype_name(dtype), shape.str(), n));
+  }
+  if (reinterpret_cast<std::uintptr_t>(data) % dtype_size(dtype) != 0) {
+    throw Error(fmt::format("from_blob: address {} is not aligned to {} bytes, as {} needs", data,
+                            dtype_size(dtype), dtype_name(dtype)));
+  }
+  // An owner that frees nothing: the caller keeps the buffer alive (see factory.hpp).
+  std::shared_ptr<void> storage(data, [](void*) {});
+  return Tensor(std::make_shared<TensorImpl>(shape, dtype, std::move(storage), data));
+}
+
 Tensor rand(const Shape& shape, Dtype dtype, Generator* gen) { return uniform(shape, 0.0, 1.0, dtype, gen); }
 
 Tensor uniform(const Shape& shape, double low, double high, Dtype dtype, Generator* gen) {

@@ -5,6 +5,7 @@
 #include "format.hpp"
 
 #include <algorithm>
+#include <ostream>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -151,5 +152,9 @@ std::string to_string(const Tensor& t, int edge) {
   out += ')';
   return out;
 }
+
+std::ostream& operator<<(std::ostream& os, const Tensor& t) { return os << to_string(t); }
+std::ostream& operator<<(std::ostream& os, Dtype d) { return os << dtype_name(d); }
+std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << s.str(); }
 
 }  // namespace xg

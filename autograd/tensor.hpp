@@ -3,6 +3,7 @@
 // and the link to the tape node that produced it (see tape.hpp for how that link is used).
 // Copying a Tensor aliases it, like torch::Tensor. Values are row-major and contiguous.
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,6 +54,70 @@ class Tensor {
   // Converted copy, recorded (the gradient is converted back). Same dtype: returns *this.
   Tensor to(Dtype dtype) const;
 
+  // ---- methods as in LibTorch: each is the free function of ops.hpp of that name -----
+  // (defined in tensor_methods.cpp, so this header stays light). Recorded like it.
+  Tensor sum() const;
+  Tensor sum(int dim, bool keepdim = false) const;
+  Tensor sum(const std::vector<int>& dims, bool keepdim = false) const;
+  // A braced list picks this one, so t.sum({}) reduces every dim (PyTorch's dim=[])
+  // rather than meaning t.sum(0).
+  Tensor sum(std::initializer_list<int> dims, bool keepdim = false) const;
+  Tensor mean() const;
+  Tensor mean(int dim, bool keepdim = false) const;
+  Tensor mean(const std::vector<int>& dims, bool keepdim = false) const;
+  Tensor mean(std::initializer_list<int> dims, bool keepdim = false) const;
+  // Both share storage with *this: tensors are always contiguous, so every reshape is a
+  // view and view() never has to refuse (LibTorch's view does on non-contiguous inputs).
+  Tensor reshape(const Shape& shape) const;
+  Tensor view(const Shape& shape) const;
+  Tensor transpose(int dim0, int dim1) const;
+  // 2-D: transpose(0, 1); 0-D and 1-D: *this; more dims: ShapeError (as in PyTorch).
+  Tensor t() const;
+  Tensor matmul(const Tensor& other) const;
+  Tensor exp() const;
+  Tensor tanh() const;
+  Tensor sigmoid() const;
+  Tensor relu() const;
+  Tensor pow(double exponent) const;
+  // Index `index` along dim, which is removed. A copy, not a view as in LibTorch: writing
+  // into it does not change *this (so `t[0] += 1` does not compile, see below).
+  Tensor select(int dim, std::int64_t index) const;
+  Tensor operator[](std::int64_t index) const;
+  std::vector<Tensor> chunk(std::int64_t chunks, int dim = 0) const;
+
+  // ---- in place: a += b, a -= b, a *= b, a /= b (b a Tensor or a number) ---------------
+  // The result must have a's shape (b broadcasts to a, never the reverse: ShapeError).
+  // - When autograd records the op (grad mode on, a or b requires grad), the handle `a`
+  //   is rebound to the recorded result of a + b: gradients are exact, and values saved
+  //   for backward are never overwritten. Other handles and views of the old `a` keep the
+  //   old values (LibTorch would write through to them). A leaf that requires grad is
+  //   refused (StateError), like PyTorch: rebinding would silently detach the user's
+  //   handle from the parameter the model and the optimizer hold.
+  // - Otherwise (NoGradGuard, or nothing requires grad) the values are written into a's
+  //   storage, so every handle and view sharing it sees them, as in LibTorch: this is how
+  //   parameters are updated by hand (`NoGradGuard g; w -= lr * w.grad();`). A tensor
+  //   with autograd history is refused here (its graph may have saved these values).
+  //   Like optimizer steps and writes through data(), nothing checks whether a pending
+  //   graph saved a tensor written this way (there are no version counters yet).
+  // On a temporary (`t[0] += 1`, `t.reshape(s) *= 2`) they are deleted: the result would
+  // be lost whenever the handle is rebound.
+  Tensor& operator+=(const Tensor& other) &;
+  Tensor& operator-=(const Tensor& other) &;
+  Tensor& operator*=(const Tensor& other) &;
+  Tensor& operator/=(const Tensor& other) &;
+  Tensor& operator+=(double other) &;
+  Tensor& operator-=(double other) &;
+  Tensor& operator*=(double other) &;
+  Tensor& operator/=(double other) &;
+  Tensor& operator+=(const Tensor& other) && = delete;
+  Tensor& operator-=(const Tensor& other) && = delete;
+  Tensor& operator*=(const Tensor& other) && = delete;
+  Tensor& operator/=(const Tensor& other) && = delete;
+  Tensor& operator+=(double other) && = delete;
+  Tensor& operator-=(double other) && = delete;
+  Tensor& operator*=(double other) && = delete;
+  Tensor& operator/=(double other) && = delete;
+
   // Autograd.
   inline bool requires_grad() const;
   // Marks a leaf as a parameter whose gradient accumulates into grad().
@@ -91,8 +156,11 @@ class Tensor {
 inline constexpr std::uint32_t kNoNode = 0xffffffffu;
 
 // What a Tensor handle points to. Users go through Tensor; ops and the tape use these
-// fields directly. Shape and dtype are fixed at construction; the values may change
-// (optimizers write parameters in place).
+// fields directly. The shape is fixed at construction. The values may change (optimizer
+// steps, writes through data(), compound assignment under NoGradGuard). So may the
+// storage and dtype of a leaf: Module::to(dtype) converts a parameter through
+// detail::replace_value, which swaps them here so that every handle to the parameter
+// (the model's, the optimizer's, the user's) sees the converted tensor.
 class TensorImpl {
  public:
   TensorImpl(const Shape& s, Dtype d, std::shared_ptr<void> storage, void* data)

@@ -274,16 +274,16 @@ std::vector<std::int64_t> shard(std::int64_t n, std::uint64_t seed, int rank, in
   return mine;
 }
 
-void save_checkpoint(const std::string& path, const train::CheckpointParts& parts, std::int64_t step,
-                     const train::Extras& extras) {
+void save_checkpoint(const std::string& path, const training::CheckpointParts& parts, std::int64_t step,
+                     const training::Extras& extras) {
   if (!g_active) {
-    train::save_checkpoint(path, parts, step, extras);
+    training::save_checkpoint(path, parts, step, extras);
     return;
   }
   std::string error;
   if (rank() == 0) {
     try {
-      train::save_checkpoint(path, parts, step, extras);
+      training::save_checkpoint(path, parts, step, extras);
     } catch (const std::exception& e) {
       error = e.what();
     }

@@ -94,10 +94,10 @@ inline std::vector<std::int64_t> shard(std::int64_t n, std::uint64_t seed) {
   return shard(n, seed, dist::rank(), world_size());
 }
 
-// Rank 0 writes the checkpoint (atomically, as train::save_checkpoint); then every rank
+// Rank 0 writes the checkpoint (atomically, as training::save_checkpoint); then every rank
 // waits at a barrier, so the file is complete when anyone goes on to read it. An error on
 // rank 0 is reported on every rank (StateError naming rank 0's message).
-void save_checkpoint(const std::string& path, const train::CheckpointParts& parts, std::int64_t step,
-                     const train::Extras& extras = {});
+void save_checkpoint(const std::string& path, const training::CheckpointParts& parts, std::int64_t step,
+                     const training::Extras& extras = {});
 
 }  // namespace xg::dist

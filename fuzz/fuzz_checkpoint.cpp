@@ -28,14 +28,14 @@ struct Parts {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string& path = xgfuzz::write_input("ckpt", data, size);
   try {
-    auto info = xg::train::read_checkpoint_info(path);
+    auto info = xg::training::read_checkpoint_info(path);
     for (const auto& [name, t] : info.extras.entries()) (void)xg::npy_bytes(t);
   } catch (const xg::Error&) {
   }
   static Parts parts;
   const xg::Tensor before = parts.model->weight.clone();
   try {
-    (void)xg::train::load_checkpoint(path, {parts.model.get(), parts.opt.get(), parts.sched.get(), &parts.gen});
+    (void)xg::training::load_checkpoint(path, {parts.model.get(), parts.opt.get(), parts.sched.get(), &parts.gen});
     parts.opt->step();  // whatever loaded must be usable
   } catch (const xg::Error&) {
     const xg::Tensor after = parts.model->weight;

@@ -13,22 +13,22 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string& path = xgfuzz::write_input("text", data, size);
   bool read_ok = false;
   try {
-    const std::string text = xg::train::read_text(path);
+    const std::string text = xg::training::read_text(path);
     read_ok = true;
     if (text != bytes) __builtin_trap();  // a file is returned as it is
     if (!text.empty()) {
-      const xg::train::CharVocab vocab(text);
+      const xg::training::CharVocab vocab(text);
       if (vocab.decode(vocab.encode(text)) != text) __builtin_trap();
       const xg::Tensor ids = vocab.encode(text);
       const std::int64_t b = 1 + static_cast<std::int64_t>(data[0] % 8);
-      if (ids.numel() >= b) (void)xg::train::batchify(ids, b);
-      (void)xg::train::split_tokens(ids, 0.1);
+      if (ids.numel() >= b) (void)xg::training::batchify(ids, b);
+      (void)xg::training::split_tokens(ids, 0.1);
     }
   } catch (const xg::Error&) {
   }
-  if (read_ok != xg::train::is_text(bytes)) __builtin_trap();
+  if (read_ok != xg::training::is_text(bytes)) __builtin_trap();
   try {
-    const auto vocab = xg::train::CharVocab::from_string(bytes);
+    const auto vocab = xg::training::CharVocab::from_string(bytes);
     if (vocab.to_string() != bytes) __builtin_trap();
   } catch (const xg::Error&) {
   }

@@ -35,16 +35,16 @@ int main(int argc, char** argv) {
   xg::optim::Adam opt(model->parameters());
   xg::optim::StepLR sched(opt, 2);
   xg::Generator gen(5);
-  xg::train::CheckpointParts parts{model.get(), &opt, &sched, &gen};
-  xg::train::Extras extras;
+  xg::training::CheckpointParts parts{model.get(), &opt, &sched, &gen};
+  xg::training::Extras extras;
   extras.set_string("vocab", "abc\n{}");
   extras.set_int("data.position", 12);
-  xg::train::save_checkpoint((root / "checkpoint" / "fresh.npz").string(), parts, 0, extras);
+  xg::training::save_checkpoint((root / "checkpoint" / "fresh.npz").string(), parts, 0, extras);
   xg::sum(model->forward(xg::randn({4, 3}))).backward();
   opt.step();
   sched.step();
-  xg::train::save_checkpoint((root / "checkpoint" / "stepped.npz").string(), parts, 1, extras);
-  xg::train::save_checkpoint((root / "checkpoint" / "model_only.npz").string(), {model.get()}, 1);
+  xg::training::save_checkpoint((root / "checkpoint" / "stepped.npz").string(), parts, 1, extras);
+  xg::training::save_checkpoint((root / "checkpoint" / "model_only.npz").string(), {model.get()}, 1);
 
   std::ofstream(root / "text" / "code.txt") << "int main() {\n  return 0;  // \"ok\"\n}\n";
   std::ofstream(root / "text" / "empty.txt") << "";

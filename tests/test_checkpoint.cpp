@@ -16,10 +16,10 @@
 
 namespace fs = std::filesystem;
 using xg::Tensor;
-using xg::train::CheckpointParts;
-using xg::train::Extras;
-using xg::train::load_checkpoint;
-using xg::train::save_checkpoint;
+using xg::training::CheckpointParts;
+using xg::training::Extras;
+using xg::training::load_checkpoint;
+using xg::training::save_checkpoint;
 
 namespace {
 
@@ -196,7 +196,7 @@ TEST_CASE("checkpoint: the generator, step and extras come back exactly") {
   CHECK(got.extras.get_double("best_bpc") == 1.25);
   CHECK(got.extras.get_string("vocab") == bytes);
   CHECK(got.extras.get_string("empty").empty());
-  CHECK(xg::train::read_checkpoint_info(path).extras.get_string("vocab") == bytes);
+  CHECK(xg::training::read_checkpoint_info(path).extras.get_string("vocab") == bytes);
 
   // numpy can read it: the entries are plain .npy arrays under documented names.
   std::vector<std::string> names;
@@ -366,7 +366,7 @@ TEST_CASE("checkpoint: bad input") {
     Tensor s = Tensor::empty(xg::Shape{}, xg::i64);
     s.data<std::int64_t>()[0] = 0;
     xg::save_npz(path, {{"xgrad.checkpoint", v}, {"step", s}});
-    CHECK(xgtest::has(xgtest::error_of<xg::StateError>([&] { (void)xg::train::read_checkpoint_info(path); }),
+    CHECK(xgtest::has(xgtest::error_of<xg::StateError>([&] { (void)xg::training::read_checkpoint_info(path); }),
                       "format 99"));
   }
 }

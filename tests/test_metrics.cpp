@@ -10,9 +10,9 @@
 
 #include "helpers.hpp"
 
-using xg::train::CsvLog;
-using xg::train::read_csv;
-using xg::train::read_csv_column;
+using xg::training::CsvLog;
+using xg::training::read_csv;
+using xg::training::read_csv_column;
 
 namespace {
 
@@ -78,11 +78,11 @@ TEST_CASE("metrics: non-finite values are written and read back") {
 }
 
 TEST_CASE("metrics: strings are quoted per RFC 4180 only when needed") {
-  CHECK(xg::train::csv_quote("plain") == "plain");
-  CHECK(xg::train::csv_quote("a,b") == "\"a,b\"");
-  CHECK(xg::train::csv_quote("say \"hi\"") == "\"say \"\"hi\"\"\"");
-  CHECK(xg::train::csv_quote("two\nlines") == "\"two\nlines\"");
-  CHECK(xg::train::csv_quote("") == "");
+  CHECK(xg::training::csv_quote("plain") == "plain");
+  CHECK(xg::training::csv_quote("a,b") == "\"a,b\"");
+  CHECK(xg::training::csv_quote("say \"hi\"") == "\"say \"\"hi\"\"\"");
+  CHECK(xg::training::csv_quote("two\nlines") == "\"two\nlines\"");
+  CHECK(xg::training::csv_quote("") == "");
 
   const std::string path = temp_path("strings.csv");
   {

@@ -12,10 +12,10 @@
 
 #include "helpers.hpp"
 
-using xg::train::LinePlot;
-using xg::train::nice_step;
-using xg::train::nice_ticks;
-using xg::train::tick_label;
+using xg::training::LinePlot;
+using xg::training::nice_step;
+using xg::training::nice_ticks;
+using xg::training::tick_label;
 
 namespace {
 
@@ -169,7 +169,7 @@ TEST_CASE("plot: tick labels are short decimals") {
   CHECK(tick_label(1000, 0.5) == "1000");
   CHECK(tick_label(2e8, 2e8) == "2e+08");
   CHECK(tick_label(1e-6, 5e-7) == "1e-06");
-  CHECK(xg::train::xml_escape("a<b & c>\"d'") == "a&lt;b &amp; c&gt;&quot;d&apos;");
+  CHECK(xg::training::xml_escape("a<b & c>\"d'") == "a&lt;b &amp; c&gt;&quot;d&apos;");
 }
 
 TEST_CASE("plot: two series give a valid standalone SVG with labels, ticks and one polyline each") {
@@ -294,9 +294,9 @@ TEST_CASE("plot: bad input") {
 
 namespace {
 
-using xg::train::Heatmap;
-using xg::train::heat_color;
-using xg::train::visible_label;
+using xg::training::Heatmap;
+using xg::training::heat_color;
+using xg::training::visible_label;
 
 // The fill colours of the cell rects, in document (row-major) order.
 std::vector<std::string> cell_fills(const std::string& doc) {

@@ -7,10 +7,10 @@
 
 #include "helpers.hpp"
 
-using xg::train::format_duration;
-using xg::train::format_rate;
-using xg::train::ProgressBar;
-using xg::train::ProgressOptions;
+using xg::training::format_duration;
+using xg::training::format_rate;
+using xg::training::ProgressBar;
+using xg::training::ProgressOptions;
 
 namespace {
 

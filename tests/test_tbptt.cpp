@@ -14,8 +14,8 @@
 #include "helpers.hpp"
 
 using xg::Tensor;
-using xg::train::tbptt_chunks;
-using xg::train::train_tbptt;
+using xg::training::tbptt_chunks;
+using xg::training::train_tbptt;
 
 namespace {
 
@@ -85,12 +85,12 @@ long rss_bytes() {
 }
 
 // What train_tbptt accepts as a state: anything with detach().
-static_assert(xg::train::Detachable<TinyState>);
-static_assert(xg::train::Detachable<xg::nn::RNNState>);
-static_assert(xg::train::Detachable<xg::nn::LSTMState>);
-static_assert(xg::train::Detachable<Tensor>);
-static_assert(!xg::train::Detachable<Tensor*>);
-static_assert(!xg::train::Detachable<int>);
+static_assert(xg::training::Detachable<TinyState>);
+static_assert(xg::training::Detachable<xg::nn::RNNState>);
+static_assert(xg::training::Detachable<xg::nn::LSTMState>);
+static_assert(xg::training::Detachable<Tensor>);
+static_assert(!xg::training::Detachable<Tensor*>);
+static_assert(!xg::training::Detachable<int>);
 
 }  // namespace
 
@@ -109,10 +109,10 @@ TEST_CASE("tbptt: chunks of k with targets shifted by one") {
   CHECK(tbptt_chunks(tokens, 9).size() == 1);
   CHECK(tbptt_chunks(tokens, 100).size() == 1);
   CHECK(tbptt_chunks(tokens, 1).size() == 9);
-  CHECK(xg::train::tbptt_num_chunks(tokens, 4) == 3);
-  CHECK(xg::train::tbptt_chunk(tokens, 4, 1).targets.to_vector<std::int64_t>() == std::vector<std::int64_t>{15, 16, 17, 18});
-  CHECK_THROWS_WITH_AS(xg::train::tbptt_chunk(tokens, 4, 3), doctest::Contains("make 3 chunks"), xg::IndexError);
-  CHECK_THROWS_AS(xg::train::tbptt_chunk(tokens, 4, -1), xg::IndexError);
+  CHECK(xg::training::tbptt_num_chunks(tokens, 4) == 3);
+  CHECK(xg::training::tbptt_chunk(tokens, 4, 1).targets.to_vector<std::int64_t>() == std::vector<std::int64_t>{15, 16, 17, 18});
+  CHECK_THROWS_WITH_AS(xg::training::tbptt_chunk(tokens, 4, 3), doctest::Contains("make 3 chunks"), xg::IndexError);
+  CHECK_THROWS_AS(xg::training::tbptt_chunk(tokens, 4, -1), xg::IndexError);
 
   // [B, N]: chunks run along the time dim for every stream at once.
   const Tensor batch = xg::from_vector(std::vector<std::int64_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, {2, 5});

@@ -14,7 +14,7 @@
 #include "helpers.hpp"
 
 using namespace xg;
-using namespace xg::train;
+using namespace xg::training;
 namespace fs = std::filesystem;
 
 namespace {

@@ -85,10 +85,10 @@ int main(int argc, char** argv) {
       loss_value = loss.item();
     }
     if (step % every == 0) {
-      xg::train::Extras extras;
+      xg::training::Extras extras;
       extras.set_int("step", step);
-      xg::train::save_checkpoint(ckpt, {&lm, &opt, nullptr, &xg::default_generator()}, step, extras);
-      (void)xg::train::load_checkpoint(ckpt, {&lm, &opt, nullptr, &xg::default_generator()});
+      xg::training::save_checkpoint(ckpt, {&lm, &opt, nullptr, &xg::default_generator()}, step, extras);
+      (void)xg::training::load_checkpoint(ckpt, {&lm, &opt, nullptr, &xg::default_generator()});
       {  // sample 64 characters, recording off
         xg::NoGradGuard no_grad;
         xg::nn::LSTMState s{xg::zeros({1, 1, H}), xg::zeros({1, 1, H})};

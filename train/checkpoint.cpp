@@ -11,7 +11,7 @@
 #include "../autograd/factory.hpp"
 #include "../autograd/io.hpp"
 
-namespace xg::train {
+namespace xg::training {
 
 namespace {
 
@@ -275,4 +275,4 @@ LoadedCheckpoint load_checkpoint(const std::string& path, const CheckpointParts&
   return out;
 }
 
-}  // namespace xg::train
+}  // namespace xg::training

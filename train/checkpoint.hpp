@@ -2,14 +2,14 @@
 // Checkpoints: everything a training run needs to continue as if never stopped, in one
 // .npz that numpy.load opens.
 //
-//   xg::train::CheckpointParts parts{.model = &model, .optimizer = &opt,
+//   xg::training::CheckpointParts parts{.model = &model, .optimizer = &opt,
 //                                    .scheduler = &sched, .generator = &xg::default_generator()};
-//   xg::train::Extras extras;
+//   xg::training::Extras extras;
 //   extras.set_int("data.position", pos);
 //   extras.set_string("vocab", vocab_chars);
-//   xg::train::save_checkpoint("run/ckpt.npz", parts, step, extras);
+//   xg::training::save_checkpoint("run/ckpt.npz", parts, step, extras);
 //   ...
-//   auto loaded = xg::train::load_checkpoint("run/ckpt.npz", parts);   // fresh objects
+//   auto loaded = xg::training::load_checkpoint("run/ckpt.npz", parts);   // fresh objects
 //   step = loaded.step; pos = loaded.extras.get_int("data.position");
 //
 // Entries of the archive:
@@ -36,7 +36,9 @@
 #include "../optim/optimizer.hpp"
 #include "../optim/scheduler.hpp"
 
-namespace xg::train {
+#include "namespace.hpp"
+
+namespace xg::training {
 
 // What a checkpoint saves and restores. Each part is optional: a null part is neither
 // saved nor loaded. Loading requires every non-null part to be in the file.
@@ -86,4 +88,4 @@ LoadedCheckpoint load_checkpoint(const std::string& path, const CheckpointParts&
 // Just the step and extras (e.g. the vocabulary, to build the model before loading it).
 LoadedCheckpoint read_checkpoint_info(const std::string& path);
 
-}  // namespace xg::train
+}  // namespace xg::training

@@ -12,7 +12,7 @@
 
 #include "../backend/error.hpp"
 
-namespace xg::train {
+namespace xg::training {
 
 std::string csv_quote(const std::string& s) {
   if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
@@ -178,4 +178,4 @@ std::vector<double> read_csv_column(const std::string& path, const std::string& 
   return out;
 }
 
-}  // namespace xg::train
+}  // namespace xg::training

@@ -2,7 +2,7 @@
 // A metrics log in CSV (RFC 4180), one row per log() call, flushed at once so a crashed or
 // killed run keeps every row written so far and `tail -f` / a plotting script see live data.
 //
-//   xg::train::CsvLog log("run/metrics.csv", {"step", "loss", "lr"});
+//   xg::training::CsvLog log("run/metrics.csv", {"step", "loss", "lr"});
 //   log.log({{"step", 10}, {"loss", 1.23}});   // lr left empty
 //
 // Numbers are written with fmt's "{}" (shortest text that reads back as the same double,
@@ -17,7 +17,9 @@
 #include <variant>
 #include <vector>
 
-namespace xg::train {
+#include "namespace.hpp"
+
+namespace xg::training {
 
 // One cell: an integer, a double or a string.
 class CsvValue {
@@ -79,4 +81,4 @@ std::vector<std::vector<std::string>> read_csv(const std::string& path);
 // unreadable file, Error naming the column when it is absent or a field is not a number.
 std::vector<double> read_csv_column(const std::string& path, const std::string& name);
 
-}  // namespace xg::train
+}  // namespace xg::training

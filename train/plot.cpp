@@ -11,7 +11,7 @@
 
 #include "../backend/error.hpp"
 
-namespace xg::train {
+namespace xg::training {
 
 namespace {
 
@@ -238,9 +238,9 @@ void LinePlot::write_svg(const std::string& path) const {
   if (std::fclose(f) != 0 || !ok) throw IOError(fmt::format("LinePlot::write_svg: writing '{}' failed", path));
 }
 
-}  // namespace xg::train
+}  // namespace xg::training
 
-namespace xg::train {
+namespace xg::training {
 
 namespace {
 
@@ -421,4 +421,4 @@ void Heatmap::write_svg(const std::string& path) const {
   if (std::fclose(f) != 0 || !ok) throw IOError(fmt::format("Heatmap::write_svg: writing '{}' failed", path));
 }
 
-}  // namespace xg::train
+}  // namespace xg::training

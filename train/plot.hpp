@@ -3,7 +3,7 @@
 // "nice" ticks (1, 2 or 5 times a power of ten) and their labels, axis labels, a legend
 // and one <polyline> per series.
 //
-//   xg::train::LinePlot plot{"char-rnn", "step", "loss"};
+//   xg::training::LinePlot plot{"char-rnn", "step", "loss"};
 //   plot.add_series("train", steps, train_loss);
 //   plot.add_series("valid", steps, valid_loss, "#d62728");
 //   plot.write_svg("loss.svg");
@@ -19,7 +19,9 @@
 #include <utility>
 #include <vector>
 
-namespace xg::train {
+#include "namespace.hpp"
+
+namespace xg::training {
 
 // Tick positions for [lo, hi]: the step is (hi - lo) / target rounded to a nice number
 // (mantissa f of the raw step: f < 1.5 -> 1, < 3 -> 2, < 7 -> 5, else 10, times 10^k), and
@@ -66,15 +68,15 @@ struct LinePlot {
   void write_svg(const std::string& path) const;
 };
 
-}  // namespace xg::train
+}  // namespace xg::training
 
-namespace xg::train {
+namespace xg::training {
 
 // A matrix of numbers drawn as coloured cells (an attention map: one row per output
 // token, one column per source token), written as a standalone SVG: title, a label per
 // row and per column, axis titles and a colour-scale legend with ticks.
 //
-//   xg::train::Heatmap map{"attention", "source", "output"};
+//   xg::training::Heatmap map{"attention", "source", "output"};
 //   map.row_labels = {"2", "0", "2", "6"};
 //   map.col_labels = {"2", "6", " ", "n", "o", "v"};
 //   map.values = weights;   // rows x cols, row-major
@@ -114,4 +116,4 @@ std::string heat_color(double t);
 // longer labels are kept. Not escaped (pass through xml_escape for SVG).
 std::string visible_label(const std::string& s);
 
-}  // namespace xg::train
+}  // namespace xg::training

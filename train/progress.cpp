@@ -10,7 +10,7 @@
 
 #include "../backend/error.hpp"
 
-namespace xg::train {
+namespace xg::training {
 
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "-:--:--";
@@ -132,4 +132,4 @@ void ProgressBar::draw(bool final_line) {
   last_draw_ = last_time_;
 }
 
-}  // namespace xg::train
+}  // namespace xg::training

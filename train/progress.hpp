@@ -20,7 +20,9 @@
 #include <optional>
 #include <string>
 
-namespace xg::train {
+#include "namespace.hpp"
+
+namespace xg::training {
 
 struct ProgressOptions {
   std::string label = "train";
@@ -83,4 +85,4 @@ class ProgressBar {
   double last_loss_ = 0.0;
 };
 
-}  // namespace xg::train
+}  // namespace xg::training

@@ -6,7 +6,7 @@
 
 #include "../autograd/ops.hpp"
 
-namespace xg::train {
+namespace xg::training {
 
 std::int64_t tbptt_num_chunks(const Tensor& tokens, std::int64_t k) {
   if (!tokens.defined()) throw StateError("train_tbptt: tokens is an undefined tensor");
@@ -41,4 +41,4 @@ std::vector<TBPTTChunk> tbptt_chunks(const Tensor& tokens, std::int64_t k) {
   return chunks;
 }
 
-}  // namespace xg::train
+}  // namespace xg::training

@@ -29,7 +29,9 @@
 
 #include "../autograd/tensor.hpp"
 
-namespace xg::train {
+#include "namespace.hpp"
+
+namespace xg::training {
 
 // What can be carried between chunks: anything with `State detach() const`
 // (nn::RNNState, nn::LSTMState, a plain Tensor, or a struct of your own).
@@ -92,4 +94,4 @@ TBPTTResult<State> train_tbptt(
   return result;
 }
 
-}  // namespace xg::train
+}  // namespace xg::training

@@ -9,7 +9,7 @@
 
 #include <fmt/core.h>
 
-namespace xg::train {
+namespace xg::training {
 
 namespace fs = std::filesystem;
 
@@ -294,4 +294,4 @@ Tensor batchify(const Tensor& tokens, std::int64_t batch) {
   return out;
 }
 
-}  // namespace xg::train
+}  // namespace xg::training

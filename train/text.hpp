@@ -3,13 +3,13 @@
 // bytes to token ids and back, split off a validation tail, and cut the token stream
 // into B parallel streams for truncated BPTT (train_tbptt / tbptt_chunk take [B, N]).
 //
-//   std::string text = xg::train::read_text("src/", {.extensions = {".hpp", ".cpp"}});
-//   xg::train::CharVocab vocab(text);                     // sorted distinct bytes
+//   std::string text = xg::training::read_text("src/", {.extensions = {".hpp", ".cpp"}});
+//   xg::training::CharVocab vocab(text);                     // sorted distinct bytes
 //   xg::Tensor ids = vocab.encode(text);                  // int64 [N]
-//   auto [train, valid] = xg::train::split_tokens(ids, 0.05);   // valid = the last 5%
-//   xg::Tensor streams = xg::train::batchify(train, 32);  // [32, N_train / 32]
+//   auto [train, valid] = xg::training::split_tokens(ids, 0.05);   // valid = the last 5%
+//   xg::Tensor streams = xg::training::batchify(train, 32);  // [32, N_train / 32]
 //   extras.set_string("vocab", vocab.to_string());        // into a checkpoint ...
-//   auto same = xg::train::CharVocab::from_string(info.extras.get_string("vocab"));  // ... and back
+//   auto same = xg::training::CharVocab::from_string(info.extras.get_string("vocab"));  // ... and back
 //
 // A "character" is one byte: UTF-8 text is modelled byte by byte (a multi-byte character
 // is several tokens), so every file maps onto at most 256 ids and decode(encode(t)) == t.
@@ -25,7 +25,9 @@
 
 #include "../autograd/tensor.hpp"
 
-namespace xg::train {
+#include "namespace.hpp"
+
+namespace xg::training {
 
 struct ReadTextOptions {
   // For a directory: only files whose name ends with one of these (".cpp", ".txt", or a
@@ -114,4 +116,4 @@ std::pair<Tensor, Tensor> split_tokens(const Tensor& tokens, double valid_fracti
 // token per stream): Error naming batchify and the shape.
 Tensor batchify(const Tensor& tokens, std::int64_t batch);
 
-}  // namespace xg::train
+}  // namespace xg::training

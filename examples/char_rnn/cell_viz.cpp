@@ -147,7 +147,7 @@ double correlation(const std::vector<double>& x, const float* y, std::size_t str
 // ---- HTML -------------------------------------------------------------------------------
 
 // HTML text: the XML escapes suit it (&apos; is valid HTML5).
-std::string html_escape(const std::string& s) { return train::xml_escape(s); }
+std::string html_escape(const std::string& s) { return training::xml_escape(s); }
 
 // The text shown for byte i. The model reads bytes, so a multi-byte UTF-8 character is
 // several positions: the whole character is shown at its first byte (coloured by the
@@ -164,14 +164,14 @@ std::string display(const std::string& text, std::size_t i) {
       if ((lead & 0xc0) == 0x80) continue;
       const std::size_t len = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1;
       if (back < len && i - back + len <= text.size() &&
-          train::is_text(std::string_view(text).substr(i - back, len)))
+          training::is_text(std::string_view(text).substr(i - back, len)))
         return "";
       break;
     }
     return "\xef\xbf\xbd";
   }
   const std::size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
-  if (i + len <= text.size() && train::is_text(std::string_view(text).substr(i, len))) return text.substr(i, len);
+  if (i + len <= text.size() && training::is_text(std::string_view(text).substr(i, len))) return text.substr(i, len);
   return "\xef\xbf\xbd";
 }
 
@@ -209,10 +209,10 @@ int run(const Options& o) {
   set_num_threads(o.threads);
 
   // ---- the model, from the checkpoint alone ------------------------------------------
-  const train::LoadedCheckpoint info = train::read_checkpoint_info(o.load);
+  const training::LoadedCheckpoint info = training::read_checkpoint_info(o.load);
   const ModelConfig cfg = ModelConfig::load(info.extras);
   CharRNN model(cfg);
-  train::load_checkpoint(o.load, {.model = &model});
+  training::load_checkpoint(o.load, {.model = &model});
   model.eval();
 
   // ---- the text ------------------------------------------------------------------------
@@ -220,7 +220,7 @@ int run(const Options& o) {
   if (o.data.empty()) {
     const double valid_fraction =
         info.extras.has("data.valid_fraction") ? info.extras.get_double("data.valid_fraction") : 0.05;
-    text = train::split_text(char_rnn::embedded_corpus(), valid_fraction).second;
+    text = training::split_text(char_rnn::embedded_corpus(), valid_fraction).second;
     what = "the held-out tail of the embedded xgrad sources";
   } else {
     text = char_rnn::load_corpus(o.data, o.extensions, &what);

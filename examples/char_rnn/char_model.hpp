@@ -32,7 +32,7 @@ inline std::string load_corpus(const std::string& data, const std::vector<std::s
     *what = fmt::format("embedded xgrad sources ({} files, {} bytes)", kCorpusFiles, kCorpusSize);
     return std::string(embedded_corpus());
   }
-  std::string text = xg::train::read_text(data, {.extensions = extensions});
+  std::string text = xg::training::read_text(data, {.extensions = extensions});
   *what = fmt::format("{} ({} bytes)", data, text.size());
   return text;
 }
@@ -53,22 +53,22 @@ inline constexpr double kLn2 = 0.69314718055994530942;
 // The sizes that define the model's parameters: saved with every checkpoint, so sampling
 // and cell_viz rebuild the right model from the file alone.
 struct ModelConfig {
-  xg::train::CharVocab vocab;
+  xg::training::CharVocab vocab;
   std::int64_t embed = 64;
   std::int64_t hidden = 256;
   std::int64_t layers = 2;
   double dropout = 0.0;
 
-  void save(xg::train::Extras& extras) const {
+  void save(xg::training::Extras& extras) const {
     extras.set_string("vocab", vocab.to_string());
     extras.set_int("model.embed", embed);
     extras.set_int("model.hidden", hidden);
     extras.set_int("model.layers", layers);
     extras.set_double("model.dropout", dropout);
   }
-  static ModelConfig load(const xg::train::Extras& extras) {
+  static ModelConfig load(const xg::training::Extras& extras) {
     ModelConfig c;
-    c.vocab = xg::train::CharVocab::from_string(extras.get_string("vocab"));
+    c.vocab = xg::training::CharVocab::from_string(extras.get_string("vocab"));
     c.embed = extras.get_int("model.embed");
     c.hidden = extras.get_int("model.hidden");
     c.layers = extras.get_int("model.layers");

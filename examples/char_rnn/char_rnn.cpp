@@ -10,7 +10,7 @@
 //   ./build/examples/char_rnn/char_rnn --resume out/char_rnn/checkpoint_step500.npz --steps 2000
 //
 // What it shows: Embedding -> nn::LSTM -> Linear over B parallel streams of the corpus,
-// truncated BPTT with xg::train::tbptt_chunk (the carried state detached between chunks),
+// truncated BPTT with xg::training::tbptt_chunk (the carried state detached between chunks),
 // gradient clipping, Adam or RMSprop, a held-out tail of the corpus scored in bits per
 // character, the progress bar, a metrics CSV and loss-curve SVG, checkpoints that resume
 // bit for bit, and temperature / top-k sampling.
@@ -146,13 +146,13 @@ double evaluate_bpc(CharRNN& model, const Tensor& tokens, std::int64_t* chars_sc
   NoGradGuard no_grad;
   model.eval();
   const std::int64_t rows = std::min<std::int64_t>(16, tokens.numel() / 2);
-  const Tensor streams = train::batchify(tokens, rows);  // [rows, N / rows]
+  const Tensor streams = training::batchify(tokens, rows);  // [rows, N / rows]
   const std::int64_t window = 256;                       // no graph to keep: long chunks are cheaper
   nn::LSTMState state;
   double total_nats = 0.0;
   std::int64_t count = 0;
-  for (std::int64_t c = 0; c < train::tbptt_num_chunks(streams, window); ++c) {
-    const train::TBPTTChunk chunk = train::tbptt_chunk(streams, window, c);
+  for (std::int64_t c = 0; c < training::tbptt_num_chunks(streams, window); ++c) {
+    const training::TBPTTChunk chunk = training::tbptt_chunk(streams, window, c);
     auto [logits, next] = model.forward(chunk.inputs, state);  // [rows*T, V]
     const Tensor targets = reshape(chunk.targets, {-1});        // [rows*T]
     total_nats += cross_entropy(logits, targets, {.reduction = Reduction::sum}).item();
@@ -186,7 +186,7 @@ std::int64_t sample_id(const std::vector<double>& logits, double temperature, st
 
 // Feeds `prime` (or a newline, so the sample starts at the beginning of a line), then
 // draws n characters one at a time, each fed back as the next input.
-std::string sample_text(CharRNN& model, const train::CharVocab& vocab, const Options& o, Generator& gen) {
+std::string sample_text(CharRNN& model, const training::CharVocab& vocab, const Options& o, Generator& gen) {
   NoGradGuard no_grad;
   model.eval();
   std::string seed_text = o.prime.empty() ? std::string(1, vocab.contains('\n') ? '\n' : vocab.chr(0)) : o.prime;
@@ -204,9 +204,9 @@ std::string sample_text(CharRNN& model, const train::CharVocab& vocab, const Opt
 }
 
 void write_loss_plot(const std::string& csv, const std::string& svg) {
-  const std::vector<double> step = train::read_csv_column(csv, "step");
-  const std::vector<double> train_bpc = train::read_csv_column(csv, "train_bpc");
-  const std::vector<double> valid_bpc = train::read_csv_column(csv, "valid_bpc");
+  const std::vector<double> step = training::read_csv_column(csv, "step");
+  const std::vector<double> train_bpc = training::read_csv_column(csv, "train_bpc");
+  const std::vector<double> valid_bpc = training::read_csv_column(csv, "valid_bpc");
   // Chunk losses are noisy: the train curve is a trailing mean over 25 steps. Rows that
   // only record a validation score (step 0, the last step after a time-budget stop) have no
   // train value, and validation is logged only on evaluation steps: empty fields read back
@@ -227,7 +227,7 @@ void write_loss_plot(const std::string& csv, const std::string& svg) {
       vy.push_back(valid_bpc[i]);
     }
   }
-  train::LinePlot plot{"char_rnn: bits per character (train: mean of 25 steps)", "step", "bits per character"};
+  training::LinePlot plot{"char_rnn: bits per character (train: mean of 25 steps)", "step", "bits per character"};
   plot.add_series("train", xs, ys);
   plot.add_series("validation", vx, vy, "#d62728");
   plot.write_svg(svg);
@@ -237,12 +237,12 @@ void write_loss_plot(const std::string& csv, const std::string& svg) {
 // checkpoint's step (a later part belongs to the run being replaced), then append.
 void truncate_log(const std::string& path, const std::vector<std::string>& columns, std::int64_t last_step) {
   if (!fs::exists(path)) return;
-  auto rows = train::read_csv(path);
+  auto rows = training::read_csv(path);
   if (rows.empty() || rows[0] != columns) return;  // another layout: start afresh
-  train::CsvLog log(path, columns);
+  training::CsvLog log(path, columns);
   for (std::size_t r = 1; r < rows.size(); ++r) {
     if (rows[r].size() != columns.size() || std::stoll(rows[r][0]) > last_step) break;
-    std::vector<std::pair<std::string, train::CsvValue>> row;
+    std::vector<std::pair<std::string, training::CsvValue>> row;
     for (std::size_t c = 0; c < columns.size(); ++c) {
       if (!rows[r][c].empty()) row.emplace_back(columns[c], rows[r][c]);
     }
@@ -269,8 +269,8 @@ int run(const Options& o_in, const CLI::App& app) {
 
   // ---- what to start from: a fresh model, a run to resume, or a model to sample ----------
   const std::string from = !o.resume.empty() ? o.resume : o.load;
-  train::LoadedCheckpoint info;
-  if (!from.empty()) info = train::read_checkpoint_info(from);
+  training::LoadedCheckpoint info;
+  if (!from.empty()) info = training::read_checkpoint_info(from);
   // The checkpoint defines the model and the data layout; the command line cannot change
   // them without breaking the run, so say when it tried.
   auto note_ignored = [&](const char* opt, double given, double stored) {
@@ -299,7 +299,7 @@ int run(const Options& o_in, const CLI::App& app) {
         fmt::print(stderr, "note: --optim {} ignored: {} has {}\n", o.optim, from, info.extras.get_string("optim"));
       o.optim = info.extras.get_string("optim");  // and its state, with the learning rate
     } else {
-      cfg.vocab = train::CharVocab(text);
+      cfg.vocab = training::CharVocab(text);
       cfg.embed = o.embed;
       cfg.hidden = o.hidden;
       cfg.layers = o.layers;
@@ -314,7 +314,7 @@ int run(const Options& o_in, const CLI::App& app) {
   }
   cfg.validate();
   CharRNN model(cfg);
-  if (!o.load.empty()) train::load_checkpoint(o.load, {.model = &model});
+  if (!o.load.empty()) training::load_checkpoint(o.load, {.model = &model});
 
   Generator sample_gen(o.seed + 1);  // its own stream: sampling never shifts training's random numbers
   if (!o.load.empty()) {
@@ -324,14 +324,14 @@ int run(const Options& o_in, const CLI::App& app) {
     // ---- data: the held-out tail, and B parallel streams of the rest ---------------------
     if (o.batch < 1 || o.seq_len < 1) throw Error("--batch and --seq-len must be >= 1");
     const Tensor ids = cfg.vocab.encode(text);                           // [N]
-    auto [train_ids, valid_ids] = train::split_tokens(ids, o.valid_fraction);
+    auto [train_ids, valid_ids] = training::split_tokens(ids, o.valid_fraction);
     if (o.valid_chars > 0 && valid_ids.numel() > o.valid_chars) valid_ids = slice(valid_ids, 0, 0, o.valid_chars);
     if (valid_ids.numel() < 2) throw Error(fmt::format("the validation part of {} has {} chars; use a larger "
                                                        "corpus or --valid-fraction", corpus_what, valid_ids.numel()));
     if (train_ids.numel() < 2 * o.batch)
       throw Error(fmt::format("{} training chars are too few for --batch {}", train_ids.numel(), o.batch));
-    const Tensor all_streams = train::batchify(train_ids, o.batch);                  // [B, N/B]
-    const std::int64_t chunks_per_epoch = train::tbptt_num_chunks(all_streams, o.seq_len);
+    const Tensor all_streams = training::batchify(train_ids, o.batch);                  // [B, N/B]
+    const std::int64_t chunks_per_epoch = training::tbptt_num_chunks(all_streams, o.seq_len);
     if (o.batch % par.world != 0)
       throw Error(fmt::format("--batch {} must be a multiple of the {} ranks", o.batch, par.world));
     const std::uint64_t rows_seed = 0x5eed;
@@ -349,7 +349,7 @@ int run(const Options& o_in, const CLI::App& app) {
     } else {
       throw Error(fmt::format("--optim must be adam or rmsprop, got '{}'", o.optim));
     }
-    const train::CheckpointParts parts{.model = &model, .optimizer = opt.get(), .generator = &default_generator()};
+    const training::CheckpointParts parts{.model = &model, .optimizer = opt.get(), .generator = &default_generator()};
 #ifdef XGRAD_WITH_MPI
     if (par.on()) {
       dist::broadcast_parameters(model);  // one starting point for every replica
@@ -360,7 +360,7 @@ int run(const Options& o_in, const CLI::App& app) {
     std::int64_t step = 0, epoch = 0, chunk = 0;
     nn::LSTMState state;  // undefined: zeros, the start of every stream
     if (!o.resume.empty()) {
-      const train::LoadedCheckpoint loaded = train::load_checkpoint(o.resume, parts);
+      const training::LoadedCheckpoint loaded = training::load_checkpoint(o.resume, parts);
       step = loaded.step;
       epoch = loaded.extras.get_int("data.epoch");
       chunk = loaded.extras.get_int("data.chunk");
@@ -371,7 +371,7 @@ int run(const Options& o_in, const CLI::App& app) {
     }
 
     auto save = [&](const std::string& path) {
-      train::Extras extras;
+      training::Extras extras;
       cfg.save(extras);
       extras.set_string("optim", o.optim);
       extras.set_int("data.hash", char_rnn::corpus_hash(text));
@@ -388,7 +388,7 @@ int run(const Options& o_in, const CLI::App& app) {
 #ifdef XGRAD_WITH_MPI
       if (par.on()) return dist::save_checkpoint(path, parts, step, extras);  // rank 0 writes
 #endif
-      train::save_checkpoint(path, parts, step, extras);
+      training::save_checkpoint(path, parts, step, extras);
     };
 
     if (par.on()) say("data-parallel: {} ranks, {} streams each\n", par.world, o.batch / par.world);
@@ -406,20 +406,20 @@ int run(const Options& o_in, const CLI::App& app) {
     const std::string svg_path = (fs::path(o.out) / "loss.svg").string();
     const std::vector<std::string> columns{"step", "epoch", "train_bpc", "valid_bpc", "grad_norm", "seconds"};
     if (par.leader() && !o.resume.empty()) truncate_log(csv_path, columns, step);
-    std::unique_ptr<train::CsvLog> log;
+    std::unique_ptr<training::CsvLog> log;
     if (par.leader()) {
-      log = std::make_unique<train::CsvLog>(csv_path, columns, /*append=*/!o.resume.empty());
+      log = std::make_unique<training::CsvLog>(csv_path, columns, /*append=*/!o.resume.empty());
       if (o.resume.empty()) log->log({{"step", 0}, {"epoch", 0}, {"valid_bpc", start_bpc}, {"seconds", seconds_since(t0)}});
     }
 
     std::fflush(stdout);  // the header lines before the progress bar (stderr) starts
 
-    // ---- training: the loop of train::train_tbptt, one chunk per optimizer step --------
+    // ---- training: the loop of training::train_tbptt, one chunk per optimizer step --------
     // (spelled out rather than called so it can stop on the time budget and evaluate and
     // checkpoint between chunks). Each step: the model over chunk [B, T] from the carried
     // state, backward (which frees the chunk's graph), clip, update, and detach the state
     // so the next chunk's backward stops here.
-    std::unique_ptr<train::ProgressBar> bar;
+    std::unique_ptr<training::ProgressBar> bar;
     const std::int64_t first_step = step;
     const auto train_t0 = std::chrono::steady_clock::now();
     double valid_bpc = std::numeric_limits<double>::quiet_NaN();
@@ -431,7 +431,7 @@ int run(const Options& o_in, const CLI::App& app) {
         stop_reason = fmt::format("time budget of {} s reached", o.time_budget);
         break;
       }
-      const train::TBPTTChunk c = train::tbptt_chunk(streams, o.seq_len, chunk);
+      const training::TBPTTChunk c = training::tbptt_chunk(streams, o.seq_len, chunk);
       auto [logits, next] = model.forward(c.inputs, state);           // [B*T, V]
       Tensor loss = cross_entropy(logits, reshape(c.targets, {-1}));  // mean nats per char
       loss.backward();
@@ -456,14 +456,14 @@ int run(const Options& o_in, const CLI::App& app) {
           const double per_step = seconds_since(train_t0) / static_cast<double>(step - first_step);
           total = std::min(o.steps, step + static_cast<std::int64_t>((o.time_budget - seconds_since(train_t0)) / per_step));
         }
-        train::ProgressOptions bar_options;
+        training::ProgressOptions bar_options;
         bar_options.smoothing = 0.9;  // a few dozen steps in all: a short average
-        bar = std::make_unique<train::ProgressBar>(std::max<std::int64_t>(total, step), bar_options);
+        bar = std::make_unique<training::ProgressBar>(std::max<std::int64_t>(total, step), bar_options);
       }
       if (bar) bar->update(step, bpc, c.inputs.numel() * par.world);
 
       const bool last = step == o.steps;
-      std::vector<std::pair<std::string, train::CsvValue>> row{
+      std::vector<std::pair<std::string, training::CsvValue>> row{
           {"step", step}, {"epoch", epoch}, {"train_bpc", bpc}, {"grad_norm", grad_norm},
           {"seconds", seconds_since(t0)}};
       if (par.leader() && ((o.eval_every > 0 && step % o.eval_every == 0) || last)) {

@@ -4,7 +4,7 @@
     embed_corpus.py OUT.cpp DEPFILE --ext EXT [--ext EXT ...] DIR [DIR ...]
 
 Every regular file under each DIR whose name ends with one of EXT, in sorted path order
-within each DIR (the order xg::train::read_text uses, so `char_rnn --data DIR` trains on
+within each DIR (the order xg::training::read_text uses, so `char_rnn --data DIR` trains on
 that DIR's part of the text), each ended with a newline if it lacks one, becomes one string:
 
     namespace char_rnn { extern const char* const kCorpus; extern const long kCorpusSize; ... }

@@ -211,7 +211,7 @@ int main(int argc, char** argv) {
   std::printf("experiment 1: remember the first of %lld tokens (%lld keys; chance loss ln %lld = %.3f)\n",
               static_cast<long long>(task.T), static_cast<long long>(task.keys), static_cast<long long>(task.keys),
               chance);
-  train::LinePlot flow{"gradient norm vs distance from the loss", "distance from the loss (steps)",
+  training::LinePlot flow{"gradient norm vs distance from the loss", "distance from the loss (steps)",
                        "||d loss / d h_t|| relative to distance 1", true};
   struct Summary {
     std::string name;
@@ -251,9 +251,9 @@ int main(int argc, char** argv) {
   short_task.T = std::min<std::int64_t>(task.T, 30);
   std::printf("experiment 2: ReLU RNN, W_hh orthogonal with gain %.2f, T = %lld, SGD lr %.3g\n", explode_gain,
               static_cast<long long>(short_task.T), explode_lr);
-  train::LinePlot loss_plot{"exploding ReLU RNN, SGD with and without clipping", "step",
+  training::LinePlot loss_plot{"exploding ReLU RNN, SGD with and without clipping", "step",
                             "training loss", true};
-  train::LinePlot norm_plot{"exploding: gradient norm vs distance from the loss (at init)",
+  training::LinePlot norm_plot{"exploding: gradient norm vs distance from the loss (at init)",
                             "distance from the loss (steps)", "||d loss / d h_t||", true};
   const auto [short_x, short_y] = short_task.batch(256, probe_gen);
   std::vector<TrainResult> runs;
@@ -266,7 +266,7 @@ int main(int argc, char** argv) {
     }
     if (clip == 0.0) {
       const auto norms = grad_norms_by_distance(*model, short_x, short_y);
-      norm_plot.add_series("ReLU RNN, gain " + train::tick_label(explode_gain, 0.01), iota_from(1, norms.size()), norms);
+      norm_plot.add_series("ReLU RNN, gain " + training::tick_label(explode_gain, 0.01), iota_from(1, norms.size()), norms);
       std::printf("  |dL/dh| at distance 1: %.3g, at distance %zu: %.3g (ratio %.3g: growing)\n", norms[0], norms.size(),
                   norms.back(), norms.back() / norms[0]);
     }

@@ -362,7 +362,7 @@ int main(int argc, char** argv) {
   }
 
   // Loss curve and attention maps.
-  train::LinePlot plot{"seq2seq training loss", "step", "cross-entropy per character", true};
+  training::LinePlot plot{"seq2seq training loss", "step", "cross-entropy per character", true};
   plot.add_series("train", xs, losses);
   plot.write_svg(out_dir + "/loss.svg");
   std::printf("wrote %s/loss.svg\n", out_dir.c_str());
@@ -381,7 +381,7 @@ int main(int argc, char** argv) {
     const Batch b = make_batch({shown_examples[i]});
     std::vector<std::vector<std::vector<double>>> w;
     const std::string got = greedy_decode(model, b, &w)[0];
-    train::Heatmap map{"\"" + shown_examples[i].source + "\" -> " + got, "source character", "output character"};
+    training::Heatmap map{"\"" + shown_examples[i].source + "\" -> " + got, "source character", "output character"};
     for (char c : shown_examples[i].source) map.col_labels.emplace_back(1, c);
     const std::size_t rows = std::min<std::size_t>(got.size() + 1, w[0].size());  // the characters and </s>
     for (std::size_t t = 0; t < rows; ++t) {

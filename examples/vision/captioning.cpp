@@ -403,9 +403,9 @@ Result train_and_evaluate(Mode mode, const Config& cfg, const std::vector<Batch>
 
   fmt::print("{}: {} parameters\n", name, model.num_parameters());
   const auto t0 = std::chrono::steady_clock::now();
-  train::ProgressOptions bar_opts;
+  training::ProgressOptions bar_opts;
   bar_opts.label = name;
-  train::ProgressBar bar(cfg.steps, bar_opts);
+  training::ProgressBar bar(cfg.steps, bar_opts);
   std::vector<double> xs, ys;
   Result r;
   for (int step = 1; step <= cfg.steps; ++step) {
@@ -426,7 +426,7 @@ Result train_and_evaluate(Mode mode, const Config& cfg, const std::vector<Batch>
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.last_loss = bar.smoothed_loss();
 
-  train::LinePlot plot{fmt::format("captioning ({}): training loss", name), "step", "cross-entropy per token", true};
+  training::LinePlot plot{fmt::format("captioning ({}): training loss", name), "step", "cross-entropy per token", true};
   plot.add_series("train", xs, ys);
   const std::string plot_path = fmt::format("{}/loss_{}.svg", cfg.out, name);
   plot.write_svg(plot_path);

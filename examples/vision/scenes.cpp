@@ -154,16 +154,16 @@ void write_attention_svg(const std::string& path, const std::string& caption, co
       "<rect width='100%' height='100%' fill='white'/>\n"
       "<defs><symbol id='img' viewBox='0 0 {2} {2}' width='{3}' height='{3}'>\n{4}</symbol></defs>\n"
       "<text x='{5}' y='24' font-size='17'>{6}</text>\n",
-      width, height, kImage, side, pixels, pad, xg::train::xml_escape(caption));
+      width, height, kImage, side, pixels, pad, xg::training::xml_escape(caption));
   for (int i = 0; i < n; ++i) {
     const Panel& p = panels[i];
     const int x0 = pad + (i % per_row) * (side + pad);
     const int y0 = 36 + (i / per_row) * (side + head + pad);
     svg += fmt::format("<text x='{}' y='{}' font-size='15' font-weight='bold'>{}</text>\n", x0, y0 + 16,
-                       xg::train::xml_escape(p.title));
+                       xg::training::xml_escape(p.title));
     if (!p.subtitle.empty()) {
       svg += fmt::format("<text x='{}' y='{}' font-size='11' fill='#555'>{}</text>\n", x0, y0 + 32,
-                         xg::train::xml_escape(p.subtitle));
+                         xg::training::xml_escape(p.subtitle));
     }
     const int iy = y0 + head;
     svg += fmt::format("<use xlink:href='#img' href='#img' x='{}' y='{}'/>\n", x0, iy);

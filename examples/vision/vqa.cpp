@@ -450,9 +450,9 @@ int main(int argc, char** argv) {
              kAnswers.size(), std::log(static_cast<double>(kAnswers.size())));
   std::fflush(stdout);
   const auto t0 = std::chrono::steady_clock::now();
-  train::ProgressOptions bar_opts;
+  training::ProgressOptions bar_opts;
   bar_opts.label = "vqa";
-  train::ProgressBar bar(steps, bar_opts);
+  training::ProgressBar bar(steps, bar_opts);
   std::vector<double> xs, ys;
   for (int step = 1; step <= steps; ++step) {
     const Batch b = make_batch(make_questions(train_gen, batch));
@@ -469,7 +469,7 @@ int main(int argc, char** argv) {
   bar.finish();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  train::LinePlot plot{"vqa: training loss", "step", "cross-entropy", true};
+  training::LinePlot plot{"vqa: training loss", "step", "cross-entropy", true};
   plot.add_series("train", xs, ys);
   plot.write_svg(out + "/loss.svg");
   fmt::print("wrote {}/loss.svg\n", out);

@@ -137,12 +137,12 @@ TEST_CASE("dist: resume under MPI gives the same result as no interruption") {
   {
     DistRun first(21);
     for (int s = 0; s < N; ++s) CHECK(first.step(s) == losses[static_cast<std::size_t>(s)]);
-    xg::train::Extras ex;
+    xg::training::Extras ex;
     ex.set_int("next_step", N);
     dist::save_checkpoint(path, {first.lm.get(), first.opt.get(), nullptr, nullptr}, N, ex);
   }
   DistRun resumed(99);  // other weights everywhere
-  auto got = xg::train::load_checkpoint(path, {resumed.lm.get(), resumed.opt.get(), nullptr, nullptr});
+  auto got = xg::training::load_checkpoint(path, {resumed.lm.get(), resumed.opt.get(), nullptr, nullptr});
   dist::broadcast_parameters(*resumed.lm);
   CHECK(got.step == N);
   for (int s = static_cast<int>(got.extras.get_int("next_step")); s < N + M; ++s) {
