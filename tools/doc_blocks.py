@@ -19,6 +19,7 @@ reader does not need to see, like rustdoc's `# ` lines):
     <!-- doc: compile-only -->        compiled, never run (needs MPI, a terminal, a file)
     <!-- doc: toplevel -->            declarations at namespace scope (structs, functions)
     <!-- doc: no-compile -->          neither (pseudo-code; avoid)
+    <!-- doc: dist compile-only -->   uses xg::dist: compiled only with --dist (MPI found)
     <!-- doc:
     nn::LSTM model(4, 8);
     -->                               hidden setup code, then the block
@@ -28,6 +29,7 @@ Names a block declares at namespace scope are visible to the later blocks of the
 included. Each block carries `#line` directives, so a compile error names the Markdown
 file and line. The program runs in a fresh temporary directory, so blocks may write files.
 
+Flags combine: `<!-- doc: dist compile-only -->`.
 --prelude FILE is pasted after the includes (e.g. a local shim while an API is renamed).
 --check-listed fails when a .md under DOCS_DIR that has ```cpp blocks is not LISTED.
 """
@@ -39,7 +41,7 @@ import sys
 FENCE = re.compile(r"^(\s*)```+\s*([A-Za-z0-9_+-]*)\s*$")
 MAIN = re.compile(r"\bint\s+main\s*\(")
 INCLUDE = re.compile(r"^\s*#\s*include\s*[<\"].*[>\"]\s*$")
-FLAGS = {"compile-only", "toplevel", "no-compile"}
+FLAGS = {"compile-only", "toplevel", "no-compile", "dist"}
 
 
 class Block:
@@ -113,12 +115,12 @@ def c_string(s):
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def generate(path, shown, blocks, prelude):
+def generate(path, shown, blocks, prelude, dist):
     includes = ["#include <xgrad/xgrad.hpp>"]
     out_blocks = []
     runs = []  # (kind, namespace, line)
     for b in blocks:
-        if "no-compile" in b.flags:
+        if "no-compile" in b.flags or ("dist" in b.flags and not dist):
             continue
         ns = f"doc_block_{b.line}"
         code = []
@@ -214,6 +216,7 @@ def main():
     ap.add_argument("page", nargs="?")
     ap.add_argument("-o", "--output")
     ap.add_argument("--prelude", help="C++ pasted after the includes")
+    ap.add_argument("--dist", action="store_true", help="compile the blocks flagged dist (xgrad-dist is linked)")
     ap.add_argument("--root", help="paths in messages are relative to this directory")
     ap.add_argument("--check-listed", nargs="+", metavar=("DOCS_DIR", "LISTED"))
     args = ap.parse_args()
@@ -222,7 +225,7 @@ def main():
     if not args.page or not args.output:
         ap.error("PAGE and -o OUT are required")
     shown = os.path.relpath(args.page, args.root) if args.root else args.page
-    src = generate(args.page, shown, parse(args.page), args.prelude)
+    src = generate(args.page, shown, parse(args.page), args.prelude, args.dist)
     # Write only when changed, so ninja does not rebuild an unchanged page.
     old = None
     if os.path.exists(args.output):
