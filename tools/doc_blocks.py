@@ -31,7 +31,8 @@ file and line. The program runs in a fresh temporary directory, so blocks may wr
 
 Flags combine: `<!-- doc: dist compile-only -->`.
 --prelude FILE is pasted after the includes (e.g. a local shim while an API is renamed).
---check-listed fails when a .md under DOCS_DIR that has ```cpp blocks is not LISTED.
+--check-listed fails when a .md under DOCS_DIR that has ```cpp blocks is not LISTED, or when
+a relative link of a LISTED page names a missing file or a heading that is not there.
 """
 import argparse
 import os
@@ -196,6 +197,50 @@ def out_blocks_names(out_blocks):
     return [ns for ns, _ in out_blocks]
 
 
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def slug(heading):
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def anchors(path):
+    out = set()
+    in_code = False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.lstrip().startswith("```"):
+                in_code = not in_code
+            elif not in_code and line.startswith("#"):
+                out.add(slug(line.lstrip("#")))
+    return out
+
+
+def broken_links(page):
+    """Relative links of `page` to a missing file or a missing heading."""
+    bad = []
+    in_code = False
+    with open(page, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.lstrip().startswith("```"):
+                in_code = not in_code
+                continue
+            if in_code:
+                continue
+            for target in LINK.findall(re.sub(r"`[^`]*`", "", line)):
+                if re.match(r"^[a-z]+:", target):
+                    continue
+                file, _, anchor = target.partition("#")
+                path = os.path.normpath(os.path.join(os.path.dirname(page), file)) if file else page
+                if not os.path.exists(path):
+                    bad.append(f"{page}:{n}: link to a missing file: {target}")
+                elif anchor and path.endswith(".md") and anchor not in anchors(path):
+                    bad.append(f"{page}:{n}: link to a missing heading: {target}")
+    return bad
+
+
 def check_listed(docs_dir, listed):
     names = {os.path.realpath(p) for p in listed}
     missing = []
@@ -203,9 +248,14 @@ def check_listed(docs_dir, listed):
         p = os.path.join(docs_dir, name)
         if name.endswith(".md") and os.path.realpath(p) not in names and parse(p):
             missing.append(p)
+    bad = [b for p in listed for b in broken_links(p)]
+    for b in bad:
+        print("doc_blocks.py: " + b, file=sys.stderr)
     if missing:
         print("doc_blocks.py: pages with ```cpp blocks that no test compiles (add them to docs/meson.build): "
               + ", ".join(missing), file=sys.stderr)
+        return 1
+    if bad:
         return 1
     print(f"doc_blocks.py: every page of {docs_dir} with C++ blocks is compiled")
     return 0
