@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 BUILD=${XGRAD_BUILD_DIR:-build}
 PACKAGES=(g++ meson ninja-build pkg-config python3 xtensor-dev libxtensor-blas-dev libxsimd-dev xtl-dev
-          libfmt-dev doctest-dev libopenblas-dev libzip-dev libcli11-dev python3-numpy
+          libfmt-dev doctest-dev libopenblas-dev libzip-dev libcli11-dev python3-numpy python3-torch
           libopenmpi-dev openmpi-bin)
 
 install_missing() {
