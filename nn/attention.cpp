@@ -139,14 +139,10 @@ AttentionOutput AdditiveAttention::forward(const Tensor& query, const Keys& keys
   const Tensor qp = linear(query, w_query, bias);                 // [B, A]
   const Tensor scores = additive_scores(keys.projected, qp, v);  // [B, L]
   Tensor w = masked_softmax(scores, mask, 1.0, op);               // [B, L]
-  AttentionHeads hd;
-  hd.B = B;
-  hd.Lq = 1;
-  hd.S = L;
-  hd.dv = Dv;
-  hd.v = HeadStrides{L * Dv, Dv};
-  hd.o = HeadStrides{Dv, Dv};
-  Tensor context = attention_apply(w, vals, hd, Shape{B, Dv});  // [B,1,L] x [B,L,Dv]
+  // One query per batch entry: [B,1,L] x [B,L,Dv].
+  const AttentionHeads hd{
+      .B = B, .H = 1, .Lq = 1, .S = L, .dk = 0, .dv = Dv, .q = {}, .k = {}, .v = {L * Dv, Dv}, .o = {Dv, Dv}};
+  Tensor context = attention_apply(w, vals, hd, Shape{B, Dv});
   return {context, w};
 }
 
@@ -231,16 +227,9 @@ AttentionOutput DotAttention::forward(const Tensor& query, const Tensor& keys, c
   }
 
   const Tensor q = general ? linear(query, weight) : query;  // [B, (Tq,) Dk]
-  AttentionHeads hd;
-  hd.B = B;
-  hd.Lq = Tq;
-  hd.S = L;
-  hd.dk = Dk;
-  hd.dv = Dv;
-  hd.q = HeadStrides{Tq * Dk, Dk};
-  hd.k = HeadStrides{L * Dk, Dk};
-  hd.v = HeadStrides{L * Dv, Dv};
-  hd.o = HeadStrides{Tq * Dv, Dv};
+  // Batch-first, one head: [B, Tq, Dk] queries, [B, L, Dk] keys, [B, L, Dv] values.
+  const AttentionHeads hd{.B = B, .H = 1, .Lq = Tq, .S = L, .dk = Dk, .dv = Dv, .q = {Tq * Dk, Dk},
+                          .k = {L * Dk, Dk}, .v = {L * Dv, Dv}, .o = {Tq * Dv, Dv}};
   const double scale = options.mode == DotScore::scaled ? 1.0 / std::sqrt(static_cast<double>(Dk)) : 1.0;
   Tensor w = attention_probs(q, keys, hd, scale, one ? Shape{B, L} : Shape{B, Tq, L}, masks, op);
   Tensor context = attention_apply(w, vals, hd, one ? Shape{B, Dv} : Shape{B, Tq, Dv});
@@ -366,15 +355,8 @@ AttentionOutput MultiheadAttention::forward(const Tensor& query, const Tensor& k
   const Tensor k = linear(key, wk, bk);    // [S, B, E]
   const Tensor v = linear(value, wv, bv);  // [S, B, E]
 
-  AttentionHeads hd;
-  hd.B = B;
-  hd.H = H;
-  hd.Lq = L;
-  hd.S = S;
-  hd.dk = dh;
-  hd.dv = dh;
-  hd.q = hd.o = head_strides(bf, B, L, E);
-  hd.k = hd.v = head_strides(bf, B, S, E);
+  const HeadStrides qs = head_strides(bf, B, L, E), ks = head_strides(bf, B, S, E);
+  const AttentionHeads hd{.B = B, .H = H, .Lq = L, .S = S, .dk = dh, .dv = dh, .q = qs, .k = ks, .v = ks, .o = qs};
   Tensor p = attention_probs(q, k, hd, 1.0 / std::sqrt(static_cast<double>(dh)), Shape{B, H, L, S}, masks, op);
   if (options.dropout > 0.0 && is_training()) p = dropout(p, options.dropout, true);
   const Tensor ctx = attention_apply(p, v, hd, q.shape());  // heads written side by side, in query's layout
