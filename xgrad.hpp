@@ -16,6 +16,7 @@
 #include "autograd/shape.hpp"
 #include "autograd/tape.hpp"
 #include "autograd/tensor.hpp"
+#include "autograd/ops_attention.hpp"
 #include "autograd/ops_conv.hpp"
 #include "autograd/ops_norm.hpp"
 #include "autograd/ops_rnn.hpp"

@@ -6,6 +6,7 @@
 // (both inputs the same dtype, else DtypeError); index arguments are int64 tensors.
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "random.hpp"
@@ -75,6 +76,16 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);
 // [M,K] x [K,N] -> [M,N]; [B,M,K] x [B,K,N] -> [B,M,N]; [B,M,K] x [K,N] -> [B,M,N];
 // [K] x [K,N] -> [N]; [M,K] x [K] -> [M].
 Tensor matmul(const Tensor& a, const Tensor& b);
+// The affine map of Linear and of every projection in every model, one node:
+// y = x · weightᵀ + bias.
+//   x [*, in] (any number of leading dims, or 1-D [in]), weight [out, in] (PyTorch's
+//   layout), bias [out] or undefined (no bias) -> y [*, out] ([out] for 1-D x).
+// One GEMM with the transpose passed to BLAS (weight is never copied), the bias written
+// into the output first and accumulated by the same GEMM. Backward: dx = g · W,
+// dW = gᵀ · x, db = g summed over rows (one GEMM each). A wrong feature size, a weight
+// that is not 2-D or a bias that is not [out] is a ShapeError; int64 or mixed dtypes a
+// DtypeError. Empty batches work ([0, in] -> [0, out], zero weight gradients).
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
 
 // ---- shape --------------------------------------------------------------------------
 // One dim of the new shape may be -1 (inferred). Shares storage with x (a view).
@@ -92,6 +103,10 @@ Tensor unsqueeze(const Tensor& x, int dim);
 Tensor slice(const Tensor& x, int dim, std::int64_t start, std::int64_t end);
 // Elements [start, start + length) along dim; out of range is an IndexError.
 Tensor narrow(const Tensor& x, int dim, std::int64_t start, std::int64_t length);
+// Rows [start, start + length) of x along dim 0 as a view: shares x's storage (no copy,
+// unlike narrow); its backward places g in those rows of a zero gradient. The q / k / v
+// blocks of a packed projection weight. Out of range is an IndexError.
+Tensor row_block(const Tensor& x, std::int64_t start, std::int64_t length);
 // Index `index` along dim, which is removed.
 Tensor select(const Tensor& x, int dim, std::int64_t index);
 // Rows of x along dim picked by an int64 index tensor (any shape when dim is 0 and x is
@@ -99,6 +114,11 @@ Tensor select(const Tensor& x, int dim, std::int64_t index);
 // a 0-d index acts like a 1-element index (the dim stays, size 1). Shape ops and
 // index_select also take int64 tensors (no gradient).
 Tensor index_select(const Tensor& x, int dim, const Tensor& index);
+// The embedding lookup y[*, :] = weight[ids[*], :]: ids int64 of any shape [*], weight
+// [V, D] -> [*, D]. Backward scatter-adds the rows of g at ids (repeats accumulate) and
+// gives the padding_idx row (negative counts from the end) exactly zero gradient. An id
+// outside [0, V) is an IndexError.
+Tensor embedding(const Tensor& ids, const Tensor& weight, std::optional<std::int64_t> padding_idx = std::nullopt);
 // out[i][j] = x[i][index[i][j]] (dim 1), index int64 with x's ndim.
 Tensor gather(const Tensor& x, int dim, const Tensor& index);
 Tensor concat(const std::vector<Tensor>& xs, int dim);

@@ -1,11 +1,13 @@
-// Integer indexing: index_select (the embedding lookup is its hot path) and gather.
+// Integer indexing: index_select, gather and the embedding lookup.
 // Every index is validated before anything is written, so a bad token id throws
 // instead of reading outside the tensor. Backwards scatter-add: repeated indices sum.
 #include <algorithm>
 #include <array>
+#include <optional>
 
 #include <fmt/format.h>
 
+#include "detail/dispatch.hpp"
 #include "detail/tensor_impl.hpp"
 #include "factory.hpp"
 #include "ops.hpp"
@@ -13,21 +15,10 @@
 
 namespace xg {
 
+using detail::dispatch_any;
+using detail::prod;
+
 namespace {
-
-// Calls f(T{}) with the element type of d (values of any dtype can be indexed).
-template <class F>
-decltype(auto) dispatch_any(Dtype d, F&& f) {
-  if (d == Dtype::f32) return f(float{});
-  if (d == Dtype::f64) return f(double{});
-  return f(std::int64_t{});
-}
-
-std::int64_t prod(const Shape& s, int from, int to) {
-  std::int64_t n = 1;
-  for (int i = from; i < to; ++i) n *= s[i];
-  return n;
-}
 
 void check_index_dtype(const char* op, const Tensor& index) {
   detail::check_defined(op, index);
@@ -202,6 +193,83 @@ Tensor gather(const Tensor& x, int dim, const Tensor& index) {
         return 0;
       });
       dx[0] = z;
+    });
+  }
+  return y;
+}
+
+// ---------------------------------------------------------------------------
+// embedding
+// ---------------------------------------------------------------------------
+
+// One node rather than index_select, so that the padding row's gradient is exactly zero
+// while the forward still returns that row as it is.
+Tensor embedding(const Tensor& ids, const Tensor& weight, std::optional<std::int64_t> padding_idx) {
+  constexpr const char* op = "embedding";
+  detail::check_floating(op, weight);
+  check_index_dtype(op, ids);
+  if (weight.ndim() != 2) {
+    throw ShapeError(fmt::format("embedding: ids {}, weight {}: the weight must be 2-D [num_embeddings, embedding_dim]",
+                                 ids.shape().str(), weight.shape().str()));
+  }
+  if (ids.ndim() >= Shape::kMaxDims) {
+    throw ShapeError(fmt::format("embedding: ids {} have too many dims for the result (at most {} dims)",
+                                 ids.shape().str(), Shape::kMaxDims));
+  }
+  const std::int64_t V = weight.shape()[0], D = weight.shape()[1];
+  std::int64_t pad = -1;  // none
+  if (padding_idx) {
+    pad = *padding_idx < 0 ? *padding_idx + V : *padding_idx;
+    if (pad < 0 || pad >= V) {
+      throw IndexError(fmt::format("embedding: padding_idx {} is out of range for weight {} (valid {}..{})",
+                                   *padding_idx, weight.shape().str(), -V, V - 1));
+    }
+  }
+  const std::int64_t k = ids.numel();
+  const std::int64_t* ip = ids.data<std::int64_t>();
+  for (std::int64_t j = 0; j < k; ++j) {
+    if (ip[j] < 0 || ip[j] >= V) {
+      throw IndexError(fmt::format("embedding: token id {} (at flat position {} of ids {}) is out of range for "
+                                   "weight {} (valid ids 0..{})",
+                                   ip[j], j, ids.shape().str(), weight.shape().str(), V - 1));
+    }
+  }
+  Shape ys = ids.shape();
+  ys.push_back(D);
+  Tensor y = Tensor::empty(ys, weight.dtype());
+  auto gather = [&](auto tag) {
+    using T = decltype(tag);
+    const T* wp = weight.data<T>();
+    T* yp = y.data<T>();
+    for (std::int64_t j = 0; j < k; ++j) std::copy_n(wp + ip[j] * D, D, yp + j * D);
+  };
+  if (weight.dtype() == Dtype::f64) {
+    gather(double{});
+  } else {
+    gather(float{});
+  }
+  if (needs_record({&weight})) {
+    // d weight[ids] = rows of g scatter-added at ids (repeats accumulate), none at padding_idx
+    record("embedding", y, {&weight, &ids}, [ids, pad, V, D](const Tensor& g, GradSlots& dx) {
+      Tensor d = zeros(Shape{V, D}, g.dtype());
+      auto scatter = [&](auto tag) {
+        using T = decltype(tag);
+        const T* gp = g.data<T>();
+        T* dp = d.data<T>();
+        const std::int64_t* idx = ids.data<std::int64_t>();
+        for (std::int64_t j = 0; j < ids.numel(); ++j) {
+          if (idx[j] == pad) continue;
+          T* row = dp + idx[j] * D;
+          const T* gr = gp + j * D;
+          for (std::int64_t c = 0; c < D; ++c) row[c] += gr[c];
+        }
+      };
+      if (g.dtype() == Dtype::f64) {
+        scatter(double{});
+      } else {
+        scatter(float{});
+      }
+      dx[0] = d;
     });
   }
   return y;

@@ -1,36 +1,15 @@
-// Softmax, log-softmax, the losses (cross_entropy = fused log_softmax + nll, nll_loss,
-// mse_loss) and dropout.
-//
-// The softmax row loop is the hot path of every language model ([B*T, V] logits), so the
-// kernels below are plain loops over raw pointers, one row at a time while it sits in L1
-// (max, exp-sum, write), with the exp done by xsimd batches: GCC does not vectorise
-// std::exp without -fno-math-errno, and building an xtensor expression per 100-element
-// row costs more than the row itself. Every softmax subtracts the row max first, so exp
-// never overflows and the sum is >= 1 (its log is finite) for finite logits of any size.
-// Backward functions are these fused kernels too, not compositions of ops: they are
-// exact, one pass, and allocate only the gradient (so they are not twice-differentiable).
-
-// GCC 12's AVX-512 intrinsics headers initialise their `undefined` vectors from themselves
-// (`__m512d __Y = __Y;`), which -Wmaybe-uninitialized reports wherever xsimd's exp is
-// inlined: a known GCC 12 false positive (ops_unary.cpp's xt::tanh shows it too).
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-
+// The losses: cross_entropy (fused log_softmax + nll: one node), nll_loss, mse_loss.
+// cross_entropy runs the softmax row kernels of detail/softmax_kernels.hpp; its backward
+// is one fused pass too (softmax minus the one-hot target, scaled per row).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <vector>
 
 #include <fmt/format.h>
 
-#if defined(XTENSOR_USE_XSIMD)
-#include <xsimd/xsimd.hpp>
-#endif
-
 #include "detail/kernels.hpp"
+#include "detail/softmax_kernels.hpp"
 #include "factory.hpp"
 #include "ops.hpp"
 #include "tape.hpp"
@@ -38,306 +17,11 @@
 namespace xg {
 
 using detail::dispatch_float;
+using detail::exp_shift;
+using detail::exp_sum;
+using detail::row_max;
 
 namespace {
-
-// ---------------------------------------------------------------------------
-// Row kernels
-// ---------------------------------------------------------------------------
-
-// Each helper runs whole batches, then ends a row of n >= W elements with one more batch
-// that overlaps the previous one (loaded at n - W): a row of 100 floats would otherwise
-// end in 4 scalar std::exp calls costing as much as its 6 vector ones. Recomputed lanes
-// give the same bits, so overlapping stores are harmless as long as outputs never alias
-// inputs; sums mask the repeated lanes out. Rows shorter than one batch run scalar.
-#if defined(XTENSOR_USE_XSIMD)
-template <class T>
-using Batch = xsimd::batch<T>;
-template <class T>
-constexpr std::int64_t kWidth = static_cast<std::int64_t>(Batch<T>::size);
-
-// Lanes [W - rem, W): the ones a batch loaded at n - W adds to the whole batches before it.
-template <class T>
-xsimd::batch_bool<T> new_lanes(std::int64_t rem) {
-  T iota[kWidth<T>];
-  for (std::int64_t k = 0; k < kWidth<T>; ++k) iota[k] = static_cast<T>(k);
-  return Batch<T>::load_unaligned(iota) >= Batch<T>(static_cast<T>(kWidth<T> - rem));
-}
-
-template <class T>
-T row_max(const T* x, std::int64_t n) {
-  constexpr std::int64_t W = kWidth<T>;
-  T m = -std::numeric_limits<T>::infinity();
-  if (n < W) {
-    for (std::int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
-    return m;
-  }
-  Batch<T> mb = Batch<T>::load_unaligned(x);
-  for (std::int64_t i = W; i + W <= n; i += W) mb = xsimd::max(mb, Batch<T>::load_unaligned(x + i));
-  if (n % W != 0) mb = xsimd::max(mb, Batch<T>::load_unaligned(x + n - W));  // repeats are harmless
-  T lanes[kWidth<T>];
-  mb.store_unaligned(lanes);
-  for (T v : lanes) m = std::max(m, v);
-  return m;
-}
-
-// sum(exp(x - m)); also writes the exps to e (not aliasing x) unless e is null. A NaN
-// anywhere in x makes the sum NaN (whatever row_max did with it): it poisons its row only.
-template <class T>
-T exp_sum(const T* x, T m, T* e, std::int64_t n) {
-  constexpr std::int64_t W = kWidth<T>;
-  if (n < W) {
-    T s = 0;
-    for (std::int64_t i = 0; i < n; ++i) {
-      const T v = std::exp(x[i] - m);
-      if (e) e[i] = v;
-      s += v;
-    }
-    return s;
-  }
-  const Batch<T> mb(m);
-  Batch<T> acc(T(0));
-  std::int64_t i = 0;
-  for (; i + W <= n; i += W) {
-    const Batch<T> v = xsimd::exp(Batch<T>::load_unaligned(x + i) - mb);
-    if (e) v.store_unaligned(e + i);
-    acc += v;
-  }
-  if (i < n) {
-    const Batch<T> v = xsimd::exp(Batch<T>::load_unaligned(x + n - W) - mb);
-    if (e) v.store_unaligned(e + n - W);
-    acc += xsimd::select(new_lanes<T>(n - i), v, Batch<T>(T(0)));
-  }
-  return xsimd::hadd(acc);
-}
-
-// y = exp((x - a) - b) * w for n >= W (y must not alias x).
-template <class T>
-void exp_batches(const T* x, T a, T b, T w, T* y, std::int64_t n) {
-  constexpr std::int64_t W = kWidth<T>;
-  const Batch<T> ab(a), bb(b), wb(w);
-  std::int64_t i = 0;
-  for (; i + W <= n; i += W) (xsimd::exp((Batch<T>::load_unaligned(x + i) - ab) - bb) * wb).store_unaligned(y + i);
-  if (i < n) (xsimd::exp((Batch<T>::load_unaligned(x + n - W) - ab) - bb) * wb).store_unaligned(y + n - W);
-}
-
-// y = exp((x - a) - b) * w elementwise; y must not alias x.
-template <class T>
-void exp_shift(const T* x, T a, T b, T w, T* y, std::int64_t n) {
-  if (n >= kWidth<T>) return exp_batches(x, a, b, w, y, n);
-  for (std::int64_t i = 0; i < n; ++i) y[i] = std::exp((x[i] - a) - b) * w;
-}
-
-// y = exp(x - a) with a per-element a (the strided softmax); y must not alias x or a.
-template <class T>
-void exp_diff(const T* x, const T* a, T* y, std::int64_t n) {
-  constexpr std::int64_t W = kWidth<T>;
-  if (n < W) {
-    for (std::int64_t i = 0; i < n; ++i) y[i] = std::exp(x[i] - a[i]);
-    return;
-  }
-  std::int64_t i = 0;
-  for (; i + W <= n; i += W) {
-    xsimd::exp(Batch<T>::load_unaligned(x + i) - Batch<T>::load_unaligned(a + i)).store_unaligned(y + i);
-  }
-  if (i < n) {
-    const std::int64_t j = n - W;
-    xsimd::exp(Batch<T>::load_unaligned(x + j) - Batch<T>::load_unaligned(a + j)).store_unaligned(y + j);
-  }
-}
-
-#else  // scalar fallback
-
-template <class T>
-T row_max(const T* x, std::int64_t n) {
-  T m = -std::numeric_limits<T>::infinity();
-  for (std::int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
-  return m;
-}
-
-template <class T>
-T exp_sum(const T* x, T m, T* e, std::int64_t n) {
-  T s = 0;
-  for (std::int64_t i = 0; i < n; ++i) {
-    const T v = std::exp(x[i] - m);
-    if (e) e[i] = v;
-    s += v;
-  }
-  return s;
-}
-
-template <class T>
-void exp_shift(const T* x, T a, T b, T w, T* y, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) y[i] = std::exp((x[i] - a) - b) * w;
-}
-
-template <class T>
-void exp_diff(const T* x, const T* a, T* y, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) y[i] = std::exp(x[i] - a[i]);
-}
-
-#endif
-
-// y = exp(x); y must not alias x.
-template <class T>
-void exp_to(const T* x, T* y, std::int64_t n) {
-  exp_shift(x, T(0), T(0), T(1), y, n);
-}
-
-// x viewed as [outer, d, inner] around the softmax dim: rows are contiguous when inner == 1.
-struct Lanes {
-  std::int64_t outer = 1;
-  std::int64_t d = 1;
-  std::int64_t inner = 1;
-};
-
-Lanes lanes_of(const Shape& s, int dim) {
-  Lanes l;
-  if (s.size() == 0) return l;  // a 0-d tensor is one row of one element
-  for (int i = 0; i < dim; ++i) l.outer *= s[i];
-  l.d = s[dim];
-  for (int i = dim + 1; i < s.size(); ++i) l.inner *= s[i];
-  return l;
-}
-
-// y = softmax(x) or log_softmax(x) along the middle axis of l.
-template <bool Log, class T>
-void softmax_forward(const T* x, T* y, const Lanes& l) {
-  const std::int64_t d = l.d;
-  if (l.inner == 1) {
-    for (std::int64_t r = 0; r < l.outer; ++r) {
-      const T* xr = x + r * d;
-      T* yr = y + r * d;
-      const T m = row_max(xr, d);
-      if constexpr (Log) {
-        // (x - m) - log(s), not x - (m + log s): at |x| ~ 1e4 float32 would round log s away.
-        const T ls = std::log(exp_sum<T>(xr, m, nullptr, d));
-        for (std::int64_t j = 0; j < d; ++j) yr[j] = (xr[j] - m) - ls;
-      } else {
-        const T inv = T(1) / exp_sum(xr, m, yr, d);
-        for (std::int64_t j = 0; j < d; ++j) yr[j] *= inv;
-      }
-    }
-    return;
-  }
-  // Softmax over a non-last dim: walk the d rows of `inner` contiguous lanes each, so
-  // every inner loop is unit-stride.
-  const std::int64_t in = l.inner;
-  std::vector<T> m(static_cast<std::size_t>(in));
-  std::vector<T> s(static_cast<std::size_t>(in));
-  for (std::int64_t o = 0; o < l.outer; ++o) {
-    const T* xo = x + o * d * in;
-    T* yo = y + o * d * in;
-    std::copy(xo, xo + in, m.begin());
-    for (std::int64_t j = 1; j < d; ++j) {
-      const T* xr = xo + j * in;
-      for (std::int64_t i = 0; i < in; ++i) m[i] = std::max(m[i], xr[i]);
-    }
-    std::fill(s.begin(), s.end(), T(0));
-    for (std::int64_t j = 0; j < d; ++j) {
-      const T* xr = xo + j * in;
-      T* yr = yo + j * in;
-      exp_diff(xr, m.data(), yr, in);
-      for (std::int64_t i = 0; i < in; ++i) s[i] += yr[i];
-    }
-    if constexpr (Log) {
-      for (std::int64_t i = 0; i < in; ++i) s[i] = std::log(s[i]);
-      for (std::int64_t j = 0; j < d; ++j) {
-        const T* xr = xo + j * in;
-        T* yr = yo + j * in;
-        for (std::int64_t i = 0; i < in; ++i) yr[i] = (xr[i] - m[i]) - s[i];
-      }
-    } else {
-      for (std::int64_t i = 0; i < in; ++i) s[i] = T(1) / s[i];
-      for (std::int64_t j = 0; j < d; ++j) {
-        T* yr = yo + j * in;
-        for (std::int64_t i = 0; i < in; ++i) yr[i] *= s[i];
-      }
-    }
-  }
-}
-
-// Backward of both, from the saved output y:
-//   log_softmax: dx = g - exp(y) * sum(g)
-//   softmax:     dx = y * (g - sum(g * y))
-template <bool Log, class T>
-void softmax_backward(const T* y, const T* g, T* dx, const Lanes& l) {
-  const std::int64_t d = l.d;
-  if (l.inner == 1) {
-    for (std::int64_t r = 0; r < l.outer; ++r) {
-      const T* yr = y + r * d;
-      const T* gr = g + r * d;
-      T* dr = dx + r * d;
-      T s = 0;
-      if constexpr (Log) {
-        for (std::int64_t j = 0; j < d; ++j) s += gr[j];
-        exp_to(yr, dr, d);
-        for (std::int64_t j = 0; j < d; ++j) dr[j] = gr[j] - dr[j] * s;
-      } else {
-        for (std::int64_t j = 0; j < d; ++j) s += gr[j] * yr[j];
-        for (std::int64_t j = 0; j < d; ++j) dr[j] = yr[j] * (gr[j] - s);
-      }
-    }
-    return;
-  }
-  const std::int64_t in = l.inner;
-  std::vector<T> s(static_cast<std::size_t>(in));
-  for (std::int64_t o = 0; o < l.outer; ++o) {
-    const T* yo = y + o * d * in;
-    const T* go = g + o * d * in;
-    T* dxo = dx + o * d * in;
-    std::fill(s.begin(), s.end(), T(0));
-    for (std::int64_t j = 0; j < d; ++j) {
-      const T* yr = yo + j * in;
-      const T* gr = go + j * in;
-      if constexpr (Log) {
-        for (std::int64_t i = 0; i < in; ++i) s[i] += gr[i];
-      } else {
-        for (std::int64_t i = 0; i < in; ++i) s[i] += gr[i] * yr[i];
-      }
-    }
-    for (std::int64_t j = 0; j < d; ++j) {
-      const T* yr = yo + j * in;
-      const T* gr = go + j * in;
-      T* dr = dxo + j * in;
-      if constexpr (Log) {
-        exp_to(yr, dr, in);
-        for (std::int64_t i = 0; i < in; ++i) dr[i] = gr[i] - dr[i] * s[i];
-      } else {
-        for (std::int64_t i = 0; i < in; ++i) dr[i] = yr[i] * (gr[i] - s[i]);
-      }
-    }
-  }
-}
-
-template <bool Log>
-Tensor softmax_impl(const char* op, const Tensor& x, int dim) {
-  detail::check_floating(op, x);
-  const Lanes l = lanes_of(x.shape(), wrap_dim(op, dim, x.ndim()));
-  Tensor y = Tensor::empty(x.shape(), x.dtype());
-  if (x.numel() > 0) {
-    dispatch_float(op, x.dtype(), [&](auto tag) {
-      using T = decltype(tag);
-      softmax_forward<Log>(x.data<T>(), y.data<T>(), l);
-      return 0;
-    });
-  }
-  if (needs_record({&x})) {
-    // log_softmax: dx = g - softmax * sum(g, dim); softmax: dx = y * (g - sum(g * y, dim))
-    record(op, y, {&x}, [y = y.detach(), l](const Tensor& g, GradSlots& dx) {
-      Tensor d = Tensor::empty(y.shape(), y.dtype());
-      if (y.numel() > 0) {
-        dispatch_float(Log ? "log_softmax backward" : "softmax backward", y.dtype(), [&](auto tag) {
-          using T = decltype(tag);
-          softmax_backward<Log>(y.data<T>(), g.data<T>(), d.data<T>(), l);
-          return 0;
-        });
-      }
-      dx[0] = d;
-    });
-  }
-  return y;
-}
 
 // ---------------------------------------------------------------------------
 // Class-index losses: shared input checks
@@ -425,14 +109,6 @@ std::int64_t count_kept(const Tensor& target, std::int64_t ignore_index) {
 }
 
 }  // namespace
-
-// ---------------------------------------------------------------------------
-// Softmax
-// ---------------------------------------------------------------------------
-
-Tensor softmax(const Tensor& x, int dim) { return softmax_impl<false>("softmax", x, dim); }
-
-Tensor log_softmax(const Tensor& x, int dim) { return softmax_impl<true>("log_softmax", x, dim); }
 
 // ---------------------------------------------------------------------------
 // Losses
@@ -578,43 +254,6 @@ Tensor mse_loss(const Tensor& a, const Tensor& b, Reduction reduction) {
       if (dx.needs(0)) dx[0] = d;
       if (dx.needs(1)) dx[1] = neg(d);
     });
-  }
-  return y;
-}
-
-// ---------------------------------------------------------------------------
-// Dropout
-// ---------------------------------------------------------------------------
-
-Tensor dropout(const Tensor& x, double p, bool training, Generator* gen) {
-  if (!(p >= 0.0 && p <= 1.0)) {  // also rejects NaN
-    throw Error(fmt::format("dropout: probability p must be in [0, 1], got {}", p));
-  }
-  detail::check_floating("dropout", x);
-  if (!training || p == 0.0) return x;
-  Generator& rng = gen ? *gen : default_generator();
-  const bool rec = needs_record({&x});
-  // The mask holds 0 or 1/(1-p), so forward and backward are both one multiply.
-  // p == 1 drops everything (PyTorch's convention): scale 0 instead of 1/0.
-  const double scale = p == 1.0 ? 0.0 : 1.0 / (1.0 - p);
-  Tensor y = Tensor::empty(x.shape(), x.dtype());
-  Tensor mask = rec ? Tensor::empty(x.shape(), x.dtype()) : Tensor();
-  dispatch_float("dropout", x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* xp = x.data<T>();
-    T* yp = y.data<T>();
-    T* mp = rec ? mask.data<T>() : nullptr;
-    const T s = static_cast<T>(scale);
-    for (std::int64_t i = 0; i < x.numel(); ++i) {
-      const T m = rng.uniform() >= p ? s : T(0);
-      yp[i] = m == T(0) ? T(0) : xp[i] * m;
-      if (mp) mp[i] = m;
-    }
-    return 0;
-  });
-  if (rec) {
-    // d dropout(x) = g * mask / (1 - p)
-    record("dropout", y, {&x}, [mask](const Tensor& g, GradSlots& dx) { dx[0] = mul(g, mask); });
   }
   return y;
 }

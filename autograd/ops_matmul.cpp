@@ -2,10 +2,18 @@
 //   y[nb, M, N] = a[nb, M, K] . b[nb, K, N]
 // (nb = 1 except for [B,M,K] x [B,K,N]), so forward and backward are one gemm per batch
 // entry with the transposes passed as flags, never materialised.
+//
+// linear (x · Wᵀ + b) runs once per time step in hand-written RNN loops, so its fixed
+// cost matters as much as its GEMM: one output allocation, the bias copied into the output
+// rows and accumulated by the GEMM (beta = 1), the weight's transpose passed to BLAS as a
+// flag, and a closure small enough to live inline in the tape node.
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "../backend/detail/blas.hpp"
 #include "detail/kernels.hpp"
+#include "factory.hpp"
 #include "ops.hpp"
 #include "tape.hpp"
 
@@ -13,6 +21,7 @@ namespace xg {
 
 using detail::dispatch_float;
 using detail::gemm;
+using detail::prod;
 
 namespace {
 
@@ -107,6 +116,82 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
           // db[K,N] = aᵀ[K,M] . g[M,N]
           batched<T>(true, false, nb, K, N, M, a.data<T>(), K, M * K, g.data<T>(), N, M * N, db.data<T>());
           dx[1] = db;
+        }
+        return 0;
+      });
+    });
+  }
+  return y;
+}
+
+// ---------------------------------------------------------------------------
+// linear
+// ---------------------------------------------------------------------------
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  detail::check_same_float("linear", x, weight);
+  const Shape& xs = x.shape();
+  const Shape& ws = weight.shape();
+  if (ws.size() != 2) {
+    throw ShapeError(fmt::format("linear: input {}, weight {}: the weight must be 2-D [out_features, in_features]",
+                                 xs.str(), ws.str()));
+  }
+  const std::int64_t out = ws[0], in = ws[1];
+  if (xs.size() == 0 || xs.back() != in) {
+    throw ShapeError(fmt::format("linear: input {}, weight {}: expected input feature size (last dim) {}, got {}",
+                                 xs.str(), ws.str(), in, xs.size() == 0 ? std::string("a 0-d input") : std::to_string(xs.back())));
+  }
+  if (bias.defined()) {
+    detail::check_same_float("linear", x, bias);
+    if (bias.ndim() != 1 || bias.shape()[0] != out) {
+      throw ShapeError(fmt::format("linear: weight {}, bias {}: the bias must be [out_features] = [{}]", ws.str(),
+                                   bias.shape().str(), out));
+    }
+  }
+  const std::int64_t n = prod(xs, 0, xs.size() - 1);  // rows of the [n, in] view
+  Shape ys = xs;
+  ys[ys.size() - 1] = out;
+  Tensor y = Tensor::empty(ys, x.dtype());
+  dispatch_float("linear", x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* yp = y.data<T>();
+    if (bias.defined()) {
+      const T* bp = bias.data<T>();
+      for (std::int64_t i = 0; i < n; ++i) std::copy_n(bp, out, yp + i * out);
+    }
+    // y[n,out] = x[n,in] . Wᵀ[in,out] (+ the bias rows already in y)
+    gemm<T>(false, true, n, out, in, T(1), x.data<T>(), in, weight.data<T>(), in, bias.defined() ? T(1) : T(0), yp,
+            out);
+    return 0;
+  });
+  if (needs_record({&x, &weight, &bias})) {
+    // d(x Wᵀ + b) = g W, gᵀ x, Σ_rows g
+    record("linear", y, {&x, &weight, &bias}, [x, weight](const Tensor& g, GradSlots& dx) {
+      const std::int64_t out = weight.shape()[0], in = weight.shape()[1];
+      const std::int64_t n = prod(x.shape(), 0, x.ndim() - 1);
+      dispatch_float("linear backward", g.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* gp = g.data<T>();
+        if (dx.needs(0)) {
+          Tensor d = Tensor::empty(x.shape(), x.dtype());
+          // dx[n,in] = g[n,out] . W[out,in]
+          gemm<T>(false, false, n, in, out, T(1), gp, out, weight.data<T>(), in, T(0), d.data<T>(), in);
+          dx[0] = d;
+        }
+        if (dx.needs(1)) {
+          Tensor d = Tensor::empty(weight.shape(), weight.dtype());
+          // dW[out,in] = gᵀ[out,n] . x[n,in]
+          gemm<T>(true, false, out, in, n, T(1), gp, out, x.data<T>(), in, T(0), d.data<T>(), in);
+          dx[1] = d;
+        }
+        if (dx.needs(2)) {
+          Tensor d = zeros(Shape{out}, g.dtype());
+          T* dp = d.data<T>();
+          for (std::int64_t i = 0; i < n; ++i) {
+            const T* gr = gp + i * out;
+            for (std::int64_t j = 0; j < out; ++j) dp[j] += gr[j];
+          }
+          dx[2] = d;
         }
         return 0;
       });

@@ -1,10 +1,4 @@
-// Fused layer ops: linear and layer_norm.
-//
-// linear runs once per time step in hand-written RNN loops, so its fixed cost matters as
-// much as its GEMM: one output allocation, the bias copied into the output rows and
-// accumulated by the GEMM (beta = 1), the weight's transpose passed to BLAS as a flag,
-// and a closure small enough to live inline in the tape node. No xtensor here: plain
-// row loops are all these kernels need.
+// layer_norm: one node, statistics accumulated in double, plain row loops (no xtensor).
 #include "ops_norm.hpp"
 
 #include <algorithm>
@@ -14,107 +8,15 @@
 
 #include <fmt/format.h>
 
-#include "../backend/detail/blas.hpp"
+#include "detail/dispatch.hpp"
 #include "detail/tensor_impl.hpp"
 #include "factory.hpp"
 #include "tape.hpp"
 
 namespace xg {
 
-using detail::gemm;
-
-namespace {
-
-// Calls f(T{}) for the float dtype d (callers have checked d is floating).
-template <class F>
-decltype(auto) on_float(Dtype d, F&& f) {
-  if (d == Dtype::f64) return f(double{});
-  return f(float{});
-}
-
-std::int64_t prod(const Shape& s, int from, int to) {
-  std::int64_t n = 1;
-  for (int i = from; i < to; ++i) n *= s[i];
-  return n;
-}
-
-}  // namespace
-
-// ---------------------------------------------------------------------------
-// linear
-// ---------------------------------------------------------------------------
-
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
-  detail::check_same_float("linear", x, weight);
-  const Shape& xs = x.shape();
-  const Shape& ws = weight.shape();
-  if (ws.size() != 2) {
-    throw ShapeError(fmt::format("linear: input {}, weight {}: the weight must be 2-D [out_features, in_features]",
-                                 xs.str(), ws.str()));
-  }
-  const std::int64_t out = ws[0], in = ws[1];
-  if (xs.size() == 0 || xs.back() != in) {
-    throw ShapeError(fmt::format("linear: input {}, weight {}: expected input feature size (last dim) {}, got {}",
-                                 xs.str(), ws.str(), in, xs.size() == 0 ? std::string("a 0-d input") : std::to_string(xs.back())));
-  }
-  if (bias.defined()) {
-    detail::check_same_float("linear", x, bias);
-    if (bias.ndim() != 1 || bias.shape()[0] != out) {
-      throw ShapeError(fmt::format("linear: weight {}, bias {}: the bias must be [out_features] = [{}]", ws.str(),
-                                   bias.shape().str(), out));
-    }
-  }
-  const std::int64_t n = prod(xs, 0, xs.size() - 1);  // rows of the [n, in] view
-  Shape ys = xs;
-  ys[ys.size() - 1] = out;
-  Tensor y = Tensor::empty(ys, x.dtype());
-  on_float(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    T* yp = y.data<T>();
-    if (bias.defined()) {
-      const T* bp = bias.data<T>();
-      for (std::int64_t i = 0; i < n; ++i) std::copy_n(bp, out, yp + i * out);
-    }
-    // y[n,out] = x[n,in] . Wᵀ[in,out] (+ the bias rows already in y)
-    gemm<T>(false, true, n, out, in, T(1), x.data<T>(), in, weight.data<T>(), in, bias.defined() ? T(1) : T(0), yp,
-            out);
-    return 0;
-  });
-  if (needs_record({&x, &weight, &bias})) {
-    // d(x Wᵀ + b) = g W, gᵀ x, Σ_rows g
-    record("linear", y, {&x, &weight, &bias}, [x, weight](const Tensor& g, GradSlots& dx) {
-      const std::int64_t out = weight.shape()[0], in = weight.shape()[1];
-      const std::int64_t n = prod(x.shape(), 0, x.ndim() - 1);
-      on_float(g.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        const T* gp = g.data<T>();
-        if (dx.needs(0)) {
-          Tensor d = Tensor::empty(x.shape(), x.dtype());
-          // dx[n,in] = g[n,out] . W[out,in]
-          gemm<T>(false, false, n, in, out, T(1), gp, out, weight.data<T>(), in, T(0), d.data<T>(), in);
-          dx[0] = d;
-        }
-        if (dx.needs(1)) {
-          Tensor d = Tensor::empty(weight.shape(), weight.dtype());
-          // dW[out,in] = gᵀ[out,n] . x[n,in]
-          gemm<T>(true, false, out, in, n, T(1), gp, out, x.data<T>(), in, T(0), d.data<T>(), in);
-          dx[1] = d;
-        }
-        if (dx.needs(2)) {
-          Tensor d = zeros(Shape{out}, g.dtype());
-          T* dp = d.data<T>();
-          for (std::int64_t i = 0; i < n; ++i) {
-            const T* gr = gp + i * out;
-            for (std::int64_t j = 0; j < out; ++j) dp[j] += gr[j];
-          }
-          dx[2] = d;
-        }
-        return 0;
-      });
-    });
-  }
-  return y;
-}
+using detail::dispatch_float;
+using detail::prod;
 
 // ---------------------------------------------------------------------------
 // layer_norm
@@ -155,7 +57,7 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   Tensor y = Tensor::empty(xs, x.dtype());
   // Per row: mean and 1/sqrt(var + eps), for the backward.
   Tensor stats = rec ? Tensor::empty(Shape{M, 2}, Dtype::f64) : Tensor();
-  on_float(x.dtype(), [&](auto tag) {
+  dispatch_float("layer_norm", x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* xp = x.data<T>();
     const T* wp = weight.defined() ? weight.data<T>() : nullptr;
@@ -192,7 +94,7 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
     record("layer_norm", y, {&x, &weight, &bias}, [x, weight, stats, D](const Tensor& g, GradSlots& dx) {
       const std::int64_t M = stats.shape()[0];
       const bool need_x = dx.needs(0), need_w = dx.needs(1), need_b = dx.needs(2);
-      on_float(g.dtype(), [&](auto tag) {
+      dispatch_float("layer_norm backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const T* xp = x.data<T>();
         const T* gp = g.data<T>();

@@ -1,21 +1,11 @@
 #pragma once
-// Fused layer ops: linear (the affine map of Linear, every projection in every model)
-// and layer_norm. Each is one tape node with a hand-written backward, so a model's hot
-// path costs one allocation and one GEMM per call instead of a chain of small ops.
+// layer_norm: one tape node with a hand-written backward, so a model's hot path costs
+// one allocation per call instead of a chain of small ops.
+#include "ops.hpp"  // linear, which this header declared before it moved beside matmul
 #include "shape.hpp"
 #include "tensor.hpp"
 
 namespace xg {
-
-// y = x · weightᵀ + bias.
-//   x [*, in] (any number of leading dims, or 1-D [in]), weight [out, in] (PyTorch's
-//   layout), bias [out] or undefined (no bias) -> y [*, out] ([out] for 1-D x).
-// One GEMM with the transpose passed to BLAS (weight is never copied), the bias written
-// into the output first and accumulated by the same GEMM. Backward: dx = g · W,
-// dW = gᵀ · x, db = g summed over rows (one GEMM each). A wrong feature size, a weight
-// that is not 2-D or a bias that is not [out] is a ShapeError; int64 or mixed dtypes a
-// DtypeError. Empty batches work ([0, in] -> [0, out], zero weight gradients).
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
 
 // Layer normalisation over the trailing dims given by normalized_shape:
 //   y = (x - mean) / sqrt(var + eps) * weight + bias

@@ -19,14 +19,6 @@
 // - float32 sums accumulate in double within each block (a sum over B*T*V logits must
 //   not drift); a multi-block reduction rounds its partial sums to float32 in between.
 
-// GCC 12's AVX-512 intrinsics headers initialise their `undefined` vectors from themselves
-// (`__m512 __Y = __Y;`), which -Wmaybe-uninitialized reports wherever xsimd's exp is
-// inlined: a known GCC 12 false positive (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

@@ -3,30 +3,22 @@
 // vectorise std::exp / std::tanh). The same step body runs on a batch of W lanes for the
 // bulk of each row and on scalars for the tail, so both paths compute the same formulas.
 
-// GCC 12's AVX-512 intrinsics headers initialise their `undefined` vectors from themselves,
-// which -Wmaybe-uninitialized reports wherever xsimd's exp/tanh are inlined (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-
 #include "ops_rnn.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <memory>
 #include <optional>
 #include <vector>
 
 #include <fmt/format.h>
 
-#if defined(XTENSOR_USE_XSIMD)
-#include <xsimd/xsimd.hpp>
-#endif
-
 #include "../backend/detail/blas.hpp"
 #include "detail/kernels.hpp"
+#include "detail/lanes.hpp"
 #include "../backend/detail/packed_gemm.hpp"
 #include "factory.hpp"
 #include "ops.hpp"
@@ -35,55 +27,10 @@
 namespace xg {
 
 using detail::dispatch_float;
+using detail::for_lanes;
 using detail::gemm;
 
 namespace {
-
-// ---------------------------------------------------------------------------
-// Lanes: a scalar or an xsimd batch, behind the same four calls
-// ---------------------------------------------------------------------------
-
-template <class T>
-struct Scalar {
-  using V = T;
-  static constexpr std::int64_t W = 1;
-  static V load(const T* p) { return *p; }
-  static void store(T* p, V v) { *p = v; }
-  static V sigmoid(V x) {
-    // NOTE stability: e = exp(-|x|) <= 1 never overflows; σ(x) = 1/(1+e) for x >= 0 and
-    // e/(1+e) below (as xg::sigmoid), so very negative gates keep their relative precision.
-    const V e = std::exp(-std::fabs(x));
-    const V r = V(1) / (V(1) + e);
-    return x >= V(0) ? r : e * r;
-  }
-  static V tanh(V x) { return std::tanh(x); }
-};
-
-#if defined(XTENSOR_USE_XSIMD)
-template <class T>
-struct Simd {
-  using V = xsimd::batch<T>;
-  static constexpr std::int64_t W = static_cast<std::int64_t>(V::size);
-  static V load(const T* p) { return V::load_unaligned(p); }
-  static void store(T* p, const V& v) { v.store_unaligned(p); }
-  static V sigmoid(const V& x) {
-    const V e = xsimd::exp(-xsimd::abs(x));
-    const V r = V(T(1)) / (V(T(1)) + e);
-    return xsimd::select(x >= V(T(0)), r, e * r);
-  }
-  static V tanh(const V& x) { return xsimd::tanh(x); }
-};
-#endif
-
-// Runs step.template operator()<Lanes>(j) over j in [0, n): whole batches, then scalars.
-template <class T, class Step>
-void for_lanes(std::int64_t n, Step&& step) {
-  std::int64_t j = 0;
-#if defined(XTENSOR_USE_XSIMD)
-  for (; j + Simd<T>::W <= n; j += Simd<T>::W) step.template operator()<Simd<T>>(j);
-#endif
-  for (; j < n; ++j) step.template operator()<Scalar<T>>(j);
-}
 
 // ---------------------------------------------------------------------------
 // LSTM
@@ -536,6 +483,64 @@ Tensor gru_cell_fused(const Tensor& gi, const Tensor& gh, const Tensor& h_prev) 
     });
   }
   return h;
+}
+
+// ---------------------------------------------------------------------------
+// step_views: the per-step views of a layer's input projection
+// ---------------------------------------------------------------------------
+
+namespace {
+
+// Where the per-step gradients of one projection are gathered during a backward pass.
+struct StepGrads {
+  Tensor buf;  // [T*B, G]
+  std::int64_t last = std::numeric_limits<std::int64_t>::max();  // order index of the last step written
+};
+
+}  // namespace
+
+// Making each step a narrow() of x would cost, in backward, one zero-padded [T*B, G]
+// gradient per step: O(T²) time and memory. Instead every view's backward copies its
+// gradient into one shared buffer and gives x nothing, except the view processed first
+// (k = 0), which hands the whole buffer to x. That is correct because the view of step
+// k = 0 is recorded first, so backward walks it last, and because a recurrence reaches
+// it whenever any step is reached (every step depends on the one processed before it).
+std::vector<Tensor> step_views(const Tensor& x, std::int64_t T, bool reverse) {
+  detail::check_defined("step_views", x);
+  if (x.ndim() != 2 || T <= 0 || x.shape()[0] % T != 0) {
+    throw ShapeError(fmt::format("step_views: x {} must be 2-D [T*B, G] with T = {} > 0 dividing its rows",
+                                 x.shape().str(), T));
+  }
+  const TensorImpl& xi = *x.impl();
+  const std::int64_t B = xi.shape[0] / T, G = xi.shape[1];
+  const std::int64_t step_bytes = B * G * static_cast<std::int64_t>(dtype_size(xi.dtype));
+  const bool rec = needs_record({&x});
+  auto grads = rec ? std::make_shared<StepGrads>() : nullptr;
+  std::vector<Tensor> views;
+  views.reserve(static_cast<std::size_t>(T));
+  for (std::int64_t k = 0; k < T; ++k) {
+    const std::int64_t t = reverse ? T - 1 - k : k;
+    void* first = static_cast<char*>(xi.data) + t * step_bytes;
+    Tensor v(std::make_shared<TensorImpl>(Shape{B, G}, xi.dtype, xi.storage, first));
+    if (rec) {
+      // d x[t] = g in rows of step t (gathered for all steps, handed over once by k = 0)
+      record("rnn_step", v, {&x}, [grads, k, t, T, step_bytes](const Tensor& g, GradSlots& dx) {
+        StepGrads& s = *grads;
+        // Steps are walked in decreasing k, so k >= last means a new backward pass.
+        if (!s.buf.defined() || k >= s.last) s.buf = zeros(Shape{T * g.shape()[0], g.shape()[1]}, g.dtype());
+        s.last = k;
+        std::memcpy(static_cast<char*>(s.buf.data_ptr()) + t * step_bytes, g.data_ptr(),
+                    static_cast<std::size_t>(step_bytes));
+        if (k == 0) {
+          dx[0] = std::move(s.buf);
+          s.buf = Tensor();
+          s.last = std::numeric_limits<std::int64_t>::max();
+        }
+      });
+    }
+    views.push_back(std::move(v));
+  }
+  return views;
 }
 
 }  // namespace xg

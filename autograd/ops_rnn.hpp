@@ -5,6 +5,9 @@
 // one GEMM and each step costs one GEMM plus one of these kernels.
 //
 // Gate order and equations are PyTorch's, so weights move between the two unchanged.
+#include <cstdint>
+#include <vector>
+
 #include "tensor.hpp"
 
 namespace xg {
@@ -63,5 +66,15 @@ LSTMSequenceOut lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor
 // -> h [B, H]. One node; backward saves r, z, n and reads gh_n and h_prev back from the
 // inputs. Shapes as for lstm_cell_fused (gi and gh equal, columns divisible by 3).
 Tensor gru_cell_fused(const Tensor& gi, const Tensor& gh, const Tensor& h_prev);
+
+// The T steps of a layer's input projection x [T*B, G] (rows t*B .. t*B+B-1 are step t)
+// as [B, G] views on x's storage (no copy), in processing order: views[k] is step
+// t = k, or T-1-k when reverse. Backward gathers the steps' gradients in one [T*B, G]
+// buffer that the view processed first (k = 0) hands to x, so it costs O(T) rather
+// than a zero-padded gradient per step. Contract: whenever backward reaches any view it
+// must also reach views[0] -- true of a recurrence, where every step depends on the one
+// processed before it. (A view used on its own would give x no gradient: use narrow.)
+// x must be 2-D with T > 0 dividing its rows (ShapeError).
+std::vector<Tensor> step_views(const Tensor& x, std::int64_t T, bool reverse = false);
 
 }  // namespace xg

@@ -13,17 +13,10 @@
 
 namespace xg {
 
+using detail::dispatch_any;
 using detail::dispatch_float;
 
 namespace {
-
-// Calls f(T{}) for any dtype (comparisons and conditions also take int64).
-template <class F>
-decltype(auto) dispatch_any(Dtype d, F&& f) {
-  if (d == Dtype::f32) return f(float{});
-  if (d == Dtype::f64) return f(double{});
-  return f(std::int64_t{});
-}
 
 template <class F>
 Tensor binary_float(const char* op, const Tensor& a, const Tensor& b, F&& f) {

@@ -5,30 +5,22 @@
 // through float tensors.
 #include <algorithm>
 #include <array>
+#include <cstring>
 
 #include <fmt/format.h>
 
+#include "detail/dispatch.hpp"
 #include "detail/tensor_impl.hpp"
+#include "factory.hpp"
 #include "ops.hpp"
 #include "tape.hpp"
 
 namespace xg {
 
+using detail::dispatch_any;
+using detail::prod;
+
 namespace {
-
-// Calls f(T{}) with the element type of d (shape ops move values of any dtype).
-template <class F>
-decltype(auto) dispatch_any(Dtype d, F&& f) {
-  if (d == Dtype::f32) return f(float{});
-  if (d == Dtype::f64) return f(double{});
-  return f(std::int64_t{});
-}
-
-std::int64_t prod(const Shape& s, int from, int to) {
-  std::int64_t n = 1;
-  for (int i = from; i < to; ++i) n *= s[i];
-  return n;
-}
 
 // y shares x's storage with shape s; its backward reshapes g back to x's shape.
 Tensor view(const char* op, const Tensor& x, const Shape& s) {
@@ -492,6 +484,36 @@ std::vector<Tensor> chunk(const Tensor& x, std::int64_t chunks, int dim) {
     return out;
   }
   return split(x, (n + chunks - 1) / chunks, d);
+}
+
+// ---------------------------------------------------------------------------
+// row_block: rows [r0, r0 + n) of w along dim 0, sharing w's storage
+// ---------------------------------------------------------------------------
+
+Tensor row_block(const Tensor& w, std::int64_t r0, std::int64_t n) {
+  detail::check_defined("row_block", w);
+  const Shape& ws = w.shape();
+  if (ws.size() == 0 || r0 < 0 || n < 0 || r0 + n > ws[0]) {
+    throw IndexError(fmt::format("row_block: rows [{}, {}) of {}: out of range (or a 0-d tensor)", r0, r0 + n,
+                                 ws.str()));
+  }
+  const std::int64_t row = ws[0] > 0 ? w.numel() / ws[0] : 0;
+  Shape s = ws;
+  s[0] = n;
+  TensorImpl* impl = w.impl();
+  void* first = static_cast<char*>(impl->data) + r0 * row * static_cast<std::int64_t>(dtype_size(w.dtype()));
+  Tensor y(std::make_shared<TensorImpl>(s, w.dtype(), impl->storage, first));
+  if (needs_record({&w})) {
+    // d w = g in rows [r0, r0 + n), zeros elsewhere
+    record("row_block", y, {&w}, [r0, row](const Tensor& g, GradSlots& dx) {
+      Tensor d = zeros(dx.shape(0), g.dtype());
+      const std::size_t bytes = dtype_size(g.dtype());
+      std::memcpy(static_cast<char*>(d.data_ptr()) + r0 * row * static_cast<std::int64_t>(bytes), g.data_ptr(),
+                  static_cast<std::size_t>(g.numel()) * bytes);
+      dx[0] = d;
+    });
+  }
+  return y;
 }
 
 }  // namespace xg

@@ -1,14 +1,6 @@
 // Elementwise functions of one tensor. The kernels are xtensor expressions over the flat
 // storage, so xsimd vectorises exp/log/tanh/sqrt/pow for float32 and float64.
 
-// GCC 12's AVX-512 intrinsics headers initialise their `undefined` vectors from themselves
-// (`__m512 __Y = __Y;`), which -Wmaybe-uninitialized reports wherever xsimd's sqrt, exp,
-// log or pow are inlined: a known GCC 12 false positive (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-
 #include <cmath>
 #include <limits>
 
@@ -19,6 +11,7 @@
 #include <xtensor/xoperation.hpp>
 
 #include "detail/kernels.hpp"
+#include "detail/lanes.hpp"
 #include "factory.hpp"
 #include "ops.hpp"
 #include "tape.hpp"
@@ -26,26 +19,16 @@
 namespace xg {
 
 using detail::dispatch_float;
+using detail::unary_new;
 
 namespace {
-
-template <class F>
-Tensor unary(const char* op, const Tensor& x, F&& f) {
-  detail::check_floating(op, x);
-  Tensor y = Tensor::empty(x.shape(), x.dtype());
-  dispatch_float(op, x.dtype(), [&](auto tag) {
-    detail::unary_kernel<decltype(tag)>(x, y, f);
-    return 0;
-  });
-  return y;
-}
 
 // Backward helpers: constant tensors (1/0 masks, signs) that multiply the incoming
 // gradient. They depend on x only, so they are plain kernels, not recorded ops.
 
 // 1 where lo <= x <= hi, else 0 (NaN gets 0).
 Tensor range_mask(const Tensor& x, double lo, double hi) {
-  return unary("clamp", x, [lo, hi](const auto& v) {
+  return unary_new("clamp", x, [lo, hi](const auto& v) {
     using T = typename std::decay_t<decltype(v)>::value_type;
     return xt::where(v >= static_cast<T>(lo) && v <= static_cast<T>(hi), T(1), T(0));
   });
@@ -53,7 +36,7 @@ Tensor range_mask(const Tensor& x, double lo, double hi) {
 
 // -1, 0 or +1 (NaN stays NaN, like PyTorch's sgn).
 Tensor sign_of(const Tensor& x) {
-  return unary("abs", x, [](const auto& v) { return xt::sign(v); });
+  return unary_new("abs", x, [](const auto& v) { return xt::sign(v); });
 }
 
 Tensor clamp_impl(const char* op, const Tensor& x, double lo, double hi) {
@@ -67,7 +50,7 @@ Tensor clamp_impl(const char* op, const Tensor& x, double lo, double hi) {
   // Comparisons (not std::max) so that NaN inputs stay NaN, as in PyTorch.
   // (The bounds are passed as prvalues: xtensor keeps lvalue scalars by reference, and
   // the expression outlives this lambda.)
-  Tensor y = unary(op, x, [vlo, hi](const auto& v) {
+  Tensor y = unary_new(op, x, [vlo, hi](const auto& v) {
     using T = typename std::decay_t<decltype(v)>::value_type;
     return xt::where(v > static_cast<T>(hi), static_cast<T>(hi), xt::where(v < static_cast<T>(vlo), static_cast<T>(vlo), v));
   });
@@ -88,28 +71,28 @@ Tensor pow(const Tensor& x, double exponent) {
   // and sqrt (x^3 of -2 is -8, not exp(3 log 2) = 7.999999999999998) and 10x cheaper.
   Tensor y;
   if (e == 2.0) {
-    y = unary("pow", x, [](const auto& v) { return v * v; });
+    y = unary_new("pow", x, [](const auto& v) { return v * v; });
   } else if (e == 3.0) {
-    y = unary("pow", x, [](const auto& v) { return v * v * v; });
+    y = unary_new("pow", x, [](const auto& v) { return v * v * v; });
   } else if (e == 1.0) {
-    y = unary("pow", x, [](const auto& v) { return v; });
+    y = unary_new("pow", x, [](const auto& v) { return v; });
   } else if (e == 0.0) {
     // x^0 = 1 for every x, NaN included (IEEE pow, as PyTorch).
-    y = unary("pow", x, [](const auto& v) { return xt::ones_like(v); });
+    y = unary_new("pow", x, [](const auto& v) { return xt::ones_like(v); });
   } else if (e == 0.5) {
-    y = unary("pow", x, [](const auto& v) { return xt::sqrt(v); });
+    y = unary_new("pow", x, [](const auto& v) { return xt::sqrt(v); });
   } else if (e == -0.5) {
-    y = unary("pow", x, [](const auto& v) {
+    y = unary_new("pow", x, [](const auto& v) {
       using T = typename std::decay_t<decltype(v)>::value_type;
       return T(1) / xt::sqrt(v);
     });
   } else if (e == -1.0) {
-    y = unary("pow", x, [](const auto& v) {
+    y = unary_new("pow", x, [](const auto& v) {
       using T = typename std::decay_t<decltype(v)>::value_type;
       return T(1) / v;
     });
   } else if (e == -2.0) {
-    y = unary("pow", x, [](const auto& v) {
+    y = unary_new("pow", x, [](const auto& v) {
       using T = typename std::decay_t<decltype(v)>::value_type;
       return T(1) / (v * v);
     });
@@ -117,7 +100,7 @@ Tensor pow(const Tensor& x, double exponent) {
     // xsimd's pow maps 0^e to 0 for every e (0^-1.5 would be 0, not inf), so zero bases
     // take std::pow's value. (Exponents are prvalues: xtensor keeps lvalue scalars by
     // reference, and the expression outlives this lambda.)
-    y = unary("pow", x, [e](const auto& v) {
+    y = unary_new("pow", x, [e](const auto& v) {
       using T = typename std::decay_t<decltype(v)>::value_type;
       return xt::where(xt::equal(v, T(0)), std::pow(T(0), static_cast<T>(e)), xt::pow(v, static_cast<T>(e)));
     });
@@ -136,7 +119,7 @@ Tensor pow(const Tensor& x, double exponent) {
 }
 
 Tensor sqrt(const Tensor& x) {
-  Tensor y = unary("sqrt", x, [](const auto& v) { return xt::sqrt(v); });
+  Tensor y = unary_new("sqrt", x, [](const auto& v) { return xt::sqrt(v); });
   if (needs_record({&x})) {
     // d sqrt(x) = g / (2 y)   (inf at x == 0, NaN below: as PyTorch)
     record("sqrt", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
@@ -147,7 +130,7 @@ Tensor sqrt(const Tensor& x) {
 }
 
 Tensor exp(const Tensor& x) {
-  Tensor y = unary("exp", x, [](const auto& v) { return xt::exp(v); });
+  Tensor y = unary_new("exp", x, [](const auto& v) { return xt::exp(v); });
   if (needs_record({&x})) {
     // d exp(x) = g * y
     record("exp", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
@@ -158,7 +141,7 @@ Tensor exp(const Tensor& x) {
 }
 
 Tensor log(const Tensor& x) {
-  Tensor y = unary("log", x, [](const auto& v) { return xt::log(v); });
+  Tensor y = unary_new("log", x, [](const auto& v) { return xt::log(v); });
   if (needs_record({&x})) {
     // d log(x) = g / x
     record("log", y, {&x}, [x](const Tensor& g, GradSlots& dx) {
@@ -169,7 +152,7 @@ Tensor log(const Tensor& x) {
 }
 
 Tensor abs(const Tensor& x) {
-  Tensor y = unary("abs", x, [](const auto& v) { return xt::abs(v); });
+  Tensor y = unary_new("abs", x, [](const auto& v) { return xt::abs(v); });
   if (needs_record({&x})) {
     // d |x| = g * sign(x)
     // NOTE kink: abs'(0) = 0 (the subgradient PyTorch picks).
@@ -179,7 +162,7 @@ Tensor abs(const Tensor& x) {
 }
 
 Tensor tanh(const Tensor& x) {
-  Tensor y = unary("tanh", x, [](const auto& v) { return xt::tanh(v); });
+  Tensor y = unary_new("tanh", x, [](const auto& v) { return xt::tanh(v); });
   if (needs_record({&x})) {
     // d tanh(x) = g * (1 - y^2)
     record("tanh", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
@@ -194,14 +177,10 @@ Tensor sigmoid(const Tensor& x) {
   Tensor y = Tensor::empty(x.shape(), x.dtype());
   dispatch_float("sigmoid", x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    auto v = detail::flat<T>(x);
-    auto o = detail::flat<T>(y);
-    // NOTE stability: with e = exp(-|x|) <= 1 nothing overflows: sigmoid(x) = 1 / (1 + e)
-    // for x >= 0 and e / (1 + e) for x < 0, which keeps full relative precision for very
-    // negative x (1 / (1 + exp(-x)) would overflow exp and flush to 0). Two passes over o
-    // so exp runs once per element, vectorised.
-    xt::noalias(o) = xt::exp(-xt::abs(v));
-    xt::noalias(o) = xt::where(v >= T(0), T(1) / (T(1) + o), o / (T(1) + o));
+    const T* xp = x.data<T>();
+    T* yp = y.data<T>();
+    // One pass, exp once per element on xsimd batches; the stable formula is in lanes.hpp.
+    detail::for_lanes<T>(x.numel(), [&]<class L>(std::int64_t j) { L::store(yp + j, L::sigmoid(L::load(xp + j))); });
     return 0;
   });
   if (needs_record({&x})) {
@@ -215,7 +194,7 @@ Tensor sigmoid(const Tensor& x) {
 
 Tensor relu(const Tensor& x) {
   // Written as a select, not max(x, 0), so that NaN propagates like PyTorch's relu.
-  Tensor y = unary("relu", x, [](const auto& v) {
+  Tensor y = unary_new("relu", x, [](const auto& v) {
     using T = typename std::decay_t<decltype(v)>::value_type;
     return xt::where(v < T(0), T(0), v);
   });

@@ -1,372 +1,22 @@
-// Attention modules, on three private tape nodes that every module shares:
-//
-//   attention_probs  P[b,h] = masked_softmax(scale * Q[b,h] K[b,h]ᵀ + mask)   [B, H, Lq, S]
-//   attention_apply  O[b,h] = P[b,h] V[b,h]
-//   row_block        rows [r0, r0+n) of a packed parameter, as a view (in_proj_weight)
-//
-// Q, K, V and O are read and written in place: head h of batch entry b of a [T, B, E]
-// (or [B, T, E]) tensor is the [T, E/H] matrix starting at b * sb + h * dh with row
-// stride st, which BLAS takes as a leading dimension. So no head is ever copied out,
-// and the context is written straight in the layout out_proj reads. One GEMM per
-// (batch entry, head), like PyTorch's bmm.
-//
-// GCC 12's AVX-512 intrinsics headers initialise their `undefined` vectors from themselves,
-// which -Wmaybe-uninitialized reports wherever xsimd's exp or tanh are inlined (GCC bug
-// 105593, the same false positive ops_loss.cpp and ops_unary.cpp silence).
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-
+// Attention modules: each checks its inputs (errors name the module), projects them with
+// linear and calls the attention ops of autograd/ops_attention.hpp, which read the heads
+// in place.
 #include "attention.hpp"
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
-#include <limits>
-#include <vector>
 
 #include <fmt/format.h>
 
-#if defined(XTENSOR_USE_XSIMD)
-#include <xsimd/xsimd.hpp>
-#endif
-#include <xtensor/xmath.hpp>
-
-#include "../backend/detail/blas.hpp"
-#include "../autograd/detail/kernels.hpp"
-#include "../autograd/factory.hpp"
 #include "../autograd/ops.hpp"
+#include "../autograd/ops_attention.hpp"
 #include "../autograd/ops_norm.hpp"
-#include "../autograd/tape.hpp"
+#include "../autograd/detail/tensor_impl.hpp"
 #include "init.hpp"
 
 namespace xg::nn {
 
-using detail::dispatch_float;
-using detail::gemm;
-
 namespace {
-
-// ---------------------------------------------------------------------------
-// Row kernels
-// ---------------------------------------------------------------------------
-
-// z[j] = exp(z[j] - m) in place; returns the sum. xsimd batches, then a scalar tail
-// (GCC does not vectorise std::exp without -fno-math-errno).
-template <class T>
-T exp_sub_sum(T* z, std::int64_t n, T m) {
-  T s = 0;
-  std::int64_t i = 0;
-#if defined(XTENSOR_USE_XSIMD)
-  using Batch = xsimd::batch<T>;
-  constexpr std::int64_t W = static_cast<std::int64_t>(Batch::size);
-  if (n >= W) {
-    const Batch mb(m);
-    Batch acc(T(0));
-    for (; i + W <= n; i += W) {
-      const Batch v = xsimd::exp(Batch::load_unaligned(z + i) - mb);
-      v.store_unaligned(z + i);
-      acc += v;
-    }
-    s = xsimd::hadd(acc);
-  }
-#endif
-  for (; i < n; ++i) {
-    z[i] = std::exp(z[i] - m);
-    s += z[i];
-  }
-  return s;
-}
-
-// What masks one row of scores: a keep flag per key from the batch entry's key mask
-// and/or from the attention mask's row, and an additive attention-mask row.
-template <class T>
-struct RowMask {
-  const std::uint8_t* keep1 = nullptr;
-  const std::uint8_t* keep2 = nullptr;
-  const T* add = nullptr;
-};
-
-// z (one row of S scores) -> softmax(z + add) over the kept positions, exactly 0 at the
-// others. Returns false when nothing is left to normalise over (every position masked
-// or -inf, or S == 0); a NaN anywhere gives a NaN row, like softmax.
-template <class T>
-bool softmax_row(T* z, std::int64_t S, const RowMask<T>& mk) {
-  constexpr T kInf = std::numeric_limits<T>::infinity();
-  if (mk.add) {
-    for (std::int64_t j = 0; j < S; ++j) z[j] += mk.add[j];
-  }
-  const bool masked = mk.keep1 || mk.keep2;
-  auto dropped = [&](std::int64_t j) { return (mk.keep1 && !mk.keep1[j]) || (mk.keep2 && !mk.keep2[j]); };
-  if (masked) {
-    for (std::int64_t j = 0; j < S; ++j) {
-      if (dropped(j)) z[j] = -kInf;
-    }
-  }
-  T m = -kInf;
-  bool nan = false;
-  for (std::int64_t j = 0; j < S; ++j) {
-    m = std::max(m, z[j]);
-    nan |= std::isnan(z[j]);
-  }
-  if (nan) {
-    std::fill(z, z + S, std::numeric_limits<T>::quiet_NaN());
-    return true;
-  }
-  if (m == -kInf) return false;
-  const T inv = T(1) / exp_sub_sum(z, S, m);
-  for (std::int64_t j = 0; j < S; ++j) z[j] *= inv;
-  if (masked) {  // exp(-inf) is 0 already; this makes "exactly 0" independent of libm
-    for (std::int64_t j = 0; j < S; ++j) {
-      if (dropped(j)) z[j] = T(0);
-    }
-  }
-  return true;
-}
-
-// d = scale * y * (g - sum(g * y)) for one row.
-template <class T>
-void softmax_row_backward(const T* y, const T* g, T* d, std::int64_t S, T scale) {
-  T s = 0;
-  for (std::int64_t j = 0; j < S; ++j) s += g[j] * y[j];
-  for (std::int64_t j = 0; j < S; ++j) d[j] = scale * y[j] * (g[j] - s);
-}
-
-// ---------------------------------------------------------------------------
-// Masks
-// ---------------------------------------------------------------------------
-
-// Flags of a mask of any dtype: 1 where (mask != 0) == nonzero_keeps.
-std::vector<std::uint8_t> mask_flags(const Tensor& mask, bool nonzero_keeps) {
-  const std::int64_t n = mask.numel();
-  std::vector<std::uint8_t> f(static_cast<std::size_t>(n));
-  auto fill = [&](const auto* p) {
-    for (std::int64_t i = 0; i < n; ++i) f[i] = static_cast<std::uint8_t>((p[i] != 0) == nonzero_keeps);
-  };
-  switch (mask.dtype()) {
-    case Dtype::f32: fill(mask.data<float>()); break;
-    case Dtype::f64: fill(mask.data<double>()); break;
-    case Dtype::i64: fill(mask.data<std::int64_t>()); break;
-  }
-  return f;
-}
-
-// All the masks of one attention call, in the row order of the scores: row r belongs
-// to batch entry r / rows_per_batch and reads attention-mask row r % attn_rows.
-struct Masks {
-  std::vector<std::uint8_t> key_keep;   // [B, S] or empty
-  std::vector<std::uint8_t> attn_keep;  // [attn_rows, S] or empty
-  Tensor attn_add;                      // [attn_rows, S] in the scores' dtype, or undefined
-  std::int64_t rows_per_batch = 1;
-  std::int64_t attn_rows = 1;
-};
-
-template <class T>
-RowMask<T> row_mask(const Masks& m, std::int64_t r, std::int64_t S) {
-  RowMask<T> rm;
-  if (!m.key_keep.empty()) rm.keep1 = m.key_keep.data() + (r / m.rows_per_batch) * S;
-  const std::int64_t ar = (r % m.attn_rows) * S;
-  if (!m.attn_keep.empty()) rm.keep2 = m.attn_keep.data() + ar;
-  if (m.attn_add.defined()) rm.add = m.attn_add.data<T>() + ar;
-  return rm;
-}
-
-// The error for a row with nothing to attend to; `where` says which row in the caller's terms.
-[[noreturn]] void throw_fully_masked(const char* op, const std::string& where, std::int64_t S) {
-  if (S == 0) throw ShapeError(fmt::format("{}: softmax over 0 positions ({})", op, where));
-  throw Error(fmt::format(
-      "{}: every position is masked for {} (all {} keys masked out or -inf): the softmax of such a row is "
-      "undefined (PyTorch returns NaN); leave at least one key unmasked per row",
-      op, where, S));
-}
-
-// ---------------------------------------------------------------------------
-// Heads: where each (batch entry, head) matrix lives inside a tensor
-// ---------------------------------------------------------------------------
-
-// Element (b, h, t, d) of a tensor holding H heads of width w is at b * sb + t * st + h * w + d.
-struct Strides {
-  std::int64_t sb = 0;
-  std::int64_t st = 0;
-};
-
-// [T, B, W] (seq-first) or [B, T, W] (batch-first), heads side by side along W.
-Strides layout(bool batch_first, std::int64_t B, std::int64_t T, std::int64_t W) {
-  return batch_first ? Strides{T * W, W} : Strides{W, B * W};
-}
-
-// Unpacked into plain locals, not structured bindings: clang 14 cannot capture those in lambdas.
-struct Heads {
-  std::int64_t B = 0, H = 1, Lq = 0, S = 0;
-  std::int64_t dk = 0;  // per-head width of queries and keys
-  std::int64_t dv = 0;  // per-head width of values and the context
-  Strides q, k, v, o;
-};
-
-// ---------------------------------------------------------------------------
-// attention_probs: P = masked_softmax(scale * Q Kᵀ + masks), [B, H, Lq, S] in memory
-// ---------------------------------------------------------------------------
-
-Tensor attention_probs(const char* op, const Tensor& q, const Tensor& k, const Heads& hd, double scale,
-                       const Masks& masks, const Shape& out_shape) {
-  [[maybe_unused]] const std::int64_t B = hd.B, H = hd.H, Lq = hd.Lq, S = hd.S, dk = hd.dk, dv = hd.dv;
-  [[maybe_unused]] const Strides qs = hd.q, ks = hd.k, vs = hd.v, os = hd.o;
-  Tensor p = Tensor::empty(out_shape, q.dtype());
-  dispatch_float(op, q.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* Q = q.data<T>();
-    const T* K = k.data<T>();
-    T* P = p.data<T>();
-    for (std::int64_t b = 0; b < B; ++b) {
-      for (std::int64_t h = 0; h < H; ++h) {
-        gemm<T>(false, true, Lq, S, dk, T(scale), Q + b * qs.sb + h * dk, qs.st, K + b * ks.sb + h * dk, ks.st, T(0),
-                P + (b * H + h) * Lq * S, S);
-      }
-    }
-    const std::int64_t rows = B * H * Lq;
-    for (std::int64_t r = 0; r < rows; ++r) {
-      if (!softmax_row(P + r * S, S, row_mask<T>(masks, r, S))) {
-        const std::string where = H > 1 ? fmt::format("batch {}, head {}, query {}", r / (H * Lq), (r / Lq) % H, r % Lq)
-                                        : fmt::format("batch {}, query {}", r / Lq, r % Lq);
-        throw_fully_masked(op, where, S);
-      }
-    }
-    return 0;
-  });
-  if (needs_record({&q, &k})) {
-    // dS = scale * P ⊙ (g - rowsum(g ⊙ P)); dQ[b,h] = dS[b,h] K[b,h], dK[b,h] = dS[b,h]ᵀ Q[b,h]
-    record("attention_probs", p, {&q, &k}, [q, k, p = p.detach(), hd, scale](const Tensor& g, GradSlots& dx) {
-      [[maybe_unused]] const std::int64_t B = hd.B, H = hd.H, Lq = hd.Lq, S = hd.S, dk = hd.dk, dv = hd.dv;
-      [[maybe_unused]] const Strides qs = hd.q, ks = hd.k, vs = hd.v, os = hd.o;
-      Tensor ds = Tensor::empty(p.shape(), p.dtype());
-      dispatch_float("attention_probs backward", p.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        const T* P = p.data<T>();
-        const T* G = g.data<T>();
-        T* D = ds.data<T>();
-        const std::int64_t rows = B * H * Lq;
-        for (std::int64_t r = 0; r < rows; ++r) softmax_row_backward(P + r * S, G + r * S, D + r * S, S, T(scale));
-        if (dx.needs(0)) {
-          Tensor dq = Tensor::empty(q.shape(), q.dtype());
-          T* DQ = dq.data<T>();
-          const T* K = k.data<T>();
-          for (std::int64_t b = 0; b < B; ++b) {
-            for (std::int64_t h = 0; h < H; ++h) {
-              // dQ[Lq, dk] = dS[Lq, S] . K[S, dk]
-              gemm<T>(false, false, Lq, dk, S, T(1), D + (b * H + h) * Lq * S, S, K + b * ks.sb + h * dk, ks.st, T(0),
-                      DQ + b * qs.sb + h * dk, qs.st);
-            }
-          }
-          dx[0] = dq;
-        }
-        if (dx.needs(1)) {
-          Tensor dkt = Tensor::empty(k.shape(), k.dtype());
-          T* DK = dkt.data<T>();
-          const T* Q = q.data<T>();
-          for (std::int64_t b = 0; b < B; ++b) {
-            for (std::int64_t h = 0; h < H; ++h) {
-              // dK[S, dk] = dSᵀ[S, Lq] . Q[Lq, dk]
-              gemm<T>(true, false, S, dk, Lq, T(1), D + (b * H + h) * Lq * S, S, Q + b * qs.sb + h * dk, qs.st, T(0),
-                      DK + b * ks.sb + h * dk, ks.st);
-            }
-          }
-          dx[1] = dkt;
-        }
-        return 0;
-      });
-    });
-  }
-  return p;
-}
-
-// ---------------------------------------------------------------------------
-// attention_apply: O[b,h] = P[b,h] V[b,h], O laid out by hd.o with shape out_shape
-// ---------------------------------------------------------------------------
-
-Tensor attention_apply(const Tensor& p, const Tensor& v, const Heads& hd, const Shape& out_shape) {
-  [[maybe_unused]] const std::int64_t B = hd.B, H = hd.H, Lq = hd.Lq, S = hd.S, dk = hd.dk, dv = hd.dv;
-  [[maybe_unused]] const Strides qs = hd.q, ks = hd.k, vs = hd.v, os = hd.o;
-  Tensor o = Tensor::empty(out_shape, p.dtype());
-  dispatch_float("attention_apply", p.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* P = p.data<T>();
-    const T* V = v.data<T>();
-    T* O = o.data<T>();
-    for (std::int64_t b = 0; b < B; ++b) {
-      for (std::int64_t h = 0; h < H; ++h) {
-        gemm<T>(false, false, Lq, dv, S, T(1), P + (b * H + h) * Lq * S, S, V + b * vs.sb + h * dv, vs.st, T(0),
-                O + b * os.sb + h * dv, os.st);
-      }
-    }
-    return 0;
-  });
-  if (needs_record({&p, &v})) {
-    // dP[b,h] = g[b,h] V[b,h]ᵀ, dV[b,h] = P[b,h]ᵀ g[b,h]
-    record("attention_apply", o, {&p, &v}, [p, v, hd](const Tensor& g, GradSlots& dx) {
-      [[maybe_unused]] const std::int64_t B = hd.B, H = hd.H, Lq = hd.Lq, S = hd.S, dk = hd.dk, dv = hd.dv;
-      [[maybe_unused]] const Strides qs = hd.q, ks = hd.k, vs = hd.v, os = hd.o;
-      dispatch_float("attention_apply backward", g.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        const T* G = g.data<T>();
-        if (dx.needs(0)) {
-          Tensor dp = Tensor::empty(p.shape(), p.dtype());
-          T* DP = dp.data<T>();
-          const T* V = v.data<T>();
-          for (std::int64_t b = 0; b < B; ++b) {
-            for (std::int64_t h = 0; h < H; ++h) {
-              // dP[Lq, S] = g[Lq, dv] . Vᵀ[dv, S]
-              gemm<T>(false, true, Lq, S, dv, T(1), G + b * os.sb + h * dv, os.st, V + b * vs.sb + h * dv, vs.st, T(0),
-                      DP + (b * H + h) * Lq * S, S);
-            }
-          }
-          dx[0] = dp;
-        }
-        if (dx.needs(1)) {
-          Tensor dvt = Tensor::empty(v.shape(), v.dtype());
-          T* DV = dvt.data<T>();
-          const T* P = p.data<T>();
-          for (std::int64_t b = 0; b < B; ++b) {
-            for (std::int64_t h = 0; h < H; ++h) {
-              // dV[S, dv] = Pᵀ[S, Lq] . g[Lq, dv]
-              gemm<T>(true, false, S, dv, Lq, T(1), P + (b * H + h) * Lq * S, S, G + b * os.sb + h * dv, os.st, T(0),
-                      DV + b * vs.sb + h * dv, vs.st);
-            }
-          }
-          dx[1] = dvt;
-        }
-        return 0;
-      });
-    });
-  }
-  return o;
-}
-
-// ---------------------------------------------------------------------------
-// row_block: rows [r0, r0 + n) of w along dim 0, sharing w's storage
-// ---------------------------------------------------------------------------
-
-Tensor row_block(const Tensor& w, std::int64_t r0, std::int64_t n) {
-  const Shape& ws = w.shape();
-  const std::int64_t row = ws[0] > 0 ? w.numel() / ws[0] : 0;
-  Shape s = ws;
-  s[0] = n;
-  TensorImpl* impl = w.impl();
-  void* first = static_cast<char*>(impl->data) + r0 * row * static_cast<std::int64_t>(dtype_size(w.dtype()));
-  Tensor y(std::make_shared<TensorImpl>(s, w.dtype(), impl->storage, first));
-  if (needs_record({&w})) {
-    // d w = g in rows [r0, r0 + n), zeros elsewhere
-    record("row_block", y, {&w}, [r0, row](const Tensor& g, GradSlots& dx) {
-      Tensor d = zeros(dx.shape(0), g.dtype());
-      const std::size_t bytes = dtype_size(g.dtype());
-      std::memcpy(static_cast<char*>(d.data_ptr()) + r0 * row * static_cast<std::int64_t>(bytes), g.data_ptr(),
-                  static_cast<std::size_t>(g.numel()) * bytes);
-      dx[0] = d;
-    });
-  }
-  return y;
-}
 
 // ---------------------------------------------------------------------------
 // Input checks shared by the modules
@@ -387,160 +37,19 @@ void check_rank(const char* op, const char* name, const Tensor& t, int rank, con
   }
 }
 
-// A [B, L] mask of any dtype: shape checked, returned as keep flags.
-std::vector<std::uint8_t> key_mask(const char* op, const char* name, const Tensor& mask, std::int64_t B,
-                                   std::int64_t L, bool nonzero_keeps) {
+// A [B, L] mask of any dtype (the op checks too; checking here names the module).
+void check_key_mask(const char* op, const char* name, const Tensor& mask, std::int64_t B, std::int64_t L) {
   if (mask.shape() != Shape{B, L}) {
     throw ShapeError(fmt::format("{}: {} {}: expected [{},{}] ([B, L]: one flag per batch entry and key)", op, name,
                                  mask.shape().str(), B, L));
   }
-  return mask_flags(mask, nonzero_keeps);
 }
 
 void check_positive(const char* op, const char* name, std::int64_t v) {
   if (v <= 0) throw ShapeError(fmt::format("{}: {} must be positive, got {}", op, name, v));
 }
 
-// y = softmax(scale * x) over the last dim of x, rows masked by `masks`: the one node
-// behind masked_softmax() and AdditiveAttention (which names itself in the errors).
-Tensor softmax_node(const char* op, const Tensor& x, const Masks& masks, double scale) {
-  const std::int64_t S = x.shape().back();
-  const std::int64_t rows = S > 0 ? x.numel() / S : 0;
-  Tensor y = Tensor::empty(x.shape(), x.dtype());
-  dispatch_float(op, x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* X = x.data<T>();
-    T* Y = y.data<T>();
-    const T a = static_cast<T>(scale);
-    for (std::int64_t r = 0; r < rows; ++r) {
-      for (std::int64_t j = 0; j < S; ++j) Y[r * S + j] = a * X[r * S + j];
-      if (!softmax_row(Y + r * S, S, row_mask<T>(masks, r, S))) {
-        const std::int64_t rpb = masks.rows_per_batch;
-        throw_fully_masked(op, rpb == 1 ? fmt::format("batch {}", r) : fmt::format("batch {}, row {}", r / rpb, r % rpb),
-                           S);
-      }
-    }
-    return 0;
-  });
-  if (needs_record({&x})) {
-    // d x = scale * y ⊙ (g - rowsum(g ⊙ y))
-    record("masked_softmax", y, {&x}, [y = y.detach(), S, scale](const Tensor& g, GradSlots& dx) {
-      Tensor d = Tensor::empty(y.shape(), y.dtype());
-      dispatch_float("masked_softmax backward", y.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        const std::int64_t rows = S > 0 ? y.numel() / S : 0;
-        for (std::int64_t r = 0; r < rows; ++r) {
-          softmax_row_backward(y.data<T>() + r * S, g.data<T>() + r * S, d.data<T>() + r * S, S, T(scale));
-        }
-        return 0;
-      });
-      dx[0] = d;
-    });
-  }
-  return y;
-}
-
 }  // namespace
-
-// ---------------------------------------------------------------------------
-// masked_softmax, additive_scores
-// ---------------------------------------------------------------------------
-
-Tensor masked_softmax(const Tensor& scores, const Tensor& keep, double scale) {
-  detail::check_floating("masked_softmax", scores);
-  const Shape& xs = scores.shape();
-  if (xs.size() == 0) throw ShapeError("masked_softmax: scores must have at least one dim, got a 0-d tensor");
-  const std::int64_t S = xs.back();
-  const std::int64_t B = xs.size() == 1 ? 1 : xs[0];
-  Masks masks;
-  masks.rows_per_batch = B > 0 && S > 0 ? std::max<std::int64_t>(scores.numel() / S / B, 1) : 1;
-  if (keep.defined()) {
-    const Shape want = xs.size() == 1 ? Shape{S} : Shape{B, S};
-    if (keep.shape() != want) {
-      throw ShapeError(fmt::format("masked_softmax: scores {}, keep {}: expected keep {} ([B, S]: first and last dims "
-                                   "of the scores)",
-                                   xs.str(), keep.shape().str(), want.str()));
-    }
-    masks.key_keep = mask_flags(keep, true);
-  }
-  return softmax_node("masked_softmax", scores, masks, scale);
-}
-
-Tensor additive_scores(const Tensor& keys_proj, const Tensor& query_proj, const Tensor& v) {
-  constexpr const char* op = "additive_scores";
-  detail::check_same_float(op, keys_proj, query_proj);
-  detail::check_same_float(op, keys_proj, v);
-  const Shape& ks = keys_proj.shape();
-  const Shape& qs = query_proj.shape();
-  const Shape& vs = v.shape();
-  if (ks.size() != 3 || qs.size() != 2 || vs.size() != 1 || qs[0] != ks[0] || qs[1] != ks[2] || vs[0] != ks[2]) {
-    throw ShapeError(fmt::format("additive_scores: keys_proj {}, query_proj {}, v {}: expected [B,L,A], [B,A], [A]",
-                                 ks.str(), qs.str(), vs.str()));
-  }
-  const std::int64_t B = ks[0], L = ks[1], A = ks[2];
-  Tensor t = Tensor::empty(ks, keys_proj.dtype());
-  Tensor s = Tensor::empty(Shape{B, L}, keys_proj.dtype());
-  dispatch_float(op, keys_proj.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* KP = keys_proj.data<T>();
-    const T* QP = query_proj.data<T>();
-    T* TT = t.data<T>();
-    for (std::int64_t b = 0; b < B; ++b) {
-      const T* qp = QP + b * A;
-      for (std::int64_t l = 0; l < L; ++l) {
-        const T* kp = KP + (b * L + l) * A;
-        T* tr = TT + (b * L + l) * A;
-        for (std::int64_t a = 0; a < A; ++a) tr[a] = kp[a] + qp[a];
-      }
-    }
-    auto tf = detail::flat<T>(t);
-    xt::noalias(tf) = xt::tanh(tf);  // elementwise in place: xsimd's tanh over the whole block
-    // s[B*L] = t[B*L, A] . v[A]
-    gemm<T>(false, false, B * L, 1, A, T(1), TT, A, v.data<T>(), 1, T(0), s.data<T>(), 1);
-    return 0;
-  });
-  if (needs_record({&keys_proj, &query_proj, &v})) {
-    // with d = g ⊙ v ⊙ (1 - t²): dkeys_proj = d, dquery_proj = Σ_l d, dv = tᵀ g
-    record(op, s, {&keys_proj, &query_proj, &v}, [t, v, B, L, A](const Tensor& g, GradSlots& dx) {
-      dispatch_float("additive_scores backward", g.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        const T* TT = t.data<T>();
-        const T* G = g.data<T>();
-        const T* V = v.data<T>();
-        if (dx.needs(0) || dx.needs(1)) {
-          Tensor d = Tensor::empty(t.shape(), t.dtype());
-          T* D = d.data<T>();
-          for (std::int64_t r = 0; r < B * L; ++r) {
-            const T gr = G[r];
-            const T* tr = TT + r * A;
-            T* dr = D + r * A;
-            for (std::int64_t a = 0; a < A; ++a) dr[a] = gr * V[a] * (T(1) - tr[a] * tr[a]);
-          }
-          if (dx.needs(1)) {
-            Tensor dq = zeros(Shape{B, A}, t.dtype());
-            T* DQ = dq.data<T>();
-            for (std::int64_t b = 0; b < B; ++b) {
-              for (std::int64_t l = 0; l < L; ++l) {
-                const T* dr = D + (b * L + l) * A;
-                for (std::int64_t a = 0; a < A; ++a) DQ[b * A + a] += dr[a];
-              }
-            }
-            dx[1] = dq;
-          }
-          if (dx.needs(0)) dx[0] = d;
-        }
-        if (dx.needs(2)) {
-          Tensor dv = Tensor::empty(Shape{A}, t.dtype());
-          // dv[A] = tᵀ[A, B*L] . g[B*L]
-          gemm<T>(true, false, A, 1, B * L, T(1), TT, A, G, 1, T(0), dv.data<T>(), 1);
-          dx[2] = dv;
-        }
-        return 0;
-      });
-    });
-  }
-  return s;
-}
 
 // ---------------------------------------------------------------------------
 // AdditiveAttention
@@ -625,20 +134,15 @@ AttentionOutput AdditiveAttention::forward(const Tensor& query, const Keys& keys
   if (L == 0) throw ShapeError(fmt::format("{}: keys {}: no keys to attend to (L = 0)", op, keys.keys.shape().str()));
   const std::int64_t Dv = vals.shape()[2];
 
-  Masks masks;
-  if (mask.defined()) masks.key_keep = key_mask(op, "mask", mask, B, L, true);
+  if (mask.defined()) check_key_mask(op, "mask", mask, B, L);
 
   const Tensor qp = linear(query, w_query, bias);                 // [B, A]
   const Tensor scores = additive_scores(keys.projected, qp, v);  // [B, L]
-  Tensor w = softmax_node(op, scores, masks, 1.0);                // [B, L]
-  Heads hd;
-  hd.B = B;
-  hd.Lq = 1;
-  hd.S = L;
-  hd.dv = Dv;
-  hd.v = Strides{L * Dv, Dv};
-  hd.o = Strides{Dv, Dv};
-  Tensor context = attention_apply(w, vals, hd, Shape{B, Dv});  // [B,1,L] x [B,L,Dv]
+  Tensor w = masked_softmax(scores, mask, 1.0, op);               // [B, L]
+  // One query per batch entry: [B,1,L] x [B,L,Dv].
+  const AttentionHeads hd{
+      .B = B, .H = 1, .Lq = 1, .S = L, .dk = 0, .dv = Dv, .q = {}, .k = {}, .v = {L * Dv, Dv}, .o = {Dv, Dv}};
+  Tensor context = attention_apply(w, vals, hd, Shape{B, Dv});
   return {context, w};
 }
 
@@ -716,23 +220,18 @@ AttentionOutput DotAttention::forward(const Tensor& query, const Tensor& keys, c
   if (L == 0) throw ShapeError(fmt::format("{}: keys {}: no keys to attend to (L = 0)", op, keys.shape().str()));
   const std::int64_t Dv = vals.shape()[2];
 
-  Masks masks;
-  masks.rows_per_batch = Tq;
-  if (mask.defined()) masks.key_keep = key_mask(op, "mask", mask, B, L, true);
+  AttentionMasks masks;
+  if (mask.defined()) {
+    check_key_mask(op, "mask", mask, B, L);
+    masks.key_mask = mask;
+  }
 
   const Tensor q = general ? linear(query, weight) : query;  // [B, (Tq,) Dk]
-  Heads hd;
-  hd.B = B;
-  hd.Lq = Tq;
-  hd.S = L;
-  hd.dk = Dk;
-  hd.dv = Dv;
-  hd.q = Strides{Tq * Dk, Dk};
-  hd.k = Strides{L * Dk, Dk};
-  hd.v = Strides{L * Dv, Dv};
-  hd.o = Strides{Tq * Dv, Dv};
+  // Batch-first, one head: [B, Tq, Dk] queries, [B, L, Dk] keys, [B, L, Dv] values.
+  const AttentionHeads hd{.B = B, .H = 1, .Lq = Tq, .S = L, .dk = Dk, .dv = Dv, .q = {Tq * Dk, Dk},
+                          .k = {L * Dk, Dk}, .v = {L * Dv, Dv}, .o = {Tq * Dv, Dv}};
   const double scale = options.mode == DotScore::scaled ? 1.0 / std::sqrt(static_cast<double>(Dk)) : 1.0;
-  Tensor w = attention_probs(op, q, keys, hd, scale, masks, one ? Shape{B, L} : Shape{B, Tq, L});
+  Tensor w = attention_probs(q, keys, hd, scale, one ? Shape{B, L} : Shape{B, Tq, L}, masks, op);
   Tensor context = attention_apply(w, vals, hd, one ? Shape{B, Dv} : Shape{B, Tq, Dv});
   return {context, w};
 }
@@ -824,26 +323,19 @@ AttentionOutput MultiheadAttention::forward(const Tensor& query, const Tensor& k
   }
   if (S == 0) throw ShapeError(fmt::format("{}: key {}: no keys to attend to (S = 0)", op, key.shape().str()));
 
-  Masks masks;
-  masks.rows_per_batch = H * L;
+  AttentionMasks masks;
   if (opts.key_padding_mask.defined()) {
-    masks.key_keep = key_mask(op, "key_padding_mask", opts.key_padding_mask, B, S, false);
+    check_key_mask(op, "key_padding_mask", opts.key_padding_mask, B, S);
+    masks.key_mask = opts.key_padding_mask;
+    masks.key_mask_keeps = false;
   }
   if (opts.attn_mask.defined()) {
     const Tensor& am = opts.attn_mask;
-    if (am.shape() == Shape{L, S}) {
-      masks.attn_rows = L;
-    } else if (am.shape() == Shape{B * H, L, S}) {
-      masks.attn_rows = B * H * L;
-    } else {
+    if (am.shape() != Shape{L, S} && am.shape() != Shape{B * H, L, S}) {
       throw ShapeError(fmt::format("{}: attn_mask {}: expected [{},{}] ([L, S]) or [{},{},{}] ([B*num_heads, L, S])",
                                    op, am.shape().str(), L, S, B * H, L, S));
     }
-    if (am.dtype() == Dtype::i64) {
-      masks.attn_keep = mask_flags(am, false);
-    } else {
-      masks.attn_add = am.detach().to(dt);
-    }
+    masks.attn_mask = am;
   }
 
   // The q / k / v blocks of the packed weight and bias are views: nothing is copied.
@@ -863,16 +355,9 @@ AttentionOutput MultiheadAttention::forward(const Tensor& query, const Tensor& k
   const Tensor k = linear(key, wk, bk);    // [S, B, E]
   const Tensor v = linear(value, wv, bv);  // [S, B, E]
 
-  Heads hd;
-  hd.B = B;
-  hd.H = H;
-  hd.Lq = L;
-  hd.S = S;
-  hd.dk = dh;
-  hd.dv = dh;
-  hd.q = hd.o = layout(bf, B, L, E);
-  hd.k = hd.v = layout(bf, B, S, E);
-  Tensor p = attention_probs(op, q, k, hd, 1.0 / std::sqrt(static_cast<double>(dh)), masks, Shape{B, H, L, S});
+  const HeadStrides qs = head_strides(bf, B, L, E), ks = head_strides(bf, B, S, E);
+  const AttentionHeads hd{.B = B, .H = H, .Lq = L, .S = S, .dk = dh, .dv = dh, .q = qs, .k = ks, .v = ks, .o = qs};
+  Tensor p = attention_probs(q, k, hd, 1.0 / std::sqrt(static_cast<double>(dh)), Shape{B, H, L, S}, masks, op);
   if (options.dropout > 0.0 && is_training()) p = dropout(p, options.dropout, true);
   const Tensor ctx = attention_apply(p, v, hd, q.shape());  // heads written side by side, in query's layout
   AttentionOutput out{out_proj->forward(ctx), Tensor()};

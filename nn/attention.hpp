@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "../autograd/ops_attention.hpp"
 #include "../autograd/tensor.hpp"
 #include "layers.hpp"
 #include "module.hpp"
@@ -32,21 +33,11 @@ struct AttentionOutput {
   Tensor weights;
 };
 
-// ---- Functional pieces (each one tape node with a hand-written backward) -------------
-
-// softmax(scale * scores) over the last dim, with positions where keep == 0 set to
-// exactly 0. scores [B, ..., S] (or [S]); keep [B, S] (or [S] for 1-D scores), nonzero =
-// keep, any dtype, or undefined for a plain scaled softmax. Backward:
-// dscores = scale * y * (g - sum(g * y)), which is 0 at masked positions. A row with
-// every position masked is an Error; a keep of the wrong shape a ShapeError.
-Tensor masked_softmax(const Tensor& scores, const Tensor& keep = Tensor(), double scale = 1.0);
-
-// Bahdanau's scores s[b, l] = v · tanh(keys_proj[b, l] + query_proj[b]).
-//   keys_proj [B, L, A], query_proj [B, A], v [A] -> [B, L].
-// One node (the tanh values are kept for backward, nothing else is materialised):
-//   with t = tanh(...), d = g[b, l] * v * (1 - t^2):
-//   dkeys_proj = d, dquery_proj = sum_l d, dv = sum_{b,l} g[b, l] * t[b, l].
-Tensor additive_scores(const Tensor& keys_proj, const Tensor& query_proj, const Tensor& v);
+// The ops behind these modules (masked_softmax, additive_scores, attention_probs,
+// attention_apply) are in autograd/ops_attention.hpp; these names stay for code that
+// called them through nn.
+using xg::additive_scores;
+using xg::masked_softmax;
 
 // ---- AdditiveAttention (Bahdanau) ---------------------------------------------------
 

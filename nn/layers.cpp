@@ -9,7 +9,6 @@
 #include "../autograd/factory.hpp"
 #include "../autograd/ops.hpp"
 #include "../autograd/ops_norm.hpp"
-#include "../autograd/tape.hpp"
 #include "init.hpp"
 
 namespace xg::nn {
@@ -61,66 +60,6 @@ Tensor Linear::forward(const Tensor& x) const {
 // Embedding
 // ---------------------------------------------------------------------------
 
-namespace {
-
-// y[*, :] = weight[ids[*], :]. One node whose backward scatter-adds the rows of g into a
-// dense [V, D] gradient, skipping the padding row (pad < 0: none). A custom node rather
-// than index_select so that the padding row's gradient is exactly zero while the
-// forward still returns that row as it is.
-Tensor embedding_lookup(const Tensor& weight, const Tensor& ids, std::int64_t pad) {
-  const std::int64_t V = weight.shape()[0], D = weight.shape()[1];
-  const std::int64_t k = ids.numel();
-  const std::int64_t* ip = ids.data<std::int64_t>();
-  for (std::int64_t j = 0; j < k; ++j) {
-    if (ip[j] < 0 || ip[j] >= V) {
-      throw IndexError(fmt::format("Embedding: token id {} (at flat position {} of ids {}) is out of range for "
-                                   "num_embeddings = {} (valid ids 0..{})",
-                                   ip[j], j, ids.shape().str(), V, V - 1));
-    }
-  }
-  Shape ys = ids.shape();
-  ys.push_back(D);
-  Tensor y = Tensor::empty(ys, weight.dtype());
-  auto gather = [&](auto tag) {
-    using T = decltype(tag);
-    const T* wp = weight.data<T>();
-    T* yp = y.data<T>();
-    for (std::int64_t j = 0; j < k; ++j) std::copy_n(wp + ip[j] * D, D, yp + j * D);
-  };
-  if (weight.dtype() == Dtype::f64) {
-    gather(double{});
-  } else {
-    gather(float{});
-  }
-  if (needs_record({&weight})) {
-    // d weight[ids] = rows of g scatter-added at ids (repeats accumulate), none at padding_idx
-    record("embedding", y, {&weight, &ids}, [ids, pad, V, D](const Tensor& g, GradSlots& dx) {
-      Tensor d = zeros(Shape{V, D}, g.dtype());
-      auto scatter = [&](auto tag) {
-        using T = decltype(tag);
-        const T* gp = g.data<T>();
-        T* dp = d.data<T>();
-        const std::int64_t* idx = ids.data<std::int64_t>();
-        for (std::int64_t j = 0; j < ids.numel(); ++j) {
-          if (idx[j] == pad) continue;
-          T* row = dp + idx[j] * D;
-          const T* gr = gp + j * D;
-          for (std::int64_t c = 0; c < D; ++c) row[c] += gr[c];
-        }
-      };
-      if (g.dtype() == Dtype::f64) {
-        scatter(double{});
-      } else {
-        scatter(float{});
-      }
-      dx[0] = d;
-    });
-  }
-  return y;
-}
-
-}  // namespace
-
 Embedding::Embedding(std::int64_t num_embeddings, std::int64_t embedding_dim, std::optional<std::int64_t> padding_idx)
     : Embedding(EmbeddingOptions{
           .num_embeddings = num_embeddings, .embedding_dim = embedding_dim, .padding_idx = padding_idx}) {}
@@ -160,7 +99,17 @@ Tensor Embedding::forward(const Tensor& ids) const {
     throw ShapeError(fmt::format("Embedding: ids {} have too many dims for the result {} + [{}] (at most {} dims)",
                                  ids.shape().str(), ids.shape().str(), options.embedding_dim, Shape::kMaxDims));
   }
-  return embedding_lookup(weight, ids, options.padding_idx.value_or(-1));
+  // The op checks too; checking here names the module the user built.
+  const std::int64_t V = options.num_embeddings;
+  const std::int64_t* ip = ids.data<std::int64_t>();
+  for (std::int64_t j = 0; j < ids.numel(); ++j) {
+    if (ip[j] < 0 || ip[j] >= V) {
+      throw IndexError(fmt::format("Embedding: token id {} (at flat position {} of ids {}) is out of range for "
+                                   "num_embeddings = {} (valid ids 0..{})",
+                                   ip[j], j, ids.shape().str(), V, V - 1));
+    }
+  }
+  return embedding(ids, weight, options.padding_idx);
 }
 
 // ---------------------------------------------------------------------------

@@ -6,7 +6,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <memory>
 
 #include <fmt/format.h>
@@ -17,102 +16,22 @@
 #include "../autograd/ops_rnn.hpp"
 #include "../autograd/random.hpp"
 #include "../autograd/tape.hpp"
+#include "detail/rnn_init.hpp"
 
 namespace xg::nn {
+
+using detail::add_to_range;
+using detail::check_dtype;
+using detail::check_size;
+using detail::fill;
+using detail::fill_uniform;
+using detail::fill_value;
 
 namespace {
 
 using Mode = RecurrentBase::Mode;
 
 constexpr double kLayerNormEps = 1e-5;
-
-// ---------------------------------------------------------------------------
-// Per-step views of a layer's input projection
-// ---------------------------------------------------------------------------
-
-// Where the per-step gradients of one projection are gathered during a backward pass.
-struct StepGrads {
-  Tensor buf;  // [T*B, G]
-  std::int64_t last = std::numeric_limits<std::int64_t>::max();  // order index of the last step written
-};
-
-// The T steps of x [T*B, G] (rows t*B .. t*B+B-1 are step t) as [B, G] tensors on x's
-// storage, listed in processing order: views[k] is step t = k, or T-1-k when reverse.
-//
-// Making each step a narrow() of x would cost, in backward, one zero-padded [T*B, G]
-// gradient per step: O(T²) time and memory. Instead every view's backward copies its
-// gradient into one shared buffer and gives x nothing, except the view processed first
-// (k = 0), which hands the whole buffer to x. That is correct because the view of step
-// k = 0 is recorded first, so backward walks it last, and because a recurrence reaches
-// it whenever any step is reached (every step depends on the one processed before it).
-// That precondition is why this helper is private to the recurrent modules.
-std::vector<Tensor> step_views(const Tensor& x, std::int64_t T, bool reverse) {
-  const TensorImpl& xi = *x.impl();
-  const std::int64_t B = xi.shape[0] / T, G = xi.shape[1];
-  const std::int64_t step_bytes = B * G * static_cast<std::int64_t>(dtype_size(xi.dtype));
-  const bool rec = needs_record({&x});
-  auto grads = rec ? std::make_shared<StepGrads>() : nullptr;
-  std::vector<Tensor> views;
-  views.reserve(static_cast<std::size_t>(T));
-  for (std::int64_t k = 0; k < T; ++k) {
-    const std::int64_t t = reverse ? T - 1 - k : k;
-    void* first = static_cast<char*>(xi.data) + t * step_bytes;
-    Tensor v(std::make_shared<TensorImpl>(Shape{B, G}, xi.dtype, xi.storage, first));
-    if (rec) {
-      // d x[t] = g in rows of step t (gathered for all steps, handed over once by k = 0)
-      record("rnn_step", v, {&x}, [grads, k, t, T, step_bytes](const Tensor& g, GradSlots& dx) {
-        StepGrads& s = *grads;
-        // Steps are walked in decreasing k, so k >= last means a new backward pass.
-        if (!s.buf.defined() || k >= s.last) s.buf = zeros(Shape{T * g.shape()[0], g.shape()[1]}, g.dtype());
-        s.last = k;
-        std::memcpy(static_cast<char*>(s.buf.data_ptr()) + t * step_bytes, g.data_ptr(),
-                    static_cast<std::size_t>(step_bytes));
-        if (k == 0) {
-          dx[0] = std::move(s.buf);
-          s.buf = Tensor();
-          s.last = std::numeric_limits<std::int64_t>::max();
-        }
-      });
-    }
-    views.push_back(std::move(v));
-  }
-  return views;
-}
-
-// ---------------------------------------------------------------------------
-// Initialisation and masks (written in place: handles held elsewhere stay valid)
-// ---------------------------------------------------------------------------
-
-template <class F>
-void fill(Tensor& t, F&& value_at) {
-  if (t.dtype() == Dtype::f32) {
-    float* p = t.data<float>();
-    for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<float>(value_at(i));
-  } else {
-    double* p = t.data<double>();
-    for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = value_at(i);
-  }
-}
-
-void fill_uniform(Tensor& t, double bound) {
-  Generator& gen = default_generator();
-  fill(t, [&](std::int64_t) { return -bound + 2.0 * bound * gen.uniform(); });
-}
-
-void fill_value(Tensor& t, double v) {
-  fill(t, [v](std::int64_t) { return v; });
-}
-
-// Adds v to elements [start, start + len) of a 1-D tensor.
-void add_to_range(Tensor& t, std::int64_t start, std::int64_t len, double v) {
-  if (t.dtype() == Dtype::f32) {
-    float* p = t.data<float>();
-    for (std::int64_t i = start; i < start + len; ++i) p[i] += static_cast<float>(v);
-  } else {
-    double* p = t.data<double>();
-    for (std::int64_t i = start; i < start + len; ++i) p[i] += v;
-  }
-}
 
 // 0 with probability p, else 1/(1-p): the variational dropout mask (a constant).
 Tensor keep_mask(const Shape& s, double p, Dtype dt) {
@@ -123,20 +42,9 @@ Tensor keep_mask(const Shape& s, double p, Dtype dt) {
   return m;
 }
 
-void check_size(const char* name, const char* what, std::int64_t v) {
-  if (v <= 0) throw Error(fmt::format("{}: {} must be positive, got {}", name, what, v));
-}
-
 void check_probability(const char* name, const char* what, double p, bool allow_one) {
   if (!(p >= 0.0 && (allow_one ? p <= 1.0 : p < 1.0))) {
     throw Error(fmt::format("{}: {} must be in [0, 1{}, got {}", name, what, allow_one ? "]" : ")", p));
-  }
-}
-
-void check_dtype(const char* name, const char* what, const Tensor& t, Dtype params) {
-  if (!is_floating(t.dtype()) || t.dtype() != params) {
-    throw DtypeError(fmt::format("{}: {} is {} {} but the parameters are {} (convert with .to(), or module.to())",
-                                 name, what, dtype_name(t.dtype()), t.shape().str(), dtype_name(params)));
   }
 }
 
@@ -265,41 +173,6 @@ DirectionResult run_direction(const DirectionArgs& a) {
 }
 
 int gate_count(Mode m) { return m == Mode::lstm ? 4 : m == Mode::gru ? 3 : 1; }
-
-// The dims of a cell's input: batched or not, B. Throws for bad ranks / feature sizes.
-bool check_cell_input(const char* name, const Tensor& x, std::int64_t input_size, Dtype params) {
-  if (!x.defined()) throw StateError(fmt::format("{}: the input is undefined", name));
-  check_dtype(name, "input", x, params);
-  if (x.ndim() != 1 && x.ndim() != 2) {
-    throw ShapeError(fmt::format("{}: input {}: expected [B, {}] or unbatched [{}]", name, x.shape().str(),
-                                 input_size, input_size));
-  }
-  if (x.shape().back() != input_size) {
-    throw ShapeError(fmt::format("{}: input {}: expected feature size {}", name, x.shape().str(), input_size));
-  }
-  return x.ndim() == 2;
-}
-
-// A cell state must be [B, H] for batched input, [H] for unbatched input.
-void check_cell_state(const char* name, const char* what, const Tensor& s, const Tensor& x, bool batched,
-                      std::int64_t hidden, Dtype params) {
-  if (!s.defined()) return;
-  check_dtype(name, what, s, params);
-  const Shape want = batched ? Shape{x.shape()[0], hidden} : Shape{hidden};
-  if (s.shape() == want) return;
-  if (batched && s.ndim() == 2 && s.shape()[1] == hidden) {
-    throw ShapeError(fmt::format("{}: batch sizes differ: input {} has {} rows but {} {} has {}", name,
-                                 x.shape().str(), x.shape()[0], what, s.shape().str(), s.shape()[0]));
-  }
-  throw ShapeError(fmt::format("{}: {} {}: expected {} (input {}, hidden_size {})", name, what, s.shape().str(),
-                               want.str(), x.shape().str(), hidden));
-}
-
-void init_cell(const char* name, std::int64_t input, std::int64_t hidden, double forget_bias, bool bias) {
-  check_size(name, "input_size", input);
-  check_size(name, "hidden_size", hidden);
-  if (forget_bias != 0.0 && !bias) throw Error(fmt::format("{}: forget_bias needs bias = true", name));
-}
 
 }  // namespace
 
@@ -570,121 +443,6 @@ GRU::GRU(std::int64_t input_size, std::int64_t hidden_size)
 RNNResult GRU::forward(const Tensor& x, const RNNState& state) const {
   Output o = run(x, state.h, Tensor());
   return {o.output, {o.h_n}};
-}
-
-// ---------------------------------------------------------------------------
-// Cells
-// ---------------------------------------------------------------------------
-
-namespace {
-
-// Registers weight_ih [G*H, I], weight_hh [G*H, H], bias_ih, bias_hh (PyTorch's order).
-template <class Cell>
-void register_cell(Cell& m, std::int64_t G, std::int64_t I, std::int64_t H, bool bias) {
-  const Dtype dt = default_dtype();
-  m.weight_ih = m.register_parameter("weight_ih", Tensor::empty(Shape{G * H, I}, dt));
-  m.weight_hh = m.register_parameter("weight_hh", Tensor::empty(Shape{G * H, H}, dt));
-  if (bias) {
-    m.bias_ih = m.register_parameter("bias_ih", Tensor::empty(Shape{G * H}, dt));
-    m.bias_hh = m.register_parameter("bias_hh", Tensor::empty(Shape{G * H}, dt));
-  }
-}
-
-template <class Cell>
-void reset_cell(Cell& m, std::int64_t H) {
-  const double bound = 1.0 / std::sqrt(static_cast<double>(H));
-  for (Tensor* t : {&m.weight_ih, &m.weight_hh, &m.bias_ih, &m.bias_hh}) {
-    if (t->defined()) fill_uniform(*t, bound);
-  }
-}
-
-// x·W_ihᵀ + b_ih + h·W_hhᵀ + b_hh for batched x [B, I] and h [B, H] (undefined: zeros).
-Tensor cell_preactivation(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
-                          const Tensor& b_ih, const Tensor& b_hh) {
-  Tensor pre = linear(x, w_ih, b_ih);
-  if (h.defined()) return add(pre, linear(h, w_hh, b_hh));
-  return b_hh.defined() ? add(pre, b_hh) : pre;
-}
-
-}  // namespace
-
-RNNCell::RNNCell(const RNNCellOptions& o) : options(o) {
-  init_cell("RNNCell", o.input_size, o.hidden_size, 0.0, o.bias);
-  register_cell(*this, 1, o.input_size, o.hidden_size, o.bias);
-  reset_parameters();
-}
-
-RNNCell::RNNCell(std::int64_t input_size, std::int64_t hidden_size)
-    : RNNCell(RNNCellOptions{.input_size = input_size, .hidden_size = hidden_size}) {}
-
-void RNNCell::reset_parameters() { reset_cell(*this, options.hidden_size); }
-
-Tensor RNNCell::forward(const Tensor& x, const Tensor& h) const {
-  const Dtype params = weight_ih.dtype();
-  const bool batched = check_cell_input("RNNCell", x, options.input_size, params);
-  check_cell_state("RNNCell", "h", h, x, batched, options.hidden_size, params);
-  const Tensor xb = batched ? x : unsqueeze(x, 0);
-  const Tensor hb = h.defined() && !batched ? unsqueeze(h, 0) : h;
-  const Tensor pre = cell_preactivation(xb, hb, weight_ih, weight_hh, bias_ih, bias_hh);
-  const Tensor y = options.nonlinearity == RNNNonlinearity::relu ? relu(pre) : tanh(pre);
-  return batched ? y : squeeze(y, 0);
-}
-
-LSTMCell::LSTMCell(const LSTMCellOptions& o) : options(o) {
-  init_cell("LSTMCell", o.input_size, o.hidden_size, o.forget_bias, o.bias);
-  register_cell(*this, 4, o.input_size, o.hidden_size, o.bias);
-  reset_parameters();
-}
-
-LSTMCell::LSTMCell(std::int64_t input_size, std::int64_t hidden_size)
-    : LSTMCell(LSTMCellOptions{.input_size = input_size, .hidden_size = hidden_size}) {}
-
-void LSTMCell::reset_parameters() {
-  reset_cell(*this, options.hidden_size);
-  if (bias_ih.defined() && options.forget_bias != 0.0) {
-    add_to_range(bias_ih, options.hidden_size, options.hidden_size, options.forget_bias);
-  }
-}
-
-LSTMState LSTMCell::forward(const Tensor& x, const LSTMState& state) const {
-  const Dtype params = weight_ih.dtype();
-  const std::int64_t H = options.hidden_size;
-  const bool batched = check_cell_input("LSTMCell", x, options.input_size, params);
-  check_cell_state("LSTMCell", "h", state.h, x, batched, H, params);
-  check_cell_state("LSTMCell", "c", state.c, x, batched, H, params);
-  if (state.h.defined() != state.c.defined()) {
-    throw ShapeError(fmt::format("LSTMCell: the state has {} but not {}: give both h and c, or neither (zeros)",
-                                 state.h.defined() ? "h" : "c", state.h.defined() ? "c" : "h"));
-  }
-  const Tensor xb = batched ? x : unsqueeze(x, 0);
-  const std::int64_t B = xb.shape()[0];
-  const Tensor hb = state.h.defined() && !batched ? unsqueeze(state.h, 0) : state.h;
-  const Tensor cb = !state.c.defined() ? zeros(Shape{B, H}, params) : batched ? state.c : unsqueeze(state.c, 0);
-  const LSTMGatesOut o = lstm_cell_fused(cell_preactivation(xb, hb, weight_ih, weight_hh, bias_ih, bias_hh), cb);
-  if (batched) return {o.h, o.c};
-  return {squeeze(o.h, 0), squeeze(o.c, 0)};
-}
-
-GRUCell::GRUCell(const GRUCellOptions& o) : options(o) {
-  init_cell("GRUCell", o.input_size, o.hidden_size, 0.0, o.bias);
-  register_cell(*this, 3, o.input_size, o.hidden_size, o.bias);
-  reset_parameters();
-}
-
-GRUCell::GRUCell(std::int64_t input_size, std::int64_t hidden_size)
-    : GRUCell(GRUCellOptions{.input_size = input_size, .hidden_size = hidden_size}) {}
-
-void GRUCell::reset_parameters() { reset_cell(*this, options.hidden_size); }
-
-Tensor GRUCell::forward(const Tensor& x, const Tensor& h) const {
-  const Dtype params = weight_ih.dtype();
-  const std::int64_t H = options.hidden_size;
-  const bool batched = check_cell_input("GRUCell", x, options.input_size, params);
-  check_cell_state("GRUCell", "h", h, x, batched, H, params);
-  const Tensor xb = batched ? x : unsqueeze(x, 0);
-  const Tensor hb = !h.defined() ? zeros(Shape{xb.shape()[0], H}, params) : batched ? h : unsqueeze(h, 0);
-  const Tensor y = gru_cell_fused(linear(xb, weight_ih, bias_ih), linear(hb, weight_hh, bias_hh), hb);
-  return batched ? y : squeeze(y, 0);
 }
 
 }  // namespace xg::nn

@@ -1,5 +1,4 @@
-// Attention: masked_softmax and additive_scores against hand-written loops and their
-// composed versions; AdditiveAttention, DotAttention and MultiheadAttention against
+// Attention modules: AdditiveAttention, DotAttention and MultiheadAttention against
 // independent double-loop references (with and without masks, both layouts); float64
 // gradchecks w.r.t. every input and every parameter; the Show-Attend-Tell use (additive
 // attention over a CNN feature grid learns to look at the cell that matters); agreement
@@ -13,6 +12,7 @@
 #include <vector>
 
 #include "helpers.hpp"
+#include "softmax_reference.hpp"
 
 using namespace xg;
 using xg::nn::AdditiveAttention;
@@ -21,8 +21,10 @@ using xg::nn::DotAttention;
 using xg::nn::DotScore;
 using xg::nn::MultiheadAttention;
 using xgtest::check_close;
+using xgtest::check_rows;
 using xgtest::check_values;
 using xgtest::gradcheck_ok;
+using xgtest::ref_softmax;
 using xgtest::rnd;
 
 namespace {
@@ -66,23 +68,6 @@ void throws_with(F&& f, std::initializer_list<const char*> needles) {
 }
 
 // ---- independent references -----------------------------------------------------------
-
-// Softmax of e over the kept positions, 0 elsewhere.
-Vec ref_softmax(const Vec& e, const std::vector<bool>& keep) {
-  double m = -kInf;
-  for (std::size_t j = 0; j < e.size(); ++j) {
-    if (keep[j]) m = std::max(m, e[j]);
-  }
-  double s = 0.0;
-  for (std::size_t j = 0; j < e.size(); ++j) {
-    if (keep[j]) s += std::exp(e[j] - m);
-  }
-  Vec w(e.size(), 0.0);
-  for (std::size_t j = 0; j < e.size(); ++j) {
-    if (keep[j]) w[j] = std::exp(e[j] - m) / s;
-  }
-  return w;
-}
 
 struct Ref {
   Vec context, weights;
@@ -214,166 +199,7 @@ void randomise(nn::Module& m, std::uint64_t seed, double scale = 0.5) {
   }
 }
 
-// Rows of weights sum to 1 and masked entries (keep[b, l] == 0) are exactly 0.
-void check_rows(const Tensor& w, const Vec& keep, std::int64_t B, std::int64_t rows_per_b, std::int64_t L) {
-  const Vec wv = vals(w);
-  for (std::int64_t r = 0; r < B * rows_per_b; ++r) {
-    double s = 0.0;
-    for (std::int64_t l = 0; l < L; ++l) {
-      const double x = wv[r * L + l];
-      s += x;
-      if (!keep.empty() && keep[(r / rows_per_b) * L + l] == 0.0) CHECK(x == 0.0);
-      if (keep.empty() || keep[(r / rows_per_b) * L + l] != 0.0) CHECK(x > 0.0);
-    }
-    CHECK(s == doctest::Approx(1.0).epsilon(1e-12));
-  }
-}
-
 }  // namespace
-
-// =======================================================================================
-// masked_softmax
-// =======================================================================================
-
-TEST_CASE("masked_softmax: values against a hand-written masked softmax, masked entries exactly 0") {
-  const Tensor x = rnd({2, 3, 4}, -2, 2, 3);
-  const Vec keep = {1, 0, 1, 1, 0, 1, 1, 0};  // [B=2, S=4]
-  for (double scale : {1.0, 0.35}) {
-    const Tensor y = nn::masked_softmax(x, from_vector(keep, {2, 4}), scale);
-    const Vec xv = vals(x);
-    Vec want;
-    for (int r = 0; r < 6; ++r) {
-      Vec e(xv.begin() + r * 4, xv.begin() + r * 4 + 4);
-      for (double& v : e) v *= scale;
-      std::vector<bool> k(4);
-      for (int j = 0; j < 4; ++j) k[j] = keep[(r / 3) * 4 + j] != 0.0;
-      const Vec w = ref_softmax(e, k);
-      want.insert(want.end(), w.begin(), w.end());
-    }
-    check_values(y, want, 1e-14, 1e-12);
-    check_rows(y, keep, 2, 3, 4);
-  }
-  // Without a mask it is softmax(scale * x).
-  check_close(nn::masked_softmax(x, Tensor(), 0.5), softmax(mul(x, 0.5), -1), 1e-15, 1e-13);
-  // int64 and float32 keeps mean the same; 1-D scores take a [S] keep.
-  check_close(nn::masked_softmax(x, from_vector(std::vector<std::int64_t>{1, 0, 1, 1, 0, 1, 1, 0}, {2, 4})),
-              nn::masked_softmax(x, from_vector(keep, {2, 4})), 0, 0);
-  check_close(nn::masked_softmax(x, from_vector(keep, {2, 4}, f32)), nn::masked_softmax(x, from_vector(keep, {2, 4})),
-              0, 0);
-  const Tensor y1 = nn::masked_softmax(from_vector(Vec{1.0, 2.0, 3.0}), from_vector(Vec{1, 1, 0}));
-  check_values(y1, {1 / (1 + std::exp(1.0)), std::exp(1.0) / (1 + std::exp(1.0)), 0.0}, 1e-15, 1e-13);
-}
-
-TEST_CASE("masked_softmax agrees with the composed softmax(masked_fill(x, !keep, -inf))") {
-  const Tensor x = rnd({3, 2, 5}, -3, 3, 4);
-  const Vec keep = {1, 1, 0, 1, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1};
-  Vec drop3;  // [3, 1, 5] broadcast over the middle dim
-  for (double k : keep) drop3.push_back(k == 0.0 ? 1.0 : 0.0);
-  const Tensor composed = softmax(masked_fill(mul(x, 0.7), from_vector(drop3, {3, 1, 5}), -kInf), -1);
-  check_close(nn::masked_softmax(x, from_vector(keep, {3, 5}), 0.7), composed, 1e-15, 1e-13);
-}
-
-TEST_CASE("masked_softmax: extreme scores stay finite, float32 works") {
-  const Tensor x = from_vector(Vec{1000, -1000, 999, 0, -1e4, 1e4}, {2, 3});
-  const Tensor y = nn::masked_softmax(x, from_vector(Vec{1, 1, 1, 1, 0, 1}, {2, 3}));
-  for (double v : vals(y)) CHECK(std::isfinite(v));
-  check_values(y, {1 / (1 + std::exp(-1.0)), 0.0, std::exp(-1.0) / (1 + std::exp(-1.0)), 0.0, 0.0, 1.0}, 1e-15,
-               1e-12);
-  const Tensor xf = from_vector(std::vector<float>{0.5f, -0.25f, 2.0f, 1.0f}, {1, 4});
-  const Tensor yf = nn::masked_softmax(xf, from_vector(Vec{1, 0, 1, 1}, {1, 4}));
-  CHECK(yf.dtype() == f32);
-  check_values(yf, ref_softmax({0.5, -0.25, 2.0, 1.0}, {true, false, true, true}), 1e-7, 1e-6);
-}
-
-TEST_CASE("gradcheck masked_softmax: 1-D, 2-D, 3-D, size-1 dims, with and without masks") {
-  gradcheck_ok([](const std::vector<Tensor>& in) { return nn::masked_softmax(in[0]); }, {rnd({5})});
-  gradcheck_ok([](const std::vector<Tensor>& in) { return nn::masked_softmax(in[0], from_vector(Vec{1, 0, 1, 1})); },
-               {rnd({4})});
-  gradcheck_ok([](const std::vector<Tensor>& in) { return nn::masked_softmax(in[0], Tensor(), 0.4); }, {rnd({3, 4})});
-  gradcheck_ok(
-      [](const std::vector<Tensor>& in) {
-        return nn::masked_softmax(in[0], from_vector(Vec{1, 1, 0, 0, 1, 1, 1, 0, 1}, {3, 3}), 1.7);
-      },
-      {rnd({3, 3})});
-  gradcheck_ok(
-      [](const std::vector<Tensor>& in) {
-        return nn::masked_softmax(in[0], from_vector(Vec{0, 1, 1, 1, 1, 0}, {2, 3}), 0.9);
-      },
-      {rnd({2, 4, 3})});
-  gradcheck_ok([](const std::vector<Tensor>& in) { return nn::masked_softmax(in[0], from_vector(Vec{1}, {1, 1})); },
-               {rnd({1, 1, 1})});
-}
-
-TEST_CASE("masked_softmax: masked positions get exactly zero gradient") {
-  Tensor x = rnd({2, 4}, -1, 1, 9);
-  x.requires_grad_();
-  const Tensor y = nn::masked_softmax(x, from_vector(Vec{1, 0, 1, 0, 0, 1, 1, 1}, {2, 4}));
-  sum(mul(y, rnd({2, 4}, -1, 1, 10))).backward();
-  const Vec g = vals(x.grad());
-  CHECK(g[1] == 0.0);
-  CHECK(g[3] == 0.0);
-  CHECK(g[4] == 0.0);
-  CHECK(g[0] != 0.0);
-}
-
-TEST_CASE("masked_softmax: bad input") {
-  const Tensor x = rnd({2, 3});
-  throws_with<ShapeError>([&] { nn::masked_softmax(x, from_vector(Vec{1, 1, 1}, {1, 3})); },
-                          {"masked_softmax", "[1,3]", "[2,3]"});
-  throws_with<ShapeError>([&] { nn::masked_softmax(x, from_vector(Vec{1, 1, 1, 1, 1, 1})); }, {"masked_softmax"});
-  throws_with<ShapeError>([&] { nn::masked_softmax(scalar(1.0)); }, {"masked_softmax", "0-d"});
-  throws_with<DtypeError>([&] { nn::masked_softmax(from_vector(std::vector<std::int64_t>{1, 2})); },
-                          {"masked_softmax"});
-  // A fully masked row: an Error naming the row, never NaN.
-  throws_with<Error>([&] { nn::masked_softmax(x, from_vector(Vec{1, 1, 1, 0, 0, 0}, {2, 3})); },
-                     {"masked_softmax", "batch 1", "every position is masked"});
-  throws_with<Error>([&] { nn::masked_softmax(from_vector(Vec{-kInf, -kInf}, {1, 2})); }, {"masked_softmax"});
-  // NaN scores give a NaN row, like softmax (not the fully-masked error).
-  const Tensor yn = nn::masked_softmax(from_vector(Vec{1.0, std::nan(""), 0.0, 1.0}, {2, 2}));
-  CHECK(std::isnan(vals(yn)[0]));
-  CHECK(std::isfinite(vals(yn)[2]));
-  // Empty: zero rows work.
-  CHECK(nn::masked_softmax(zeros({0, 3}, f64), zeros({0, 3}, f64)).shape() == Shape{0, 3});
-}
-
-// =======================================================================================
-// additive_scores
-// =======================================================================================
-
-TEST_CASE("additive_scores: values against the composed v · tanh(keys_proj + query_proj)") {
-  const Tensor kp = rnd({2, 3, 5}, -1, 1, 1), qp = rnd({2, 5}, -1, 1, 2), v = rnd({5}, -1, 1, 3);
-  const Tensor s = nn::additive_scores(kp, qp, v);
-  CHECK(s.shape() == Shape{2, 3});
-  const Tensor composed = reshape(matmul(reshape(tanh(add(kp, unsqueeze(qp, 1))), {6, 5}), v), {2, 3});
-  check_close(s, composed, 1e-15, 1e-13);
-  const Vec k = vals(kp), q = vals(qp), vv = vals(v);
-  Vec want;
-  for (int b = 0; b < 2; ++b)
-    for (int l = 0; l < 3; ++l) {
-      double e = 0;
-      for (int a = 0; a < 5; ++a) e += vv[a] * std::tanh(k[(b * 3 + l) * 5 + a] + q[b * 5 + a]);
-      want.push_back(e);
-    }
-  check_values(s, want, 1e-15, 1e-13);
-}
-
-TEST_CASE("gradcheck additive_scores w.r.t. all three inputs, several shapes") {
-  auto fn = [](const std::vector<Tensor>& in) { return nn::additive_scores(in[0], in[1], in[2]); };
-  gradcheck_ok(fn, {rnd({2, 3, 4}), rnd({2, 4}), rnd({4})});
-  gradcheck_ok(fn, {rnd({1, 1, 1}), rnd({1, 1}), rnd({1})});
-  gradcheck_ok(fn, {rnd({3, 1, 7}), rnd({3, 7}), rnd({7})});
-  gradcheck_ok(fn, {rnd({1, 9, 2}), rnd({1, 2}), rnd({2})});
-}
-
-TEST_CASE("additive_scores: bad input") {
-  throws_with<ShapeError>([] { nn::additive_scores(rnd({2, 3, 4}), rnd({2, 5}), rnd({4})); },
-                          {"additive_scores", "[2,3,4]", "[2,5]"});
-  throws_with<ShapeError>([] { nn::additive_scores(rnd({2, 3, 4}), rnd({3, 4}), rnd({4})); }, {"additive_scores"});
-  throws_with<ShapeError>([] { nn::additive_scores(rnd({2, 3, 4}), rnd({2, 4}), rnd({3})); }, {"additive_scores"});
-  throws_with<ShapeError>([] { nn::additive_scores(rnd({6, 4}), rnd({2, 4}), rnd({4})); }, {"additive_scores"});
-  throws_with<DtypeError>([] { nn::additive_scores(rnd({2, 3, 4}).to(f32), rnd({2, 4}), rnd({4})); },
-                          {"additive_scores"});
-}
 
 // =======================================================================================
 // AdditiveAttention

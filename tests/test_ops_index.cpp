@@ -277,3 +277,51 @@ TEST_CASE("gather rejects bad indices, index shapes, dtypes and dims") {
   throws_naming<IndexError>([] { (void)gather(zeros({2, 0}), 1, ids({0}, {1, 1})); }, "gather");
   throws_naming<StateError>([] { (void)gather(Tensor(), 0, ids({0})); }, "gather");
 }
+
+// ---- embedding ------------------------------------------------------------------------
+
+TEST_CASE("embedding: ids of any shape give the rows of weight") {
+  const Tensor w = rnd({5, 3}, -1, 1, 2);
+  const Vec wv = w.to_vector<double>();
+  const Tensor y = embedding(from_vector(Ids{4, 0, 4, 2}, {2, 2}), w);
+  CHECK(y.shape() == Shape{2, 2, 3});
+  Vec want;
+  for (std::int64_t id : {4, 0, 4, 2}) want.insert(want.end(), wv.begin() + id * 3, wv.begin() + id * 3 + 3);
+  check_values(y, want, 0, 0);
+  CHECK(embedding(from_vector(Ids{1}, {}), w).shape() == Shape{3});
+  CHECK(embedding(zeros({0}, i64), w).shape() == Shape{0, 3});
+  // The padding row is returned as it is (only its gradient is zero).
+  check_values(embedding(from_vector(Ids{1}), w, 1), {wv[3], wv[4], wv[5]}, 0, 0);
+}
+
+TEST_CASE("embedding: repeated ids accumulate, the padding row (also given from the end) gets exactly zero") {
+  for (std::int64_t pad : {1, -4}) {
+    Tensor w = rnd({5, 2}, -1, 1, 3);
+    w.requires_grad_();
+    const Tensor g = from_vector(Vec{1, 2, 3, 4, 5, 6, 7, 8}, {4, 2});
+    sum(mul(embedding(from_vector(Ids{3, 1, 3, 0}), w, pad), g)).backward();
+    check_values(w.grad(), {7, 8, 0, 0, 0, 0, 1 + 5, 2 + 6, 0, 0}, 0, 0);
+  }
+}
+
+TEST_CASE("gradcheck embedding w.r.t. the weight: repeats, 2-D ids, padding_idx, float64") {
+  const Tensor ids = from_vector(Ids{2, 0, 2, 5, 1, 2}, {2, 3});
+  gradcheck_ok([&](const std::vector<Tensor>& in) { return embedding(ids, in[0]); }, {rnd({6, 3})});
+  // The padding row's gradient is zero by definition (not the numerical one), so the pad
+  // here is a row the ids do not use; its exact zero is tested above.
+  gradcheck_ok([&](const std::vector<Tensor>& in) { return embedding(ids, in[0], 3); }, {rnd({6, 3})});
+  gradcheck_ok([&](const std::vector<Tensor>& in) { return embedding(from_vector(Ids{0}), in[0]); }, {rnd({1, 1})});
+}
+
+TEST_CASE("embedding: bad input names the op and the shapes") {
+  const Tensor w = rnd({4, 2});
+  xgtest::check_throws_msg<IndexError>([&] { embedding(from_vector(Ids{1, 4}), w); },
+                                       {"embedding", "token id 4", "[4,2]"});
+  xgtest::check_throws_msg<IndexError>([&] { embedding(from_vector(Ids{-1}), w); }, {"embedding", "-1"});
+  xgtest::check_throws_msg<IndexError>([&] { embedding(from_vector(Ids{1}), w, 4); }, {"embedding", "padding_idx"});
+  xgtest::check_throws_msg<IndexError>([&] { embedding(from_vector(Ids{1}), w, -5); }, {"embedding", "padding_idx"});
+  xgtest::check_throws_msg<DtypeError>([&] { embedding(from_vector(Vec{1.0}), w); }, {"embedding"});
+  xgtest::check_throws_msg<DtypeError>([&] { embedding(from_vector(Ids{1}), zeros({4, 2}, i64)); }, {"embedding"});
+  xgtest::check_throws_msg<ShapeError>([&] { embedding(from_vector(Ids{1}), rnd({4, 2, 1})); },
+                                       {"embedding", "[4,2,1]"});
+}

@@ -1,5 +1,6 @@
-// matmul and the BLAS wrapper behind it. Two independent references: hand-written
-// triple loops over std::vector<double>, and xt::linalg::dot from xtensor-blas.
+// matmul and linear, and the BLAS wrapper behind them. Two independent references:
+// hand-written triple loops over std::vector<double>, and xt::linalg::dot from
+// xtensor-blas; linear also against its definition matmul(x, transpose(W)) + b.
 #include <cmath>
 #include <limits>
 #include <string>
@@ -13,6 +14,8 @@
 #include "xgrad/backend/detail/blas.hpp"
 
 using namespace xg;
+using xgtest::error_of;
+using xgtest::has;
 using xgtest::check_close;
 using xgtest::check_values;
 using xgtest::gradcheck_ok;
@@ -342,3 +345,168 @@ TEST_CASE("detail::gemm with beta 0 ignores NaN garbage in C; K = 0 gives beta *
   CHECK(C4 == Vec{2, 4, 6, 8});
   detail::gemm<double>(false, false, 0, 2, 3, 1.0, nullptr, 3, nullptr, 2, 0.0, nullptr, 2);  // nothing to do
 }
+
+// ---- linear -------------------------------------------------------------------------
+
+namespace {
+
+std::int64_t rows_of(const Shape& s, int trailing) {
+  std::int64_t n = 1;
+  for (int i = 0; i < s.size() - trailing; ++i) n *= s[i];
+  return n;
+}
+
+// y[r, o] = Σ_i x[r, i] W[o, i] + b[o]
+std::vector<double> ref_linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  const std::vector<double> xv = x.to_vector<double>(), wv = w.to_vector<double>();
+  const std::vector<double> bv = b.defined() ? b.to_vector<double>() : std::vector<double>();
+  const std::int64_t out = w.shape()[0], in = w.shape()[1], n = rows_of(x.shape(), 1);
+  std::vector<double> y(static_cast<std::size_t>(n * out));
+  for (std::int64_t r = 0; r < n; ++r) {
+    for (std::int64_t o = 0; o < out; ++o) {
+      double acc = bv.empty() ? 0.0 : bv[o];
+      for (std::int64_t i = 0; i < in; ++i) acc += xv[r * in + i] * wv[o * in + i];
+      y[r * out + o] = acc;
+    }
+  }
+  return y;
+}
+
+}  // namespace
+
+TEST_CASE("linear: values against a hand loop for 2-D, 3-D and 1-D inputs, with and without bias") {
+  struct Case {
+    Shape x;
+    std::int64_t out;
+  };
+  for (const Case& c : {Case{{5, 3}, 4}, Case{{2, 4, 3}, 2}, Case{{3}, 5}, Case{{1, 1}, 1}, Case{{2, 1, 3, 2}, 3}}) {
+    const std::int64_t in = c.x.back();
+    const Tensor x = rnd(c.x, -1, 1, 3);
+    const Tensor w = rnd({c.out, in}, -1, 1, 4);
+    const Tensor b = rnd({c.out}, -1, 1, 5);
+    Shape ys = c.x;
+    ys[ys.size() - 1] = c.out;
+    INFO("x " << c.x.str() << " out " << c.out);
+    const Tensor y = linear(x, w, b);
+    CHECK(y.shape() == ys);
+    check_values(y, ref_linear(x, w, b), 1e-12, 1e-12);
+    const Tensor y0 = linear(x, w);
+    CHECK(y0.shape() == ys);
+    check_values(y0, ref_linear(x, w, Tensor()), 1e-12, 1e-12);
+    // float32 goes through sgemm and agrees to float precision.
+    check_values(linear(x.to(f32), w.to(f32), b.to(f32)), ref_linear(x, w, b), 1e-5, 1e-5);
+  }
+}
+
+TEST_CASE("linear: definition: linear(x, W, b) == matmul(x, transpose(W)) + b, values and gradients") {
+  const Tensor x0 = rnd({6, 5}, -1, 1, 11), w0 = rnd({3, 5}, -1, 1, 12), b0 = rnd({3}, -1, 1, 13);
+  Tensor x1 = x0.clone().requires_grad_(), w1 = w0.clone().requires_grad_(), b1 = b0.clone().requires_grad_();
+  Tensor x2 = x0.clone().requires_grad_(), w2 = w0.clone().requires_grad_(), b2 = b0.clone().requires_grad_();
+  const Tensor g = rnd({6, 3}, -1, 1, 14);
+  const Tensor fused = linear(x1, w1, b1);
+  const Tensor composed = add(matmul(x2, transpose(w2, 0, 1)), b2);
+  check_close(fused, composed, 1e-13, 1e-13);
+  sum(mul(fused, g)).backward();
+  sum(mul(composed, g)).backward();
+  check_close(x1.grad(), x2.grad(), 1e-13, 1e-13);
+  check_close(w1.grad(), w2.grad(), 1e-13, 1e-13);
+  check_close(b1.grad(), b2.grad(), 1e-13, 1e-13);
+  CHECK(fused.op_name() == "linear");
+}
+
+TEST_CASE("linear: gradcheck w.r.t. input, weight and bias over several shapes") {
+  struct Case {
+    Shape x;
+    std::int64_t out;
+  };
+  for (const Case& c : {Case{{5, 3}, 4}, Case{{2, 4, 3}, 2}, Case{{3}, 5}, Case{{1, 1}, 1}, Case{{4, 2}, 1},
+                        Case{{1, 6}, 3}, Case{{2, 1, 3, 2}, 3}}) {
+    INFO("x " << c.x.str() << " out " << c.out);
+    const std::int64_t in = c.x.back();
+    const Tensor x = rnd(c.x, -1, 1, 21), w = rnd({c.out, in}, -1, 1, 22), b = rnd({c.out}, -1, 1, 23);
+    gradcheck_ok([](const std::vector<Tensor>& v) { return linear(v[0], v[1], v[2]); }, {x, w, b});
+    gradcheck_ok([](const std::vector<Tensor>& v) { return linear(v[0], v[1]); }, {x, w});
+  }
+}
+
+TEST_CASE("linear: a weight used at every step of a loop accumulates its gradient") {
+  // h_{t+1} = tanh(linear(h_t, W, b)): the RNN use of linear.
+  const Tensor h0 = rnd({2, 3}, -1, 1, 31), w = rnd({3, 3}, -0.5, 0.5, 32), b = rnd({3}, -0.5, 0.5, 33);
+  gradcheck_ok(
+      [](const std::vector<Tensor>& v) {
+        Tensor h = v[0];
+        for (int t = 0; t < 4; ++t) h = tanh(linear(h, v[1], v[2]));
+        return h;
+      },
+      {h0, w, b});
+}
+
+TEST_CASE("linear: only the inputs that require grad get one") {
+  Tensor x = rnd({4, 3}, -1, 1, 41);
+  Tensor w = rnd({2, 3}, -1, 1, 42).requires_grad_();
+  const Tensor b = rnd({2}, -1, 1, 43);
+  sum(linear(x, w, b)).backward();
+  CHECK_FALSE(x.grad().defined());
+  CHECK_FALSE(b.grad().defined());
+  // dW[o, i] = Σ_r x[r, i]
+  std::vector<double> want;
+  const std::vector<double> xv = x.to_vector<double>();
+  for (int o = 0; o < 2; ++o) {
+    for (int i = 0; i < 3; ++i) want.push_back(xv[i] + xv[3 + i] + xv[6 + i] + xv[9 + i]);
+  }
+  check_values(w.grad(), want, 1e-12, 1e-12);
+  {
+    NoGradGuard ng;
+    CHECK_FALSE(linear(x, w, b).requires_grad());
+  }
+}
+
+TEST_CASE("linear: empty batches and zero features") {
+  Tensor w = rnd({4, 3}, -1, 1, 51).requires_grad_();
+  Tensor b = rnd({4}, -1, 1, 52).requires_grad_();
+  Tensor x = zeros({0, 3}, f64).requires_grad_();
+  const Tensor y = linear(x, w, b);
+  CHECK(y.shape() == Shape{0, 4});
+  sum(y).backward();
+  check_values(w.grad(), std::vector<double>(12, 0.0));
+  check_values(b.grad(), std::vector<double>(4, 0.0));
+  CHECK(x.grad().shape() == Shape{0, 3});
+
+  // in_features == 0: the output is the bias on every row.
+  Tensor w0 = zeros({2, 0}, f64).requires_grad_();
+  const Tensor b0 = from_vector(std::vector<double>{1.5, -2.0});
+  Tensor x0 = zeros({3, 0}, f64).requires_grad_();
+  const Tensor y0 = linear(x0, w0, b0);
+  check_values(y0, {1.5, -2.0, 1.5, -2.0, 1.5, -2.0});
+  sum(y0).backward();
+  CHECK(w0.grad().shape() == Shape{2, 0});
+  CHECK(x0.grad().shape() == Shape{3, 0});
+  // out_features == 0
+  CHECK(linear(rnd({3, 2}), zeros({0, 2}, f64)).shape() == Shape{3, 0});
+}
+
+TEST_CASE("linear: bad inputs name the op and the shapes") {
+  const Tensor w = rnd({4, 3}), b = rnd({4});
+  std::string m = error_of<ShapeError>([&] { linear(rnd({5, 2}), w, b); });
+  CHECK(has(m, "linear"));
+  CHECK(has(m, "[5,2]"));
+  CHECK(has(m, "[4,3]"));
+  m = error_of<ShapeError>([&] { linear(scalar(1.0, f64), w, b); });
+  CHECK(has(m, "linear"));
+  m = error_of<ShapeError>([&] { linear(rnd({5, 3}), rnd({3}), Tensor()); });
+  CHECK(has(m, "2-D"));
+  m = error_of<ShapeError>([&] { linear(rnd({5, 3}), w, rnd({3})); });
+  CHECK(has(m, "bias"));
+  CHECK(has(m, "[3]"));
+  m = error_of<ShapeError>([&] { linear(rnd({5, 3}), w, rnd({1, 4})); });
+  CHECK(has(m, "[1,4]"));
+  m = error_of<DtypeError>([&] { linear(from_vector(std::vector<std::int64_t>{1, 2, 3}), w, b); });
+  CHECK(has(m, "linear"));
+  m = error_of<DtypeError>([&] { linear(rnd({5, 3}).to(f32), w, b); });
+  CHECK(has(m, "linear"));
+  m = error_of<DtypeError>([&] { linear(rnd({5, 3}), w, b.to(f32)); });
+  CHECK(has(m, "linear"));
+  m = error_of<StateError>([&] { linear(Tensor(), w, b); });
+  CHECK(has(m, "linear"));
+}
+

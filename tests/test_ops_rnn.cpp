@@ -550,3 +550,70 @@ TEST_CASE("lstm_sequence: bad inputs throw errors naming the op and the shapes")
   CHECK_THROWS_AS(lstm_sequence(zeros({3, 2, 8}), zeros({8, 2}), zeros({2, 2}, f64), zeros({2, 2}, f64)), DtypeError);
   CHECK_THROWS_AS(lstm_sequence(Tensor(), zeros({8, 2})), StateError);
 }
+
+// ---- step_views -----------------------------------------------------------------------
+
+namespace {
+
+// A recurrence over the steps of x [T*B, G]: h = tanh(step + 0.5 h), summed with weights.
+Tensor run_steps(const std::vector<Tensor>& steps) {
+  Tensor h, out;
+  for (std::size_t k = 0; k < steps.size(); ++k) {
+    h = h.defined() ? tanh(add(steps[k], mul(h, 0.5))) : tanh(steps[k]);
+    const Tensor term = mul(sum(h), static_cast<double>(k + 1));
+    out = out.defined() ? add(out, term) : term;
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("step_views: the T steps of x as [B, G] views in processing order, both directions") {
+  const Tensor x = rnd({6, 2}, -1, 1, 3);  // T = 3, B = 2
+  const std::vector<double> xv = x.to_vector<double>();
+  for (bool reverse : {false, true}) {
+    const std::vector<Tensor> v = step_views(x, 3, reverse);
+    REQUIRE(v.size() == 3);
+    for (std::int64_t k = 0; k < 3; ++k) {
+      const std::int64_t t = reverse ? 2 - k : k;
+      CHECK(v[k].shape() == Shape{2, 2});
+      CHECK(v[k].data<double>() == x.data<double>() + t * 4);  // a view, not a copy
+      check_values(v[k], std::vector<double>(xv.begin() + t * 4, xv.begin() + t * 4 + 4), 0, 0);
+    }
+  }
+}
+
+TEST_CASE("step_views: gradients through a recurrence equal those of the narrow() steps, twice over") {
+  for (bool reverse : {false, true}) {
+    Tensor x = rnd({8, 3}, -1, 1, 5);  // T = 4, B = 2
+    x.requires_grad_();
+    std::vector<Tensor> narrowed;
+    for (std::int64_t k = 0; k < 4; ++k) narrowed.push_back(narrow(x, 0, (reverse ? 3 - k : k) * 2, 2));
+    run_steps(narrowed).backward();
+    const Tensor want = x.grad().clone();
+    x.zero_grad();
+    // A second pass over a new graph starts a new buffer: nothing carries over.
+    for (int pass = 0; pass < 2; ++pass) {
+      run_steps(step_views(x, 4, reverse)).backward();
+      check_close(x.grad(), want, 1e-15, 1e-13);
+      x.zero_grad();
+    }
+  }
+}
+
+TEST_CASE("gradcheck step_views through a recurrence: several (T, B, G), both directions") {
+  for (bool reverse : {false, true}) {
+    gradcheck_ok([&](const std::vector<Tensor>& in) { return run_steps(step_views(in[0], 3, reverse)); },
+                 {rnd({6, 2})});
+    gradcheck_ok([&](const std::vector<Tensor>& in) { return run_steps(step_views(in[0], 1, reverse)); },
+                 {rnd({1, 1})});
+    gradcheck_ok([&](const std::vector<Tensor>& in) { return run_steps(step_views(in[0], 5, reverse)); },
+                 {rnd({5, 4})});
+  }
+}
+
+TEST_CASE("step_views: x not 2-D or T not dividing its rows is a ShapeError naming the op") {
+  xgtest::check_throws_msg<ShapeError>([] { step_views(rnd({6, 2}), 4); }, {"step_views", "[6,2]"});
+  xgtest::check_throws_msg<ShapeError>([] { step_views(rnd({6}), 3); }, {"step_views", "[6]"});
+  xgtest::check_throws_msg<ShapeError>([] { step_views(rnd({6, 2}), 0); }, {"step_views"});
+}

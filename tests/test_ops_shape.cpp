@@ -597,3 +597,31 @@ TEST_CASE("split and chunk reject non-positive sizes, bad dims and 0-d tensors")
   throws_naming<IndexError>([&] { (void)chunk(x, 2, -3); }, "chunk");
   throws_naming<ShapeError>([] { (void)chunk(scalar(1.0), 1, 0); }, "chunk");
 }
+
+// ---- row_block ------------------------------------------------------------------------
+
+TEST_CASE("row_block: a view of rows [start, start + length) whose backward fills only those rows") {
+  Tensor w = rnd({5, 2}, -1, 1, 4);
+  const Vec wv = w.to_vector<double>();
+  const Tensor b = row_block(w, 1, 3);
+  CHECK(b.shape() == Shape{3, 2});
+  check_values(b, Vec(wv.begin() + 2, wv.begin() + 8), 0, 0);
+  CHECK(b.data<double>() == w.data<double>() + 2);  // shares w's storage
+  CHECK(row_block(w, 5, 0).shape() == Shape{0, 2});
+  CHECK(row_block(rnd({6}), 2, 4).shape() == Shape{4});
+  w.requires_grad_();
+  sum(mul(row_block(w, 3, 2), from_vector(Vec{1, 2, 3, 4}, {2, 2}))).backward();
+  check_values(w.grad(), {0, 0, 0, 0, 0, 0, 1, 2, 3, 4}, 0, 0);
+}
+
+TEST_CASE("gradcheck row_block: 1-D, 2-D and 3-D, first, middle and last rows") {
+  gradcheck_ok([](const std::vector<Tensor>& in) { return row_block(in[0], 0, 2); }, {rnd({4, 3})});
+  gradcheck_ok([](const std::vector<Tensor>& in) { return row_block(in[0], 1, 1); }, {rnd({3})});
+  gradcheck_ok([](const std::vector<Tensor>& in) { return row_block(in[0], 2, 1); }, {rnd({3, 2, 2})});
+}
+
+TEST_CASE("row_block: rows out of range are an IndexError naming the op and the shape") {
+  xgtest::check_throws_msg<IndexError>([] { row_block(rnd({4, 3}), 2, 3); }, {"row_block", "[4,3]"});
+  xgtest::check_throws_msg<IndexError>([] { row_block(rnd({4, 3}), -1, 1); }, {"row_block"});
+  xgtest::check_throws_msg<IndexError>([] { row_block(scalar(1.0), 0, 1); }, {"row_block"});
+}

@@ -1,7 +1,8 @@
 // Robustness at the level a training run sees it: saturated recurrent models, non-finite
 // gradients meeting clipping and the optimizer, and two training runs in two threads.
 // (Op-level extremes — log_softmax / cross_entropy at +-1e4, saturated fused gate kernels —
-// are in test_ops_loss.cpp and test_ops_rnn.cpp; docs/robustness.md lists them all.)
+// are in test_ops_softmax.cpp, test_ops_loss.cpp and test_ops_rnn.cpp; docs/robustness.md
+// lists them all.)
 #include <cmath>
 #include <cstring>
 #include <limits>

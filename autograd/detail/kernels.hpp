@@ -6,6 +6,7 @@
 #include <xtensor/xadapt.hpp>
 #include <xtensor/xnoalias.hpp>
 
+#include "dispatch.hpp"
 #include "tensor_impl.hpp"
 
 namespace xg::detail {
@@ -31,14 +32,6 @@ template <class T>
 inline auto nd(const Tensor& t) {
   return xt::adapt(const_cast<T*>(static_cast<const T*>(t.data_ptr())),
                    static_cast<std::size_t>(t.numel()), xt::no_ownership(), to_xshape(t.shape()));
-}
-
-// Calls f(T{}) with T = float or double per dtype; DtypeError for int64.
-template <class F>
-inline decltype(auto) dispatch_float(const char* op, Dtype d, F&& f) {
-  if (d == Dtype::f32) return f(float{});
-  if (d == Dtype::f64) return f(double{});
-  throw DtypeError(std::string(op) + ": expected a float32 or float64 tensor, got int64");
 }
 
 }  // namespace xg::detail
@@ -101,6 +94,18 @@ void unary_kernel(const Tensor& x, Tensor& out, F&& f) {
   auto xx = flat<T>(x);
   auto o = flat<T>(out);
   xt::noalias(o) = f(xx);
+}
+
+// A new tensor y = f(x) elementwise, f an xtensor expression of the flat x (x floating).
+template <class F>
+Tensor unary_new(const char* op, const Tensor& x, F&& f) {
+  check_floating(op, x);
+  Tensor y = Tensor::empty(x.shape(), x.dtype());
+  dispatch_float(op, x.dtype(), [&](auto tag) {
+    unary_kernel<decltype(tag)>(x, y, f);
+    return 0;
+  });
+  return y;
 }
 
 }  // namespace xg::detail
