@@ -131,7 +131,7 @@ TEST_CASE("ThreadPool: idle workers sleep") {
   CHECK(process_cpu_seconds() - t0 < 0.1);
 }
 
-TEST_CASE("set_num_threads sizes the process-wide pool: n threads are the caller and n - 1 workers") {
+TEST_CASE("set_num_threads sizes the BLAS and the process-wide pool: n threads are the caller and n - 1 workers") {
   const int before = get_num_threads();
   const int hw = static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
   set_num_threads(1);
@@ -139,6 +139,11 @@ TEST_CASE("set_num_threads sizes the process-wide pool: n threads are the caller
   set_num_threads(2);
   CHECK(get_num_threads() == 2);
   CHECK(detail::thread_pool().workers() == std::min(2, hw) - 1);
+  // blas_info() tells what runs, under either BLAS: its threads and the kernels it picked.
+  const BlasInfo info = blas_info();
+  CHECK(info.threads == 2);
+  CHECK((info.library == "openblas" || info.library == "blis"));
+  CHECK_FALSE(info.core.empty());
   set_num_threads(before);
 }
 

@@ -7,7 +7,9 @@
 #                            UndefinedBehaviorSanitizer (any report fails the test), then
 #                            each libFuzzer target for FUZZ_SECONDS (default 30) on its corpus
 #   bash tools/dev.sh fuzz [RUNS]   each fuzz target for RUNS executions (default 1000000)
-# test and sanitize end with one line "N passed, N failed" counting test cases.
+#   bash tools/dev.sh blis   the library and the unit, modules and training suites built
+#                            against BLIS instead of OpenBLAS (-Dblas=blis), in build-blis
+# test, sanitize and blis end with one line "N passed, N failed" counting test cases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +31,9 @@ install_missing() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
+
+BLIS_BUILD=${XGRAD_BLIS_BUILD_DIR:-build-blis}
+BLIS_PACKAGES=(libblis-dev)
 
 SAN_BUILD=${XGRAD_SAN_BUILD_DIR:-build-san}
 FUZZ_BUILD=${XGRAD_FUZZ_BUILD_DIR:-build-fuzz}
@@ -84,6 +89,15 @@ build() {
   ninja -C "$BUILD"
 }
 
+# Only what the three suites need: no examples, benchmarks or xg::dist (whose tests need
+# MPI ranks, and say nothing about the BLAS).
+BLIS_SUITES=(unit modules training)
+build_blis() {
+  [ -f "$BLIS_BUILD/build.ninja" ] || meson setup "$BLIS_BUILD" -Dblas=blis -Dexamples=false -Dbench=false \
+      >/dev/null
+  ninja -C "$BLIS_BUILD" "${BLIS_SUITES[@]/#/tests/}"
+}
+
 case "${1:-}" in
   demo)
     install_missing "${PACKAGES[@]}"
@@ -109,13 +123,21 @@ case "${1:-}" in
     python3 tools/count_tests.py "$SAN_BUILD/meson-logs/testlog.json" "$FUZZ_BUILD/fuzz-results.json"
     exit $status
     ;;
+  blis)
+    install_missing "${PACKAGES[@]}" "${BLIS_PACKAGES[@]}"
+    build_blis >/dev/null
+    status=0
+    meson test -C "$BLIS_BUILD" --no-rebuild --print-errorlogs --num-processes 1 "${BLIS_SUITES[@]}" || status=$?
+    python3 tools/count_tests.py "$BLIS_BUILD/meson-logs/testlog.json"
+    exit $status
+    ;;
   fuzz)
     install_missing "${PACKAGES[@]}" "${SAN_PACKAGES[@]}"
     build_fuzz >/dev/null
     run_fuzzers -runs="${2:-1000000}"
     ;;
   *)
-    echo "usage: bash tools/dev.sh demo|test|sanitize|fuzz [runs]" >&2
+    echo "usage: bash tools/dev.sh demo|test|sanitize|blis|fuzz [runs]" >&2
     exit 2
     ;;
 esac
