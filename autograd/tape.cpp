@@ -100,6 +100,27 @@ void maybe_clear(Tape& t) {
   old.swap(t.nodes);    // keep the capacity for the next graph
 }
 
+// The one way a pending node is freed, by the backward walk (`state` freed) or because
+// nobody can reach it any more (dead): drops its backward function, inputs and gradient,
+// and calls orphaned(k) for each input node k that has just lost its last reader.
+template <class F>
+void free_node(Tape& t, std::uint32_t i, NodeState state, F&& orphaned) {
+  Node& n = t.nodes[i];
+  n.state = state;
+  --t.pending;
+  // Moved out so their destructors (which may release more handles, and so reach
+  // release_output) run after the node's bookkeeping is consistent.
+  BackwardFn fn = std::move(n.fn);
+  n.fn = nullptr;
+  EdgeList inputs = std::move(n.inputs);
+  n.inputs = EdgeList();
+  n.grad = Tensor();
+  for (std::size_t j = 0; j < inputs.size(); ++j) {
+    const std::uint32_t k = inputs[j].node;
+    if (k != kNoNode && --t.nodes[k].refs == 0) orphaned(k);
+  }
+}
+
 // A node nobody can reach any more: free it, and cascade to its inputs. Iterative
 // (a worklist), so dropping the end of a 10,000-op chain costs no stack.
 void kill(Tape& t, std::uint32_t idx) {
@@ -109,22 +130,9 @@ void kill(Tape& t, std::uint32_t idx) {
   while (!t.kill_queue.empty()) {
     const std::uint32_t i = t.kill_queue.back();
     t.kill_queue.pop_back();
-    Node& n = t.nodes[i];
-    n.state = NodeState::dead;
-    --t.pending;
-    // Moved out so their destructors (which may release more handles) run after the
-    // node's bookkeeping is consistent.
-    BackwardFn fn = std::move(n.fn);
-    n.fn = nullptr;
-    EdgeList inputs = std::move(n.inputs);
-    n.inputs = EdgeList();
-    n.grad = Tensor();
-    for (std::size_t j = 0; j < inputs.size(); ++j) {
-      const std::uint32_t k = inputs[j].node;
-      if (k == kNoNode) continue;
-      Node& m = t.nodes[k];
-      if (--m.refs == 0 && m.state == NodeState::pending) t.kill_queue.push_back(k);
-    }
+    free_node(t, i, NodeState::dead, [&t](std::uint32_t k) {
+      if (t.nodes[k].state == NodeState::pending) t.kill_queue.push_back(k);
+    });
   }
   t.killing = false;
   maybe_clear(t);
@@ -450,20 +458,10 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
       if (retain_graph) {
         n.grad = Tensor();
       } else {
-        n.state = NodeState::freed;
-        --t.pending;
-        BackwardFn fn = std::move(n.fn);
-        n.fn = nullptr;
-        EdgeList inputs = std::move(n.inputs);
-        n.inputs = EdgeList();
-        n.grad = Tensor();
         slots.clear();
         // The inputs lose this reader. Normally the walk frees them too; if it stops
         // early (an exception), end_walk kills the ones nobody else holds.
-        for (std::size_t j = 0; j < inputs.size(); ++j) {
-          const std::uint32_t k = inputs[j].node;
-          if (k != kNoNode && --t.nodes[k].refs == 0) t.deferred.push_back(k);
-        }
+        free_node(t, i, NodeState::freed, [&t](std::uint32_t k) { t.deferred.push_back(k); });
       }
     }
   } catch (...) {

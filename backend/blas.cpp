@@ -15,6 +15,13 @@ namespace xg::detail {
 
 namespace {
 
+// The integer type of the CBLAS interface: each library names its own.
+#ifdef XGRAD_BLAS_OPENBLAS
+using blasint = ::blasint;
+#else
+using blasint = f77_int;
+#endif
+
 // Overloads so the template below reads once for both precisions.
 void gemm_call(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, blasint m, blasint n, blasint k, float alpha,
                const float* a, blasint lda, const float* b, blasint ldb, float beta, float* c, blasint ldc) {

@@ -2,8 +2,9 @@
 
 #include <algorithm>
 #include <cstring>
-#include <exception>
 #include <thread>
+
+#include "detail/thread_pool.hpp"
 
 namespace xg::detail {
 
@@ -92,8 +93,7 @@ void tile_rows(int mr, std::int64_t K, const T* A, std::int64_t lda, const T* P,
   }
 }
 
-// op(B)[K, N] (times alpha) into panels of kNR<T> columns at dst, K x kNR each, the last
-// one zero-padded; dst holds panel_count(N) * kNR * K elements.
+// Column panels of kNR<T> columns that hold N columns, the last one zero-padded.
 template <class T>
 std::int64_t panel_count(std::int64_t N) {
   return (N + kNR<T> - 1) / kNR<T>;
@@ -108,6 +108,9 @@ T* line_aligned(std::vector<T>& buf, std::int64_t n) {
   return buf.data() + ((64 - addr % 64) % 64) / sizeof(T);
 }
 
+// op(B)[K, N] (times alpha) into panels of kNR<T> columns at dst, K x kNR each, the last
+// one zero-padded; dst holds panel_count(N) * kNR * K elements. op(B) = B stored [K, N]
+// with row stride ldb, or Bᵀ when trans_b (B stored [N, K]).
 template <class T>
 void pack_panels(bool trans_b, std::int64_t K, std::int64_t N, const T* B, std::int64_t ldb, T alpha, T* dst) {
   constexpr std::int64_t NR = kNR<T>;
@@ -158,19 +161,26 @@ void run_panels(std::int64_t M, std::int64_t N, std::int64_t K, const T* A, std:
   }
 }
 
-// Runs f(t, j0, nc) over column ranges of whole panels, one per thread: on get_num_threads()
-// threads when the product has at least 64 MFLOP (a thread start costs ~20 us; this is
-// ~300 us of work) and no BLAS threads compete (tiled_gemm_pays), else on the caller alone.
-// Exceptions reach the caller after the join.
+// Whether a product is big enough to split over threads: 64 MFLOP is ~300 us of work on
+// one thread. Chosen when each split started its threads (~20 us apiece); kept with the
+// pool, whose wake-up is cheaper, as smaller splits have not been measured.
 bool worth_splitting(std::int64_t M, std::int64_t N, std::int64_t K) {
   return 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= 64e6;
 }
 
+// Whether it splits: also needs threads > 1 and no BLAS threads competing for the cores
+// (tiled_gemm_pays: only when every GEMM is xgrad's do the BLAS's threads stay asleep).
 bool splits(std::int64_t M, std::int64_t N, std::int64_t K, int threads) {
   return worth_splitting(M, N, K) && threads > 1 && tiled_gemm_pays();
 }
 
-// threads: blas_threads() read once by the caller (another thread may change it meanwhile).
+// Runs f(t, j0, nc) over nt column ranges [j0, j0 + nc) of whole panels of width NR, t the
+// range's index in [0, nt): on the thread pool, nt = min(threads, hardware threads, panels)
+// when splits(), else f(0, 0, N) on the caller alone. threads: blas_threads() read once by
+// the caller (another thread may change it meanwhile; the caller's packing spaces are sized
+// by the same read). Each range's columns are computed as on one thread, so the result is
+// bit-identical at any thread count. If any f throws, every range still runs and the caller
+// gets the exception of the lowest t.
 template <class F>
 void split_columns(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t NR, int threads, F&& f) {
   const std::int64_t panels = (N + NR - 1) / NR;
@@ -184,26 +194,7 @@ void split_columns(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t 
     return;
   }
   const auto lo = [&](std::int64_t t) { return std::min(N, panels * t / nt * NR); };
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(nt));
-  const auto run = [&](std::int64_t t) {
-    try {
-      f(t, lo(t), lo(t + 1) - lo(t));
-    } catch (...) {
-      errors[static_cast<std::size_t>(t)] = std::current_exception();
-    }
-  };
-  std::vector<std::thread> workers;
-  std::int64_t t = 1;
-  try {
-    for (; t < nt; ++t) workers.emplace_back(run, t);
-  } catch (...) {
-    for (; t < nt; ++t) run(t);  // could not start a thread: do its share here
-  }
-  run(0);
-  for (std::thread& w : workers) w.join();
-  for (const std::exception_ptr& e : errors) {
-    if (e) std::rethrow_exception(e);
-  }
+  thread_pool().run(nt, [&](std::int64_t t) { f(t, lo(t), lo(t + 1) - lo(t)); });
 }
 
 }  // namespace
@@ -261,12 +252,13 @@ template <class T>
 void gemm_tiled(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, T alpha, const T* A,
                 std::int64_t lda, const T* B, std::int64_t ldb, T beta, T* C, std::int64_t ldc) {
   if (M <= 0 || N <= 0) return;
-  // Packing space per share, owned by the calling thread: reused from call to call (a
-  // worker's own thread_local would be fresh memory, page-faulted anew, at every split).
+  // Packing space per share, owned by the calling thread and indexed by the share, not by
+  // whichever pool worker runs it: reused from call to call, and never shared by two calls
+  // at once (a pool worker serves any caller's shares, one call after another's).
   thread_local std::vector<std::vector<T>> space;
   const int threads = std::max(1, blas_threads());
   if (space.size() < static_cast<std::size_t>(threads)) space.resize(static_cast<std::size_t>(threads));
-  // A pointer, not the name: inside a worker, `space` would be the worker's own instance.
+  // A pointer, not the name: inside a pool worker, `space` would be the worker's own instance.
   std::vector<std::vector<T>>* mine = &space;
   split_columns(M, N, K, kNR<T>, threads, [&](std::int64_t t, std::int64_t j0, std::int64_t nc) {
     gemm_tiled_serial<T>(trans_a, trans_b, M, nc, K, alpha, A, lda, trans_b ? B + j0 * ldb : B + j0, ldb, beta,

@@ -3,7 +3,7 @@
 //   xgrad_bench WORKLOAD [--steps S] [--warmup W] [--threads N] [--variant V] [--T N]
 //                        [--ops N] [--no-malloc-tuning]
 // WORKLOAD: opoverhead, charlstm, minchar, biglstm, seq2seq_attn, bptt_mem; and gemm, the
-// workloads' GEMM shapes on cblas_sgemm and on xgrad's own kernel.
+// workloads' GEMM shapes on cblas_sgemm and on xgrad's own kernel; pool, what a split costs.
 #include <malloc.h>
 
 #include <cstring>
@@ -72,7 +72,7 @@ int usage() {
   std::fputs(
       "usage: xgrad_bench WORKLOAD [--steps S] [--warmup W] [--threads N] [--variant V] [--T N] [--ops N]\n"
       "                   [--no-malloc-tuning]\n"
-      "workloads: opoverhead charlstm minchar biglstm seq2seq_attn bptt_mem gemm\n"
+      "workloads: opoverhead charlstm minchar biglstm seq2seq_attn bptt_mem gemm pool\n"
       "  --T N: bptt_mem at one sequence length (default: 64, 128, 256, 512, each in a fresh process)\n",
       stderr);
   return 2;
@@ -117,7 +117,7 @@ int main(int argc, char** argv) {
         {"opoverhead", bench::opoverhead}, {"charlstm", bench::charlstm},
         {"minchar", bench::minchar},       {"biglstm", bench::biglstm},
         {"seq2seq_attn", bench::seq2seq_attn}, {"bptt_mem", bench::bptt_mem},
-        {"gemm", bench::gemm},
+        {"gemm", bench::gemm},             {"pool", bench::pool},
     };
     const auto it = workloads.find(args.workload);
     if (it == workloads.end()) return usage();

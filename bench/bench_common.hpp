@@ -99,6 +99,7 @@ Result bptt_mem(const Args& args);
 Result minchar(const Args& args);
 Result seq2seq_attn(const Args& args);
 Result gemm(const Args& args);  // per-shape GEMM rates, its own JSON lines
+Result pool(const Args& args);  // the cost of one split: pool against a thread per call
 
 // Per-step timings of a training loop: warm-up steps, then timed ones.
 struct Timings {

@@ -7,10 +7,12 @@
 #include <cblas.h>
 
 #include <string>
+#include <thread>
 
 #include "bench_common.hpp"
 #include "xgrad/backend/detail/blas.hpp"
 #include "xgrad/backend/detail/packed_gemm.hpp"
+#include "xgrad/backend/detail/thread_pool.hpp"
 
 namespace bench {
 
@@ -89,6 +91,41 @@ Result gemm(const Args& args) {
     std::fflush(stdout);
   }
   return Result{};  // the lines above are the output
+}
+
+// What splitting costs beyond the work: `threads` shares of a fixed busy wait per call
+// (empty, 20 us, 100 us), on the pool the split uses, against one std::thread started per
+// extra share and joined (how the split ran before the pool). Interleaved, medians.
+Result pool(const Args& args) {
+  const int reps = args.steps_or(7), shares = std::max(2, args.threads);
+  for (const double task_us : {0.0, 20.0, 100.0}) {
+    const auto work = [task_us](std::int64_t) {
+      const double t0 = now_ms();
+      while ((now_ms() - t0) * 1e3 < task_us) {
+      }
+    };
+    const int calls = task_us == 0.0 ? 2000 : 300;
+    std::vector<double> pooled, started;
+    for (int r = 0; r < reps; ++r) {
+      double t0 = now_ms();
+      for (int c = 0; c < calls; ++c) xg::detail::thread_pool().run(shares, work);
+      pooled.push_back((now_ms() - t0) * 1e3 / calls);
+      t0 = now_ms();
+      for (int c = 0; c < calls; ++c) {
+        std::vector<std::thread> ts;
+        for (int t = 1; t < shares; ++t) ts.emplace_back(work, t);
+        work(0);
+        for (std::thread& t : ts) t.join();
+      }
+      started.push_back((now_ms() - t0) * 1e3 / calls);
+    }
+    std::printf(
+        "{\"workload\": \"pool\", \"threads\": %d, \"task_us\": %g, \"pool_us_per_call\": %.4g, "
+        "\"thread_per_call_us_per_call\": %.4g}\n",
+        shares, task_us, median(pooled), median(started));
+    std::fflush(stdout);
+  }
+  return Result{};
 }
 
 }  // namespace bench

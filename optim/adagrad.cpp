@@ -52,24 +52,16 @@ void adagrad_update(T* p, const T* g, T* sum, std::int64_t n, double clr, const 
 }  // namespace
 
 void Adagrad::step() {
-  for (std::size_t gi = 0; gi < num_groups(); ++gi) {
-    const AdagradOptions& o = options_[gi];
-    const std::vector<std::string> names = buffer_names(o);
-    for (std::size_t i = group_begin(gi); i < group_end(gi); ++i) {
-      Tensor p = params_[i];
-      const Tensor g = p.grad();
-      if (!g.defined()) continue;
-      check_grad(i, g);
-      ParamState& s = state_for(i, names, {o.initial_accumulator_value});
-      ++s.step;
-      const double clr = o.lr / (1.0 + static_cast<double>(s.step - 1) * o.lr_decay);
-      if (p.dtype() == f32) {
-        adagrad_update<float>(p.data<float>(), g.data<float>(), s.buffers[0].data<float>(), p.numel(), clr, o);
-      } else {
-        adagrad_update<double>(p.data<double>(), g.data<double>(), s.buffers[0].data<double>(), p.numel(), clr, o);
-      }
-    }
-  }
+  update_each(
+      [](Tensor& p, const Tensor& g, ParamState& s, const AdagradOptions& o) {
+        const double clr = o.lr / (1.0 + static_cast<double>(s.step - 1) * o.lr_decay);
+        if (p.dtype() == f32) {
+          adagrad_update<float>(p.data<float>(), g.data<float>(), s.buffers[0].data<float>(), p.numel(), clr, o);
+        } else {
+          adagrad_update<double>(p.data<double>(), g.data<double>(), s.buffers[0].data<double>(), p.numel(), clr, o);
+        }
+      },
+      [](const AdagradOptions& o) { return std::vector<double>{o.initial_accumulator_value}; });
 }
 
 }  // namespace xg::optim

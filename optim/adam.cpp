@@ -97,19 +97,9 @@ Adam::Adam(std::vector<ParamGroup<AdamOptions>> groups, AdamOptions defaults)
 std::vector<std::string> Adam::buffer_names(const AdamOptions& o) const { return adam_buffers(o); }
 
 void Adam::step() {
-  for (std::size_t gi = 0; gi < num_groups(); ++gi) {
-    const AdamOptions& o = options_[gi];
-    const std::vector<std::string> names = buffer_names(o);
-    for (std::size_t i = group_begin(gi); i < group_end(gi); ++i) {
-      Tensor p = params_[i];
-      const Tensor g = p.grad();
-      if (!g.defined()) continue;
-      check_grad(i, g);
-      ParamState& s = state_for(i, names);
-      ++s.step;
-      adam_param(p, g, s.buffers, s.step, o, false);
-    }
-  }
+  update_each([](Tensor& p, const Tensor& g, ParamState& s, const AdamOptions& o) {
+    adam_param(p, g, s.buffers, s.step, o, false);
+  });
 }
 
 AdamW::AdamW(std::vector<Tensor> params, AdamWOptions options)
@@ -122,19 +112,9 @@ AdamW::AdamW(std::vector<ParamGroup<AdamWOptions>> groups, AdamWOptions defaults
 std::vector<std::string> AdamW::buffer_names(const AdamWOptions& o) const { return adam_buffers(o); }
 
 void AdamW::step() {
-  for (std::size_t gi = 0; gi < num_groups(); ++gi) {
-    const AdamWOptions& o = options_[gi];
-    const std::vector<std::string> names = buffer_names(o);
-    for (std::size_t i = group_begin(gi); i < group_end(gi); ++i) {
-      Tensor p = params_[i];
-      const Tensor g = p.grad();
-      if (!g.defined()) continue;
-      check_grad(i, g);
-      ParamState& s = state_for(i, names);
-      ++s.step;
-      adam_param(p, g, s.buffers, s.step, o, true);
-    }
-  }
+  update_each([](Tensor& p, const Tensor& g, ParamState& s, const AdamWOptions& o) {
+    adam_param(p, g, s.buffers, s.step, o, true);
+  });
 }
 
 }  // namespace xg::optim

@@ -188,6 +188,29 @@ class GroupedOptimizer : public OptimizerBase {
   }
   virtual std::vector<std::string> buffer_names(const Options& o) const = 0;
 
+  // The per-parameter loop of every step(): for each parameter with a gradient, checks the
+  // gradient, creates the state on the parameter's first step (buffers filled with
+  // fill(options), zeros by default), counts the step, then calls
+  // update(param, grad, state, options) with state.step already counting this step.
+  template <class Update, class Fill = std::nullptr_t>
+  void update_each(Update&& update, Fill&& fill = nullptr) {
+    for (std::size_t gi = 0; gi < num_groups(); ++gi) {
+      const Options& o = options_[gi];
+      const std::vector<std::string> names = buffer_names(o);
+      std::vector<double> fills;
+      if constexpr (!std::is_same_v<std::decay_t<Fill>, std::nullptr_t>) fills = fill(o);
+      for (std::size_t i = group_begin(gi); i < group_end(gi); ++i) {
+        Tensor p = params_[i];
+        const Tensor g = p.grad();
+        if (!g.defined()) continue;
+        check_grad(i, g);
+        ParamState& s = state_for(i, names, fills);
+        ++s.step;
+        update(p, g, s, o);
+      }
+    }
+  }
+
   std::vector<Options> options_;
 
  private:

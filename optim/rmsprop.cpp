@@ -83,23 +83,13 @@ void rmsprop_param(Tensor& p, const Tensor& g, std::vector<Tensor>& b, const RMS
 }  // namespace
 
 void RMSprop::step() {
-  for (std::size_t gi = 0; gi < num_groups(); ++gi) {
-    const RMSpropOptions& o = options_[gi];
-    const std::vector<std::string> names = buffer_names(o);
-    for (std::size_t i = group_begin(gi); i < group_end(gi); ++i) {
-      Tensor p = params_[i];
-      const Tensor g = p.grad();
-      if (!g.defined()) continue;
-      check_grad(i, g);
-      ParamState& s = state_for(i, names);
-      ++s.step;
-      if (p.dtype() == f32) {
-        rmsprop_param<float>(p, g, s.buffers, o);
-      } else {
-        rmsprop_param<double>(p, g, s.buffers, o);
-      }
+  update_each([](Tensor& p, const Tensor& g, ParamState& s, const RMSpropOptions& o) {
+    if (p.dtype() == f32) {
+      rmsprop_param<float>(p, g, s.buffers, o);
+    } else {
+      rmsprop_param<double>(p, g, s.buffers, o);
     }
-  }
+  });
 }
 
 }  // namespace xg::optim

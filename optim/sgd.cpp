@@ -72,26 +72,16 @@ void sgd_update(T* p, const T* g, T* buf, bool first, std::int64_t n, const SGDO
 }  // namespace
 
 void SGD::step() {
-  for (std::size_t gi = 0; gi < num_groups(); ++gi) {
-    const SGDOptions& o = options_[gi];
-    const std::vector<std::string> names = buffer_names(o);
-    for (std::size_t i = group_begin(gi); i < group_end(gi); ++i) {
-      Tensor p = params_[i];
-      const Tensor g = p.grad();
-      if (!g.defined()) continue;
-      check_grad(i, g);
-      ParamState& s = state_for(i, names);
-      const bool first = s.step == 0;
-      ++s.step;
-      if (p.dtype() == f32) {
-        sgd_update<float>(p.data<float>(), g.data<float>(), names.empty() ? nullptr : s.buffers[0].data<float>(),
-                          first, p.numel(), o);
-      } else {
-        sgd_update<double>(p.data<double>(), g.data<double>(),
-                           names.empty() ? nullptr : s.buffers[0].data<double>(), first, p.numel(), o);
-      }
+  update_each([](Tensor& p, const Tensor& g, ParamState& s, const SGDOptions& o) {
+    const bool first = s.step == 1;
+    if (p.dtype() == f32) {
+      sgd_update<float>(p.data<float>(), g.data<float>(), o.momentum == 0.0 ? nullptr : s.buffers[0].data<float>(),
+                        first, p.numel(), o);
+    } else {
+      sgd_update<double>(p.data<double>(), g.data<double>(),
+                         o.momentum == 0.0 ? nullptr : s.buffers[0].data<double>(), first, p.numel(), o);
     }
-  }
+  });
 }
 
 }  // namespace xg::optim

@@ -7,8 +7,10 @@
 #                            UndefinedBehaviorSanitizer (any report fails the test), then
 #                            each libFuzzer target for FUZZ_SECONDS (default 30) on its corpus
 #   bash tools/dev.sh fuzz [RUNS]   each fuzz target for RUNS executions (default 1000000)
-# test and sanitize end with one line "N passed, N failed, N skipped" counting test cases
-# of that run; a failed build stops them with its error.
+#   bash tools/dev.sh blis   the library and the unit, modules and training suites built
+#                            against BLIS instead of OpenBLAS (-Dblas=blis), in build-blis
+# test, sanitize and blis end with one line "N passed, N failed, N skipped" counting test
+# cases of that run; a failed build stops them with its error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,8 +33,10 @@ install_missing() {
   fi
 }
 
-# configure_and_build DIR [meson options...]: configures DIR once, then builds it. The
-# output goes to DIR/build.log; on failure its end is printed, so a broken build says why.
+
+# configure_and_build DIR [meson options...]: configures DIR once, then builds the targets
+# in NINJA_TARGETS (default: everything). The output goes to DIR/build.log; on failure its
+# end is printed, so a broken build says why.
 configure_and_build() {
   local dir=$1
   shift
@@ -47,12 +51,16 @@ configure_and_build() {
     fi
     rm -f "$log"
   fi
-  if ! ninja -C "$dir" >"$dir/build.log" 2>&1; then
+  # shellcheck disable=SC2086  # NINJA_TARGETS is a word list (empty: everything)
+  if ! ninja -C "$dir" ${NINJA_TARGETS:-} >"$dir/build.log" 2>&1; then
     grep -E -A12 'error|FAILED' "$dir/build.log" | head -80 >&2
     echo "dev.sh: build of $dir failed (full log: $dir/build.log)" >&2
     return 1
   fi
 }
+
+BLIS_BUILD=${XGRAD_BLIS_BUILD_DIR:-build-blis}
+BLIS_PACKAGES=(libblis-dev)
 
 SAN_BUILD=${XGRAD_SAN_BUILD_DIR:-build-san}
 FUZZ_BUILD=${XGRAD_FUZZ_BUILD_DIR:-build-fuzz}
@@ -103,6 +111,13 @@ run_fuzzers() {
 
 build() { configure_and_build "$BUILD"; }
 
+# Only what the three suites need: no examples, benchmarks or xg::dist (whose tests need
+# MPI ranks, and say nothing about the BLAS).
+BLIS_SUITES=(unit modules training)
+build_blis() {
+  NINJA_TARGETS="${BLIS_SUITES[*]/#/tests/}" configure_and_build "$BLIS_BUILD" -Dblas=blis -Dexamples=false -Dbench=false
+}
+
 case "${1:-}" in
   demo)
     install_missing "${PACKAGES[@]}"
@@ -130,13 +145,22 @@ case "${1:-}" in
     python3 tools/count_tests.py "$SAN_BUILD/meson-logs/testlog.json" "$FUZZ_BUILD/fuzz-results.json"
     exit $status
     ;;
+  blis)
+    install_missing "${PACKAGES[@]}" "${BLIS_PACKAGES[@]}"
+    rm -f "$BLIS_BUILD/meson-logs/testlog.json"
+    build_blis
+    status=0
+    meson test -C "$BLIS_BUILD" --no-rebuild --print-errorlogs --num-processes 1 "${BLIS_SUITES[@]}" || status=$?
+    python3 tools/count_tests.py "$BLIS_BUILD/meson-logs/testlog.json"
+    exit $status
+    ;;
   fuzz)
     install_missing "${PACKAGES[@]}" "${SAN_PACKAGES[@]}"
     build_fuzz
     run_fuzzers -runs="${2:-1000000}"
     ;;
   *)
-    echo "usage: bash tools/dev.sh demo|test|sanitize|fuzz [runs]" >&2
+    echo "usage: bash tools/dev.sh demo|test|sanitize|blis|fuzz [runs]" >&2
     exit 2
     ;;
 esac
