@@ -1,8 +1,8 @@
 // char_rnn: a character-level LSTM language model, the lecture's "RNN writes C code" demo.
 //
 // With no arguments it trains on xgrad's own C++ sources (embedded in the binary at build
-// time) for 1,200 steps with dropout 0.25 between the LSTM layers (about 70 s on a quiet
-// core; a busy machine is stopped earlier by the 165 s time budget), then prints a sample
+// time) for 1,200 steps with dropout 0.25 between the LSTM layers (a slow or busy machine
+// is stopped earlier by the 165 s time budget), then prints a sample
 // of C++ it wrote, the validation bits per character, and where the loss curve is:
 //
 //   ./build/examples/char_rnn/char_rnn
