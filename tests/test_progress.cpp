@@ -161,6 +161,66 @@ TEST_CASE("progress: non-tty also prints a line every plain_seconds") {
   CHECK_FALSE(contains(lines[0], "tok/s"));
 }
 
+TEST_CASE("progress: non-tty prints each step once when finish() follows an update that printed") {
+  // A loop stopped before `total` (a time budget: char_rnn's bar has the estimated total)
+  // right after a step that printed its line: finish() must not print that step again.
+  for (const bool by_time : {false, true}) {
+    CAPTURE(by_time);
+    TmpFile tmp;
+    std::FILE* f = tmp.f;
+    FakeClock clock;
+    {
+      ProgressOptions o;
+      o.out = f;
+      o.plain_every = by_time ? 0 : 5;
+      o.plain_seconds = by_time ? 5 : 0;
+      o.force_tty = false;
+      o.clock = clock.fn();
+      ProgressBar bar(20, o);
+      for (int step = 1; step <= 10; ++step) {
+        clock.t = step;
+        bar.update(step, 1.0);
+      }
+      clock.t = 12;  // e.g. an evaluation after the last step
+      bar.finish();
+    }
+    const std::string out = contents(f);
+    INFO(out);
+    const auto lines = lines_of(out);
+    REQUIRE(lines.size() == 2);  // steps 5 and 10, once each
+    CHECK(lines[0].rfind("train 5/20 [", 0) == 0);
+    CHECK(lines[1].rfind("train 10/20 [", 0) == 0);
+  }
+  // Stopped one step after a printed line: finish() prints the final step.
+  TmpFile tmp;
+  std::FILE* f = tmp.f;
+  {
+    ProgressOptions o;
+    o.out = f;
+    o.plain_every = 5;
+    o.plain_seconds = 0;
+    o.force_tty = false;
+    ProgressBar bar(20, o);
+    for (int step = 1; step <= 11; ++step) bar.update(step, 1.0);
+    bar.finish();
+  }
+  const auto lines = lines_of(contents(f));
+  REQUIRE(lines.size() == 3);
+  CHECK(lines[2].rfind("train 11/20 [", 0) == 0);
+  // A bar finished without any update still prints its (empty) line, once.
+  TmpFile tmp0;
+  {
+    ProgressOptions o;
+    o.out = tmp0.f;
+    o.force_tty = false;
+    ProgressBar bar(20, o);
+    bar.finish();
+  }
+  const auto lines0 = lines_of(contents(tmp0.f));
+  REQUIRE(lines0.size() == 1);
+  CHECK(lines0[0].rfind("train 0/20 [", 0) == 0);
+}
+
 TEST_CASE("progress: tty mode redraws in place, rate-limited by refresh") {
   TmpFile tmp;
   std::FILE* f = tmp.f;

@@ -85,6 +85,9 @@ void ProgressBar::finish() {
   if (finished_) return;
   finished_ = true;
   last_time_ = now();
+  // A plain log that already has a line for this step (a loop stopped early, right after
+  // an update that printed) keeps it as the final line rather than printing the step again.
+  if (!tty_ && plain_drawn_ && last_plain_step_ == step_) return;
   draw(true);
 }
 
@@ -127,6 +130,7 @@ void ProgressBar::draw(bool final_line) {
   } else {
     fmt::print(opts_.out, "{}\n", text);
     last_plain_step_ = step_;
+    plain_drawn_ = true;
   }
   std::fflush(opts_.out);
   last_draw_ = last_time_;

@@ -7,7 +7,8 @@
 // then the line, then "\x1b[K" to clear what a longer previous line left), at most once
 // per `refresh` seconds; finish() draws the last state and ends the line. Elsewhere (CI
 // logs, files) a plain line ends in '\n' every `plain_every` steps or every
-// `plain_seconds`, whichever comes first, and finish() prints the final line.
+// `plain_seconds`, whichever comes first, and finish() prints the final line (unless the
+// last line printed was already of the final step: each step is printed at most once).
 //
 // The loss shown is an exponential moving average with the bias correction of Adam:
 //   m_n = s m_{n-1} + (1 - s) loss_n,  m_0 = 0,   shown = m_n / (1 - s^n)
@@ -54,7 +55,8 @@ class ProgressBar {
   // `step` is the number of steps done (1-based: update(total, ...) is the last one).
   // Steps may be skipped; a step below the previous one is an Error.
   void update(std::int64_t step, double loss, std::int64_t tokens_this_step = 0);
-  // Draws the final state and ends the line. Idempotent; later update() is an Error.
+  // Draws the final state and ends the line (a plain log: prints the final line unless the
+  // last one printed has this step already). Idempotent; later update() is an Error.
   void finish();
 
   double smoothed_loss() const;  // NaN before the first finite loss
@@ -79,6 +81,7 @@ class ProgressBar {
   double last_time_ = 0.0;  // time of the last update
   std::int64_t step_ = 0;
   std::int64_t last_plain_step_ = 0;
+  bool plain_drawn_ = false;  // a plain line was printed (at last_plain_step_)
   std::int64_t tokens_ = 0;
   std::int64_t n_avg_ = 0;     // finite losses averaged
   double ema_ = 0.0;
