@@ -82,8 +82,10 @@ template <FromVectorElement T>
 Tensor from_vector(std::initializer_list<T> values, const Shape& shape) {
   return detail::from_elements(values.begin(), values.size(), &shape, nullptr);
 }
-template <FromVectorElement T>
-Tensor from_vector(std::initializer_list<T> values, Dtype dtype) {
+// The dtype-only forms deduce their second parameter, so `from_vector(v, {})` can only mean
+// the shape {} (a 0-d tensor) and never silently becomes Dtype{} (float32).
+template <FromVectorElement T, std::same_as<Dtype> D>
+Tensor from_vector(std::initializer_list<T> values, D dtype) {
   return detail::from_elements(values.begin(), values.size(), nullptr, &dtype);
 }
 template <FromVectorElement T>
@@ -98,8 +100,8 @@ template <FromVectorElement T>
 Tensor from_vector(const std::vector<T>& values, const Shape& shape) {
   return detail::from_elements(values.data(), values.size(), &shape, nullptr);
 }
-template <FromVectorElement T>
-Tensor from_vector(const std::vector<T>& values, Dtype dtype) {
+template <FromVectorElement T, std::same_as<Dtype> D>
+Tensor from_vector(const std::vector<T>& values, D dtype) {
   return detail::from_elements(values.data(), values.size(), nullptr, &dtype);
 }
 template <FromVectorElement T>

@@ -384,6 +384,10 @@ TEST_CASE("from_vector: braced lists and vectors of any arithmetic type, with a 
   CHECK(from_vector({0.5, 1.5}, f32).dtype() == f32);
   CHECK(from_vector(std::vector<short>{1, 2}, f64).dtype() == f64);
   CHECK(from_vector({2.5}, Shape{}).ndim() == 0);
+  // `{}` as the second argument is the 0-d shape, never Dtype{} (float32).
+  CHECK(from_vector({7}, {}).dtype() == i64);
+  CHECK(from_vector({7}, {}).ndim() == 0);
+  CHECK(from_vector(std::vector<std::int64_t>{7}, {}).dtype() == i64);
   // 2^53 + 1 survives as int64 (a detour through double would round it).
   const std::int64_t big = (std::int64_t{1} << 53) + 1;
   CHECK(from_vector(std::vector<long long>{big}).to_vector<std::int64_t>()[0] == big);

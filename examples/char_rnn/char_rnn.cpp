@@ -423,10 +423,10 @@ int run(const Options& o_in, const CLI::App& app) {
     // validation improves, so even an interrupted run leaves its best model behind.
     const std::string best_path = (fs::path(o.out) / "best.npz").string();
     auto save_best = [&] {
-      train::Extras extras;
+      training::Extras extras;
       cfg.save(extras);
       extras.set_double("best.valid_bpc", best.bpc);
-      train::save_checkpoint(best_path, {.model = &model}, best.step, extras);
+      training::save_checkpoint(best_path, {.model = &model}, best.step, extras);
     };
     // Rank 0, after scoring the current model: keep it if it is the best so far.
     auto note_validation = [&](double bpc) {
