@@ -4,11 +4,17 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
 #include <cmath>
 #include <cstdlib>
 #include <functional>
 #include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <xgrad/xgrad.hpp>
@@ -52,7 +58,7 @@ inline xg::Tensor rnd(const xg::Shape& s, double lo = -1.0, double hi = 1.0, std
 
 // f() must throw E whose message contains every needle (op name, shapes...).
 template <class E, class F>
-void check_throws_msg(F&& f, std::initializer_list<std::string> needles) {
+void check_throws_msg(F&& f, const std::vector<std::string>& needles) {
   bool thrown = false;
   try {
     f();
@@ -68,6 +74,12 @@ void check_throws_msg(F&& f, std::initializer_list<std::string> needles) {
     FAIL("wrong exception type: " << e.what());
   }
   CHECK_MESSAGE(thrown, "expected an exception");
+}
+
+// The one-needle form of check_throws_msg.
+template <class E, class F>
+void throws_naming(F&& f, const std::string& needle) {
+  check_throws_msg<E>(std::forward<F>(f), {needle});
 }
 
 // The message of the E that f() throws (a failed check, and "", if it throws nothing
@@ -93,6 +105,50 @@ inline bool has(const std::string& s, const std::string& sub) { return s.find(su
 inline bool python_numpy_available() {
   return ::access("/usr/bin/python3", X_OK) == 0 &&
          std::system("/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1") == 0;
+}
+
+// A fresh directory per use, removed (with everything in it, even where a test took
+// its permissions away) at the end of the scope.
+class TempDir {
+ public:
+  TempDir() : TempDir("") {}
+  explicit TempDir(const std::string& tag) {
+    static int counter = 0;
+    path = std::filesystem::temp_directory_path() /
+           ("xgrad_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + tag);
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::permissions(path, std::filesystem::perms::owner_all, std::filesystem::perm_options::add, ec);
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  std::string file(const std::string& name) const { return (path / name).string(); }
+  // Writes `bytes` to `rel` below the directory (making its parents); returns the path.
+  std::string write(const std::string& rel, const std::string& bytes) const {
+    const std::filesystem::path p = path / rel;
+    std::filesystem::create_directories(p.parent_path());
+    std::ofstream(p, std::ios::binary) << bytes;
+    return p.string();
+  }
+  // Names of everything in the directory, sorted: catches leftover temporary files.
+  std::vector<std::string> listing() const {
+    std::vector<std::string> out;
+    for (const auto& e : std::filesystem::directory_iterator(path)) out.push_back(e.path().filename().string());
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  std::filesystem::path path;
+};
+
+inline std::string read_file(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 }  // namespace xgtest

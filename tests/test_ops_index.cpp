@@ -6,6 +6,7 @@
 #include "helpers.hpp"
 
 using namespace xg;
+using xgtest::throws_naming;
 using xgtest::check_values;
 using xgtest::gradcheck_ok;
 using xgtest::rnd;
@@ -70,18 +71,6 @@ Vec ref_gather(const Tensor& x, int d, const Tensor& index) {
   return y;
 }
 
-template <class E, class F>
-void throws_naming(F&& f, const std::string& needle) {
-  bool thrown = false;
-  try {
-    f();
-  } catch (const E& e) {
-    thrown = true;
-    INFO("message: " << e.what());
-    CHECK(std::string(e.what()).find(needle) != std::string::npos);
-  }
-  CHECK_MESSAGE(thrown, "expected an exception mentioning: " << needle);
-}
 
 }  // namespace
 

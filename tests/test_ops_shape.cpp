@@ -12,6 +12,7 @@
 #include "helpers.hpp"
 
 using namespace xg;
+using xgtest::throws_naming;
 using xgtest::check_close;
 using xgtest::check_values;
 using xgtest::gradcheck_ok;
@@ -91,18 +92,6 @@ Vec ref_concat(const std::vector<Tensor>& xs, int d) {
   return y;
 }
 
-template <class E, class F>
-void throws_naming(F&& f, const std::string& needle) {
-  bool thrown = false;
-  try {
-    f();
-  } catch (const E& e) {
-    thrown = true;
-    INFO("message: " << e.what());
-    CHECK(std::string(e.what()).find(needle) != std::string::npos);
-  }
-  CHECK_MESSAGE(thrown, "expected an exception mentioning: " << needle);
-}
 
 }  // namespace
 

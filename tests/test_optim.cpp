@@ -118,24 +118,6 @@ void replay_all(const std::string& kind, std::size_t expected) {
   }
 }
 
-template <class E, class F>
-void throws_naming(F&& f, const std::vector<std::string>& parts) {
-  bool thrown = false;
-  try {
-    f();
-  } catch (const E& e) {
-    thrown = true;
-    const std::string msg = e.what();
-    for (const auto& p : parts) {
-      INFO("message: " << msg << " / want: " << p);
-      CHECK(msg.find(p) != std::string::npos);
-    }
-  } catch (const std::exception& e) {
-    INFO("wrong exception type: " << e.what());
-    CHECK(false);
-  }
-  CHECK(thrown);
-}
 
 Tensor param(const std::vector<double>& v, const xg::Shape& s) {
   return xg::from_vector(v, s, xg::f64).requires_grad_();
@@ -407,7 +389,7 @@ TEST_CASE("optim load_state_dict rejects a mismatching state with StateError and
   auto rejects = [&](const Dict& bad, const std::vector<std::string>& parts) {
     std::vector<std::string> want = {"Adam", "load_state_dict"};
     want.insert(want.end(), parts.begin(), parts.end());
-    throws_naming<xg::StateError>([&] { opt.load_state_dict(bad); }, want);
+    xgtest::check_throws_msg<xg::StateError>([&] { opt.load_state_dict(bad); }, want);
     unchanged();
   };
 
@@ -488,54 +470,54 @@ TEST_CASE("optim load_state_dict rejects a mismatching state with StateError and
 
 TEST_CASE("optim bad parameters: empty list, the same parameter twice, int64, non-leaf") {
   Tensor a = param({1.0, 2.0}, {2}), b = param({3.0}, {1});
-  throws_naming<xg::Error>([] { optim::SGD(std::vector<Tensor>{}, optim::SGDOptions{}); }, {"SGD", "empty"});
-  throws_naming<xg::Error>([] { optim::Adam(std::vector<optim::ParamGroup<optim::AdamOptions>>{}, {}); },
+  xgtest::check_throws_msg<xg::Error>([] { optim::SGD(std::vector<Tensor>{}, optim::SGDOptions{}); }, {"SGD", "empty"});
+  xgtest::check_throws_msg<xg::Error>([] { optim::Adam(std::vector<optim::ParamGroup<optim::AdamOptions>>{}, {}); },
                            {"Adam", "empty"});
-  throws_naming<xg::Error>([&] { optim::Adam({a, b, a}, {}); }, {"Adam", "parameter 2", "same tensor as parameter 0"});
-  throws_naming<xg::Error>([&] { optim::RMSprop({optim::RMSpropGroup{{a}}, optim::RMSpropGroup{{b, a}}}, {}); }, {"RMSprop", "group 1", "same tensor"});
-  throws_naming<xg::Error>([&] { optim::Adagrad({a, a.detach()}, {}); }, {"Adagrad", "same tensor"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::Adam({a, b, a}, {}); }, {"Adam", "parameter 2", "same tensor as parameter 0"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::RMSprop({optim::RMSpropGroup{{a}}, optim::RMSpropGroup{{b, a}}}, {}); }, {"RMSprop", "group 1", "same tensor"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::Adagrad({a, a.detach()}, {}); }, {"Adagrad", "same tensor"});
   Tensor ids = xg::from_vector(std::vector<std::int64_t>{1, 2}, {2});
-  throws_naming<xg::DtypeError>([&] { optim::SGD({a, ids}, {}); }, {"SGD", "int64"});
+  xgtest::check_throws_msg<xg::DtypeError>([&] { optim::SGD({a, ids}, {}); }, {"SGD", "int64"});
   Tensor derived = xg::mul(a, 2.0);
-  throws_naming<xg::StateError>([&] { optim::AdamW({derived}, {}); }, {"AdamW", "not a leaf", "mul"});
-  throws_naming<xg::StateError>([&] { optim::SGD({Tensor()}, {}); }, {"SGD", "undefined"});
+  xgtest::check_throws_msg<xg::StateError>([&] { optim::AdamW({derived}, {}); }, {"AdamW", "not a leaf", "mul"});
+  xgtest::check_throws_msg<xg::StateError>([&] { optim::SGD({Tensor()}, {}); }, {"SGD", "undefined"});
 }
 
 TEST_CASE("optim bad options: negative lr/eps/weight_decay/momentum, betas outside [0,1), nesterov rules") {
   Tensor a = param({1.0, 2.0}, {2});
   using optim::AdagradOptions, optim::AdamOptions, optim::AdamWOptions, optim::RMSpropOptions, optim::SGDOptions;
-  throws_naming<xg::Error>([&] { optim::SGD({a}, SGDOptions{.lr = -0.1}); }, {"SGD", "learning rate", "-0.1"});
-  throws_naming<xg::Error>([&] { optim::SGD({a}, SGDOptions{.momentum = -0.5}); }, {"SGD", "momentum"});
-  throws_naming<xg::Error>([&] { optim::SGD({a}, SGDOptions{.weight_decay = -1}); }, {"SGD", "weight_decay"});
-  throws_naming<xg::Error>([&] { optim::SGD({a}, SGDOptions{.nesterov = true}); }, {"SGD", "nesterov"});
-  throws_naming<xg::Error>([&] { optim::SGD({a}, SGDOptions{.momentum = 0.9, .dampening = 0.1, .nesterov = true}); },
+  xgtest::check_throws_msg<xg::Error>([&] { optim::SGD({a}, SGDOptions{.lr = -0.1}); }, {"SGD", "learning rate", "-0.1"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::SGD({a}, SGDOptions{.momentum = -0.5}); }, {"SGD", "momentum"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::SGD({a}, SGDOptions{.weight_decay = -1}); }, {"SGD", "weight_decay"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::SGD({a}, SGDOptions{.nesterov = true}); }, {"SGD", "nesterov"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::SGD({a}, SGDOptions{.momentum = 0.9, .dampening = 0.1, .nesterov = true}); },
                            {"SGD", "nesterov", "dampening"});
-  throws_naming<xg::Error>([&] { optim::Adagrad({a}, AdagradOptions{.lr = -1}); }, {"Adagrad", "learning rate"});
-  throws_naming<xg::Error>([&] { optim::Adagrad({a}, AdagradOptions{.lr_decay = -1}); }, {"Adagrad", "lr_decay"});
-  throws_naming<xg::Error>([&] { optim::Adagrad({a}, AdagradOptions{.initial_accumulator_value = -1}); },
+  xgtest::check_throws_msg<xg::Error>([&] { optim::Adagrad({a}, AdagradOptions{.lr = -1}); }, {"Adagrad", "learning rate"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::Adagrad({a}, AdagradOptions{.lr_decay = -1}); }, {"Adagrad", "lr_decay"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::Adagrad({a}, AdagradOptions{.initial_accumulator_value = -1}); },
                            {"Adagrad", "initial_accumulator_value"});
-  throws_naming<xg::Error>([&] { optim::Adagrad({a}, AdagradOptions{.eps = -1}); }, {"Adagrad", "eps"});
-  throws_naming<xg::Error>([&] { optim::RMSprop({a}, RMSpropOptions{.alpha = -0.1}); }, {"RMSprop", "alpha"});
-  throws_naming<xg::Error>([&] { optim::RMSprop({a}, RMSpropOptions{.momentum = -0.1}); }, {"RMSprop", "momentum"});
-  throws_naming<xg::Error>([&] { optim::RMSprop({a}, RMSpropOptions{.weight_decay = -0.1}); },
+  xgtest::check_throws_msg<xg::Error>([&] { optim::Adagrad({a}, AdagradOptions{.eps = -1}); }, {"Adagrad", "eps"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::RMSprop({a}, RMSpropOptions{.alpha = -0.1}); }, {"RMSprop", "alpha"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::RMSprop({a}, RMSpropOptions{.momentum = -0.1}); }, {"RMSprop", "momentum"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::RMSprop({a}, RMSpropOptions{.weight_decay = -0.1}); },
                            {"RMSprop", "weight_decay"});
-  throws_naming<xg::Error>([&] { optim::Adam({a}, AdamOptions{.betas = {1.0, 0.999}}); }, {"Adam", "beta1", "[0, 1)"});
-  throws_naming<xg::Error>([&] { optim::Adam({a}, AdamOptions{.betas = {-0.1, 0.999}}); }, {"Adam", "beta1"});
-  throws_naming<xg::Error>([&] { optim::Adam({a}, AdamOptions{.betas = {0.9, 1.5}}); }, {"Adam", "beta2"});
-  throws_naming<xg::Error>([&] { optim::Adam({a}, AdamOptions{.eps = -1e-8}); }, {"Adam", "eps"});
-  throws_naming<xg::Error>([&] { optim::AdamW({a}, AdamWOptions{.weight_decay = -0.01}); }, {"AdamW", "weight_decay"});
-  throws_naming<xg::Error>([&] { optim::AdamW({a}, AdamWOptions{.lr = std::nan("")}); }, {"AdamW", "learning rate"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::Adam({a}, AdamOptions{.betas = {1.0, 0.999}}); }, {"Adam", "beta1", "[0, 1)"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::Adam({a}, AdamOptions{.betas = {-0.1, 0.999}}); }, {"Adam", "beta1"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::Adam({a}, AdamOptions{.betas = {0.9, 1.5}}); }, {"Adam", "beta2"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::Adam({a}, AdamOptions{.eps = -1e-8}); }, {"Adam", "eps"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::AdamW({a}, AdamWOptions{.weight_decay = -0.01}); }, {"AdamW", "weight_decay"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::AdamW({a}, AdamWOptions{.lr = std::nan("")}); }, {"AdamW", "learning rate"});
   // A group's own options are validated too.
   Tensor b = param({1.0}, {1});
-  throws_naming<xg::Error>([&] { optim::Adam({optim::AdamGroup{{a}}, optim::AdamGroup{{b}, AdamOptions{.lr = -1}}}, {}); }, {"Adam", "learning rate"});
+  xgtest::check_throws_msg<xg::Error>([&] { optim::Adam({optim::AdamGroup{{a}}, optim::AdamGroup{{b}, AdamOptions{.lr = -1}}}, {}); }, {"Adam", "learning rate"});
 }
 
 TEST_CASE("optim get_lr/set_lr on a group that does not exist, and a negative set_lr, throw and change nothing") {
   Tensor a = param({1.0}, {1});
   optim::RMSprop opt({a}, {.lr = 0.01});
-  throws_naming<xg::IndexError>([&] { opt.get_lr(1); }, {"RMSprop", "get_lr", "group 1", "1 group"});
-  throws_naming<xg::IndexError>([&] { opt.set_lr(3, 0.1); }, {"RMSprop", "set_lr", "group 3"});
-  throws_naming<xg::Error>([&] { opt.set_lr(0, -0.5); }, {"RMSprop", "learning rate"});
+  xgtest::check_throws_msg<xg::IndexError>([&] { opt.get_lr(1); }, {"RMSprop", "get_lr", "group 1", "1 group"});
+  xgtest::check_throws_msg<xg::IndexError>([&] { opt.set_lr(3, 0.1); }, {"RMSprop", "set_lr", "group 3"});
+  xgtest::check_throws_msg<xg::Error>([&] { opt.set_lr(0, -0.5); }, {"RMSprop", "learning rate"});
   CHECK(opt.get_lr(0) == 0.01);
 }
 

@@ -19,26 +19,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory per test case (removed by the destructor), named after the process
-// so parallel test runs do not collide.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() / ("xgrad_test_text_" + std::to_string(::getpid()) + "_" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string write(const std::string& rel, const std::string& bytes) const {
-    const fs::path p = path / rel;
-    fs::create_directories(p.parent_path());
-    std::ofstream(p, std::ios::binary) << bytes;
-    return p.string();
-  }
-};
+using xgtest::TempDir;
 
 template <class E, class F>
 void check_throws_naming(F&& f, const std::string& needle) {
