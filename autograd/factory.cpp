@@ -106,7 +106,8 @@ Tensor from_blob(void* data, const Shape& shape, Dtype dtype) {
                             dtype_size(dtype), dtype_name(dtype)));
   }
   // An owner that frees nothing: the caller keeps the buffer alive (see factory.hpp).
-  std::shared_ptr<void> storage(data, [](void*) {});
+  // (The storage owns only the version counter; see StorageHeader.)
+  std::shared_ptr<void> storage = std::make_shared<StorageHeader>();
   return Tensor(std::make_shared<TensorImpl>(shape, dtype, std::move(storage), data));
 }
 

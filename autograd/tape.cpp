@@ -4,6 +4,8 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -16,9 +18,16 @@ namespace xg {
 
 namespace {
 
-// Generations are unique across threads, so a tensor from another thread's (or a
-// cleared) graph can never be mistaken for a node of this tape.
-std::atomic<std::uint64_t> g_next_gen{1};
+// A node's stamp is (tape id << kSerialBits) | serial: unique across threads and over
+// time, so a tensor whose node was freed, compacted away or recorded by another thread
+// can never be mistaken for the node that now sits at its index.
+constexpr int kSerialBits = 40;
+std::atomic<std::uint32_t> g_next_tape_id{1};
+
+std::uint32_t owner_of(std::uint64_t stamp) { return static_cast<std::uint32_t>(stamp >> kSerialBits); }
+
+// Marks an edge to a .grad() used as a value (see kGradValue below).
+constexpr const char* kGradValue = "(a .grad() used as a value)";
 
 // Where an input's gradient goes.
 struct Edge {
@@ -48,12 +57,13 @@ class EdgeList {
 enum class NodeState : std::uint8_t { pending, freed, dead };
 
 struct Node {
+  std::uint64_t stamp = 0;
   const char* name = nullptr;
   BackwardFn fn;
   EdgeList inputs;
   Tensor grad;                  // accumulated d(loss)/d(output) during a walk
   bool grad_owned = false;      // grad is ours alone: later contributions add in place
-  TensorImpl* out = nullptr;    // the output handle while it lives (for retain_grad)
+  std::weak_ptr<TensorImpl> retain;  // set by retain_grad(): where the grad is kept
   Shape out_shape;
   Dtype out_dtype = Dtype::f32;
   std::int32_t refs = 0;        // output handle + pending nodes that read this one
@@ -61,10 +71,25 @@ struct Node {
   bool mark = false;            // reachable from the current backward root
 };
 
+// Releases of output handles destroyed on other threads, applied by the owner (see
+// release_output). `mu` guards only the vector: nobody holds it while doing anything
+// else, so it cannot take part in a deadlock.
+struct RemoteQueue {
+  std::mutex mu;
+  std::vector<std::pair<std::uint64_t, std::uint32_t>> releases;
+  std::atomic<bool> any{false};
+};
+
 struct Tape {
+  Tape();
   std::vector<Node> nodes;
-  std::uint64_t gen = g_next_gen.fetch_add(1);
+  std::uint32_t id = g_next_tape_id.fetch_add(1);
+  std::uint64_t next_serial = 0;
   std::size_t pending = 0;
+  // Compaction runs when the tape reaches this size (see compact()).
+  std::size_t compact_at = kCompactMin;
+  static constexpr std::size_t kCompactMin = 1024;
+  RemoteQueue remote;
   bool in_backward = false;
   bool killing = false;
   std::vector<std::uint32_t> kill_queue;
@@ -74,30 +99,79 @@ struct Tape {
   ~Tape();
 };
 
+// The node whose backward function is running (for SavedTensor's message).
+thread_local const char* t_running_op = nullptr;
+thread_local std::uint32_t t_running_node = kNoNode;
+
 thread_local bool t_grad_enabled = true;
 thread_local bool t_anomaly = false;
 thread_local bool t_tape_alive = false;
+thread_local std::uint32_t t_tape_id = 0;  // this thread's tape, 0 before it exists
+
+// Every live tape by id, so that a tensor destroyed on another thread can reach its
+// owner's RemoteQueue, or learn that the owner (and its whole tape) is gone.
+std::mutex g_tapes_mu;
+std::unordered_map<std::uint32_t, Tape*>& tapes() {
+  static auto* m = new std::unordered_map<std::uint32_t, Tape*>();  // outlives every thread
+  return *m;
+}
 
 Tape& tape() {
   thread_local Tape t;
-  t_tape_alive = true;
   return t;
+}
+
+Tape::Tape() {
+  std::lock_guard lock(g_tapes_mu);
+  tapes()[id] = this;
+  t_tape_id = id;
+  t_tape_alive = true;
 }
 
 Tape::~Tape() {
   t_tape_alive = false;  // tensors destroyed after this must not touch the tape
-  gen = 0;
+  std::lock_guard lock(g_tapes_mu);
+  tapes().erase(id);
+  // A remote destructor that found this tape holds g_tapes_mu until it has queued its
+  // release, so after the erase nobody can reach `remote` any more.
 }
 
-// Frees everything once nothing on the tape is pending, and starts a new generation:
-// tensors that still name old nodes are recognised as "from a freed graph" by gen.
+std::uint64_t new_stamp(Tape& t) { return (std::uint64_t{t.id} << kSerialBits) | ++t.next_serial; }
+
+// The index of the node with this stamp on this tape, or kNoNode (a leaf, another
+// thread's tensor, or a node freed and compacted away). `hint` is the index the node had
+// when it was recorded: compaction only moves nodes down and keeps them in stamp order,
+// so a miss there is a binary search below it. Tensors are never renumbered, so the
+// tape never writes into a TensorImpl that another thread may be destroying.
+std::uint32_t find_node(const Tape& t, std::uint64_t stamp, std::uint32_t hint) {
+  if (owner_of(stamp) != t.id || hint == kNoNode) return kNoNode;
+  const std::size_t n = t.nodes.size();
+  if (hint < n && t.nodes[hint].stamp == stamp) return hint;
+  std::size_t lo = 0, hi = std::min<std::size_t>(hint, n);
+  while (lo < hi) {
+    const std::size_t mid = (lo + hi) / 2;
+    if (t.nodes[mid].stamp < stamp) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo < n && t.nodes[lo].stamp == stamp ? static_cast<std::uint32_t>(lo) : kNoNode;
+}
+Node* node_of(Tape& t, std::uint64_t stamp, std::uint32_t hint) {
+  const std::uint32_t i = find_node(t, stamp, hint);
+  return i == kNoNode ? nullptr : &t.nodes[i];
+}
+
+// Frees everything once nothing on the tape is pending. Tensors that still name old
+// nodes are recognised as "from a freed graph" by their stamps.
 void maybe_clear(Tape& t) {
   if (t.pending != 0 || t.in_backward || t.killing || t.nodes.empty()) return;
-  t.gen = g_next_gen.fetch_add(1);
   std::vector<Node> old;
   old.swap(t.nodes);
-  old.clear();          // closures die here; their tensors' handles see a stale gen
+  old.clear();          // closures die here
   old.swap(t.nodes);    // keep the capacity for the next graph
+  t.compact_at = Tape::kCompactMin;
 }
 
 // The one way a pending node is freed, by the backward walk (`state` freed) or because
@@ -115,6 +189,7 @@ void free_node(Tape& t, std::uint32_t i, NodeState state, F&& orphaned) {
   EdgeList inputs = std::move(n.inputs);
   n.inputs = EdgeList();
   n.grad = Tensor();
+  n.retain.reset();
   for (std::size_t j = 0; j < inputs.size(); ++j) {
     const std::uint32_t k = inputs[j].node;
     if (k != kNoNode && --t.nodes[k].refs == 0) orphaned(k);
@@ -138,6 +213,69 @@ void kill(Tape& t, std::uint32_t idx) {
   maybe_clear(t);
 }
 
+// Drops the output handle's reference to its node (on the owner's thread).
+void release_local(Tape& t, std::uint64_t stamp, std::uint32_t hint) {
+  const std::uint32_t idx = find_node(t, stamp, hint);
+  if (idx == kNoNode) return;
+  Node* n = &t.nodes[idx];
+  if (--n->refs == 0 && n->state == NodeState::pending) {
+    if (t.in_backward) {
+      t.deferred.push_back(idx);
+    } else {
+      kill(t, idx);
+    }
+  }
+}
+
+// Applies the releases queued by other threads (not during a walk or a kill: they are
+// applied at their end).
+void drain(Tape& t) {
+  if (t.in_backward || t.killing) return;
+  std::vector<std::pair<std::uint64_t, std::uint32_t>> todo;
+  {
+    std::lock_guard lock(t.remote.mu);
+    todo.swap(t.remote.releases);
+    t.remote.any.store(false, std::memory_order_relaxed);
+  }
+  for (auto [stamp, idx] : todo) release_local(t, stamp, idx);
+}
+
+// Removes every node that is no longer pending, keeping the order (still topological)
+// of the rest, and renumbers their outputs and edges. Dead and freed nodes are what a
+// live tensor with history would otherwise pin for as long as it lives (a sampling loop
+// that forgot NoGradGuard, a prediction kept across training steps): compaction makes
+// the tape's size follow what is pending, not what was ever recorded. It runs when the
+// tape has doubled since the last one (amortised O(1) per node).
+void compact(Tape& t) {
+  if (t.in_backward || t.killing || !t.deferred.empty()) return;
+  drain(t);
+  const std::size_t n = t.nodes.size();
+  std::vector<std::uint32_t> remap(n, kNoNode);
+  std::uint32_t j = 0;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    if (t.nodes[i].state == NodeState::pending) remap[i] = j++;
+  }
+  j = 0;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    Node& src = t.nodes[i];
+    if (src.state != NodeState::pending) continue;
+    for (std::size_t e = 0; e < src.inputs.size(); ++e) {
+      Edge& edge = src.inputs[e];
+      if (edge.node == kNoNode) continue;
+      if (remap[edge.node] == kNoNode) {  // its producer was freed by an earlier backward
+        edge.stale_op = t.nodes[edge.node].name;
+        edge.node = kNoNode;
+      } else {
+        edge.node = remap[edge.node];
+      }
+    }
+    if (j != i) t.nodes[j] = std::move(src);
+    ++j;
+  }
+  t.nodes.resize(j);  // the capacity stays: no allocation for the next steps
+  t.compact_at = std::max<std::size_t>(Tape::kCompactMin, 2 * t.nodes.size());
+}
+
 bool exclusively_held(const Tensor& g) {
   return g.impl_ptr().use_count() == 1 && g.impl()->storage.use_count() == 1;
 }
@@ -151,12 +289,22 @@ Tensor copy_of(const Tensor& g) {
 // Adds g into a leaf's grad. The leaf owns what it stores: a gradient aliased elsewhere
 // (add's backward hands one tensor to both inputs) is copied before it is kept, so
 // in-place accumulation, clipping or scaling of one grad never shows in another.
-void accumulate_leaf(Tensor& acc, Tensor&& g) {
+// Leaves can be shared by graphs on several threads (Hogwild), so this holds the leaf's
+// grad lock, and adds in place only into a grad nobody else holds: a grad() handed out
+// earlier (an optimizer step reading it) keeps its values, and the sum goes to a copy.
+void accumulate_leaf(TensorImpl& leaf, Tensor&& g) {
+  std::lock_guard lock(detail::grad_lock(&leaf));
+  Tensor& acc = leaf.grad;
   if (!acc.defined()) {
     acc = exclusively_held(g) ? std::move(g) : copy_of(g);
-  } else {
+  } else if (exclusively_held(acc)) {
     detail::add_into(acc, g);
+  } else {
+    Tensor sum = copy_of(acc);
+    detail::add_into(sum, g);
+    acc = std::move(sum);
   }
+  acc.impl()->grad_value = true;
 }
 
 // Adds g into a node's pending gradient. Nobody else sees it, so an aliased first
@@ -198,21 +346,52 @@ void end_walk(Tape& t) {
   t.in_backward = false;
   std::vector<std::uint32_t> deferred;
   deferred.swap(t.deferred);
-  const std::uint64_t gen = t.gen;
   for (std::uint32_t k : deferred) {
-    if (t.gen != gen) break;  // a kill emptied the tape: nothing left to do
+    if (k >= t.nodes.size()) break;  // a kill emptied the tape: nothing left to do
     Node& n = t.nodes[k];
     if (n.refs == 0 && n.state == NodeState::pending) kill(t, k);
   }
+  drain(t);
   maybe_clear(t);
+  if (t.nodes.size() >= t.compact_at) compact(t);
+}
+
+// "input 1 [2,3] (made by 'tanh')" for messages.
+std::string describe_input(std::size_t j, const TensorImpl& x) {
+  return fmt::format("input {} {} (made by '{}')", j, x.shape.str(), x.op ? x.op : "?");
+}
+
+[[noreturn]] void throw_foreign(const char* where, const std::string& what, std::uint64_t stamp) {
+  throw StateError(fmt::format(
+      "{}: {} has autograd history recorded on another thread (tape #{}; this thread's is #{}). A tensor "
+      "with history belongs to the thread that recorded it: detach() it before handing it to another "
+      "thread (its gradient then stops there), or compute it on this thread",
+      where, what, owner_of(stamp), t_tape_id));
 }
 
 template <class Inputs>
 void record_impl(const char* name, Tensor& out, const Inputs& inputs, std::size_t n, BackwardFn fn) {
+  if (!t_grad_enabled) return;  // NoGradGuard: nothing is recorded, out stays a constant
   Tape& t = tape();
+  if (t.in_backward) {
+    throw StateError(fmt::format(
+        "record '{}': called from inside a backward function (while '{}' runs); backward functions "
+        "compute with recording off, and higher-order gradients are not supported yet",
+        name, t_running_op ? t_running_op : "?"));
+  }
+  if (!out.defined()) throw StateError(fmt::format("record '{}': the output tensor is undefined", name));
   TensorImpl& o = *out.impl();
   if (o.node != kNoNode) {
     throw StateError(fmt::format("record '{}': the output already has a history (produced by '{}')", name, o.op));
+  }
+  if (t.remote.any.load(std::memory_order_relaxed)) [[unlikely]] drain(t);
+  if (t.nodes.size() >= t.compact_at) [[unlikely]] compact(t);
+  // Inputs with history from another thread are refused before anything is appended.
+  for (std::size_t j = 0; j < n; ++j) {
+    const Tensor& x = inputs(j);
+    if (x.defined() && x.impl()->node != kNoNode && owner_of(x.impl()->stamp) != t.id) {
+      throw_foreign(fmt::format("'{}'", name).c_str(), describe_input(j, *x.impl()), x.impl()->stamp);
+    }
   }
   if (t.nodes.size() >= kNoNode - 1) {
     throw StateError(fmt::format("record '{}': the tape holds {} nodes; call backward() or use NoGradGuard", name,
@@ -222,21 +401,27 @@ void record_impl(const char* name, Tensor& out, const Inputs& inputs, std::size_
   Node& node = t.nodes.emplace_back();
   node.name = name;
   node.fn = std::move(fn);
-  node.out = &o;
   node.out_shape = o.shape;
   node.out_dtype = o.dtype;
   node.refs = 1;
   node.inputs.resize(n);
+  node.stamp = new_stamp(t);
   for (std::size_t j = 0; j < n; ++j) {
     const Tensor& x = inputs(j);
-    if (!x.defined() || !x.impl()->requires_grad) continue;
+    if (!x.defined()) continue;
     const TensorImpl& xi = *x.impl();
+    if (!xi.requires_grad) {
+      // A gradient made by backward, used as a value: its own history is missing (they are
+      // constants without create_graph), so a backward that reaches it refuses.
+      if (xi.grad_value) node.inputs[j].stale_op = kGradValue;
+      continue;
+    }
     Edge& e = node.inputs[j];
     if (xi.node == kNoNode) {
       e.leaf = x.impl_ptr();
-    } else if (xi.gen == t.gen && t.nodes[xi.node].state == NodeState::pending) {
+    } else if (Node* p = node_of(t, xi.stamp, xi.node); p && p->state == NodeState::pending) {
       e.node = xi.node;
-      ++t.nodes[xi.node].refs;
+      ++p->refs;
     } else {
       // Allowed (sampling after training forgets NoGradGuard), but a backward
       // through it is the classic truncated-BPTT bug and says so.
@@ -244,7 +429,7 @@ void record_impl(const char* name, Tensor& out, const Inputs& inputs, std::size_
     }
   }
   ++t.pending;
-  o.gen = t.gen;
+  o.stamp = node.stamp;
   o.node = idx;
   o.op = name;
   o.requires_grad = true;
@@ -252,15 +437,32 @@ void record_impl(const char* name, Tensor& out, const Inputs& inputs, std::size_
 
 }  // namespace
 
+SavedTensor::SavedTensor(const Tensor& t, int input)
+    : t_(t), version_(t.defined() ? t.version() : 0), input_(input) {}
+
+void SavedTensor::throw_modified() const {
+  const std::string what = input_ == kOutput ? fmt::format("its output {}", t_.shape().str())
+                                             : fmt::format("input {} {}", input_, t_.shape().str());
+  const std::string where = t_running_op ? fmt::format("'{}' (tape node #{})", t_running_op, t_running_node)
+                                         : std::string("a backward function");
+  throw StateError(fmt::format(
+      "{} saved {} at version {}; it is now at version {}: it was modified in place after it was used "
+      "(a write through data<T>(), an optimizer step, load_state_dict, init or an in-place op). Write "
+      "into a clone(), or change it only after backward()",
+      where, what, version_, t_.version()));
+}
+
 bool is_grad_enabled() { return t_grad_enabled; }
 void set_grad_enabled(bool on) { t_grad_enabled = on; }
 bool is_anomaly_enabled() { return t_anomaly; }
 void set_anomaly_enabled(bool on) { t_anomaly = on; }
 
+// A .grad() counts as needing a record (grad_value): not to differentiate it, but so that
+// what is computed from it carries the mark to a backward that must refuse it.
 bool needs_record(std::initializer_list<const Tensor*> inputs) {
   if (!t_grad_enabled) return false;
   for (const Tensor* x : inputs) {
-    if (x->defined() && x->impl()->requires_grad) return true;
+    if (x->defined() && (x->impl()->requires_grad | x->impl()->grad_value)) return true;
   }
   return false;
 }
@@ -268,7 +470,7 @@ bool needs_record(std::initializer_list<const Tensor*> inputs) {
 bool needs_record(std::span<const Tensor> inputs) {
   if (!t_grad_enabled) return false;
   for (const Tensor& x : inputs) {
-    if (x.defined() && x.impl()->requires_grad) return true;
+    if (x.defined() && (x.impl()->requires_grad | x.impl()->grad_value)) return true;
   }
   return false;
 }
@@ -283,12 +485,22 @@ void record(const char* name, Tensor& out, std::span<const Tensor> inputs, Backw
               std::move(fn));
 }
 
-std::size_t tape_size() { return tape().nodes.size(); }
-std::size_t tape_pending() { return tape().pending; }
+namespace {
+// Applies other threads' releases before a query looks at the tape.
+Tape& drained_tape() {
+  Tape& t = tape();
+  if (t.remote.any.load(std::memory_order_relaxed)) drain(t);
+  maybe_clear(t);
+  return t;
+}
+}  // namespace
+
+std::size_t tape_size() { return drained_tape().nodes.size(); }
+std::size_t tape_pending() { return drained_tape().pending; }
 
 std::string tape_dump() {
-  Tape& t = tape();
-  std::string s = fmt::format("tape gen {}: {} nodes, {} pending\n", t.gen, t.nodes.size(), t.pending);
+  Tape& t = drained_tape();
+  std::string s = fmt::format("tape #{}: {} nodes, {} pending\n", t.id, t.nodes.size(), t.pending);
   for (std::size_t i = 0; i < t.nodes.size(); ++i) {
     Node& n = t.nodes[i];
     const char* st = n.state == NodeState::pending ? "pending" : n.state == NodeState::freed ? "freed" : "dead";
@@ -300,6 +512,8 @@ std::string tape_dump() {
         ins += fmt::format("#{}", e.node);
       } else if (e.leaf) {
         ins += fmt::format("leaf{}", e.leaf->shape.str());
+      } else if (e.stale_op == kGradValue) {
+        ins += "grad value";
       } else if (e.stale_op) {
         ins += fmt::format("freed '{}'", e.stale_op);
       } else {
@@ -314,19 +528,39 @@ std::string tape_dump() {
 
 namespace detail {
 
-void release_output(std::uint64_t gen, std::uint32_t node) {
-  if (!t_tape_alive) return;
+void retain_output(const Tensor& x) {
+  const TensorImpl& xi = *x.impl();
+  if (xi.node == kNoNode) return;  // a leaf keeps its grad anyway
   Tape& t = tape();
-  if (gen != t.gen || node >= t.nodes.size()) return;
-  Node& n = t.nodes[node];
-  n.out = nullptr;
-  if (--n.refs == 0 && n.state == NodeState::pending) {
-    if (t.in_backward) {
-      t.deferred.push_back(node);
-    } else {
-      kill(t, node);
-    }
+  if (owner_of(xi.stamp) != t.id) {
+    throw_foreign("retain_grad", fmt::format("the tensor {} (made by '{}')", xi.shape.str(), xi.op ? xi.op : "?"),
+                  xi.stamp);
   }
+  if (Node* n = node_of(t, xi.stamp, xi.node)) n->retain = x.impl_ptr();
+}
+
+std::mutex& grad_lock(const TensorImpl* leaf) {
+  // Striped: a mutex per leaf would cost 40 bytes per tensor for a rare contention.
+  static std::mutex locks[64];
+  return locks[(reinterpret_cast<std::uintptr_t>(leaf) >> 6) % 64];
+}
+
+void release_output(std::uint64_t stamp, std::uint32_t node) {
+  const std::uint32_t owner = owner_of(stamp);
+  if (owner == t_tape_id) {
+    if (t_tape_alive) release_local(tape(), stamp, node);
+    return;
+  }
+  // Destroyed on another thread than the one that recorded it: the owner's tape is not
+  // ours to touch. Queue the release for the owner (who applies it at its next record,
+  // backward or query); if the owner has exited, its tape and this node are gone already.
+  std::lock_guard reg(g_tapes_mu);
+  auto it = tapes().find(owner);
+  if (it == tapes().end()) return;
+  RemoteQueue& q = it->second->remote;
+  std::lock_guard lock(q.mu);
+  q.releases.emplace_back(stamp, node);
+  q.any.store(true, std::memory_order_relaxed);
 }
 
 void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) {
@@ -360,18 +594,23 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
   }
 
   if (r.node == kNoNode) {  // a leaf: d(leaf)/d(leaf) = seed
-    accumulate_leaf(r.grad, copy_of(seed));
+    accumulate_leaf(r, copy_of(seed));
     return;
   }
-  if (r.gen != t.gen || t.nodes[r.node].state != NodeState::pending) {
+  if (t.in_backward) throw StateError("backward: called from inside another backward (not supported)");
+  if (owner_of(r.stamp) != t.id) {
+    throw_foreign("backward", fmt::format("the tensor {} (made by '{}')", r.shape.str(), r.op ? r.op : "?"),
+                  r.stamp);
+  }
+  drain(t);
+  const std::uint32_t L = find_node(t, r.stamp, r.node);
+  if (L == kNoNode || t.nodes[L].state != NodeState::pending) {
     throw StateError(fmt::format(
         "backward: the graph that produced this tensor (op '{}') was already freed by a previous backward(); "
         "pass retain_graph=true to the first backward() to walk a graph twice",
         r.op ? r.op : "?"));
   }
-  if (t.in_backward) throw StateError("backward: called from inside another backward (not supported)");
 
-  const std::uint32_t L = r.node;
   auto clear_marks = [&t, L] {
     for (std::uint32_t i = 0; i <= L; ++i) t.nodes[i].mark = false;
   };
@@ -389,12 +628,23 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
         if (t.nodes[e.node].state != NodeState::pending) freed_op = t.nodes[e.node].name;
         t.nodes[e.node].mark = true;
       }
+      if (freed_op == kGradValue) {
+        clear_marks();
+        throw StateError(fmt::format(
+            "backward: '{}' (tape node #{}) uses, as input {}, a value computed from a .grad(): gradients are "
+            "constants (backward records no history), so the derivative of that term would be silently "
+            "missing. Higher-order gradients need create_graph, which xgrad does not have yet; to use the "
+            "gradient as a constant on purpose, take .grad().detach()",
+            n.name, i, j));
+      }
       if (freed_op) {
         clear_marks();
         throw StateError(fmt::format(
-            "backward: '{}' (tape node #{}) uses a tensor produced by '{}' in a graph already freed by "
-            "backward(); detach() the carried state for truncated BPTT, or pass retain_graph=true to the "
-            "earlier backward()",
+            "backward: '{}' (tape node #{}) uses a tensor produced by '{}' in a graph already freed by an "
+            "earlier backward(). A state carried from one chunk to the next (truncated BPTT) must be "
+            "detach()ed after each backward(): retain_graph=true would keep every earlier chunk alive and "
+            "walk it again, so memory and time would grow with each chunk. retain_graph=true on the earlier "
+            "backward() is only for walking one graph twice (two losses over one forward)",
             n.name, i, freed_op));
       }
     }
@@ -429,7 +679,10 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
           if (e.leaf) shapes[j] = &e.leaf->shape;
         }
         GradSlots gs(slots.data(), needs.get(), shapes.data(), k);
+        t_running_op = n.name;
+        t_running_node = i;
         n.fn(n.grad, gs);
+        t_running_op = nullptr;
         for (std::size_t j = 0; j < k; ++j) {
           if (!needs[j] || !slots[j].defined()) continue;
           Edge& e = n.inputs[j];
@@ -450,11 +703,13 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
           if (e.node != kNoNode) {
             accumulate_node(t.nodes[e.node], std::move(slots[j]));
           } else {
-            accumulate_leaf(e.leaf->grad, std::move(slots[j]));
+            accumulate_leaf(*e.leaf, std::move(slots[j]));
           }
         }
       }
-      if (n.out && n.out->retain_grad && n.grad.defined()) accumulate_leaf(n.out->grad, copy_of(n.grad));
+      if (n.grad.defined() && !n.retain.expired()) {
+        if (std::shared_ptr<TensorImpl> o = n.retain.lock()) accumulate_leaf(*o, copy_of(n.grad));
+      }
       if (retain_graph) {
         n.grad = Tensor();
       } else {
@@ -465,6 +720,7 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
       }
     }
   } catch (...) {
+    t_running_op = nullptr;
     for (std::uint32_t j = 0; j <= i && j <= L; ++j) {
       t.nodes[j].mark = false;
       t.nodes[j].grad = Tensor();

@@ -63,8 +63,8 @@ class GradSlots {
 };
 
 // A node's backward: void(const Tensor& grad_out, GradSlots& dx). Like std::function
-// but move-only with room for 64 bytes of captures inline (four Tensors), so recording
-// an op does not allocate for its closure.
+// but move-only with room for 96 bytes of captures inline (four SavedTensors), so
+// recording an op does not allocate for its closure.
 class BackwardFn {
  public:
   BackwardFn() = default;
@@ -107,7 +107,7 @@ class BackwardFn {
   void operator()(const Tensor& g, GradSlots& dx) { ops_->call(buf_, g, dx); }
 
  private:
-  static constexpr std::size_t kInline = 64;
+  static constexpr std::size_t kInline = 96;
   struct Ops {
     void (*call)(void*, const Tensor&, GradSlots&);
     void (*move)(void* from, void* to);  // move-construct into `to`, destroy `from`
@@ -136,12 +136,48 @@ class BackwardFn {
   const Ops* ops_ = nullptr;
 };
 
+// A tensor a backward function keeps (an input, or the op's output), with its version
+// at the time it was saved. get() refuses it if its values were written in place since
+// (a reused input buffer, an optimizer step, load_state_dict, init): the gradient would
+// be computed from values the forward never saw. Capture SavedTensors, not Tensors,
+// for everything a user can reach (inputs, outputs and views of them); intermediates
+// only the closure holds need no check.
+class SavedTensor {
+ public:
+  static constexpr int kOutput = -1;
+  SavedTensor() = default;
+  // `input`: which input of the op this is (for the message), or kOutput.
+  SavedTensor(const Tensor& t, int input);
+  // The saved tensor; StateError naming the op, its tape node and the input if the
+  // version moved. Cheap (one load and compare): call it where the value is used.
+  const Tensor& get() const {
+    if (t_.defined() && t_.version() != version_) [[unlikely]] throw_modified();
+    return t_;
+  }
+  operator const Tensor&() const { return get(); }  // NOLINT: use it where a Tensor goes
+  bool defined() const { return t_.defined(); }
+
+ private:
+  [[noreturn]] void throw_modified() const;
+  Tensor t_;
+  std::uint32_t version_ = 0;
+  std::int32_t input_ = kOutput;
+};
+
+// save(x, i): input i of the op. save_output(y): the op's output, detached, so the closure
+// does not keep the output's node alive through its own handle.
+inline SavedTensor save(const Tensor& x, int input) { return SavedTensor(x, input); }
+inline SavedTensor save_output(const Tensor& y) { return SavedTensor(y.detach(), SavedTensor::kOutput); }
+
 // True when an op on these inputs must be recorded (grad mode on and one requires grad).
 bool needs_record(std::initializer_list<const Tensor*> inputs);
 bool needs_record(std::span<const Tensor> inputs);
 
 // Appends a node producing `out` from `inputs` (`name` must be a string literal).
-// Marks `out` as requiring grad. Public so users can write their own differentiable ops.
+// Marks `out` as requiring grad. Public so users can write their own differentiable ops:
+// guard it with needs_record() as the built-in ops do. Under NoGradGuard it records
+// nothing; called from inside a backward function it throws StateError (higher-order
+// gradients are not supported yet).
 void record(const char* name, Tensor& out, std::initializer_list<const Tensor*> inputs, BackwardFn fn);
 void record(const char* name, Tensor& out, std::span<const Tensor> inputs, BackwardFn fn);
 

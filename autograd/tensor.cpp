@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -55,7 +56,7 @@ void Tensor::throw_undefined(const char* op) {
 }
 
 TensorImpl::~TensorImpl() {
-  if (node != kNoNode) detail::release_output(gen, node);
+  if (node != kNoNode) detail::release_output(stamp, node);
 }
 
 Tensor Tensor::empty(const Shape& shape, Dtype dtype) {
@@ -71,13 +72,16 @@ Tensor Tensor::empty(const Shape& shape, Dtype dtype) {
   // rounding of reductions followed the heap's layout and the same program could print
   // different losses from run to run. (Over-allocating 48 bytes is cheaper than an aligned
   // operator new, which cost ~100 ns per op.)
+  // The StorageHeader (the version counter) takes the first bytes; the data starts on the
+  // next line after it.
   constexpr std::size_t kLine = 64;
   const std::size_t bytes = static_cast<std::size_t>(n * static_cast<std::int64_t>(dtype_size(dtype)));
-  const std::size_t words = (bytes + kLine - 8 + 7) / 8;
-  std::shared_ptr<double[]> buf = std::make_shared_for_overwrite<double[]>(std::max<std::size_t>(words, 1));
+  const std::size_t words = (bytes + kLine + 7) / 8;
+  std::shared_ptr<double[]> buf = std::make_shared_for_overwrite<double[]>(words);
   const auto addr = reinterpret_cast<std::uintptr_t>(buf.get());
-  void* data = reinterpret_cast<void*>((addr + kLine - 1) & ~std::uintptr_t{kLine - 1});
-  return Tensor(std::make_shared<TensorImpl>(shape, dtype, std::shared_ptr<void>(std::move(buf), data), data));
+  auto* header = ::new (static_cast<void*>(buf.get())) StorageHeader;
+  void* data = reinterpret_cast<void*>((addr + sizeof(StorageHeader) + kLine - 1) & ~std::uintptr_t{kLine - 1});
+  return Tensor(std::make_shared<TensorImpl>(shape, dtype, std::shared_ptr<void>(std::move(buf), header), data));
 }
 
 std::int64_t Tensor::size(int dim) const {
@@ -99,24 +103,39 @@ double Tensor::item() const {
   return 0.0;
 }
 
+namespace {
+template <class T>
+T* checked_data(const std::shared_ptr<TensorImpl>& impl) {
+  using V = std::remove_const_t<T>;
+  const TensorImpl& t = impl_of("data", impl);
+  if (t.dtype != dtype_of<V>()) {
+    throw DtypeError(fmt::format("data<{}>: the tensor is {}", dtype_name(dtype_of<V>()), dtype_name(t.dtype)));
+  }
+  if constexpr (!std::is_const_v<T>) t.header().bump();
+  return static_cast<T*>(t.data);
+}
+}  // namespace
+
 template <class T>
 T* Tensor::data() {
-  const TensorImpl& t = impl_of("data", impl_);
-  if (t.dtype != dtype_of<T>()) {
-    throw DtypeError(fmt::format("data<{}>: the tensor is {}", dtype_name(dtype_of<T>()), dtype_name(t.dtype)));
-  }
-  return static_cast<T*>(t.data);
+  return checked_data<T>(impl_);
 }
 template <class T>
 const T* Tensor::data() const {
-  return const_cast<Tensor*>(this)->data<T>();
+  return checked_data<const T>(impl_);
 }
 template float* Tensor::data<float>();
 template double* Tensor::data<double>();
 template std::int64_t* Tensor::data<std::int64_t>();
+template const float* Tensor::data<const float>();
+template const double* Tensor::data<const double>();
+template const std::int64_t* Tensor::data<const std::int64_t>();
 template const float* Tensor::data<float>() const;
 template const double* Tensor::data<double>() const;
 template const std::int64_t* Tensor::data<std::int64_t>() const;
+template const float* Tensor::data<const float>() const;
+template const double* Tensor::data<const double>() const;
+template const std::int64_t* Tensor::data<const std::int64_t>() const;
 
 
 template <class T>
@@ -178,7 +197,11 @@ Tensor& Tensor::requires_grad_(bool on) {
 
 bool Tensor::is_leaf() const { return impl_of("is_leaf", impl_).node == kNoNode; }
 
-Tensor Tensor::grad() const { return impl_of("grad", impl_).grad; }
+Tensor Tensor::grad() const {
+  const TensorImpl& t = impl_of("grad", impl_);
+  std::lock_guard lock(detail::grad_lock(&t));
+  return t.grad;
+}
 
 void Tensor::set_grad(const Tensor& g) {
   TensorImpl& t = const_cast<TensorImpl&>(impl_of("set_grad", impl_));
@@ -188,14 +211,22 @@ void Tensor::set_grad(const Tensor& g) {
     if (g.shape() != t.shape) throw ShapeError(msg);
     throw DtypeError(msg);
   }
-  t.grad = g;
+  Tensor old;  // released after the lock: it may be the last handle
+  std::lock_guard lock(detail::grad_lock(&t));
+  old = std::exchange(t.grad, g);
 }
 
-void Tensor::zero_grad() { const_cast<TensorImpl&>(impl_of("zero_grad", impl_)).grad = Tensor(); }
+void Tensor::zero_grad() {
+  TensorImpl& t = const_cast<TensorImpl&>(impl_of("zero_grad", impl_));
+  Tensor old;
+  std::lock_guard lock(detail::grad_lock(&t));
+  old = std::exchange(t.grad, Tensor());
+}
 
 Tensor& Tensor::retain_grad() {
   TensorImpl& t = const_cast<TensorImpl&>(impl_of("retain_grad", impl_));
   if (!t.requires_grad) throw StateError("retain_grad: the tensor does not require grad");
+  detail::retain_output(*this);
   t.retain_grad = true;
   return *this;
 }
@@ -243,9 +274,15 @@ void replace_value(Tensor& dst, const Tensor& src) {
   if (d.node != kNoNode || d.shape != s.shape) {
     throw StateError(fmt::format("replace_value: {} -> {}: needs a leaf of the same shape", d.shape.str(), s.shape.str()));
   }
+  // Handles (and saved copies in pending graphs) of dst now read other values: both the
+  // old storage (its views) and the new one move past every version saved so far.
+  const std::uint32_t v = d.header().version.load(std::memory_order_relaxed) + 1;
+  d.header().bump();
+  if (s.header().version.load(std::memory_order_relaxed) < v) s.header().version.store(v, std::memory_order_relaxed);
   d.storage = s.storage;
   d.data = s.data;
   d.dtype = s.dtype;
+  std::lock_guard lock(grad_lock(&d));
   d.grad = Tensor();
 }
 

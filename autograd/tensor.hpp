@@ -2,6 +2,7 @@
 // xg::Tensor: a cheap shared handle to a value, its dtype and shape, an optional .grad(),
 // and the link to the tape node that produced it (see tape.hpp for how that link is used).
 // Copying a Tensor aliases it, like torch::Tensor. Values are row-major and contiguous.
+#include <atomic>
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
@@ -38,11 +39,19 @@ class Tensor {
   template <class T> T item() const { return static_cast<T>(item()); }
 
   // Raw element access (row-major). T must match dtype() (DtypeError otherwise).
-  // Writing through data() is not recorded: it is how optimizers update parameters.
+  // Writing through data() is not recorded (it is how optimizers update parameters), but
+  // it is seen: data<T>() on a non-const tensor, and data_ptr(), count as a write and bump
+  // version(), so a backward that saved these values refuses to use them (StateError).
+  // Read with data<const T>() or through a const Tensor&: that does not bump.
   template <class T> T* data();
   template <class T> const T* data() const;
   inline void* data_ptr();
   inline const void* data_ptr() const;
+  // How many times the values were (possibly) written in place since the storage was
+  // made: PyTorch's _version. Shared by every view and detach() of the same storage.
+  inline std::uint32_t version() const;
+  // Counts a write made some other way (through a pointer kept from earlier).
+  inline void bump_version();
   // Copy of the values, converted to T.
   template <class T> std::vector<T> to_vector() const;
 
@@ -97,8 +106,8 @@ class Tensor {
   //   storage, so every handle and view sharing it sees them, as in LibTorch: this is how
   //   parameters are updated by hand (`NoGradGuard g; w -= lr * w.grad();`). A tensor
   //   with autograd history is refused here (its graph may have saved these values).
-  //   Like optimizer steps and writes through data(), nothing checks whether a pending
-  //   graph saved a tensor written this way (there are no version counters yet).
+  //   The write bumps version(), like optimizer steps and writes through data(): a
+  //   pending backward that saved these values refuses them (StateError).
   // On a temporary (`t[0] += 1`, `t.reshape(s) *= 2`) they are deleted: the result would
   // be lost whenever the handle is rebound.
   Tensor& operator+=(const Tensor& other) &;
@@ -155,6 +164,15 @@ class Tensor {
 
 inline constexpr std::uint32_t kNoNode = 0xffffffffu;
 
+// Every storage begins with its version counter: TensorImpl::storage.get() points here,
+// and the values follow on the next 64-byte line (or elsewhere, for from_blob). Bumped by
+// one writer at a time in practice; relaxed load+store keeps it a plain move (no locked
+// instruction on the hot path) while two racing writers still move it off the saved value.
+struct StorageHeader {
+  std::atomic<std::uint32_t> version{0};
+  void bump() { version.store(version.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed); }
+};
+
 // What a Tensor handle points to. Users go through Tensor; ops and the tape use these
 // fields directly. The shape is fixed at construction. The values may change (optimizer
 // steps, writes through data(), compound assignment under NoGradGuard). So may the
@@ -171,13 +189,18 @@ class TensorImpl {
 
   Shape shape;
   Dtype dtype;
-  std::shared_ptr<void> storage;  // owns the bytes; shared by views and detach()
+  std::shared_ptr<void> storage;  // owns the bytes; points at their StorageHeader
   void* data;                     // first element
+  StorageHeader& header() const { return *static_cast<StorageHeader*>(storage.get()); }
   Tensor grad;
   bool requires_grad = false;     // leaves: user-set; outputs: set by record()
   bool retain_grad = false;
-  // History: the node that produced this tensor on the tape of graph `gen`.
-  std::uint64_t gen = 0;
+  // A gradient made by backward (a .grad()): a constant whose own history is missing.
+  // Ops on it are recorded so that a backward reaching it can refuse (see tape.cpp).
+  bool grad_value = false;
+  // History: the node that produced this tensor: its unique stamp (which also names the
+  // thread whose tape holds it) and its index on that tape when it was recorded.
+  std::uint64_t stamp = 0;
   std::uint32_t node = kNoNode;
   const char* op = nullptr;  // name of that node's op (kept after the tape is cleared)
 };
@@ -186,8 +209,16 @@ inline const Shape& Tensor::shape() const { return checked("shape").shape; }
 inline int Tensor::ndim() const { return checked("ndim").shape.size(); }
 inline std::int64_t Tensor::numel() const { return checked("numel").shape.numel(); }
 inline Dtype Tensor::dtype() const { return checked("dtype").dtype; }
-inline void* Tensor::data_ptr() { return checked("data_ptr").data; }
+inline void* Tensor::data_ptr() {
+  const TensorImpl& t = checked("data_ptr");
+  t.header().bump();
+  return t.data;
+}
 inline const void* Tensor::data_ptr() const { return checked("data_ptr").data; }
+inline std::uint32_t Tensor::version() const {
+  return checked("version").header().version.load(std::memory_order_relaxed);
+}
+inline void Tensor::bump_version() { checked("bump_version").header().bump(); }
 inline bool Tensor::requires_grad() const { return checked("requires_grad").requires_grad; }
 
 }  // namespace xg

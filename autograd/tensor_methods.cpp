@@ -92,6 +92,7 @@ Tensor& assign_op(const char* name, Tensor& a, const Tensor* rhs, F&& compute) {
   }
   // Contiguous both (every tensor is); r is a fresh buffer, so a += a reads no written value.
   std::memcpy(self.data, r.impl()->data, static_cast<std::size_t>(r.numel()) * dtype_size(self.dtype));
+  self.header().bump();  // a graph that saved these values will refuse them
   return a;
 }
 

@@ -174,7 +174,7 @@ GradientReducer::GradientReducer(std::vector<Tensor> params, ReducerOptions opti
                                    dtype_name(p.dtype())));
     }
     for (std::size_t j = 0; j < i; ++j) {
-      if (params_[j].data_ptr() == p.data_ptr() && p.numel() > 0) {
+      if (std::as_const(params_[j]).data_ptr() == p.data_ptr() && p.numel() > 0) {
         throw Error(fmt::format("dist::GradientReducer: parameters {} and {} are the same tensor", j, i));
       }
     }

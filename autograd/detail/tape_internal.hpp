@@ -1,11 +1,17 @@
 #pragma once
 // Private: the hooks TensorImpl and Tensor::backward use to reach the tape.
 #include <cstdint>
+#include <mutex>
 
 #include "../tensor.hpp"
 
 namespace xg::detail {
-// The output handle of node `node` of graph `gen` died.
-void release_output(std::uint64_t gen, std::uint32_t node);
+// The output handle of the node with this stamp (at index `node` when recorded) died,
+// on whichever thread.
+void release_output(std::uint64_t stamp, std::uint32_t node);
+// retain_grad() of a non-leaf: its node keeps a weak handle to put the gradient in.
+void retain_output(const Tensor& x);
+// Guards a leaf's grad field: backward on several threads may accumulate into one leaf.
+std::mutex& grad_lock(const TensorImpl* leaf);
 void run_backward(const Tensor& root, const Tensor& seed, bool retain_graph);
 }  // namespace xg::detail
