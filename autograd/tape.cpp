@@ -250,6 +250,10 @@ void compact(Tape& t) {
   if (t.in_backward || t.killing || !t.deferred.empty()) return;
   drain(t);
   const std::size_t n = t.nodes.size();
+  if (t.pending == n) {  // a growing graph: nothing to reclaim yet
+    t.compact_at = std::max<std::size_t>(Tape::kCompactMin, 2 * n);
+    return;
+  }
   std::vector<std::uint32_t> remap(n, kNoNode);
   std::uint32_t j = 0;
   for (std::uint32_t i = 0; i < n; ++i) {
@@ -419,9 +423,10 @@ void record_impl(const char* name, Tensor& out, const Inputs& inputs, std::size_
     Edge& e = node.inputs[j];
     if (xi.node == kNoNode) {
       e.leaf = x.impl_ptr();
-    } else if (Node* p = node_of(t, xi.stamp, xi.node); p && p->state == NodeState::pending) {
-      e.node = xi.node;
-      ++p->refs;
+    } else if (const std::uint32_t k = find_node(t, xi.stamp, xi.node);
+               k != kNoNode && t.nodes[k].state == NodeState::pending) {
+      e.node = k;  // not xi.node: that is where it was recorded, before any compaction
+      ++t.nodes[k].refs;
     } else {
       // Allowed (sampling after training forgets NoGradGuard), but a backward
       // through it is the classic truncated-BPTT bug and says so.

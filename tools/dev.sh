@@ -7,6 +7,8 @@
 #                            UndefinedBehaviorSanitizer (any report fails the test), then
 #                            each libFuzzer target for FUZZ_SECONDS (default 30) on its corpus
 #   bash tools/dev.sh fuzz [RUNS]   each fuzz target for RUNS executions (default 1000000)
+#   bash tools/dev.sh tsan   the engine suite (versions, tape memory, threads) built with
+#                            clang under ThreadSanitizer, in build-tsan
 #   bash tools/dev.sh blis   the library and the unit, modules and training suites built
 #                            against BLIS instead of OpenBLAS (-Dblas=blis), in build-blis
 # test, sanitize and blis end with one line "N passed, N failed, N skipped" counting test
@@ -74,6 +76,14 @@ build_san() {
   configure_and_build "$SAN_BUILD" -Db_sanitize=address,undefined -Dbench=false \
       -Doptimization=1 -Dnative=false \
       -Dcpp_args=-fno-sanitize-recover=all -Dcpp_link_args=-fno-sanitize-recover=all
+}
+# The library and the engine suite (version counters, tape memory, threads) under
+# ThreadSanitizer: clang, only what that suite needs. OpenBLAS's own threads are not
+# instrumented, so it runs single-threaded there (OPENBLAS_NUM_THREADS below).
+TSAN_BUILD=${XGRAD_TSAN_BUILD_DIR:-build-tsan}
+build_tsan() {
+  CXX=clang++ NINJA_TARGETS=tests/engine configure_and_build "$TSAN_BUILD" -Db_sanitize=thread -Db_lundef=false \
+      -Doptimization=1 -Dnative=false -Dexamples=false -Dbench=false
 }
 # The library and the libFuzzer targets: clang, ASan + UBSan, coverage-instrumented.
 build_fuzz() {
@@ -145,6 +155,17 @@ case "${1:-}" in
     python3 tools/count_tests.py "$SAN_BUILD/meson-logs/testlog.json" "$FUZZ_BUILD/fuzz-results.json"
     exit $status
     ;;
+  tsan)
+    install_missing "${PACKAGES[@]}" "${SAN_PACKAGES[@]}"
+    rm -f "$TSAN_BUILD/meson-logs/testlog.json"
+    build_tsan
+    status=0
+    OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1} \
+      meson test -C "$TSAN_BUILD" --no-rebuild --print-errorlogs --num-processes 1 --timeout-multiplier 4 engine \
+      || status=$?
+    python3 tools/count_tests.py "$TSAN_BUILD/meson-logs/testlog.json"
+    exit $status
+    ;;
   blis)
     install_missing "${PACKAGES[@]}" "${BLIS_PACKAGES[@]}"
     rm -f "$BLIS_BUILD/meson-logs/testlog.json"
@@ -160,7 +181,7 @@ case "${1:-}" in
     run_fuzzers -runs="${2:-1000000}"
     ;;
   *)
-    echo "usage: bash tools/dev.sh demo|test|sanitize|blis|fuzz [runs]" >&2
+    echo "usage: bash tools/dev.sh demo|test|sanitize|tsan|blis|fuzz [runs]" >&2
     exit 2
     ;;
 esac
