@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "detail/gemm_test_hook.hpp"
 #include "detail/packed_gemm.hpp"
 #include "error.hpp"
 
@@ -113,7 +114,7 @@ void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64
     }
     return;
   }
-  if (tiled_gemm_pays()) {
+  if (tiled_gemm_pays() || gemm_forced()) {
     gemm_tiled<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }

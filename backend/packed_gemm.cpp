@@ -1,9 +1,11 @@
 #include "detail/packed_gemm.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <thread>
 
+#include "detail/gemm_test_hook.hpp"
 #include "detail/thread_pool.hpp"
 
 namespace xg::detail {
@@ -161,17 +163,32 @@ void run_panels(std::int64_t M, std::int64_t N, std::int64_t K, const T* A, std:
   }
 }
 
+// GemmForceGuard's state (detail/gemm_test_hook.hpp): atomics, as the pool's workers and
+// other threads read them while a test's guard is alive. The counters count only then.
+std::atomic<bool> g_forced{false};
+std::atomic<double> g_split_flops{0.0};
+std::atomic<std::int64_t> g_tiled_calls{0}, g_split_calls{0};
+
+void count(std::atomic<std::int64_t>& counter) {
+  if (g_forced.load(std::memory_order_relaxed)) counter.fetch_add(1, std::memory_order_relaxed);
+}
+
+double flops(std::int64_t M, std::int64_t N, std::int64_t K) {
+  return 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
+}
+
 // Whether a product is big enough to split over threads: 64 MFLOP is ~300 us of work on
 // one thread. Chosen when each split started its threads (~20 us apiece); kept with the
 // pool, whose wake-up is cheaper, as smaller splits have not been measured.
-bool worth_splitting(std::int64_t M, std::int64_t N, std::int64_t K) {
-  return 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) >= 64e6;
-}
+bool worth_splitting(std::int64_t M, std::int64_t N, std::int64_t K) { return flops(M, N, K) >= 64e6; }
 
 // Whether it splits: also needs threads > 1 and no BLAS threads competing for the cores
 // (tiled_gemm_pays: only when every GEMM is xgrad's do the BLAS's threads stay asleep).
+// Under a GemmForceGuard: from its split_flops up, whatever the BLAS.
 bool splits(std::int64_t M, std::int64_t N, std::int64_t K, int threads) {
-  return worth_splitting(M, N, K) && threads > 1 && tiled_gemm_pays();
+  if (threads <= 1) return false;
+  if (g_forced.load(std::memory_order_relaxed)) return flops(M, N, K) >= g_split_flops.load(std::memory_order_relaxed);
+  return worth_splitting(M, N, K) && tiled_gemm_pays();
 }
 
 // Runs f(t, j0, nc) over nt column ranges [j0, j0 + nc) of whole panels of width NR, t the
@@ -193,6 +210,7 @@ void split_columns(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t 
     f(std::int64_t{0}, std::int64_t{0}, N);
     return;
   }
+  count(g_split_calls);
   const auto lo = [&](std::int64_t t) { return std::min(N, panels * t / nt * NR); };
   thread_pool().run(nt, [&](std::int64_t t) { f(t, lo(t), lo(t + 1) - lo(t)); });
 }
@@ -252,6 +270,7 @@ template <class T>
 void gemm_tiled(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, T alpha, const T* A,
                 std::int64_t lda, const T* B, std::int64_t ldb, T beta, T* C, std::int64_t ldc) {
   if (M <= 0 || N <= 0) return;
+  count(g_tiled_calls);
   // Packing space per share, owned by the calling thread and indexed by the share, not by
   // whichever pool worker runs it: reused from call to call, and never shared by two calls
   // at once (a pool worker serves any caller's shares, one call after another's).
@@ -278,9 +297,29 @@ int tiled_vector_bits() { return kVecBytes * 8; }
 bool packed_gemm_usable() { return kVecBytes >= 32 && kVecBytes * 8 >= blas_kernel_bits(); }
 
 bool packed_gemm_pays(std::int64_t M, std::int64_t N, std::int64_t K) {
+  if (gemm_forced()) return true;
   return packed_gemm_usable() && (tiled_gemm_pays() || blas_threads() == 1 || !worth_splitting(M, N, K));
 }
 
 bool tiled_gemm_pays() { return kVecBytes >= 32 && kVecBytes * 8 > blas_kernel_bits(); }
+
+GemmForceGuard::GemmForceGuard(double split_flops)
+    : prev_forced_(g_forced.load()),
+      prev_split_flops_(g_split_flops.load()),
+      tiled0_(g_tiled_calls.load()),
+      split0_(g_split_calls.load()) {
+  g_split_flops.store(split_flops);
+  g_forced.store(true);
+}
+
+GemmForceGuard::~GemmForceGuard() {
+  g_split_flops.store(prev_split_flops_);
+  g_forced.store(prev_forced_);
+}
+
+std::int64_t GemmForceGuard::tiled_calls() const { return g_tiled_calls.load() - tiled0_; }
+std::int64_t GemmForceGuard::split_calls() const { return g_split_calls.load() - split0_; }
+
+bool gemm_forced() { return g_forced.load(std::memory_order_relaxed); }
 
 }  // namespace xg::detail

@@ -72,6 +72,8 @@ SAN_PACKAGES=(clang libclang-rt-14-dev)
 # only prints). GCC here: clang 14 cannot capture structured bindings in lambdas, which
 # the tests use freely. -O1 and no -march=native: instrumented xtensor code at -O3 with
 # AVX-512 takes GCC tens of minutes per file; -O1 is what the sanitizer docs recommend.
+# The suite `gemm` still runs the AVX2 and AVX-512 GEMM tiles here: tests/meson.build builds
+# its four backend files (no xtensor in them) with -mavx2 / -march=native.
 build_san() {
   configure_and_build "$SAN_BUILD" -Db_sanitize=address,undefined -Dbench=false \
       -Doptimization=1 -Dnative=false \
