@@ -281,26 +281,32 @@ inline std::pair<bool, std::string> run_in_unprivileged_child(const std::functio
   return {true, report.substr(1)};
 }
 
-// Why permission tests cannot run here ("" when they can): as root, a child that drops to
-// nobody must be able to work in a TempDir handed to it and must then be refused a file it
-// made unreadable. Printed once to stderr when they cannot.
+// Why permission tests cannot run here ("" when they can): the identity run_as_unprivileged
+// runs a body as (uid 65534 for root, else the user itself) must be able to work in a
+// TempDir handed to it and must then be refused a file it made unreadable (not so for root,
+// nor for a user holding CAP_DAC_OVERRIDE). Printed once to stderr when they cannot.
 inline std::string unprivileged_unavailable_reason() {
-  if (::geteuid() != 0) return "";
   try {
     TempDir dir("_probe");
     dir.hand_to_unprivileged();
     const std::string file = (dir.path / "locked").string();
-    const auto [ran, failures] = run_in_unprivileged_child([&](Expect& expect) {
+    const auto probe = [&](Expect& expect) {
       {
         std::ofstream out(file);
         out << "x";
-        expect(static_cast<bool>(out), "cannot write in a TempDir handed to uid 65534 (is TMPDIR traversable?)");
+        expect(static_cast<bool>(out), "cannot write in a TempDir handed to it (is TMPDIR traversable?)");
       }
       std::error_code ec;
       std::filesystem::permissions(file, std::filesystem::perms::none, ec);
       expect(!ec, "chmod " + file + ": " + ec.message());
-      expect(!std::ifstream(file), "uid 65534 opened a file of mode 000: permissions are not enforced for it");
-    });
+      expect(!std::ifstream(file), "it opened a file of mode 000: permissions are not enforced for it");
+    };
+    if (::geteuid() != 0) {
+      Expect expect;
+      probe(expect);
+      return expect.failures();
+    }
+    const auto [ran, failures] = run_in_unprivileged_child(probe);
     if (!ran) return "cannot drop privileges: " + failures;
     return failures;
   } catch (const std::exception& e) {
@@ -310,8 +316,8 @@ inline std::string unprivileged_unavailable_reason() {
 
 }  // namespace detail
 
-// Whether run_as_unprivileged can run a body without root's privileges here: always when
-// not root; as root, when the probe above succeeds (probed once per process).
+// Whether run_as_unprivileged can run a body where permissions apply: when the probe above
+// succeeds (probed once per process).
 inline bool can_drop_privileges() {
   static const bool ok = [] {
     const std::string why = detail::unprivileged_unavailable_reason();
