@@ -147,13 +147,62 @@ TEST_CASE("read_text: max_bytes bounds a file and a directory") {
   check_throws_naming<Error>([&] { read_text(p, {.max_bytes = -1}); }, "max_bytes");
 }
 
-TEST_CASE("read_text: an unreadable file is an IOError, unreadable subdirectories are skipped") {
-  if (::geteuid() == 0) return;  // root reads everything: nothing to test
+// Permissions do not stop root: these run as uid 65534 (xgtest::run_as_unprivileged), and
+// count as skipped where privileges cannot be dropped.
+TEST_CASE("read_text: an unreadable file is an IOError, given alone or inside a directory" *
+          doctest::skip(!xgtest::can_drop_privileges())) {
   TempDir dir("perm");
   const std::string p = dir.write("secret.txt", "x\n");
-  fs::permissions(p, fs::perms::none);
-  check_throws_naming<IOError>([&] { read_text(p); }, "secret.txt");
-  fs::permissions(p, fs::perms::owner_all);
+  dir.hand_to_unprivileged();
+  const std::string failures = xgtest::run_as_unprivileged([&](xgtest::Expect& expect) {
+    expect(read_text(p) == "x\n", "the file was not readable before its permissions were taken away");
+    fs::permissions(p, fs::perms::none);
+    for (const std::string& path : {p, dir.path.string()}) {
+      try {
+        const std::string text = read_text(path);
+        expect(false, "read_text(" + path + ") read an unreadable file: \"" + text + "\"");
+      } catch (const IOError& e) {
+        expect(xgtest::has(e.what(), "secret.txt"), std::string("the IOError does not name the file: ") + e.what());
+      }
+    }
+    fs::permissions(p, fs::perms::owner_all);
+  });
+  CHECK_MESSAGE(failures.empty(), failures);
+}
+
+TEST_CASE("read_text: unreadable subdirectories are skipped" * doctest::skip(!xgtest::can_drop_privileges())) {
+  TempDir dir("permdir");
+  dir.write("a.txt", "a\n");
+  dir.write("locked/b.txt", "b\n");
+  dir.write("only_locked/locked/c.txt", "c\n");
+  dir.write("open/d.txt", "d\n");
+  dir.write("unlistable/e.txt", "e\n");
+  dir.hand_to_unprivileged();
+  const fs::path locked = dir.path / "locked", inner = dir.path / "only_locked" / "locked",
+                 unlistable = dir.path / "unlistable";
+  const std::string failures = xgtest::run_as_unprivileged([&](xgtest::Expect& expect) {
+    // Sorted path order: a, locked/b, only_locked/locked/c, open/d, unlistable/e.
+    const std::string before = read_text(dir.path.string());
+    expect(before == "a\nb\nc\nd\ne\n", "with every directory readable: \"" + before + "\"");
+    fs::permissions(locked, fs::perms::none);  // neither listable nor enterable
+    fs::permissions(inner, fs::perms::none);
+    fs::permissions(unlistable, fs::perms::owner_exec);  // enterable, not listable
+    try {
+      const std::string after = read_text(dir.path.string());
+      expect(after == "a\nd\n", "with locked/, only_locked/locked/ and unlistable/ unreadable: \"" + after + "\"");
+    } catch (const std::exception& e) {
+      expect(false, std::string("an unreadable subdirectory is an error, not skipped: ") + e.what());
+    }
+    // Nothing left once the unreadable subdirectory is skipped: the usual "no text" error.
+    try {
+      const std::string text = read_text((dir.path / "only_locked").string());
+      expect(false, "only_locked/ read as \"" + text + "\"");
+    } catch (const IOError& e) {
+      expect(xgtest::has(e.what(), "no non-empty text file"), std::string("only_locked/: ") + e.what());
+    }
+    for (const fs::path& d : {locked, inner, unlistable}) fs::permissions(d, fs::perms::owner_all);
+  });
+  CHECK_MESSAGE(failures.empty(), failures);
 }
 
 // ---- CharVocab --------------------------------------------------------------------------

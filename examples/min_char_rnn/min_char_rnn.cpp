@@ -4,7 +4,7 @@
 //
 //   ./min_char_rnn                      # trains on the embedded sonnets, samples as it goes
 //   ./min_char_rnn --data input.txt --iters 100000
-//   ./min_char_rnn --iters 5000 --check # the smoke test: exits 1 if the loss did not fall
+//   ./min_char_rnn --iters 15000 --check # the smoke test: exits 1 unless it beat a bigram model
 //
 // Model (as in the gist): h_t = tanh(x_t Wxh + h_{t-1} Whh + bh), y_t = h_t Why + by,
 // H = 100, 25-step windows, loss = sum of the 25 cross-entropies, Adagrad lr 0.1,
@@ -98,6 +98,26 @@ And yet, by heaven, I think my love as rare
 As any she belied with false compare.
 )";
 
+// The per-character loss (nats) of the text's bigram model: maximum-likelihood counts over
+// the whole text, scored on the characters the 25-character windows predict (the same
+// positions as a sweep's loss). A table of counts reaches it by memorising which character
+// follows which; ngram_entropy.py beside this file also gives the unigram and trigram.
+static double bigram_loss(const std::string& text, std::size_t T) {
+  std::vector<double> pairs(256 * 256, 0.0), firsts(256, 0.0);
+  auto byte = [&](std::size_t i) { return static_cast<unsigned char>(text[i]); };
+  for (std::size_t i = 1; i < text.size(); ++i) {
+    pairs[byte(i - 1) * 256 + byte(i)] += 1;
+    firsts[byte(i - 1)] += 1;
+  }
+  double sum = 0;
+  std::size_t count = 0;
+  for (std::size_t pos = 0; pos + T + 1 < text.size(); pos += T) {
+    for (std::size_t i = pos + 1; i <= pos + T; ++i, ++count)
+      sum -= std::log(pairs[byte(i - 1) * 256 + byte(i)] / firsts[byte(i - 1)]);
+  }
+  return sum / static_cast<double>(count);
+}
+
 int main(int argc, char** argv) {
   std::string data_path, text = kDefaultText;
   int iters = 50000, sample_every = 5000, threads = 1;
@@ -112,7 +132,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--seed", seed, "random seed")->capture_default_str();
   app.add_option("--threads", threads, "BLAS threads")->capture_default_str();
-  app.add_flag("--check", check, "exit 1 unless the smooth loss fell well below its initial value");
+  app.add_flag("--check", check, "exit 1 unless the last sweep's loss per character beat the text's bigram model");
   CLI11_PARSE(app, argc, argv);
   set_num_threads(threads);
   manual_seed(seed);
@@ -168,11 +188,18 @@ int main(int argc, char** argv) {
 
   const double initial_loss = -std::log(1.0 / static_cast<double>(V)) * T;  // loss at iteration 0
   double smooth_loss = initial_loss;
+  // Mean loss per character over the last complete sweep of the text (NaN before one ends):
+  // unlike smooth_loss, which trails the loss by ~1000 windows, it is where the model is now.
+  double sweep_sum = 0, last_sweep = std::nan("");
+  std::int64_t sweep_windows = 0;
   std::size_t pos = 0;
   Tensor hprev;
   for (int n = 0; n <= iters; ++n) {
     // Sweep the text left to right in 25-character windows; reset memory at the start.
     if (n == 0 || pos + T + 1 >= text.size()) {
+      if (sweep_windows > 0) last_sweep = sweep_sum / static_cast<double>(sweep_windows * T);
+      sweep_sum = 0;
+      sweep_windows = 0;
       hprev = zeros({1, H});
       pos = 0;
     }
@@ -202,16 +229,27 @@ int main(int argc, char** argv) {
     hprev = h.detach();  // carry the memory, not the graph
 
     smooth_loss = smooth_loss * 0.999 + loss.item() * 0.001;
+    sweep_sum += loss.item();
+    ++sweep_windows;
     if (n % 1000 == 0) std::printf("iter %d, loss: %f\n", n, smooth_loss);  // smoothed: the gist's number
     pos += T;
   }
 
   if (check) {
-    // Untrained, the model predicts uniformly: 25 * ln(V). Learning shows as a clear drop.
-    const double threshold = 0.7 * initial_loss;
-    const bool ok = std::isfinite(smooth_loss) && smooth_loss < threshold;
-    std::printf("check: smooth loss %.2f vs initial %.2f (threshold %.2f): %s\n", smooth_loss, initial_loss, threshold,
-                ok ? "ok" : "FAILED");
+    // Untrained, the model predicts uniformly: ln(V) per character. A table of bigram counts
+    // learnt from the text itself gets to bigram_loss(); the check asks the RNN to do
+    // better, i.e. to use more than the previous character. On the embedded sonnets
+    // (V = 51; ngram_entropy.py, maximum likelihood on the text itself): uniform 3.93,
+    // unigram 3.07, bigram 2.19, trigram 1.41 nats per character. The last sweep's loss,
+    // seeds 1-10: after 5000 windows 1.35-2.15 (seed 1, the default and the slowest: 2.15,
+    // too close to call); after 15000 (the test's --iters, ~122 sweeps, ~3 s of CPU)
+    // 0.57-1.73 (seed 1: 1.73); after 20000 0.35-1.64: not reliably below the trigram.
+    const double bigram = bigram_loss(text, static_cast<std::size_t>(T));
+    const bool ok = std::isfinite(last_sweep) && last_sweep < bigram;
+    std::printf("check: last sweep's loss %.3f nats/char (smooth loss %.2f per window, %.3f per char); uniform %.3f, "
+                "the text's bigram model %.3f: %s\n",
+                last_sweep, smooth_loss, smooth_loss / static_cast<double>(T), std::log(static_cast<double>(V)),
+                bigram, ok ? "ok" : "FAILED");
     return ok ? 0 : 1;
   }
   return 0;
