@@ -13,6 +13,7 @@ namespace {
 
 template <class F>
 Tensor fill_with(const char* op, const Shape& shape, Dtype dtype, F&& value_at) {
+  checked_numel(op, shape);
   Tensor t = Tensor::empty(shape, dtype);
   const std::int64_t n = t.numel();
   switch (dtype) {
@@ -32,7 +33,6 @@ Tensor fill_with(const char* op, const Shape& shape, Dtype dtype, F&& value_at) 
       break;
     }
   }
-  (void)op;
   return t;
 }
 
@@ -42,6 +42,7 @@ void check_float_dtype(const char* op, Dtype d) {
 
 template <class T>
 Tensor from_values(const std::vector<T>& values, const Shape& shape) {
+  checked_numel("from_vector", shape);
   if (shape.numel() != static_cast<std::int64_t>(values.size())) {
     throw ShapeError(fmt::format("from_vector: {} values do not fill shape {} ({} elements)", values.size(),
                                  shape.str(), shape.numel()));
@@ -51,13 +52,29 @@ Tensor from_values(const std::vector<T>& values, const Shape& shape) {
   return t;
 }
 
+Tensor full_impl(const char* op, const Shape& shape, double value, Dtype dtype) {
+  return fill_with(op, shape, dtype, [value](std::int64_t) { return value; });
+}
+
+Tensor uniform_impl(const char* op, const Shape& shape, double low, double high, Dtype dtype, Generator* gen) {
+  check_float_dtype(op, dtype);
+  if (!(low <= high)) throw Error(fmt::format("{}: low {} > high {}", op, low, high));
+  Generator& g = gen ? *gen : default_generator();
+  return fill_with(op, shape, dtype, [&g, low, high](std::int64_t) { return low + (high - low) * g.uniform(); });
+}
+
+Tensor normal_impl(const char* op, const Shape& shape, double mean, double std, Dtype dtype, Generator* gen) {
+  check_float_dtype(op, dtype);
+  if (!(std >= 0.0)) throw Error(fmt::format("{}: std must be >= 0, got {}", op, std));
+  Generator& g = gen ? *gen : default_generator();
+  return fill_with(op, shape, dtype, [&g, mean, std](std::int64_t) { return mean + std * g.normal(); });
+}
+
 }  // namespace
 
-Tensor zeros(const Shape& shape, Dtype dtype) { return full(shape, 0.0, dtype); }
-Tensor ones(const Shape& shape, Dtype dtype) { return full(shape, 1.0, dtype); }
-Tensor full(const Shape& shape, double value, Dtype dtype) {
-  return fill_with("full", shape, dtype, [value](std::int64_t) { return value; });
-}
+Tensor zeros(const Shape& shape, Dtype dtype) { return full_impl("zeros", shape, 0.0, dtype); }
+Tensor ones(const Shape& shape, Dtype dtype) { return full_impl("ones", shape, 1.0, dtype); }
+Tensor full(const Shape& shape, double value, Dtype dtype) { return full_impl("full", shape, value, dtype); }
 Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), t.dtype()); }
 Tensor ones_like(const Tensor& t) { return ones(t.shape(), t.dtype()); }
 Tensor full_like(const Tensor& t, double value) { return full(t.shape(), value, t.dtype()); }
@@ -69,6 +86,12 @@ Tensor arange(double start, double end, double step, Dtype dtype) {
     throw Error(fmt::format("arange: invalid range start={} end={} step={}", start, end, step));
   }
   const double count = std::ceil((end - start) / step);
+  // Checked as a double: converting a count past int64 to an integer is undefined.
+  if (!(count <= static_cast<double>(kMaxNumel))) {
+    throw ShapeError(fmt::format("arange: start={} end={} step={} gives {} elements, more than 2^60 (xgrad's limit "
+                                 "per tensor)",
+                                 start, end, step, count));
+  }
   const auto n = static_cast<std::int64_t>(std::max(0.0, count));
   return fill_with("arange", Shape{n}, dtype, [start, step](std::int64_t i) { return start + step * static_cast<double>(i); });
 }
@@ -91,13 +114,7 @@ Tensor from_vector(const std::vector<double>& v, const Shape& shape, Dtype dtype
 }
 
 Tensor from_blob(void* data, const Shape& shape, Dtype dtype) {
-  std::int64_t n = 1;
-  for (std::int64_t d : shape) {
-    if (d < 0) throw ShapeError(fmt::format("from_blob: negative dimension in shape {}", shape.str()));
-    if (__builtin_mul_overflow(n, d, &n) || n > (std::int64_t{1} << 60) / 8) {
-      throw ShapeError(fmt::format("from_blob: shape {} has too many elements", shape.str()));
-    }
-  }
+  const std::int64_t n = checked_numel("from_blob", shape);
   if (data == nullptr && n > 0) {
     throw Error(fmt::format("from_blob: null pointer for {} {} ({} elements)", dtype_name(dtype), shape.str(), n));
   }
@@ -111,22 +128,16 @@ Tensor from_blob(void* data, const Shape& shape, Dtype dtype) {
   return Tensor(std::make_shared<TensorImpl>(shape, dtype, std::move(storage), data));
 }
 
-Tensor rand(const Shape& shape, Dtype dtype, Generator* gen) { return uniform(shape, 0.0, 1.0, dtype, gen); }
+Tensor rand(const Shape& shape, Dtype dtype, Generator* gen) { return uniform_impl("rand", shape, 0.0, 1.0, dtype, gen); }
 
 Tensor uniform(const Shape& shape, double low, double high, Dtype dtype, Generator* gen) {
-  check_float_dtype("uniform", dtype);
-  if (!(low <= high)) throw Error(fmt::format("uniform: low {} > high {}", low, high));
-  Generator& g = gen ? *gen : default_generator();
-  return fill_with("uniform", shape, dtype, [&g, low, high](std::int64_t) { return low + (high - low) * g.uniform(); });
+  return uniform_impl("uniform", shape, low, high, dtype, gen);
 }
 
-Tensor randn(const Shape& shape, Dtype dtype, Generator* gen) { return normal(shape, 0.0, 1.0, dtype, gen); }
+Tensor randn(const Shape& shape, Dtype dtype, Generator* gen) { return normal_impl("randn", shape, 0.0, 1.0, dtype, gen); }
 
 Tensor normal(const Shape& shape, double mean, double std, Dtype dtype, Generator* gen) {
-  check_float_dtype("normal", dtype);
-  if (!(std >= 0.0)) throw Error(fmt::format("normal: std must be >= 0, got {}", std));
-  Generator& g = gen ? *gen : default_generator();
-  return fill_with("normal", shape, dtype, [&g, mean, std](std::int64_t) { return mean + std * g.normal(); });
+  return normal_impl("normal", shape, mean, std, dtype, gen);
 }
 
 Tensor randint(std::int64_t low, std::int64_t high, const Shape& shape, Generator* gen) {

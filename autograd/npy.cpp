@@ -337,8 +337,8 @@ NpyHeader parse_header(std::string_view head, std::uint64_t total, const std::st
 
   // numel * item must equal the bytes present, checked before anything is allocated.
   // The products are overflow-checked, so a forged shape cannot wrap around. Even an
-  // empty array must have a product of its non-zero dims that fits in int64 (numel
-  // arithmetic elsewhere multiplies the dims in order).
+  // empty array must have a product of its non-zero dims within xgrad's element limit
+  // (kMaxNumel, as numel_fits counts: kernels multiply the dims of empty tensors too).
   const std::uint64_t present = total - h.data_offset;
   std::uint64_t nonzero_product = 1;
   bool has_zero = false;
@@ -350,6 +350,11 @@ NpyHeader parse_header(std::string_view head, std::uint64_t total, const std::st
     if (__builtin_mul_overflow(nonzero_product, d, &nonzero_product) ||
         nonzero_product > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
       corrupt(what, fmt::format("the shape ({}) is too large: its element count overflows int64",
+                                fmt::join(dims, ", ")));
+    }
+    if (nonzero_product > static_cast<std::uint64_t>(kMaxNumel)) {
+      corrupt(what, fmt::format("the shape ({}) is too large: its dims multiply past 2^60 (xgrad's limit on "
+                                "elements per tensor; a 0 dim counts as 1)",
                                 fmt::join(dims, ", ")));
     }
   }

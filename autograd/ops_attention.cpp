@@ -119,11 +119,15 @@ Masks gather_masks(const char* op, const AttentionMasks& am, const AttentionHead
 void check_layout(const char* op, const char* what, const Shape& shape, std::int64_t B, std::int64_t T,
                   std::int64_t W, HeadStrides s) {
   const std::int64_t n = shape.numel();
-  bool ok = B >= 0 && T >= 0 && W >= 0 && s.sb >= 0 && s.st >= 0 && B * T * W == n;
+  bool ok = numel_fits(Shape{B, T, W}) && s.sb >= 0 && s.st >= 0 && B * T * W == n;
   if (ok && n > 0) {
-    const bool batch_major = (T == 1 || s.st >= W) && (B == 1 || s.sb >= (T - 1) * s.st + W);
-    const bool time_major = (B == 1 || s.sb >= W) && (T == 1 || s.st >= (B - 1) * s.sb + W);
-    ok = (batch_major || time_major) && (B - 1) * s.sb + (T - 1) * s.st + W <= n;
+    // In 128 bits: the strides come from the caller, and a product that wrapped around
+    // int64 could pass as a small offset.
+    using I = __int128;
+    const I b = B, t = T, w = W, sb = s.sb, st = s.st;
+    const bool batch_major = (T == 1 || st >= w) && (B == 1 || sb >= (t - 1) * st + w);
+    const bool time_major = (B == 1 || sb >= w) && (T == 1 || st >= (b - 1) * sb + w);
+    ok = (batch_major || time_major) && (b - 1) * sb + (t - 1) * st + w <= n;
   }
   if (!ok) {
     throw ShapeError(fmt::format("{}: {} {}: the layout (batch stride {}, row stride {}) of {} x {} rows of {} "
@@ -136,6 +140,15 @@ void check_sizes(const char* op, const AttentionHeads& hd) {
   if (hd.B < 0 || hd.H < 1 || hd.Lq < 0 || hd.S < 0 || hd.dk < 0 || hd.dv < 0) {
     throw ShapeError(fmt::format("{}: sizes B {}, H {}, Lq {}, S {}, dk {}, dv {}: H must be >= 1, the rest >= 0", op,
                                  hd.B, hd.H, hd.Lq, hd.S, hd.dk, hd.dv));
+  }
+  // Every product the kernels form: P [B, H, Lq, S], and q, k, v, o [B, L, H * d].
+  for (const Shape& s : {Shape{hd.B, hd.H, hd.Lq, hd.S}, Shape{hd.B, hd.Lq, hd.H, hd.dk}, Shape{hd.B, hd.S, hd.H, hd.dk},
+                         Shape{hd.B, hd.S, hd.H, hd.dv}, Shape{hd.B, hd.Lq, hd.H, hd.dv}}) {
+    if (!numel_fits(s)) {
+      throw_numel_error(fmt::format("{}: sizes B {}, H {}, Lq {}, S {}, dk {}, dv {}: the product", op, hd.B, hd.H,
+                                    hd.Lq, hd.S, hd.dk, hd.dv),
+                        s);
+    }
   }
 }
 
@@ -205,7 +218,12 @@ Tensor softmax_node(const char* op, const Tensor& x, const Masks& masks, double 
 }  // namespace
 
 HeadStrides head_strides(bool batch_first, std::int64_t B, std::int64_t T, std::int64_t W) {
-  return batch_first ? HeadStrides{T * W, W} : HeadStrides{W, B * W};
+  // A stride past int64 saturates (the layout check then refuses it) instead of wrapping.
+  auto mul = [](std::int64_t a, std::int64_t b) {
+    std::int64_t r = 0;
+    return __builtin_mul_overflow(a, b, &r) ? std::numeric_limits<std::int64_t>::max() : r;
+  };
+  return batch_first ? HeadStrides{mul(T, W), W} : HeadStrides{W, mul(B, W)};
 }
 
 // ---------------------------------------------------------------------------

@@ -84,12 +84,28 @@ Geo check_conv(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 
     throw ShapeError(fmt::format("conv2d: input {}, weight {}: padding {} must be non-negative", xs.str(), ws.str(),
                                  pair_str(padding)));
   }
+  // Inputs hold at most 2^60 elements, so with padding <= 2^60 the padded size fits int64.
+  if (padding.h > kMaxNumel || padding.w > kMaxNumel) {
+    throw ShapeError(fmt::format("conv2d: input {}, weight {}: padding {} is larger than 2^60 (xgrad's limit on "
+                                 "elements per tensor)",
+                                 xs.str(), ws.str(), pair_str(padding)));
+  }
   const Geo g = geometry(xs, ws, stride, padding);
   if (g.Ho < 1 || g.Wo < 1) {
     throw ShapeError(fmt::format(
         "conv2d: input {}, weight {}, padding {}: the {}x{} kernel is larger than the padded input {}x{}", xs.str(),
         ws.str(), pair_str(padding), g.kh, g.kw, g.H + 2 * g.ph, g.W + 2 * g.pw));
   }
+  // The output and the unfolded input [C·kh·kw, Ho·Wo] (one batch entry's im2col buffer)
+  // must fit, even for an empty batch: their sizes are computed before the batch loop.
+  auto what = [&](const char* part) {
+    return fmt::format("conv2d: input {}, weight {}, stride {}, padding {}: {}", xs.str(), ws.str(), pair_str(stride),
+                       pair_str(padding), part);
+  };
+  const Shape ys{g.B, g.O, g.Ho, g.Wo};
+  if (!numel_fits(ys)) throw_numel_error(what("the output"), ys);
+  const Shape cols{g.C, g.kh, g.kw, g.Ho, g.Wo};
+  if (!numel_fits(cols)) throw_numel_error(what("the unfolded input"), cols);
   return g;
 }
 

@@ -111,6 +111,9 @@ Tensor index_select(const Tensor& x, int dim, const Tensor& index) {
   }
   const std::int64_t n = xs[d];
   check_range("index_select", index, n, dim, xs);
+  if (!numel_fits(ys)) {
+    throw_numel_error(fmt::format("index_select: {}, index {}: the result", xs.str(), index.shape().str()), ys);
+  }
   const std::int64_t outer = prod(xs, 0, d), inner = prod(xs, d + 1, xs.size()), k = index.numel();
   Tensor y = Tensor::empty(ys, x.dtype());
   dispatch_any(x.dtype(), [&](auto tag) {
@@ -236,6 +239,10 @@ Tensor embedding(const Tensor& ids, const Tensor& weight, std::optional<std::int
   }
   Shape ys = ids.shape();
   ys.push_back(D);
+  if (!numel_fits(ys)) {
+    throw_numel_error(fmt::format("embedding: ids {}, weight {}: the result", ids.shape().str(), weight.shape().str()),
+                      ys);
+  }
   Tensor y = Tensor::empty(ys, weight.dtype());
   auto gather = [&](auto tag) {
     using T = decltype(tag);

@@ -209,37 +209,48 @@ void check_not_0d(const char* op, const Tensor& x) {
 
 }  // namespace
 
-Tensor reshape(const Tensor& x, const Shape& shape) {
-  detail::check_defined("reshape", x);
+namespace detail {
+Tensor reshape_as(const char* op, const Tensor& x, const Shape& shape) {
+  check_defined(op, x);
   Shape s = shape;
   int infer = -1;
+  // The product of the dims other than -1, 0 counted as 1 (as numel_fits counts), and
+  // whether one of them is 0. Checked: a product that wraps around could match x.numel().
   std::int64_t known = 1;
+  bool zero = false;
   for (int i = 0; i < s.size(); ++i) {
     if (s[i] == -1) {
       if (infer >= 0) {
-        throw ShapeError(fmt::format("reshape: {} -> {}: only one dimension can be -1", x.shape().str(), shape.str()));
+        throw ShapeError(fmt::format("{}: {} -> {}: only one dimension can be -1", op, x.shape().str(), shape.str()));
       }
       infer = i;
     } else if (s[i] < 0) {
-      throw ShapeError(fmt::format("reshape: {} -> {}: negative dimension {}", x.shape().str(), shape.str(), s[i]));
-    } else {
-      known *= s[i];
+      throw ShapeError(fmt::format("{}: {} -> {}: negative dimension {}", op, x.shape().str(), shape.str(), s[i]));
+    } else if (s[i] == 0) {
+      zero = true;
+    } else if (__builtin_mul_overflow(known, s[i], &known) || known > kMaxNumel) {
+      throw ShapeError(fmt::format("{}: {} -> {}: the target's dims multiply past 2^60 (xgrad's limit on elements "
+                                   "per tensor; a 0 dim counts as 1)",
+                                   op, x.shape().str(), shape.str()));
     }
   }
   const std::int64_t n = x.numel();
   if (infer >= 0) {
-    if (known == 0 || n % known != 0) {
-      throw ShapeError(fmt::format("reshape: cannot reshape {} ({} elements) into {}: the -1 dimension {}",
+    if (zero || n % known != 0) {
+      throw ShapeError(fmt::format("{}: cannot reshape {} ({} elements) into {}: the -1 dimension {}", op,
                                    x.shape().str(), n, shape.str(),
-                                   known == 0 ? "is ambiguous next to a 0 dimension" : "has no integer size"));
+                                   zero ? "is ambiguous next to a 0 dimension" : "has no integer size"));
     }
     s[infer] = n / known;
-  } else if (known != n) {
-    throw ShapeError(fmt::format("reshape: cannot reshape {} ({} elements) into {} ({} elements)", x.shape().str(), n,
-                                 shape.str(), known));
+  } else if ((zero ? 0 : known) != n) {
+    throw ShapeError(fmt::format("{}: cannot reshape {} ({} elements) into {} ({} elements)", op, x.shape().str(), n,
+                                 shape.str(), zero ? 0 : known));
   }
-  return view("reshape", x, s);
+  return view(op, x, s);
 }
+}  // namespace detail
+
+Tensor reshape(const Tensor& x, const Shape& shape) { return detail::reshape_as("reshape", x, shape); }
 
 Tensor flatten(const Tensor& x, int start_dim, int end_dim) {
   detail::check_defined("flatten", x);
@@ -375,7 +386,13 @@ Tensor concat(const std::vector<Tensor>& xs, int dim) {
       throw ShapeError(fmt::format("concat: tensor {} has shape {} but tensor 0 has {}: sizes must match except in dim {}",
                                    i, si.str(), s0.str(), dim));
     }
-    ys[d] += si[d];
+    if (__builtin_add_overflow(ys[d], si[d], &ys[d])) {
+      throw ShapeError(fmt::format("concat: {} tensors along dim {} (tensor 0 is {}): the joined dim overflows int64",
+                                   xs.size(), dim, s0.str()));
+    }
+  }
+  if (!numel_fits(ys)) {
+    throw_numel_error(fmt::format("concat: {} tensors along dim {} (tensor 0 is {}) give", xs.size(), dim, s0.str()), ys);
   }
   Tensor y = Tensor::empty(ys, xs[0].dtype());
   const std::int64_t outer = prod(s0, 0, d), inner = prod(s0, d + 1, nd);
@@ -429,6 +446,9 @@ Tensor stack(const std::vector<Tensor>& xs, int dim) {
   const int d = wrap_dim("stack", dim, s0.size() + 1);
   Shape ys = s0;
   ys.insert(d, static_cast<std::int64_t>(xs.size()));
+  if (!numel_fits(ys)) {
+    throw_numel_error(fmt::format("stack: {} tensors of {} along dim {} give", xs.size(), s0.str(), dim), ys);
+  }
   Tensor y = Tensor::empty(ys, xs[0].dtype());
   const std::int64_t outer = prod(s0, 0, d), inner = prod(s0, d, s0.size());
   dispatch_any(y.dtype(), [&](auto tag) {

@@ -41,6 +41,25 @@ void Shape::erase(int pos) {
   --n_;
 }
 
+void Shape::throw_numel_overflow() const {
+  throw ShapeError(fmt::format("numel: shape {} has more elements than int64 can count", str()));
+}
+
+void throw_numel_error(std::string_view what, const Shape& s) {
+  std::int64_t n = 1;
+  for (std::int64_t d : s) {
+    if (d < 0) throw ShapeError(fmt::format("{} {} has a negative dimension ({})", what, s.str(), d));
+  }
+  bool overflow = false;
+  for (std::int64_t d : s) overflow = overflow || __builtin_mul_overflow(n, d, &n);
+  if (overflow || n > kMaxNumel) {
+    throw ShapeError(fmt::format("{} {} has more than 2^60 elements (xgrad's limit per tensor)", what, s.str()));
+  }
+  throw ShapeError(fmt::format("{} {} has no elements, but its nonzero dims multiply past 2^60 (xgrad's limit per "
+                               "tensor, which holds for the strides of empty tensors too)",
+                               what, s.str()));
+}
+
 std::string Shape::str() const { return fmt::format("[{}]", fmt::join(begin(), end(), ",")); }
 
 Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b) {
@@ -58,6 +77,7 @@ Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b) {
     }
     out.push_back(da == 1 ? db : da);
   }
+  if (!numel_fits(out)) throw_numel_error(fmt::format("{}: {} and {} broadcast to", op, a.str(), b.str()), out);
   return out;
 }
 

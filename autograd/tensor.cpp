@@ -60,12 +60,9 @@ TensorImpl::~TensorImpl() {
 }
 
 Tensor Tensor::empty(const Shape& shape, Dtype dtype) {
-  std::int64_t n = 1;
-  for (std::int64_t d : shape) {
-    if (d < 0) throw ShapeError(fmt::format("empty: negative dimension in shape {}", shape.str()));
-    if (__builtin_mul_overflow(n, d, &n) || n > (std::int64_t{1} << 60) / 8) {
-      throw ShapeError(fmt::format("empty: shape {} has too many elements", shape.str()));
-    }
+  const std::int64_t n = checked_numel("empty", shape);  // at most 2^60: the byte count fits size_t
+  if (n > (std::int64_t{1} << 60) / static_cast<std::int64_t>(dtype_size(dtype))) {
+    throw ShapeError(fmt::format("empty: shape {} of {} needs more than 2^60 bytes", shape.str(), dtype_name(dtype)));
   }
   // One allocation for the bytes, and the data starts on a 64-byte line inside it: vector
   // loops split their head and tail by address, so with malloc's 16-byte alignment the
@@ -75,7 +72,7 @@ Tensor Tensor::empty(const Shape& shape, Dtype dtype) {
   // The StorageHeader (the version counter) takes the first bytes; the data starts on the
   // next line after it.
   constexpr std::size_t kLine = 64;
-  const std::size_t bytes = static_cast<std::size_t>(n * static_cast<std::int64_t>(dtype_size(dtype)));
+  const std::size_t bytes = static_cast<std::size_t>(n) * dtype_size(dtype);
   const std::size_t words = (bytes + kLine + 7) / 8;
   std::shared_ptr<double[]> buf = std::make_shared_for_overwrite<double[]>(words);
   const auto addr = reinterpret_cast<std::uintptr_t>(buf.get());

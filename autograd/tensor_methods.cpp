@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "detail/tensor_impl.hpp"
 #include "ops.hpp"
 #include "tape.hpp"
 #include "tensor.hpp"
@@ -23,7 +24,7 @@ Tensor Tensor::mean(std::initializer_list<int> dims, bool keepdim) const {
   return xg::mean(*this, std::vector<int>(dims), keepdim);
 }
 Tensor Tensor::reshape(const Shape& shape) const { return xg::reshape(*this, shape); }
-Tensor Tensor::view(const Shape& shape) const { return xg::reshape(*this, shape); }
+Tensor Tensor::view(const Shape& shape) const { return detail::reshape_as("view", *this, shape); }
 Tensor Tensor::transpose(int dim0, int dim1) const { return xg::transpose(*this, dim0, dim1); }
 
 Tensor Tensor::t() const {

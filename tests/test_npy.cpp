@@ -284,6 +284,11 @@ TEST_CASE("npy: forged headers are rejected before anything large is allocated")
   // ... but its other dims must still multiply within int64.
   check_io_error(forge("{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296, 0), }", ""),
                  "overflows int64");
+  // Within int64 but past xgrad's 2^60 elements per tensor (a 0 dim counting as 1): before,
+  // (0, 2^62) loaded as an empty tensor whose dims no kernel could multiply.
+  check_io_error(forge("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4611686018427387904), }", ""), "2^60");
+  check_io_error(forge("{'descr': '<f4', 'fortran_order': False, 'shape': (2305843009213693952,), }", four_floats),
+                 "2^60");
   // Key order is free, and so are double quotes (the format is a Python literal).
   Tensor k = npy_from_bytes(forge("{\"shape\": (4,), \"fortran_order\": False, \"descr\": \"<f4\"}", four_floats));
   CHECK(k.shape() == Shape{4});

@@ -329,3 +329,24 @@ TEST_CASE("attention_probs and attention_apply: bad input names the op and the s
   check_throws_msg<ShapeError>([&] { attention_apply(p, v, hd, Shape{2, 3, 5}); }, {"attention_apply", "[2,3,5]"});
   check_throws_msg<DtypeError>([&] { attention_apply(p, v.to(f32), hd, Shape{2, 3, 4}); }, {"attention_apply"});
 }
+
+// The sizes and strides of AttentionHeads come from the caller: their products are
+// checked, not left to wrap around int64 into a small offset that passes the layout test.
+TEST_CASE("attention_probs: sizes or strides whose products overflow are a ShapeError naming the op") {
+  // B = 3 batch entries 2^62 apart: (B - 1) * sb = 2^63 wrapped to -2^63, which passed
+  // "last offset <= numel" and let the kernel read far outside q.
+  AttentionHeads far = heads(true, 3, 2, 3, 4, 2, 2);
+  far.q = HeadStrides{1LL << 62, 4};
+  const Tensor q = rnd({3, 3, 4}), k = rnd({3, 4, 4});
+  check_throws_msg<ShapeError>([&] { (void)attention_probs(q, k, far, 1.0, Shape{3, 2, 3, 4}); },
+                               {"attention_probs", "q", "[3,3,4]"});
+  // Lq = 2^62: B * Lq * (H * dk) = 2^65 wrapped around in the layout check.
+  AttentionHeads huge = heads(true, 2, 2, 3, 4, 2, 2);
+  huge.Lq = 1LL << 62;
+  check_throws_msg<ShapeError>([&] { (void)attention_probs(rnd({2, 3, 4}), rnd({2, 4, 4}), huge, 1.0, Shape{2, 2, 3, 4}); },
+                               {"attention_probs", "Lq 4611686018427387904", "2^60"});
+  check_throws_msg<ShapeError>([&] { (void)attention_apply(rnd({2, 2, 3, 4}), rnd({2, 4, 4}), huge, Shape{2, 3, 4}); },
+                               {"attention_apply", "2^60"});
+  // head_strides of such sizes saturates instead of wrapping around.
+  CHECK(head_strides(true, 2, 1LL << 62, 4).sb == std::numeric_limits<std::int64_t>::max());
+}

@@ -385,3 +385,18 @@ TEST_CASE("sum_to / broadcast_to: a target the input does not broadcast with is 
   check_throws_msg<ShapeError>([&] { broadcast_to(x, Shape{2, 1}); }, {"broadcast_to", "[2,3]", "[2,1]"});
   check_throws_msg<ShapeError>([&] { broadcast_to(x, Shape{4, 3}); }, {"broadcast_to", "[2,3]", "[4,3]"});
 }
+
+// Each input is empty and within the limit; their broadcast [2^40, 2^40, 0] is empty too,
+// but its nonzero dims multiply to 2^80.
+TEST_CASE("broadcasting: a result shape past the element limit is a ShapeError naming the op") {
+  const std::int64_t big = 1LL << 40;
+  const Tensor a = zeros({big, 1, 0}), b = zeros({1, big, 0});
+  check_throws_msg<ShapeError>([&] { (void)add(a, b); }, {"add", "[1099511627776,1,0]", "[1,1099511627776,0]", "2^60"});
+  check_throws_msg<ShapeError>([&] { (void)mul(a, b); }, {"mul"});
+  // The 0 first: the running product stayed 0, so [0, 2^40, 2^40] was accepted.
+  check_throws_msg<ShapeError>([&] { (void)sub(zeros({0, big, 1}), zeros({0, 1, big})); }, {"sub", "[0,1099511627776,1]"});
+  check_throws_msg<ShapeError>([&] { (void)broadcast_to(zeros({0, 1}), Shape{0, 1LL << 62}); },
+                               {"broadcast_to", "[0,4611686018427387904]"});
+  check_throws_msg<ShapeError>([&] { (void)gt(a, b); }, {"gt"});
+  CHECK(broadcast_shapes("op", Shape{big, 1, 0}, Shape{1, 1LL << 20, 0}) == Shape{big, 1LL << 20, 0});
+}

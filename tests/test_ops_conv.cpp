@@ -429,3 +429,14 @@ TEST_CASE("max_pool2d: bad input throws errors naming the op and the shapes") {
   check_error([&] { max_pool2d(zeros({1, 1, 4, 4}, i64), 2); }, "max_pool2d");
   CHECK_THROWS_AS(max_pool2d(Tensor(), 2), StateError);
 }
+
+TEST_CASE("conv2d: a padding whose padded size or output shape overflows is a ShapeError naming conv2d") {
+  const Tensor x = rnd({1, 1, 4, 4}), w = rnd({1, 1, 1, 1});
+  // 4 + 2 * 2^62 wraps around int64.
+  xgtest::check_throws_msg<ShapeError>([&] { (void)conv2d(x, w, Tensor(), 1, Size2(1LL << 62)); },
+                                       {"conv2d", "[1,1,4,4]", "padding"});
+  xgtest::throws_naming<ShapeError>([&] { (void)conv2d(x, w, Tensor(), 1, Size2(0, 1LL << 62)); }, "conv2d");
+  // A 2^41 x 2^41 output: 2^82 elements.
+  xgtest::check_throws_msg<ShapeError>([&] { (void)conv2d(x, w, Tensor(), 1, Size2(1LL << 40)); },
+                                       {"conv2d", "2^60"});
+}

@@ -314,3 +314,13 @@ TEST_CASE("embedding: bad input names the op and the shapes") {
   xgtest::check_throws_msg<ShapeError>([&] { embedding(from_vector(Ids{1}), rnd({4, 2, 1})); },
                                        {"embedding", "[4,2,1]"});
 }
+
+// ids [2^40, 0] and weight [0, 2^30] are empty; the result [2^40, 0, 2^30] would be
+// too, but its nonzero dims multiply to 2^70.
+TEST_CASE("embedding and index_select: a result shape past the element limit is a ShapeError naming the op") {
+  const Tensor ids = zeros({1LL << 40, 0}, i64);
+  const Tensor w = zeros({0, 1LL << 30});
+  xgtest::check_throws_msg<ShapeError>([&] { (void)embedding(ids, w); },
+                                       {"embedding", "[1099511627776,0,1073741824]"});
+  xgtest::throws_naming<ShapeError>([&] { (void)index_select(w, 0, ids); }, "index_select");
+}

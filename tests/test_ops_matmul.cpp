@@ -510,3 +510,24 @@ TEST_CASE("linear: bad inputs name the op and the shapes") {
   CHECK(has(m, "linear"));
 }
 
+
+// [2^40, 0] x [0, 2^40]: both inputs are empty, the product would be [2^40, 2^40]
+// (2^80 elements, which wraps around int64).
+TEST_CASE("matmul and linear: an output shape past the element limit is a ShapeError naming the op") {
+  const std::int64_t big = 1LL << 40;
+  std::string m = error_of<ShapeError>([&] { (void)matmul(zeros({big, 0}), zeros({0, big})); });
+  CHECK(has(m, "matmul"));
+  CHECK(has(m, "[1099511627776,0] x [0,1099511627776]"));
+  CHECK(has(m, "2^60"));
+  // [B,M,K] x [B,K,N] and [B,M,K] x [K,N]
+  m = error_of<ShapeError>([&] { (void)matmul(zeros({1LL << 20, 1LL << 20, 0}), zeros({1LL << 20, 0, 1LL << 30})); });
+  CHECK(has(m, "matmul"));
+  m = error_of<ShapeError>([&] { (void)matmul(zeros({1LL << 30, 1LL << 30, 0}), zeros({0, big})); });
+  CHECK(has(m, "matmul"));
+  CHECK(has(m, "[1073741824,1073741824,0]"));
+  // An empty result within the limit is fine.
+  CHECK(matmul(zeros({0, 0}), zeros({0, big})).shape() == Shape{0, big});
+  m = error_of<ShapeError>([&] { (void)linear(zeros({big, 0}), zeros({big, 0})); });
+  CHECK(has(m, "linear"));
+  CHECK(has(m, "[1099511627776,0]"));
+}

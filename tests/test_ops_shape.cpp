@@ -13,6 +13,7 @@
 
 using namespace xg;
 using xgtest::throws_naming;
+using xgtest::check_throws_msg;
 using xgtest::check_close;
 using xgtest::check_values;
 using xgtest::gradcheck_ok;
@@ -525,6 +526,49 @@ TEST_CASE("reshape rejects element-count mismatches, two -1s, negative and ambig
   throws_naming<ShapeError>([] { (void)reshape(iota({2, 3}), {4, -1}); }, "[2,3]");
   throws_naming<ShapeError>([] { (void)reshape(zeros({0, 3}), {0, -1}); }, "reshape");
   throws_naming<StateError>([] { (void)reshape(Tensor(), {1}); }, "reshape");
+}
+
+// Shapes whose element count overflows int64, or exceeds xgrad's 2^60 limit (counting
+// 0 dims as 1, so every partial product a kernel forms fits): ShapeError naming the op.
+TEST_CASE("reshape to a shape whose product wraps around int64 is a ShapeError") {
+  // 4611686018427387908 * 4 = 2^64 + 16: wraps to 16, which equals arange(16)'s numel.
+  check_throws_msg<ShapeError>([] { (void)reshape(arange(16.0), {4611686018427387908, 4}); },
+                               {"reshape", "[4611686018427387908,4]", "2^60"});
+  check_throws_msg<ShapeError>([] { (void)reshape(arange(16.0), {1LL << 32, 1LL << 32, 16}); },
+                               {"reshape", "[4294967296,4294967296,16]"});
+}
+
+TEST_CASE("reshape with -1: a product of the other dims that wraps around is a ShapeError") {
+  // known = 2^64 + 16 wraps to 16: the -1 would become 1.
+  check_throws_msg<ShapeError>([] { (void)reshape(arange(16.0), {-1, 4611686018427387908, 4}); },
+                               {"reshape", "[-1,4611686018427387908,4]", "2^60"});
+  // known = 2^64 wraps to 0.
+  throws_naming<ShapeError>([] { (void)reshape(arange(16.0), {1LL << 32, -1, 1LL << 32}); }, "reshape");
+}
+
+TEST_CASE("reshape with a 0 dim: the other dims still have to fit (0 counts as 1)") {
+  // numel 0 == 0, but [0, 2^62, 2^62] would make any kernel's inner product 2^124.
+  check_throws_msg<ShapeError>([] { (void)reshape(zeros({0}), {0, 1LL << 62, 1LL << 62}); },
+                               {"reshape", "[0,4611686018427387904,4611686018427387904]"});
+  throws_naming<ShapeError>([] { (void)reshape(zeros({0, 4}), {0, -1, 1LL << 62, 1LL << 62}); }, "reshape");
+  // Within the limit, a 0-size reshape still works.
+  CHECK(reshape(zeros({0}), {0, 1LL << 30, 1LL << 30}).shape() == Shape{0, 1LL << 30, 1LL << 30});
+}
+
+TEST_CASE("Tensor::view with an overflowing shape is a ShapeError naming view") {
+  const Tensor x = arange(16.0);
+  check_throws_msg<ShapeError>([&] { (void)x.view({4611686018427387908, 4}); }, {"view", "[4611686018427387908,4]"});
+  throws_naming<ShapeError>([&] { (void)x.view({-1, 4611686018427387908, 4}); }, "view");
+}
+
+TEST_CASE("concat and stack: a result dim or element count past the limit is a ShapeError") {
+  // 16 pieces of [0, 2^59]: the concatenated dim would be 2^63, which wraps to -2^63.
+  const std::vector<Tensor> pieces(16, zeros({0, 1LL << 59}));
+  check_throws_msg<ShapeError>([&] { (void)concat(pieces, 1); }, {"concat", "[0,576460752303423488]"});
+  // 3 x [0, 2^59] stacked is [3, 0, 2^59]: 0 elements, but 3 * 2^59 > 2^60.
+  const std::vector<Tensor> three(3, zeros({0, 1LL << 59}));
+  throws_naming<ShapeError>([&] { (void)stack(three, 0); }, "stack");
+  CHECK(concat({zeros({0, 1LL << 59}), zeros({0, 1LL << 59})}, 1).shape() == Shape{0, 1LL << 60});
 }
 
 TEST_CASE("flatten, transpose, permute, squeeze, unsqueeze reject bad dims") {

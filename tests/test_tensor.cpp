@@ -153,7 +153,7 @@ TEST_CASE("tensor: random factories have the requested shape, dtype and range") 
   CHECK(rand({0, 3}).numel() == 0);
   CHECK(randn({}).ndim() == 0);
   // Bad arguments.
-  CHECK_THROWS_WITH_AS(rand({2}, i64), doctest::Contains("uniform"), DtypeError);
+  CHECK_THROWS_WITH_AS(rand({2}, i64), doctest::Contains("rand"), DtypeError);
   CHECK_THROWS_AS(randn({2}, i64), DtypeError);
   CHECK_THROWS_AS(uniform({2}, 1.0, 0.0), Error);
   CHECK_THROWS_AS(normal({2}, 0.0, -1.0), Error);
@@ -356,4 +356,61 @@ TEST_CASE("tensor: set_grad checks shape and dtype; zero_grad drops the gradient
   CHECK_FALSE(a.grad().defined());
   a.set_grad(Tensor());  // clearing is allowed
   CHECK_FALSE(a.grad().defined());
+}
+
+// ---- shapes past the element limit -------------------------------------------------
+
+// Every factory checks the shape it is given and names itself: [2^40, 2^40] has 2^80
+// elements, which wraps around int64; [0, 2^62, 2^62] has none but its nonzero dims
+// multiply past 2^60 (kernels form such partial products as strides).
+TEST_CASE("factories: a shape whose element count overflows is a ShapeError naming the factory") {
+  using xgtest::check_throws_msg;
+  const Shape big{1LL << 40, 1LL << 40};
+  const std::string big_str = "[1099511627776,1099511627776]";
+  check_throws_msg<ShapeError>([&] { (void)Tensor::empty(big, f32); }, {"empty", big_str, "2^60"});
+  check_throws_msg<ShapeError>([&] { (void)zeros(big); }, {"zeros", big_str});
+  check_throws_msg<ShapeError>([&] { (void)ones(big); }, {"ones", big_str});
+  check_throws_msg<ShapeError>([&] { (void)full(big, 2.0); }, {"full", big_str});
+  check_throws_msg<ShapeError>([&] { (void)rand(big); }, {"rand", big_str});
+  check_throws_msg<ShapeError>([&] { (void)randn(big); }, {"randn", big_str});
+  check_throws_msg<ShapeError>([&] { (void)uniform(big, 0.0, 1.0); }, {"uniform", big_str});
+  check_throws_msg<ShapeError>([&] { (void)normal(big, 0.0, 1.0); }, {"normal", big_str});
+  check_throws_msg<ShapeError>([&] { (void)randint(0, 5, big); }, {"randint", big_str});
+  check_throws_msg<ShapeError>([&] { (void)eye(1LL << 40); }, {"eye", big_str});
+  // from_vector compared values.size() with the wrapped product (2^80 -> 0 for no values).
+  check_throws_msg<ShapeError>([&] { (void)from_vector(std::vector<float>{}, {1LL << 40, 1LL << 40, 1LL << 40, 1LL << 4}); },
+                               {"from_vector", "[1099511627776,1099511627776,1099511627776,16]"});
+  float buf[4] = {};
+  check_throws_msg<ShapeError>([&] { (void)from_blob(buf, big, f32); }, {"from_blob", big_str});
+}
+
+TEST_CASE("factories: a 0-size shape whose other dims multiply past 2^60 is a ShapeError") {
+  using xgtest::throws_naming;
+  const Shape s{0, 1LL << 62, 1LL << 62};
+  throws_naming<ShapeError>([&] { (void)Tensor::empty(s, f32); }, "[0,4611686018427387904,4611686018427387904]");
+  throws_naming<ShapeError>([&] { (void)zeros(s); }, "zeros");
+  throws_naming<ShapeError>([&] { (void)from_vector(std::vector<double>{}, s); }, "from_vector");
+  throws_naming<ShapeError>([&] { (void)from_blob(nullptr, s, f64); }, "from_blob");
+  // Order does not matter: [2^62, 2^62, 0] was already refused, [0, 2^62, 2^62] was not.
+  throws_naming<ShapeError>([] { (void)zeros({1LL << 62, 1LL << 62, 0}); }, "zeros");
+  CHECK(zeros({0, 1LL << 60}).numel() == 0);
+  CHECK_THROWS_AS((void)zeros({0, (1LL << 60) + 1}), ShapeError);
+}
+
+TEST_CASE("arange: a count past the element limit is a ShapeError, not a float-to-int overflow") {
+  using xgtest::check_throws_msg;
+  // ceil(1e30) does not fit int64: the conversion itself was undefined.
+  check_throws_msg<ShapeError>([] { (void)arange(0.0, 1e30); }, {"arange", "1e+30"});
+  check_throws_msg<ShapeError>([] { (void)arange(-1e19, 1e19, 1.0); }, {"arange"});
+}
+
+TEST_CASE("Shape::numel of a shape whose product wraps around int64 throws instead of wrapping") {
+  // Before: 2^64 + 16 wrapped to 16.
+  xgtest::throws_naming<ShapeError>([] { (void)Shape({4611686018427387908, 4}).numel(); },
+                                    "[4611686018427387908,4]");
+  CHECK(Shape{1LL << 31, 1LL << 31}.numel() == 1LL << 62);  // plain Shapes may exceed 2^60
+  CHECK(Shape{}.numel() == 1);
+  CHECK(checked_numel("op", Shape{0, 1LL << 60}) == 0);
+  xgtest::check_throws_msg<ShapeError>([] { (void)checked_numel("myop", Shape{2, -3}); },
+                                       {"myop", "negative", "[2,-3]"});
 }

@@ -15,6 +15,8 @@ void check_defined(const char* op, const Tensor& t);
 void check_floating(const char* op, const Tensor& t);
 // Throws DtypeError unless a and b have the same dtype (and are floating).
 void check_same_float(const char* op, const Tensor& a, const Tensor& b);
+// reshape, with `op` naming the caller in errors (Tensor::view says "view").
+Tensor reshape_as(const char* op, const Tensor& x, const Shape& shape);
 // Tensor sharing x's storage with a new shape (same numel). No history.
 Tensor alias(const Tensor& x, const Shape& shape);
 // Makes dst hold src's storage, dtype and values (same shape; dst must be a leaf):
