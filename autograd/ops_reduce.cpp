@@ -556,7 +556,9 @@ Tensor logsumexp(const Tensor& x, const std::vector<int>& dims, bool keepdim) {
                            [](const auto* in, auto* out, const Plan& p, bool) { logsumexp_kernel(in, out, p); });
   if (needs_record({&x})) {
     // d logsumexp(x) = g * softmax(x) = g * exp(x - y)
-    record("logsumexp", y, {&x}, [x, y = y.detach(), m](const Tensor& g, GradSlots& dx) {
+    record("logsumexp", y, {&x}, [sx = save(x, 0), sy = save_output(y), m](const Tensor& g, GradSlots& dx) {
+      const Tensor& x = sx.get();
+      const Tensor& y = sy.get();
       const Shape& xs = dx.shape(0);
       const Tensor yk = grad_keep(y, xs, m);
       // softmax = exp(x - y): the broadcast difference, then exp in place.
