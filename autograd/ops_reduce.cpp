@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -374,7 +375,7 @@ Tensor reduce_blocks(const char* op, const Tensor& x, DimMask m, bool keepdim, K
     Tensor next = Tensor::empty(keep_shape(cur.shape(), bl[k]), x.dtype());
     dispatch_float(op, x.dtype(), [&](auto tag) {
       using T = decltype(tag);
-      kernel(cur.data<T>(), next.data<T>(), p, k + 1 == bl.size());
+      kernel(std::as_const(cur).data<T>(), next.data<T>(), p, k + 1 == bl.size());  // a read: x's version stays
       return 0;
     });
     cur = next;
