@@ -387,3 +387,31 @@ TEST_CASE("writing into a tensor whose values an op's backward does not read is 
     }
   }
 }
+
+TEST_CASE("reads do not count as writes: reductions, building an optimizer and clipping leave saved tensors usable") {
+  Tensor a = leaf({2, 3}, 1), b = leaf({2, 3}, 2);
+  const Tensor y = mul(a, b);  // saves a and b
+  {
+    NoGradGuard no_grad;
+    // Reductions read their input (sum over a dim goes through the staged reducer).
+    (void)sum(a, {1});
+    (void)mean(b, {0});
+    (void)logsumexp(a, {1});
+    (void)max(b, 1);
+  }
+  // The optimizer compares its parameters' storage to reject aliases: a read.
+  optim::SGD opt({a, b}, optim::SGDOptions{.lr = 0.1});
+  const std::uint32_t va = a.version(), vb = b.version();
+  CHECK_NOTHROW(y.backward(vals({2, 3}, 7.0)));
+  CHECK(a.version() == va);
+  CHECK(b.version() == vb);
+  // clip_grad_norm reads every gradient for the norm and writes only when it scales.
+  const Tensor ga = a.grad();
+  const std::uint32_t vg = ga.version();
+  (void)optim::clip_grad_norm({a, b}, 1e9);
+  CHECK(ga.version() == vg);
+  // The step itself is a write: a graph that saved a refuses it afterwards.
+  const Tensor z = mul(a, b);
+  opt.step();
+  xgtest::check_throws_msg<StateError>([&] { z.backward(vals({2, 3}, 7.0)); }, {"'mul'", "saved input 1"});
+}
