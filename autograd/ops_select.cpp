@@ -203,7 +203,9 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
   });
   if (needs_record({&x})) {
     // d masked_fill(x, m, v) = g with zeros where m
-    record("masked_fill", y, {&x}, [mask = save(mask, 1)](const Tensor& g, GradSlots& dx) { dx[0] = masked_fill(g, mask.get(), 0.0); });
+    record("masked_fill", y, {&x}, [mask = save(mask, 1)](const Tensor& g, GradSlots& dx) {
+      dx[0] = masked_fill(g, mask.get(), 0.0);
+    });
   }
   return y;
 }

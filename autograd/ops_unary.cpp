@@ -58,7 +58,9 @@ Tensor clamp_impl(const char* op, const Tensor& x, double lo, double hi) {
     // d clamp(x, lo, hi) = g * [lo <= x <= hi]
     // NOTE kink: at x == lo or x == hi the gradient passes (PyTorch's choice); with
     // lo > hi no x is in range, so no gradient flows (again as PyTorch).
-    record(op, y, {&x}, [x = save(x, 0), lo, hi](const Tensor& g, GradSlots& dx) { dx[0] = mul(g, range_mask(x.get(), lo, hi)); });
+    record(op, y, {&x}, [x = save(x, 0), lo, hi](const Tensor& g, GradSlots& dx) {
+      dx[0] = mul(g, range_mask(x.get(), lo, hi));
+    });
   }
   return y;
 }
