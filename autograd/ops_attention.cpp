@@ -199,7 +199,8 @@ Tensor softmax_node(const char* op, const Tensor& x, const Masks& masks, double 
   });
   if (needs_record({&x})) {
     // d x = scale * y ⊙ (g - rowsum(g ⊙ y))
-    record("masked_softmax", y, {&x}, [y = y.detach(), S, scale](const Tensor& g, GradSlots& dx) {
+    record("masked_softmax", y, {&x}, [sy = save_output(y), S, scale](const Tensor& g, GradSlots& dx) {
+      const Tensor& y = sy.get();
       Tensor d = Tensor::empty(y.shape(), y.dtype());
       dispatch_float("masked_softmax backward", y.dtype(), [&](auto tag) {
         using T = decltype(tag);
@@ -285,13 +286,13 @@ Tensor additive_scores(const Tensor& keys_proj, const Tensor& query_proj, const 
   });
   if (needs_record({&keys_proj, &query_proj, &v})) {
     // with d = g ⊙ v ⊙ (1 - t²): dkeys_proj = d, dquery_proj = Σ_l d, dv = tᵀ g
-    record(op, s, {&keys_proj, &query_proj, &v}, [t, v, B, L, A](const Tensor& g, GradSlots& dx) {
+    record(op, s, {&keys_proj, &query_proj, &v}, [t, v = save(v, 2), B, L, A](const Tensor& g, GradSlots& dx) {
       dispatch_float("additive_scores backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const T* TT = t.data<T>();
         const T* G = g.data<T>();
-        const T* V = v.data<T>();
         if (dx.needs(0) || dx.needs(1)) {
+          const T* V = v.get().data<T>();  // only dkeys_proj and dquery_proj read v
           Tensor d = Tensor::empty(t.shape(), t.dtype());
           T* D = d.data<T>();
           for (std::int64_t r = 0; r < B * L; ++r) {
@@ -362,7 +363,8 @@ Tensor attention_probs(const Tensor& q, const Tensor& k, const AttentionHeads& h
   });
   if (needs_record({&q, &k})) {
     // dS = scale * P ⊙ (g - rowsum(g ⊙ P)); dQ[b,h] = dS[b,h] K[b,h], dK[b,h] = dS[b,h]ᵀ Q[b,h]
-    record("attention_probs", p, {&q, &k}, [q, k, p = p.detach(), hd, scale](const Tensor& g, GradSlots& dx) {
+    record("attention_probs", p, {&q, &k}, [q = save(q, 0), k = save(k, 1), sp = save_output(p), hd, scale](const Tensor& g, GradSlots& dx) {
+      const Tensor& p = sp.get();
       [[maybe_unused]] const std::int64_t B = hd.B, H = hd.H, Lq = hd.Lq, S = hd.S, dk = hd.dk, dv = hd.dv;
       [[maybe_unused]] const HeadStrides qs = hd.q, ks = hd.k, vs = hd.v, os = hd.o;
       Tensor ds = Tensor::empty(p.shape(), p.dtype());
@@ -374,9 +376,9 @@ Tensor attention_probs(const Tensor& q, const Tensor& k, const AttentionHeads& h
         const std::int64_t rows = B * H * Lq;
         for (std::int64_t r = 0; r < rows; ++r) softmax_row_backward(P + r * S, G + r * S, D + r * S, S, T(scale));
         if (dx.needs(0)) {
-          Tensor dq = Tensor::empty(q.shape(), q.dtype());
+          Tensor dq = Tensor::empty(dx.shape(0), g.dtype());
           T* DQ = dq.data<T>();
-          const T* K = k.data<T>();
+          const T* K = k.get().data<T>();
           for (std::int64_t b = 0; b < B; ++b) {
             for (std::int64_t h = 0; h < H; ++h) {
               // dQ[Lq, dk] = dS[Lq, S] . K[S, dk]
@@ -387,9 +389,9 @@ Tensor attention_probs(const Tensor& q, const Tensor& k, const AttentionHeads& h
           dx[0] = dq;
         }
         if (dx.needs(1)) {
-          Tensor dkt = Tensor::empty(k.shape(), k.dtype());
+          Tensor dkt = Tensor::empty(dx.shape(1), g.dtype());
           T* DK = dkt.data<T>();
-          const T* Q = q.data<T>();
+          const T* Q = q.get().data<T>();
           for (std::int64_t b = 0; b < B; ++b) {
             for (std::int64_t h = 0; h < H; ++h) {
               // dK[S, dk] = dSᵀ[S, Lq] . Q[Lq, dk]
@@ -431,16 +433,16 @@ Tensor attention_apply(const Tensor& p, const Tensor& v, const AttentionHeads& h
   });
   if (needs_record({&p, &v})) {
     // dP[b,h] = g[b,h] V[b,h]ᵀ, dV[b,h] = P[b,h]ᵀ g[b,h]
-    record("attention_apply", o, {&p, &v}, [p, v, hd](const Tensor& g, GradSlots& dx) {
+    record("attention_apply", o, {&p, &v}, [p = save(p, 0), v = save(v, 1), hd](const Tensor& g, GradSlots& dx) {
       [[maybe_unused]] const std::int64_t B = hd.B, H = hd.H, Lq = hd.Lq, S = hd.S, dk = hd.dk, dv = hd.dv;
       [[maybe_unused]] const HeadStrides qs = hd.q, ks = hd.k, vs = hd.v, os = hd.o;
       dispatch_float("attention_apply backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const T* G = g.data<T>();
         if (dx.needs(0)) {
-          Tensor dp = Tensor::empty(p.shape(), p.dtype());
+          Tensor dp = Tensor::empty(dx.shape(0), g.dtype());
           T* DP = dp.data<T>();
-          const T* V = v.data<T>();
+          const T* V = v.get().data<T>();
           for (std::int64_t b = 0; b < B; ++b) {
             for (std::int64_t h = 0; h < H; ++h) {
               // dP[Lq, S] = g[Lq, dv] . Vᵀ[dv, S]
@@ -451,9 +453,9 @@ Tensor attention_apply(const Tensor& p, const Tensor& v, const AttentionHeads& h
           dx[0] = dp;
         }
         if (dx.needs(1)) {
-          Tensor dvt = Tensor::empty(v.shape(), v.dtype());
+          Tensor dvt = Tensor::empty(dx.shape(1), g.dtype());
           T* DV = dvt.data<T>();
-          const T* P = p.data<T>();
+          const T* P = p.get().data<T>();
           for (std::int64_t b = 0; b < B; ++b) {
             for (std::int64_t h = 0; h < H; ++h) {
               // dV[S, dv] = Pᵀ[S, Lq] . g[Lq, dv]

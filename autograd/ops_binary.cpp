@@ -59,9 +59,9 @@ Tensor mul(const Tensor& a, const Tensor& b) {
   Tensor y = binary("mul", a, b, [](const auto& x, const auto& z) { return x * z; });
   if (needs_record({&a, &b})) {
     // d(a * b) = g * b, g * a
-    record("mul", y, {&a, &b}, [a, b](const Tensor& g, GradSlots& dx) {
-      if (dx.needs(0)) dx[0] = sum_to(mul(g, b), a.shape());
-      if (dx.needs(1)) dx[1] = sum_to(mul(g, a), b.shape());
+    record("mul", y, {&a, &b}, [a = save(a, 0), b = save(b, 1)](const Tensor& g, GradSlots& dx) {
+      if (dx.needs(0)) dx[0] = sum_to(mul(g, b.get()), dx.shape(0));
+      if (dx.needs(1)) dx[1] = sum_to(mul(g, a.get()), dx.shape(1));
     });
   }
   return y;
@@ -71,9 +71,9 @@ Tensor div(const Tensor& a, const Tensor& b) {
   Tensor y = binary("div", a, b, [](const auto& x, const auto& z) { return x / z; });
   if (needs_record({&a, &b})) {
     // d(a / b) = g / b, -g * a / b^2 = -g * y / b
-    record("div", y, {&a, &b}, [a, b, y = y.detach()](const Tensor& g, GradSlots& dx) {
-      if (dx.needs(0)) dx[0] = sum_to(div(g, b), a.shape());
-      if (dx.needs(1)) dx[1] = sum_to(neg(div(mul(g, y), b)), b.shape());
+    record("div", y, {&a, &b}, [b = save(b, 1), y = save_output(y)](const Tensor& g, GradSlots& dx) {
+      if (dx.needs(0)) dx[0] = sum_to(div(g, b.get()), dx.shape(0));
+      if (dx.needs(1)) dx[1] = sum_to(neg(div(mul(g, y.get()), b.get())), dx.shape(1));
     });
   }
   return y;
@@ -119,8 +119,8 @@ Tensor rdiv(double a, const Tensor& b) {
   Tensor y = unary_new("rdiv", b, [a](const auto& x) { return static_cast<typename std::decay_t<decltype(x)>::value_type>(a) / x; });
   if (needs_record({&b})) {
     // d(s / b) = -g * y / b
-    record("rdiv_scalar", y, {&b}, [b, y = y.detach()](const Tensor& g, GradSlots& dx) {
-      dx[0] = neg(div(mul(g, y), b));
+    record("rdiv_scalar", y, {&b}, [b = save(b, 0), y = save_output(y)](const Tensor& g, GradSlots& dx) {
+      dx[0] = neg(div(mul(g, y.get()), b.get()));
     });
   }
   return y;

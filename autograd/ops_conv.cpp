@@ -212,30 +212,42 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 s
   });
   if (needs_record({&x, &weight, &bias})) {
     // d conv2d: dW = Σ_b g_b · cols_bᵀ, dx_b = col2im(Wᵀ · g_b), db = Σ_{b,i,j} g
-    record("conv2d", y, {&x, &weight, &bias}, [x, weight, stride, padding](const Tensor& g, GradSlots& dx) {
-      const Geo geo = geometry(x.shape(), weight.shape(), stride, padding);
+    record("conv2d", y, {&x, &weight, &bias}, [x = save(x, 0), weight = save(weight, 1), stride, padding](const Tensor& g, GradSlots& dx) {
+      const bool need_x = dx.needs(0), need_w = dx.needs(1);
+      // dx reads the weight's values, dW the input's, db neither: each is checked only where
+      // it is read, shapes come from the grad slots (and g: [B, O, Ho, Wo]) otherwise.
+      Geo geo{};
+      if (need_x || need_w) {
+        geo = geometry(need_x ? dx.shape(0) : x.get().shape(), need_w ? dx.shape(1) : weight.get().shape(), stride,
+                       padding);
+      } else {
+        geo.B = g.shape()[0];
+        geo.O = g.shape()[1];
+        geo.Ho = g.shape()[2];
+        geo.Wo = g.shape()[3];
+      }
       dispatch_float("conv2d backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const std::int64_t K = geo.K(), P = geo.P(), O = geo.O, B = geo.B;
         const std::int64_t xstride = geo.C * geo.H * geo.W;
-        const bool need_x = dx.needs(0), need_w = dx.needs(1);
         const T* gp = g.data<T>();
-        const T* w = weight.data<T>();
+        const T* w = need_x ? weight.get().data<T>() : nullptr;
+        const T* xp = need_w ? x.get().data<T>() : nullptr;
         Tensor dxt, dwt;
         if (need_x) {
-          dxt = Tensor::empty(x.shape(), x.dtype());
+          dxt = Tensor::empty(dx.shape(0), g.dtype());
           if (!geo.direct()) std::fill_n(dxt.data<T>(), dxt.numel(), T(0));  // col2im accumulates
         }
         if (need_w) {
-          dwt = Tensor::empty(weight.shape(), weight.dtype());
+          dwt = Tensor::empty(dx.shape(1), g.dtype());
           if (B == 0) std::fill_n(dwt.data<T>(), dwt.numel(), T(0));
         }
         std::vector<T> cols(need_w && !geo.direct() ? static_cast<std::size_t>(K * P) : 0);
         std::vector<T> dcols(need_x && !geo.direct() ? static_cast<std::size_t>(K * P) : 0);
         for (std::int64_t b = 0; b < B; ++b) {
           const T* gb = gp + b * O * P;
-          const T* xb = x.data<T>() + b * xstride;
           if (need_w) {
+            const T* xb = xp + b * xstride;
             const T* cb = xb;
             if (!geo.direct()) {
               im2col(xb, geo, cols.data());

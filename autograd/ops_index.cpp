@@ -134,8 +134,12 @@ Tensor index_select(const Tensor& x, int dim, const Tensor& index) {
   });
   if (needs_record({&x})) {
     // d x[index] = g's rows scatter-added into zeros of x's shape (repeats accumulate)
-    record("index_select", y, {&x}, [xs, index, outer, n, inner](const Tensor& g, GradSlots& dx) {
-      Tensor z = zeros(xs, g.dtype());
+    record("index_select", y, {&x}, [si = save(index, 1), outer, n, inner](const Tensor& g, GradSlots& dx) {
+      // The index is not differentiated but its values route g: saved as the op's second
+      // tensor argument (input 1), so writing into it is caught.
+      if (!dx.needs(0)) return;
+      const Tensor& index = si.get();
+      Tensor z = zeros(dx.shape(0), g.dtype());
       dispatch_any(g.dtype(), [&](auto tag) {
         using T = decltype(tag);
         scatter_rows<T>(g.data<T>(), z.data<T>(), index.data<std::int64_t>(), outer, index.numel(), n, inner);
@@ -185,8 +189,10 @@ Tensor gather(const Tensor& x, int dim, const Tensor& index) {
     std::array<std::int64_t, Shape::kMaxDims> strides{};
     std::copy_n(xst, Shape::kMaxDims, strides.begin());
     // d gather(x, index) = g scatter-added at the gathered positions of zeros of x's shape
-    record("gather", y, {&x}, [xs, d, index, strides](const Tensor& g, GradSlots& dx) {
-      Tensor z = zeros(xs, g.dtype());
+    record("gather", y, {&x}, [d, si = save(index, 1), strides](const Tensor& g, GradSlots& dx) {
+      if (!dx.needs(0)) return;
+      const Tensor& index = si.get();  // gather's second tensor argument: its values route g
+      Tensor z = zeros(dx.shape(0), g.dtype());
       dispatch_any(g.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const T* gp = g.data<T>();
@@ -257,7 +263,8 @@ Tensor embedding(const Tensor& ids, const Tensor& weight, std::optional<std::int
   }
   if (needs_record({&weight})) {
     // d weight[ids] = rows of g scatter-added at ids (repeats accumulate), none at padding_idx
-    record("embedding", y, {&weight, &ids}, [ids, pad, V, D](const Tensor& g, GradSlots& dx) {
+    record("embedding", y, {&weight, &ids}, [sid = save(ids, 1), pad, V, D](const Tensor& g, GradSlots& dx) {
+      const Tensor& ids = sid.get();  // input 1 of the node: its values pick the rows
       Tensor d = zeros(Shape{V, D}, g.dtype());
       auto scatter = [&](auto tag) {
         using T = decltype(tag);

@@ -150,7 +150,11 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
   if (rec) {
     // d cross_entropy = (softmax - onehot(target)) * g per row, / count for mean; ignored rows 0
     record("cross_entropy", y, {&logits},
-           [logits, stats, target, ig, red, count, n, c](const Tensor& g, GradSlots& dx) {
+           [sl = save(logits, 0), stats, st = save(target, 1), ig, red, count, n, c](const Tensor& g, GradSlots& dx) {
+             // The target is not differentiated but its values pick the rows' classes:
+             // saved as cross_entropy's argument 1, so writing into it is caught too.
+             const Tensor& logits = sl.get();
+             const Tensor& target = st.get();
              Tensor d = Tensor::empty(logits.shape(), logits.dtype());
              dispatch_float("cross_entropy backward", logits.dtype(), [&](auto tag) {
                using T = decltype(tag);
@@ -200,8 +204,10 @@ Tensor nll_loss(const Tensor& log_probs, const Tensor& target, const CrossEntrop
   if (needs_record({&log_probs})) {
     // d nll = -g at [i, target[i]] (/ count for mean), 0 elsewhere and on ignored rows
     record("nll_loss", y, {&log_probs},
-           [target, xs = log_probs.shape(), ig, red, count, n, c](const Tensor& g, GradSlots& dx) {
-             Tensor d = zeros(xs, g.dtype());
+           [st = save(target, 1), ig, red, count, n, c](const Tensor& g, GradSlots& dx) {
+             if (!dx.needs(0)) return;
+             const Tensor& target = st.get();  // nll_loss's argument 1: its values pick the entries
+             Tensor d = zeros(dx.shape(0), g.dtype());
              dispatch_float("nll_loss backward", g.dtype(), [&](auto tag) {
                using T = decltype(tag);
                const T* gp = g.data<T>();
@@ -249,8 +255,8 @@ Tensor mse_loss(const Tensor& a, const Tensor& b, Reduction reduction) {
   if (needs_record({&a, &b})) {
     // d mse = 2 (a - b) g (/ numel for mean), and its negation for b
     const double scale = reduction == Reduction::mean ? 2.0 / static_cast<double>(n) : 2.0;
-    record("mse_loss", y, {&a, &b}, [a, b, scale](const Tensor& g, GradSlots& dx) {
-      const Tensor d = mul(mul(sub(a, b), g), scale);
+    record("mse_loss", y, {&a, &b}, [a = save(a, 0), b = save(b, 1), scale](const Tensor& g, GradSlots& dx) {
+      const Tensor d = mul(mul(sub(a.get(), b.get()), g), scale);
       if (dx.needs(0)) dx[0] = d;
       if (dx.needs(1)) dx[1] = neg(d);
     });

@@ -102,20 +102,20 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   });
   if (needs_record({&a, &b})) {
     // d(a . b) = g . bᵀ, aᵀ . g   (per batch entry; [B,M,K]x[K,N] is one [B*M,K] product)
-    record("matmul", y, {&a, &b}, [a, b, p](const Tensor& g, GradSlots& dx) {
+    record("matmul", y, {&a, &b}, [a = save(a, 0), b = save(b, 1), p](const Tensor& g, GradSlots& dx) {
       const std::int64_t nb = p.nb, M = p.M, K = p.K, N = p.N;  // not a structured binding: clang 14 cannot capture those
       dispatch_float("matmul backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
         if (dx.needs(0)) {
-          Tensor da = Tensor::empty(a.shape(), a.dtype());
+          Tensor da = Tensor::empty(dx.shape(0), g.dtype());
           // da[M,K] = g[M,N] . bᵀ[N,K]
-          batched<T>(false, true, nb, M, K, N, g.data<T>(), N, M * N, b.data<T>(), N, K * N, da.data<T>());
+          batched<T>(false, true, nb, M, K, N, g.data<T>(), N, M * N, b.get().data<T>(), N, K * N, da.data<T>());
           dx[0] = da;
         }
         if (dx.needs(1)) {
-          Tensor db = Tensor::empty(b.shape(), b.dtype());
+          Tensor db = Tensor::empty(dx.shape(1), g.dtype());
           // db[K,N] = aᵀ[K,M] . g[M,N]
-          batched<T>(true, false, nb, K, N, M, a.data<T>(), K, M * K, g.data<T>(), N, M * N, db.data<T>());
+          batched<T>(true, false, nb, K, N, M, a.get().data<T>(), K, M * K, g.data<T>(), N, M * N, db.data<T>());
           dx[1] = db;
         }
         return 0;
@@ -168,22 +168,20 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   });
   if (needs_record({&x, &weight, &bias})) {
     // d(x Wᵀ + b) = g W, gᵀ x, Σ_rows g
-    record("linear", y, {&x, &weight, &bias}, [x, weight](const Tensor& g, GradSlots& dx) {
-      const std::int64_t out = weight.shape()[0], in = weight.shape()[1];
-      const std::int64_t n = prod(x.shape(), 0, x.ndim() - 1);
+    record("linear", y, {&x, &weight, &bias}, [x = save(x, 0), weight = save(weight, 1), n, in, out](const Tensor& g, GradSlots& dx) {
       dispatch_float("linear backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const T* gp = g.data<T>();
         if (dx.needs(0)) {
-          Tensor d = Tensor::empty(x.shape(), x.dtype());
+          Tensor d = Tensor::empty(dx.shape(0), g.dtype());
           // dx[n,in] = g[n,out] . W[out,in]
-          gemm<T>(false, false, n, in, out, T(1), gp, out, weight.data<T>(), in, T(0), d.data<T>(), in);
+          gemm<T>(false, false, n, in, out, T(1), gp, out, weight.get().data<T>(), in, T(0), d.data<T>(), in);
           dx[0] = d;
         }
         if (dx.needs(1)) {
-          Tensor d = Tensor::empty(weight.shape(), weight.dtype());
+          Tensor d = Tensor::empty(dx.shape(1), g.dtype());
           // dW[out,in] = gᵀ[out,n] . x[n,in]
-          gemm<T>(true, false, out, in, n, T(1), gp, out, x.data<T>(), in, T(0), d.data<T>(), in);
+          gemm<T>(true, false, out, in, n, T(1), gp, out, x.get().data<T>(), in, T(0), d.data<T>(), in);
           dx[1] = d;
         }
         if (dx.needs(2)) {

@@ -91,21 +91,22 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   });
   if (rec) {
     // xhat = (x - mean) rstd, gh = g w: dx = rstd (gh - mean(gh) - xhat mean(gh xhat)), dw = Σ g xhat, db = Σ g
-    record("layer_norm", y, {&x, &weight, &bias}, [x, weight, stats, D](const Tensor& g, GradSlots& dx) {
+    record("layer_norm", y, {&x, &weight, &bias}, [x = save(x, 0), weight = save(weight, 1), stats, D](const Tensor& g, GradSlots& dx) {
       const std::int64_t M = stats.shape()[0];
       const bool need_x = dx.needs(0), need_w = dx.needs(1), need_b = dx.needs(2);
       dispatch_float("layer_norm backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
-        const T* xp = x.data<T>();
+        // x's values are read for dx and dw, the weight's for dx only: db needs neither.
+        const T* xp = need_x || need_w ? x.get().data<T>() : nullptr;
         const T* gp = g.data<T>();
-        const T* wp = weight.defined() ? weight.data<T>() : nullptr;
+        const T* wp = need_x && weight.defined() ? weight.get().data<T>() : nullptr;
         const double* st = stats.data<double>();
-        Tensor dxt = need_x ? Tensor::empty(x.shape(), x.dtype()) : Tensor();
+        Tensor dxt = need_x ? Tensor::empty(dx.shape(0), g.dtype()) : Tensor();
         T* dxp = need_x ? dxt.data<T>() : nullptr;
         std::vector<double> dw(need_w ? static_cast<std::size_t>(D) : 0, 0.0);
         std::vector<double> db(need_b ? static_cast<std::size_t>(D) : 0, 0.0);
         for (std::int64_t r = 0; r < M; ++r) {
-          const T* xr = xp + r * D;
+          const T* xr = xp ? xp + r * D : nullptr;
           const T* gr = gp + r * D;
           const double mu = st[2 * r], rstd = st[2 * r + 1];
           if (need_w || need_b) {

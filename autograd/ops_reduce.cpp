@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -374,7 +375,7 @@ Tensor reduce_blocks(const char* op, const Tensor& x, DimMask m, bool keepdim, K
     Tensor next = Tensor::empty(keep_shape(cur.shape(), bl[k]), x.dtype());
     dispatch_float(op, x.dtype(), [&](auto tag) {
       using T = decltype(tag);
-      kernel(cur.data<T>(), next.data<T>(), p, k + 1 == bl.size());
+      kernel(std::as_const(cur).data<T>(), next.data<T>(), p, k + 1 == bl.size());  // a read: x's version stays
       return 0;
     });
     cur = next;
@@ -556,7 +557,9 @@ Tensor logsumexp(const Tensor& x, const std::vector<int>& dims, bool keepdim) {
                            [](const auto* in, auto* out, const Plan& p, bool) { logsumexp_kernel(in, out, p); });
   if (needs_record({&x})) {
     // d logsumexp(x) = g * softmax(x) = g * exp(x - y)
-    record("logsumexp", y, {&x}, [x, y = y.detach(), m](const Tensor& g, GradSlots& dx) {
+    record("logsumexp", y, {&x}, [sx = save(x, 0), sy = save_output(y), m](const Tensor& g, GradSlots& dx) {
+      const Tensor& x = sx.get();
+      const Tensor& y = sy.get();
       const Shape& xs = dx.shape(0);
       const Tensor yk = grad_keep(y, xs, m);
       // softmax = exp(x - y): the broadcast difference, then exp in place.

@@ -346,17 +346,16 @@ LSTMGatesOut lstm_cell_fused(const Tensor& gates, const Tensor& c_prev) {
     // d c = g_c + g_h ⊙ o ⊙ (1 - tanh²c);  d gates = [dc ⊙ g ⊙ σ'i, dc ⊙ c_prev ⊙ σ'f, dc ⊙ i ⊙ tanh'g,
     // g_h ⊙ tanh c ⊙ σ'o];  d c_prev = dc ⊙ f
     record("lstm_cell_fused", hc, {&gates, &c_prev},
-           [acts, c_prev, out = hc.detach()](const Tensor& g, GradSlots& dx) {
-             const std::int64_t B = c_prev.shape()[0], H = c_prev.shape()[1];
+           [acts, c_prev = save(c_prev, 1), out = save_output(hc), B, H](const Tensor& g, GradSlots& dx) {
              Tensor dg = dx.needs(0) ? Tensor::empty(acts.shape(), acts.dtype()) : Tensor();
-             Tensor dcp = dx.needs(1) ? Tensor::empty(c_prev.shape(), c_prev.dtype()) : Tensor();
+             Tensor dcp = dx.needs(1) ? Tensor::empty(dx.shape(1), g.dtype()) : Tensor();
              dispatch_float("lstm_cell_fused backward", g.dtype(), [&](auto tag) {
                using T = decltype(tag);
                const T* gh = g.data<T>();
                const T* gc = gh + B * H;
                const T* a = acts.data<T>();
-               const T* cp = c_prev.data<T>();
-               const T* c = out.data<T>() + B * H;
+               const T* cp = c_prev.get().data<T>();
+               const T* c = out.get().data<T>() + B * H;
                T* pdg = dg.defined() ? dg.data<T>() : nullptr;
                T* pdc = dcp.defined() ? dcp.data<T>() : nullptr;
                for (std::int64_t b = 0; b < B; ++b) {
@@ -402,17 +401,26 @@ LSTMSequenceOut lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor
     //   d W_hh = Σ_t dgates_tᵀ · h_prev(t)  (one GEMM over the steps after the first),
     //   d h0 = dgates_first · W_hh,  d c0 = dc after the first step
     record("lstm_sequence", packed, {&gx, &w_hh, &h0, &c0},
-           [acts, cs, w_hh, h0, c_init, out = packed.detach(), reverse](const Tensor& g, GradSlots& dx) {
+           // Four SavedTensors and two buffers: over BackwardFn's inline room, so this closure
+           // is allocated, once per sequence.
+           [acts, cs, sw = save(w_hh, 1), sh = save(h0, 2), sc = save(c_init, 3), so = save_output(packed),
+            reverse](const Tensor& g, GradSlots& dx) {
              const std::int64_t T = acts.shape()[0], B = acts.shape()[1], H = acts.shape()[2] / 4;
              const Dtype dt = acts.dtype();
              Tensor dgx = Tensor::empty(acts.shape(), dt);
-             Tensor dw = dx.needs(1) ? Tensor::empty(w_hh.shape(), dt) : Tensor();
+             Tensor dw = dx.needs(1) ? Tensor::empty(dx.shape(1), dt) : Tensor();
              Tensor dh0 = dx.needs(2) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
              Tensor dc0 = dx.needs(3) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
              if (B * H == 0) {
                // No rows or no units: nothing flows; W_hh (non-empty when B = 0) gets zeros.
-               if (dw.defined()) dw = zeros(w_hh.shape(), dt);
+               if (dw.defined()) dw = zeros(dx.shape(1), dt);
              } else {
+               // c_init is c0 (input 3) or zeros made by the forward; the output rows y, c_n
+               // and h_n are views of packed, so writing into them is caught as well.
+               const Tensor& w_hh = sw.get();
+               const Tensor& h0 = sh.get();
+               const Tensor& c_init = sc.get();
+               const Tensor& out = so.get();
                dispatch_float("lstm_sequence backward", dt, [&](auto tag) {
                  using T_ = decltype(tag);
                  auto ptr = [](Tensor& t) { return t.defined() ? t.data<T_>() : nullptr; };
@@ -457,17 +465,16 @@ Tensor gru_cell_fused(const Tensor& gi, const Tensor& gh, const Tensor& h_prev) 
   if (rec) {
     // dz = g ⊙ (h_prev - n) ⊙ σ'z,  dn = g ⊙ (1 - z) ⊙ tanh'n,  dr = dn ⊙ gh_n ⊙ σ'r;
     // d gi = [dr, dz, dn],  d gh = [dr, dz, dn ⊙ r],  d h_prev = g ⊙ z
-    record("gru_cell_fused", h, {&gi, &gh, &h_prev}, [acts, gh, h_prev](const Tensor& g, GradSlots& dx) {
-      const std::int64_t B = h_prev.shape()[0], H = h_prev.shape()[1];
+    record("gru_cell_fused", h, {&gi, &gh, &h_prev}, [acts, gh = save(gh, 1), h_prev = save(h_prev, 2), B, H](const Tensor& g, GradSlots& dx) {
       Tensor dgi = dx.needs(0) ? Tensor::empty(acts.shape(), acts.dtype()) : Tensor();
       Tensor dgh = dx.needs(1) ? Tensor::empty(acts.shape(), acts.dtype()) : Tensor();
-      Tensor dhp = dx.needs(2) ? Tensor::empty(h_prev.shape(), h_prev.dtype()) : Tensor();
+      Tensor dhp = dx.needs(2) ? Tensor::empty(dx.shape(2), g.dtype()) : Tensor();
       dispatch_float("gru_cell_fused backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const T* pg = g.data<T>();
         const T* a = acts.data<T>();
-        const T* ph = gh.data<T>();
-        const T* hp = h_prev.data<T>();
+        const T* ph = gh.get().data<T>();
+        const T* hp = h_prev.get().data<T>();
         T* pi = dgi.defined() ? dgi.data<T>() : nullptr;
         T* pgh = dgh.defined() ? dgh.data<T>() : nullptr;
         T* php = dhp.defined() ? dhp.data<T>() : nullptr;

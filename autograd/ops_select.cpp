@@ -91,9 +91,9 @@ Tensor maximum(const Tensor& a, const Tensor& b) {
   });
   if (needs_record({&a, &b})) {
     // d max(a, b) = g * [a > b], g * [b > a]; a tie splits g evenly
-    record("maximum", y, {&a, &b}, [a, b](const Tensor& g, GradSlots& dx) {
-      if (dx.needs(0)) dx[0] = sum_to(mul(g, win_share(a, b)), a.shape());
-      if (dx.needs(1)) dx[1] = sum_to(mul(g, win_share(b, a)), b.shape());
+    record("maximum", y, {&a, &b}, [a = save(a, 0), b = save(b, 1)](const Tensor& g, GradSlots& dx) {
+      if (dx.needs(0)) dx[0] = sum_to(mul(g, win_share(a.get(), b.get())), dx.shape(0));
+      if (dx.needs(1)) dx[1] = sum_to(mul(g, win_share(b.get(), a.get())), dx.shape(1));
     });
   }
   return y;
@@ -105,9 +105,9 @@ Tensor minimum(const Tensor& a, const Tensor& b) {
   });
   if (needs_record({&a, &b})) {
     // d min(a, b) = g * [a < b], g * [b < a]; a tie splits g evenly
-    record("minimum", y, {&a, &b}, [a, b](const Tensor& g, GradSlots& dx) {
-      if (dx.needs(0)) dx[0] = sum_to(mul(g, win_share(b, a)), a.shape());
-      if (dx.needs(1)) dx[1] = sum_to(mul(g, win_share(a, b)), b.shape());
+    record("minimum", y, {&a, &b}, [a = save(a, 0), b = save(b, 1)](const Tensor& g, GradSlots& dx) {
+      if (dx.needs(0)) dx[0] = sum_to(mul(g, win_share(b.get(), a.get())), dx.shape(0));
+      if (dx.needs(1)) dx[1] = sum_to(mul(g, win_share(a.get(), b.get())), dx.shape(1));
     });
   }
   return y;
@@ -165,10 +165,13 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   });
   if (needs_record({&a, &b})) {
     // d where(c, a, b) = where(c, g, 0), where(c, 0, g)   (cond gets no gradient)
-    record("where", y, {&a, &b}, [cond, sa = a.shape(), sb = b.shape()](const Tensor& g, GradSlots& dx) {
+    record("where", y, {&a, &b}, [sc = save(cond, 2)](const Tensor& g, GradSlots& dx) {
+      // cond is not an input of the node but its values route g: saved, numbered after
+      // the node's inputs a (0) and b (1).
+      const Tensor& cond = sc.get();
       const Tensor zero = scalar(0.0, g.dtype());
-      if (dx.needs(0)) dx[0] = sum_to(where(cond, g, zero), sa);
-      if (dx.needs(1)) dx[1] = sum_to(where(cond, zero, g), sb);
+      if (dx.needs(0)) dx[0] = sum_to(where(cond, g, zero), dx.shape(0));
+      if (dx.needs(1)) dx[1] = sum_to(where(cond, zero, g), dx.shape(1));
     });
   }
   return y;
@@ -200,7 +203,9 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
   });
   if (needs_record({&x})) {
     // d masked_fill(x, m, v) = g with zeros where m
-    record("masked_fill", y, {&x}, [mask](const Tensor& g, GradSlots& dx) { dx[0] = masked_fill(g, mask, 0.0); });
+    record("masked_fill", y, {&x}, [mask = save(mask, 1)](const Tensor& g, GradSlots& dx) {
+      dx[0] = masked_fill(g, mask.get(), 0.0);
+    });
   }
   return y;
 }

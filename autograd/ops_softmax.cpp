@@ -170,7 +170,8 @@ Tensor softmax_impl(const char* op, const Tensor& x, int dim) {
   }
   if (needs_record({&x})) {
     // log_softmax: dx = g - softmax * sum(g, dim); softmax: dx = y * (g - sum(g * y, dim))
-    record(op, y, {&x}, [y = y.detach(), l](const Tensor& g, GradSlots& dx) {
+    record(op, y, {&x}, [ys = save_output(y), l](const Tensor& g, GradSlots& dx) {
+      const Tensor& y = ys.get();
       Tensor d = Tensor::empty(y.shape(), y.dtype());
       if (y.numel() > 0) {
         dispatch_float(Log ? "log_softmax backward" : "softmax backward", y.dtype(), [&](auto tag) {

@@ -58,7 +58,9 @@ Tensor clamp_impl(const char* op, const Tensor& x, double lo, double hi) {
     // d clamp(x, lo, hi) = g * [lo <= x <= hi]
     // NOTE kink: at x == lo or x == hi the gradient passes (PyTorch's choice); with
     // lo > hi no x is in range, so no gradient flows (again as PyTorch).
-    record(op, y, {&x}, [x, lo, hi](const Tensor& g, GradSlots& dx) { dx[0] = mul(g, range_mask(x, lo, hi)); });
+    record(op, y, {&x}, [x = save(x, 0), lo, hi](const Tensor& g, GradSlots& dx) {
+      dx[0] = mul(g, range_mask(x.get(), lo, hi));
+    });
   }
   return y;
 }
@@ -107,11 +109,11 @@ Tensor pow(const Tensor& x, double exponent) {
   }
   if (needs_record({&x})) {
     // d x^e = g * e * x^(e-1)   (e == 0: zero, even at x == 0 where x^-1 is inf)
-    record("pow", y, {&x}, [x, e](const Tensor& g, GradSlots& dx) {
+    record("pow", y, {&x}, [x = save(x, 0), e](const Tensor& g, GradSlots& dx) {
       if (e == 0.0) {
-        dx[0] = zeros_like(x);
+        dx[0] = zeros_like(g);  // g has x's shape and dtype; x's values are not needed
       } else {
-        dx[0] = mul(g, mul(pow(x, e - 1.0), e));
+        dx[0] = mul(g, mul(pow(x.get(), e - 1.0), e));
       }
     });
   }
@@ -122,8 +124,8 @@ Tensor sqrt(const Tensor& x) {
   Tensor y = unary_new("sqrt", x, [](const auto& v) { return xt::sqrt(v); });
   if (needs_record({&x})) {
     // d sqrt(x) = g / (2 y)   (inf at x == 0, NaN below: as PyTorch)
-    record("sqrt", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
-      dx[0] = detail::zip_new("sqrt", g, y, [](auto gi, auto yi) { return gi * decltype(gi)(0.5) / yi; });
+    record("sqrt", y, {&x}, [y = save_output(y)](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("sqrt", g, y.get(), [](auto gi, auto yi) { return gi * decltype(gi)(0.5) / yi; });
     });
   }
   return y;
@@ -133,8 +135,8 @@ Tensor exp(const Tensor& x) {
   Tensor y = unary_new("exp", x, [](const auto& v) { return xt::exp(v); });
   if (needs_record({&x})) {
     // d exp(x) = g * y
-    record("exp", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
-      dx[0] = detail::zip_new("exp", g, y, [](auto gi, auto yi) { return gi * yi; });
+    record("exp", y, {&x}, [y = save_output(y)](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("exp", g, y.get(), [](auto gi, auto yi) { return gi * yi; });
     });
   }
   return y;
@@ -144,8 +146,8 @@ Tensor log(const Tensor& x) {
   Tensor y = unary_new("log", x, [](const auto& v) { return xt::log(v); });
   if (needs_record({&x})) {
     // d log(x) = g / x
-    record("log", y, {&x}, [x](const Tensor& g, GradSlots& dx) {
-      dx[0] = detail::zip_new("log", g, x, [](auto gi, auto xi) { return gi / xi; });
+    record("log", y, {&x}, [x = save(x, 0)](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("log", g, x.get(), [](auto gi, auto xi) { return gi / xi; });
     });
   }
   return y;
@@ -156,7 +158,7 @@ Tensor abs(const Tensor& x) {
   if (needs_record({&x})) {
     // d |x| = g * sign(x)
     // NOTE kink: abs'(0) = 0 (the subgradient PyTorch picks).
-    record("abs", y, {&x}, [x](const Tensor& g, GradSlots& dx) { dx[0] = mul(g, sign_of(x)); });
+    record("abs", y, {&x}, [x = save(x, 0)](const Tensor& g, GradSlots& dx) { dx[0] = mul(g, sign_of(x.get())); });
   }
   return y;
 }
@@ -165,8 +167,8 @@ Tensor tanh(const Tensor& x) {
   Tensor y = unary_new("tanh", x, [](const auto& v) { return xt::tanh(v); });
   if (needs_record({&x})) {
     // d tanh(x) = g * (1 - y^2)
-    record("tanh", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
-      dx[0] = detail::zip_new("tanh", g, y, [](auto gi, auto yi) { return gi * (decltype(gi)(1) - yi * yi); });
+    record("tanh", y, {&x}, [y = save_output(y)](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("tanh", g, y.get(), [](auto gi, auto yi) { return gi * (decltype(gi)(1) - yi * yi); });
     });
   }
   return y;
@@ -185,8 +187,8 @@ Tensor sigmoid(const Tensor& x) {
   });
   if (needs_record({&x})) {
     // d sigmoid(x) = g * y * (1 - y)
-    record("sigmoid", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
-      dx[0] = detail::zip_new("sigmoid", g, y, [](auto gi, auto yi) { return gi * yi * (decltype(gi)(1) - yi); });
+    record("sigmoid", y, {&x}, [y = save_output(y)](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("sigmoid", g, y.get(), [](auto gi, auto yi) { return gi * yi * (decltype(gi)(1) - yi); });
     });
   }
   return y;
@@ -201,8 +203,8 @@ Tensor relu(const Tensor& x) {
   if (needs_record({&x})) {
     // d relu(x) = g * [y > 0]
     // NOTE kink: relu'(0) = 0, as PyTorch.
-    record("relu", y, {&x}, [y = y.detach()](const Tensor& g, GradSlots& dx) {
-      dx[0] = detail::zip_new("relu", g, y, [](auto gi, auto yi) { return yi > 0 ? gi : decltype(gi)(0); });
+    record("relu", y, {&x}, [y = save_output(y)](const Tensor& g, GradSlots& dx) {
+      dx[0] = detail::zip_new("relu", g, y.get(), [](auto gi, auto yi) { return yi > 0 ? gi : decltype(gi)(0); });
     });
   }
   return y;

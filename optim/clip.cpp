@@ -78,6 +78,14 @@ bool all_finite(const T* x, std::int64_t n) {
   return acc == 0;
 }
 
+// f(const T*, n) on a gradient's elements, read only (does not bump its version).
+template <class F>
+auto read_grad(const Tensor& g, F&& f) {
+  if (g.dtype() == Dtype::f32) return f(g.data<float>(), g.numel());
+  return f(g.data<double>(), g.numel());
+}
+
+// f(T*, n) on a gradient's elements, to write them.
 template <class F>
 auto on_grad(const Tensor& g, F&& f) {
   Tensor t = g;
@@ -99,20 +107,20 @@ double clip_norm_impl(const std::vector<Tensor>& params, const std::vector<std::
   double total = 0;
   if (inf_norm) {
     for (const Grad& g : grads) {
-      const double m = on_grad(g.g, [](auto* x, std::int64_t n) { return max_abs(x, n); });
+      const double m = read_grad(g.g, [](auto* x, std::int64_t n) { return max_abs(x, n); });
       total = (std::isnan(m) || m > total) ? m : total;
       if (std::isnan(total)) break;
     }
   } else {
     for (const Grad& g : grads)
-      total += on_grad(g.g, [](auto* x, std::int64_t n) { return sum_squares(x, n); });
+      total += read_grad(g.g, [](auto* x, std::int64_t n) { return sum_squares(x, n); });
     total = std::sqrt(total);
   }
 
   if (!std::isfinite(total)) {
     const Grad* bad = nullptr;
     for (const Grad& g : grads) {
-      if (!on_grad(g.g, [](auto* x, std::int64_t n) { return all_finite(x, n); })) {
+      if (!read_grad(g.g, [](auto* x, std::int64_t n) { return all_finite(x, n); })) {
         bad = &g;
         break;
       }
@@ -122,10 +130,10 @@ double clip_norm_impl(const std::vector<Tensor>& params, const std::vector<std::
       // largest magnitude so every squared term is <= 1.
       double scale = 0;
       for (const Grad& g : grads)
-        scale = std::max(scale, on_grad(g.g, [](auto* x, std::int64_t n) { return max_abs(x, n); }));
+        scale = std::max(scale, read_grad(g.g, [](auto* x, std::int64_t n) { return max_abs(x, n); }));
       double s = 0;
       for (const Grad& g : grads) {
-        s += on_grad(g.g, [scale](auto* x, std::int64_t n) {
+        s += read_grad(g.g, [scale](auto* x, std::int64_t n) {
           double acc = 0;
           for (std::int64_t i = 0; i < n; ++i) {
             const double v = static_cast<double>(x[i]) / scale;

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cmath>
 #include <map>
+#include <utility>
 
 #include "../autograd/factory.hpp"
 
@@ -29,7 +30,9 @@ OptimizerBase::OptimizerBase(const char* name, std::vector<std::vector<Tensor>> 
       }
       for (std::size_t j = 0; j < params_.size(); ++j) {
         // Aliases (detach() of a parameter) share storage: updating both would apply the step twice.
-        const bool alias = p.is_same(params_[j]) || (p.numel() > 0 && p.data_ptr() == params_[j].data_ptr());
+        // (as_const: data_ptr() on a non-const tensor counts as a write and bumps its version)
+        const bool alias =
+            p.is_same(params_[j]) || (p.numel() > 0 && p.data_ptr() == std::as_const(params_[j]).data_ptr());
         if (alias) {
           throw Error(fmt::format("{} {} is the same tensor as parameter {}: a parameter may appear only once "
                                   "(across all groups)",

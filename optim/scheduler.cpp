@@ -22,7 +22,8 @@ class StateReader {
 
   double f64(const std::string& name) { return entry(name, Dtype::f64).item(); }
   std::int64_t i64(const std::string& name) {
-    return entry(name, Dtype::i64).data<std::int64_t>()[0];
+    const Tensor t = entry(name, Dtype::i64);  // const: a read, not a write
+    return t.data<std::int64_t>()[0];
   }
   [[noreturn]] void fail(const std::string& what) const {
     throw StateError(fmt::format("{}.load_state_dict: {}", who_, what));
