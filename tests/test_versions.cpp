@@ -84,7 +84,10 @@ TEST_CASE("an optimizer step between two backward passes over a retained graph i
 TEST_CASE("load_state_dict, init and Module::to while a graph is pending are refused") {
   nn::Linear lin(2, 2);
   lin.to(Dtype::f64);
-  Tensor x = vec({1, 2}).reshape({1, 2});
+  // x requires grad, so linear's backward reads the weight (for dx): the write matters.
+  // (Were only the weight's own gradient wanted, its values would not be read, and the
+  // writes below would be harmless: PyTorch's rule too.)
+  Tensor x = vec({1, 2}).reshape({1, 2}).requires_grad_();
   SUBCASE("load_state_dict") {
     Tensor loss = sum(lin.forward(x));
     nn::StateDict sd = lin.state_dict();
