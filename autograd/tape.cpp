@@ -1,6 +1,7 @@
 // The tape engine. The essay in tape.hpp says what it does; this file says how.
 #include "tape.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -62,13 +63,13 @@ struct Node {
   BackwardFn fn;
   EdgeList inputs;
   Tensor grad;                  // accumulated d(loss)/d(output) during a walk
-  bool grad_owned = false;      // grad is ours alone: later contributions add in place
-  std::weak_ptr<TensorImpl> retain;  // set by retain_grad(): where the grad is kept
   Shape out_shape;
-  Dtype out_dtype = Dtype::f32;
   std::int32_t refs = 0;        // output handle + pending nodes that read this one
+  Dtype out_dtype = Dtype::f32;
   NodeState state = NodeState::pending;
+  bool grad_owned = false;      // grad is ours alone: later contributions add in place
   bool mark = false;            // reachable from the current backward root
+  bool retain = false;          // retain_grad(): the output is in Tape::retained
 };
 
 // Releases of output handles destroyed on other threads, applied by the owner (see
@@ -90,6 +91,10 @@ struct Tape {
   std::size_t compact_at = kCompactMin;
   static constexpr std::size_t kCompactMin = 1024;
   RemoteQueue remote;
+  // Outputs that asked for retain_grad(), by node stamp: weak, so that the walk never
+  // touches a TensorImpl that another thread may be destroying. Rare, so a side list
+  // rather than 16 bytes in every node.
+  std::vector<std::pair<std::uint64_t, std::weak_ptr<TensorImpl>>> retained;
   bool in_backward = false;
   bool killing = false;
   std::vector<std::uint32_t> kill_queue;
@@ -171,6 +176,7 @@ void maybe_clear(Tape& t) {
   old.swap(t.nodes);
   old.clear();          // closures die here
   old.swap(t.nodes);    // keep the capacity for the next graph
+  t.retained.clear();
   t.compact_at = Tape::kCompactMin;
 }
 
@@ -189,7 +195,10 @@ void free_node(Tape& t, std::uint32_t i, NodeState state, F&& orphaned) {
   EdgeList inputs = std::move(n.inputs);
   n.inputs = EdgeList();
   n.grad = Tensor();
-  n.retain.reset();
+  if (n.retain) {
+    n.retain = false;
+    std::erase_if(t.retained, [&n](const auto& r) { return r.first == n.stamp; });
+  }
   for (std::size_t j = 0; j < inputs.size(); ++j) {
     const std::uint32_t k = inputs[j].node;
     if (k != kNoNode && --t.nodes[k].refs == 0) orphaned(k);
@@ -541,7 +550,10 @@ void retain_output(const Tensor& x) {
     throw_foreign("retain_grad", fmt::format("the tensor {} (made by '{}')", xi.shape.str(), xi.op ? xi.op : "?"),
                   xi.stamp);
   }
-  if (Node* n = node_of(t, xi.stamp, xi.node)) n->retain = x.impl_ptr();
+  if (Node* n = node_of(t, xi.stamp, xi.node); n && !n->retain) {
+    n->retain = true;
+    t.retained.emplace_back(n->stamp, x.impl_ptr());
+  }
 }
 
 std::mutex& grad_lock(const TensorImpl* leaf) {
@@ -712,8 +724,11 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
           }
         }
       }
-      if (n.grad.defined() && !n.retain.expired()) {
-        if (std::shared_ptr<TensorImpl> o = n.retain.lock()) accumulate_leaf(*o, copy_of(n.grad));
+      if (n.retain && n.grad.defined()) {
+        for (const auto& [stamp, weak] : t.retained) {
+          if (stamp != n.stamp) continue;
+          if (std::shared_ptr<TensorImpl> o = weak.lock()) accumulate_leaf(*o, copy_of(n.grad));
+        }
       }
       if (retain_graph) {
         n.grad = Tensor();
