@@ -177,19 +177,22 @@ TEST_CASE("read_text: unreadable subdirectories are skipped" * doctest::skip(!xg
   dir.write("only_locked/locked/c.txt", "c\n");
   dir.write("open/d.txt", "d\n");
   dir.write("unlistable/e.txt", "e\n");
+  dir.write("unenterable/f.txt", "f\n");
   dir.hand_to_unprivileged();
   const fs::path locked = dir.path / "locked", inner = dir.path / "only_locked" / "locked",
-                 unlistable = dir.path / "unlistable";
+                 unlistable = dir.path / "unlistable", unenterable = dir.path / "unenterable";
   const std::string failures = xgtest::run_as_unprivileged([&](xgtest::Expect& expect) {
-    // Sorted path order: a, locked/b, only_locked/locked/c, open/d, unlistable/e.
+    // Sorted path order: a, locked/b, only_locked/locked/c, open/d, unenterable/f, unlistable/e.
     const std::string before = read_text(dir.path.string());
-    expect(before == "a\nb\nc\nd\ne\n", "with every directory readable: \"" + before + "\"");
+    expect(before == "a\nb\nc\nd\nf\ne\n", "with every directory readable: \"" + before + "\"");
     fs::permissions(locked, fs::perms::none);  // neither listable nor enterable
     fs::permissions(inner, fs::perms::none);
     fs::permissions(unlistable, fs::perms::owner_exec);  // enterable, not listable
+    fs::permissions(unenterable, fs::perms::owner_read);  // listable, not enterable
     try {
       const std::string after = read_text(dir.path.string());
-      expect(after == "a\nd\n", "with locked/, only_locked/locked/ and unlistable/ unreadable: \"" + after + "\"");
+      expect(after == "a\nd\n",
+             "with locked/, only_locked/locked/, unlistable/ and unenterable/ unreadable: \"" + after + "\"");
     } catch (const std::exception& e) {
       expect(false, std::string("an unreadable subdirectory is an error, not skipped: ") + e.what());
     }
@@ -200,7 +203,7 @@ TEST_CASE("read_text: unreadable subdirectories are skipped" * doctest::skip(!xg
     } catch (const IOError& e) {
       expect(xgtest::has(e.what(), "no non-empty text file"), std::string("only_locked/: ") + e.what());
     }
-    for (const fs::path& d : {locked, inner, unlistable}) fs::permissions(d, fs::perms::owner_all);
+    for (const fs::path& d : {locked, inner, unlistable, unenterable}) fs::permissions(d, fs::perms::owner_all);
   });
   CHECK_MESSAGE(failures.empty(), failures);
 }

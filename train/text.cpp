@@ -126,8 +126,12 @@ std::string read_text(const std::string& path, const ReadTextOptions& options) {
   if (ec) throw IOError(fmt::format("read_text: {}: cannot list: {}", path, ec.message()));
   for (const fs::recursive_directory_iterator end; it != end; it.increment(ec)) {
     if (ec) throw IOError(fmt::format("read_text: {}: cannot list: {}", path, ec.message()));
+    // A fresh stat, not the type the listing reported: a subdirectory that can be listed
+    // but not entered (r--) names its files, and stat-ing them fails. Skipped like the
+    // subdirectories that cannot be listed at all.
     std::error_code fec;
-    if (it->is_regular_file(fec) && matches(it->path(), options.extensions)) files.push_back(it->path());
+    const fs::file_status fst = fs::status(it->path(), fec);
+    if (!fec && fs::is_regular_file(fst) && matches(it->path(), options.extensions)) files.push_back(it->path());
   }
   if (ec) throw IOError(fmt::format("read_text: {}: cannot list: {}", path, ec.message()));
   std::sort(files.begin(), files.end());
