@@ -89,6 +89,30 @@ double tolerance(std::int64_t K) {
   return 4.0 * static_cast<double>(K + 2) * std::numeric_limits<T>::epsilon();
 }
 
+// got against the reference on the M x N block; columns past N belong to the caller and
+// must be untouched (NaN stays NaN, bit for bit).
+struct Deviation {
+  double worst = 0;
+  bool pad_kept = true;
+};
+template <class T>
+Deviation deviation(const Case& c, const std::vector<T>& C, const std::vector<T>& got,
+                    const std::vector<long double>& want, std::int64_t ldc) {
+  Deviation d;
+  for (std::int64_t i = 0; i < c.M; ++i) {
+    for (std::int64_t j = 0; j < ldc; ++j) {
+      const auto at = static_cast<std::size_t>(i * ldc + j);
+      if (j >= c.N) {
+        d.pad_kept = d.pad_kept && (std::isnan(C[at]) ? std::isnan(got[at]) : got[at] == C[at]);
+        continue;
+      }
+      const double err = std::fabs(static_cast<double>(got[at] - want[at]));
+      d.worst = std::isnan(err) ? std::numeric_limits<double>::infinity() : std::max(d.worst, err);
+    }
+  }
+  return d;
+}
+
 template <class T>
 void check_tiled(const Case& c, T alpha, T beta, std::int64_t pad, std::mt19937& rng) {
   const std::int64_t lda = (c.ta ? c.M : c.K) + pad, ldb = (c.tb ? c.K : c.N) + pad, ldc = c.N + pad;
@@ -103,24 +127,11 @@ void check_tiled(const Case& c, T alpha, T beta, std::int64_t pad, std::mt19937&
   const auto want = reference<T>(c, alpha, A, lda, B, ldb, beta, C, ldc);
   std::vector<T> got = C;
   detail::gemm_tiled<T>(c.ta, c.tb, c.M, c.N, c.K, alpha, A.data(), lda, B.data(), ldb, beta, got.data(), ldc);
-  double worst = 0;
-  bool pad_kept = true;
-  for (std::int64_t i = 0; i < c.M; ++i) {
-    for (std::int64_t j = 0; j < ldc; ++j) {
-      const auto at = static_cast<std::size_t>(i * ldc + j);
-      if (j >= c.N) {
-        // Columns past N belong to the caller: untouched (NaN stays NaN, bit for bit).
-        pad_kept = pad_kept && (std::isnan(C[at]) ? std::isnan(got[at]) : got[at] == C[at]);
-        continue;
-      }
-      const double err = std::fabs(static_cast<double>(got[at] - want[at]));
-      worst = std::isnan(err) ? std::numeric_limits<double>::infinity() : std::max(worst, err);
-    }
-  }
+  const Deviation d = deviation(c, C, got, want, ldc);
   INFO("ta=" << c.ta << " tb=" << c.tb << " M=" << c.M << " N=" << c.N << " K=" << c.K << " alpha=" << alpha
              << " beta=" << beta << " pad=" << pad);
-  CHECK(worst <= tolerance<T>(c.K) * (std::fabs(static_cast<double>(alpha)) + 1.0));
-  CHECK(pad_kept);
+  CHECK(d.worst <= tolerance<T>(c.K) * (std::fabs(static_cast<double>(alpha)) + 1.0));
+  CHECK(d.pad_kept);
 }
 
 const std::vector<Case> kCases = {
@@ -288,23 +299,11 @@ std::int64_t check_forced(const Case& c, T alpha, T beta, std::int64_t pad, std:
       } else {
         detail::gemm_tiled<T>(c.ta, c.tb, c.M, c.N, c.K, alpha, A.data(), lda, B.data(), ldb, beta, got.data(), ldc);
       }
-      double worst = 0;
-      bool pad_kept = true;
-      for (std::int64_t i = 0; i < c.M; ++i) {
-        for (std::int64_t j = 0; j < ldc; ++j) {
-          const auto at = static_cast<std::size_t>(i * ldc + j);
-          if (j >= c.N) {
-            pad_kept = pad_kept && (std::isnan(C[at]) ? std::isnan(got[at]) : got[at] == C[at]);
-            continue;
-          }
-          const double err = std::fabs(static_cast<double>(got[at] - want[at]));
-          worst = std::isnan(err) ? std::numeric_limits<double>::infinity() : std::max(worst, err);
-        }
-      }
+      const Deviation d = deviation(c, C, got, want, ldc);
       INFO("ta=" << c.ta << " tb=" << c.tb << " M=" << c.M << " N=" << c.N << " K=" << c.K << " alpha=" << alpha
                  << " beta=" << beta << " pad=" << pad << " threads=" << threads << " via_gemm=" << via_gemm);
-      CHECK(worst <= tolerance<T>(c.K) * (std::fabs(static_cast<double>(alpha)) + 1.0));
-      CHECK(pad_kept);
+      CHECK(d.worst <= tolerance<T>(c.K) * (std::fabs(static_cast<double>(alpha)) + 1.0));
+      CHECK(d.pad_kept);
       // gemm_tiled: bit for bit what one thread computes (gemm() may have taken gemv or the
       // outer-product loop for a single row, column or K = 1, so only the tiled calls compare).
       if (!via_gemm) {
