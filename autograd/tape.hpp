@@ -5,7 +5,8 @@
 // at least one input requiring grad appends a node holding: its name, its backward
 // function, an edge per input (to the node that produced it, or to the leaf tensor
 // whose .grad() it feeds), and whatever values its backward needs, captured by the
-// closure and nothing more. The output Tensor remembers (graph generation, node index).
+// closure as SavedTensors and nothing more. The output Tensor remembers its node's
+// stamp (unique across threads and time; it names the owning tape) and index.
 //
 // Creation order is a topological order, so `loss.backward()` is one reverse loop over
 // indices: mark the nodes reachable from the loss, then walk down from the loss, call
@@ -17,18 +18,25 @@
 // The walk frees what it passes (closures, saved values, intermediate gradients), so
 // peak memory is the forward's saved values, not twice that; retain_graph keeps them.
 // A node whose output tensor died before any backward used it is freed at once (a
-// reference count per node: the output handle plus the live nodes that read it), so a
-// forgotten NoGradGuard in an evaluation loop costs time, not memory. When nothing on
-// the tape is pending, the tape is cleared and its generation number moves on.
+// reference count per node: the output handle plus the live nodes that read it). Freed
+// and dead nodes are then compacted away, keeping the order, whenever the tape has
+// doubled, so one live tensor with history does not pin what was recorded after it: a
+// forgotten NoGradGuard costs time, not memory. Tensors are looked up by stamp (at their
+// recorded index, or by binary search below it), so compaction never writes into them.
 //
-// A tensor that outlives its graph (the hidden state carried to the next chunk of
-// truncated BPTT) still names its old node. Recording an op on it is allowed; a
-// backward that reaches it throws StateError explaining detach(). NoGradGuard records
-// nothing. Backward runs with recording off (no higher-order gradients yet, but the
-// backward functions take and return Tensors, so they can come later).
+// A value saved for backward carries the version its storage had; every write (data<T>()
+// on a non-const tensor, in-place ops, optimizer steps, load_state_dict) bumps it, and a
+// backward that finds a saved value changed throws StateError instead of computing a
+// wrong gradient. A tensor that outlives its graph (the hidden state carried to the next
+// chunk of truncated BPTT) still names its old node: recording on it is allowed; a
+// backward that reaches it throws StateError explaining detach(). Backward runs with
+// recording off, so a .grad() is a constant: values computed from one are marked, and a
+// backward that reaches the mark refuses rather than silently dropping that term.
 //
-// Threads: the tape is thread_local. Two threads may train two models at once; a
-// tensor with history belongs to the thread that made it (detach() to hand it over).
+// Threads: the tape is thread_local. A tensor with history belongs to the thread that
+// recorded it; using it on another thread is a StateError (detach() hands it over), and
+// destroying it there queues the release to its owner. Leaves may be shared: gradient
+// accumulation into a leaf takes a per-leaf lock (Hogwild loses nothing).
 #include <cstddef>
 #include <cstddef>
 #include <new>
@@ -169,7 +177,8 @@ class SavedTensor {
 inline SavedTensor save(const Tensor& x, int input) { return SavedTensor(x, input); }
 inline SavedTensor save_output(const Tensor& y) { return SavedTensor(y.detach(), SavedTensor::kOutput); }
 
-// True when an op on these inputs must be recorded (grad mode on and one requires grad).
+// True when an op on these inputs must be recorded (grad mode on, and one requires grad
+// or is a gradient used as a value).
 bool needs_record(std::initializer_list<const Tensor*> inputs);
 bool needs_record(std::span<const Tensor> inputs);
 
