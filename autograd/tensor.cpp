@@ -223,8 +223,7 @@ void Tensor::zero_grad() {
 Tensor& Tensor::retain_grad() {
   TensorImpl& t = const_cast<TensorImpl&>(impl_of("retain_grad", impl_));
   if (!t.requires_grad) throw StateError("retain_grad: the tensor does not require grad");
-  detail::retain_output(*this);
-  t.retain_grad = true;
+  detail::retain_output(*this);  // the node keeps a weak handle: see Tape::retained
   return *this;
 }
 

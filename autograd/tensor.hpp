@@ -194,7 +194,6 @@ class TensorImpl {
   StorageHeader& header() const { return *static_cast<StorageHeader*>(storage.get()); }
   Tensor grad;
   bool requires_grad = false;     // leaves: user-set; outputs: set by record()
-  bool retain_grad = false;
   // A gradient made by backward (a .grad()): a constant whose own history is missing.
   // Ops on it are recorded so that a backward reaching it can refuse (see tape.cpp).
   bool grad_value = false;
