@@ -103,7 +103,7 @@ Geo check_conv(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 
                        pair_str(padding), part);
   };
   const Shape ys{g.B, g.O, g.Ho, g.Wo};
-  if (!numel_fits(ys)) throw_numel_error(what("the output"), ys);
+  if (!numel_fits("conv2d", ys)) throw_numel_error(what("the output"), ys);
   const Shape cols{g.C, g.kh, g.kw, g.Ho, g.Wo};
   if (!numel_fits(cols)) throw_numel_error(what("the unfolded input"), cols);
   return g;

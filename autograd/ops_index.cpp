@@ -111,7 +111,7 @@ Tensor index_select(const Tensor& x, int dim, const Tensor& index) {
   }
   const std::int64_t n = xs[d];
   check_range("index_select", index, n, dim, xs);
-  if (!numel_fits(ys)) {
+  if (!numel_fits("index_select", ys)) {
     throw_numel_error(fmt::format("index_select: {}, index {}: the result", xs.str(), index.shape().str()), ys);
   }
   const std::int64_t outer = prod(xs, 0, d), inner = prod(xs, d + 1, xs.size()), k = index.numel();
@@ -245,7 +245,7 @@ Tensor embedding(const Tensor& ids, const Tensor& weight, std::optional<std::int
   }
   Shape ys = ids.shape();
   ys.push_back(D);
-  if (!numel_fits(ys)) {
+  if (!numel_fits("embedding", ys)) {
     throw_numel_error(fmt::format("embedding: ids {}, weight {}: the result", ids.shape().str(), weight.shape().str()),
                       ys);
   }

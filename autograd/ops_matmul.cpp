@@ -74,7 +74,7 @@ Mm plan(const Tensor& a, const Tensor& b, Shape& out) {
   if (p.K != kb) {
     throw ShapeError(fmt::format("matmul: {} x {}: inner dimensions differ ({} vs {})", sa.str(), sb.str(), p.K, kb));
   }
-  if (!numel_fits(out)) throw_numel_error(fmt::format("matmul: {} x {}: the result", sa.str(), sb.str()), out);
+  if (!numel_fits("matmul", out)) throw_numel_error(fmt::format("matmul: {} x {}: the result", sa.str(), sb.str()), out);
   return p;
 }
 
@@ -152,7 +152,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const std::int64_t n = prod(xs, 0, xs.size() - 1);  // rows of the [n, in] view
   Shape ys = xs;
   ys[ys.size() - 1] = out;
-  if (!numel_fits(ys)) throw_numel_error(fmt::format("linear: input {}, weight {}: the result", xs.str(), ws.str()), ys);
+  if (!numel_fits("linear", ys)) throw_numel_error(fmt::format("linear: input {}, weight {}: the result", xs.str(), ws.str()), ys);
   Tensor y = Tensor::empty(ys, x.dtype());
   dispatch_float("linear", x.dtype(), [&](auto tag) {
     using T = decltype(tag);

@@ -391,7 +391,7 @@ Tensor concat(const std::vector<Tensor>& xs, int dim) {
                                    xs.size(), dim, s0.str()));
     }
   }
-  if (!numel_fits(ys)) {
+  if (!numel_fits("concat", ys)) {
     throw_numel_error(fmt::format("concat: {} tensors along dim {} (tensor 0 is {}) give", xs.size(), dim, s0.str()), ys);
   }
   Tensor y = Tensor::empty(ys, xs[0].dtype());
@@ -446,7 +446,7 @@ Tensor stack(const std::vector<Tensor>& xs, int dim) {
   const int d = wrap_dim("stack", dim, s0.size() + 1);
   Shape ys = s0;
   ys.insert(d, static_cast<std::int64_t>(xs.size()));
-  if (!numel_fits(ys)) {
+  if (!numel_fits("stack", ys)) {
     throw_numel_error(fmt::format("stack: {} tensors of {} along dim {} give", xs.size(), s0.str(), dim), ys);
   }
   Tensor y = Tensor::empty(ys, xs[0].dtype());

@@ -8,6 +8,10 @@
 
 namespace xg {
 
+namespace detail {
+constinit thread_local AllocSite alloc_site{};
+}  // namespace detail
+
 namespace {
 void check_rank(std::size_t n) {
   if (n > static_cast<std::size_t>(Shape::kMaxDims)) {
@@ -77,7 +81,7 @@ Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b) {
     }
     out.push_back(da == 1 ? db : da);
   }
-  if (!numel_fits(out)) throw_numel_error(fmt::format("{}: {} and {} broadcast to", op, a.str(), b.str()), out);
+  if (!numel_fits(op, out)) throw_numel_error(fmt::format("{}: {} and {} broadcast to", op, a.str(), b.str()), out);
   return out;
 }
 

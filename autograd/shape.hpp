@@ -77,6 +77,25 @@ inline bool numel_fits(const Shape& s) {
   return true;
 }
 
+namespace detail {
+// The op that last sized a tensor from its inputs, so that an allocation failing in
+// Tensor::empty can name it (ResourceError "matmul: out of memory ..."). Ops note the site
+// where they check a grown shape; empty() names the op only when the numel matches, so a
+// stale note never blames the wrong op. constinit: a plain TLS store, no init wrapper.
+struct AllocSite {
+  const char* op = nullptr;
+  std::int64_t numel = -1;
+};
+extern constinit thread_local AllocSite alloc_site;
+}  // namespace detail
+
+// numel_fits(s), and on success notes `op` as the site that sizes the next allocation.
+inline bool numel_fits(const char* op, const Shape& s) {
+  if (!numel_fits(s)) return false;
+  detail::alloc_site = {op, s.numel()};
+  return true;
+}
+
 // The ShapeError for a shape that numel_fits refuses, worded "<what> <shape> <problem>",
 // e.g. "matmul: [2,3] x [3,4]: the result [..] has more than 2^60 elements (...)".
 [[noreturn]] void throw_numel_error(std::string_view what, const Shape& s);
@@ -85,7 +104,7 @@ inline bool numel_fits(const Shape& s) {
 // has more than 2^60 elements ...", or "... negative dimension ...") unless numel_fits(s).
 // Every op that makes a shape from user input or grows one checks it through this.
 inline std::int64_t checked_numel(const char* op, const Shape& s) {
-  if (!numel_fits(s)) throw_numel_error(std::string(op) + ": shape", s);
+  if (!numel_fits(op, s)) throw_numel_error(std::string(op) + ": shape", s);
   return s.numel();
 }
 

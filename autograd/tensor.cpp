@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "detail/kernels.hpp"
+#include "detail/storage.hpp"
 #include "detail/tape_internal.hpp"
 #include "tape.hpp"
 
@@ -60,7 +61,8 @@ TensorImpl::~TensorImpl() {
 }
 
 Tensor Tensor::empty(const Shape& shape, Dtype dtype) {
-  const std::int64_t n = checked_numel("empty", shape);  // at most 2^60: the byte count fits size_t
+  if (!numel_fits(shape)) throw_numel_error("empty: shape", shape);
+  const std::int64_t n = shape.numel();  // at most 2^60: the byte count fits size_t
   if (n > (std::int64_t{1} << 60) / static_cast<std::int64_t>(dtype_size(dtype))) {
     throw ShapeError(fmt::format("empty: shape {} of {} needs more than 2^60 bytes", shape.str(), dtype_name(dtype)));
   }
@@ -74,10 +76,24 @@ Tensor Tensor::empty(const Shape& shape, Dtype dtype) {
   constexpr std::size_t kLine = 64;
   const std::size_t bytes = static_cast<std::size_t>(n) * dtype_size(dtype);
   const std::size_t words = (bytes + kLine + 7) / 8;
-  std::shared_ptr<double[]> buf = std::make_shared_for_overwrite<double[]>(words);
+  std::shared_ptr<double[]> buf;
+  try {
+    buf = std::allocate_shared_for_overwrite<double[]>(detail::StorageAllocator<double>{}, words);
+  } catch (const std::bad_alloc&) {
+    // Nothing was recorded yet, so the tape is as it was: the caller may catch this and go on.
+    const detail::AllocSite site = detail::alloc_site;
+    const char* op = site.op != nullptr && site.numel == n ? site.op : "empty";
+    throw ResourceError(fmt::format("{}: out of memory: a {} {} tensor needs {} bytes ({:.3g} GiB), which the "
+                                    "system refused; use a smaller batch, sequence or model, or free tensors first",
+                                    op, shape.str(), dtype_name(dtype), bytes, static_cast<double>(bytes) / (1 << 30)));
+  }
   const auto addr = reinterpret_cast<std::uintptr_t>(buf.get());
   auto* header = ::new (static_cast<void*>(buf.get())) StorageHeader;
   void* data = reinterpret_cast<void*>((addr + sizeof(StorageHeader) + kLine - 1) & ~std::uintptr_t{kLine - 1});
+  // Under AddressSanitizer the bytes around the values are poisoned, so a kernel reading
+  // past either end of a tensor is reported although the read stays inside the allocation.
+  detail::poison(header + 1, static_cast<char*>(data) - reinterpret_cast<char*>(header + 1));
+  detail::poison(static_cast<char*>(data) + bytes, reinterpret_cast<char*>(buf.get() + words) - (static_cast<char*>(data) + bytes));
   return Tensor(std::make_shared<TensorImpl>(shape, dtype, std::shared_ptr<void>(std::move(buf), header), data));
 }
 

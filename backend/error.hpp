@@ -35,6 +35,12 @@ class IOError : public Error {
  public:
   using Error::Error;
 };
+// The system refused memory (std::bad_alloc from a tensor's storage): names the op, the
+// shape and the bytes. Nothing was recorded, so the tape stays usable after a catch.
+class ResourceError : public Error {
+ public:
+  using Error::Error;
+};
 // DetectAnomalyGuard found a NaN or Inf.
 class AnomalyError : public Error {
  public:
