@@ -336,12 +336,11 @@ bool OptimizerBase::check_type(const nn::StateDict& state) const {
     if (key.rfind("type.", 0) != 0) continue;
     const std::string type = key.substr(5);
     types.push_back(type);
-    std::int64_t v = 0;
     if (!t.defined() || t.ndim() != 0 || t.dtype() != i64) {
       throw StateError(fmt::format("{}: load_state_dict: '{}' must be a 0-d int64, got {}", name_, key,
                                    t.defined() ? describe(t) : "an undefined tensor"));
     }
-    if ((v = t.data<std::int64_t>()[0]) != kStateFormat) {
+    if (const std::int64_t v = t.data<std::int64_t>()[0]; v != kStateFormat) {
       throw StateError(fmt::format("{}: load_state_dict: '{}' is {}: a state format this xgrad does not know "
                                    "(it writes {}); load it with the xgrad that saved it",
                                    name_, key, v, kStateFormat));
