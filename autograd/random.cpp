@@ -73,8 +73,22 @@ Generator::State Generator::state() const {
   return {s_[0], s_[1], s_[2], s_[3], bits, has_cached_ ? 1u : 0u};
 }
 
+std::string Generator::state_problem(const State& st) {
+  if ((st[0] | st[1] | st[2] | st[3]) == 0) return "entries 0-3 (s0..s3) are all zero, a state xoshiro never leaves";
+  if (st[5] > 1) return fmt::format("entry 5 (has-cached flag) is {}, not 0 or 1", st[5]);
+  double cached = 0.0;
+  std::memcpy(&cached, &st[4], sizeof cached);
+  if (st[5] == 1 && !std::isfinite(cached)) {
+    return fmt::format("entry 4 (the cached normal) is {}, and the next normal() would return it", cached);
+  }
+  return "";
+}
+
 void Generator::set_state(const State& st) {
-  if ((st[0] | st[1] | st[2] | st[3]) == 0) throw Error("Generator::set_state: the all-zero state is invalid");
+  if (const std::string problem = state_problem(st); !problem.empty()) {
+    throw StateError(fmt::format("Generator::set_state: {}; pass a state from state() or reseed with manual_seed",
+                                 problem));
+  }
   for (int i = 0; i < 4; ++i) s_[i] = st[i];
   std::memcpy(&cached_normal_, &st[4], sizeof cached_normal_);
   has_cached_ = st[5] != 0;

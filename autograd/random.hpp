@@ -4,6 +4,7 @@
 // not), and the whole state is five integers that a checkpoint can store.
 #include <array>
 #include <cstdint>
+#include <string>
 
 namespace xg {
 
@@ -23,7 +24,12 @@ class Generator {
   // Full state for checkpoints: s0..s3, then the cached normal's bits and a has-cached flag.
   using State = std::array<std::uint64_t, 6>;
   State state() const;
+  // StateError for a state no generator can be in (see state_problem); changes nothing then.
   void set_state(const State& st);
+  // What makes `st` unusable, or "" when it is fine: s0..s3 all zero (xoshiro would return
+  // zeros forever), a has-cached flag other than 0/1, or a cached normal that is NaN or
+  // infinite (returned by the next normal()).
+  static std::string state_problem(const State& st);
 
  private:
   std::uint64_t s_[4] = {};

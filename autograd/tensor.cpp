@@ -216,6 +216,38 @@ Tensor Tensor::grad() const {
   return t.grad;
 }
 
+namespace {
+
+// A gradient that is the tensor itself, or reaches it through its own .grad() chain, is a
+// reference cycle: neither tensor would ever be freed. One that shares the tensor's bytes
+// would change with every step that updates the tensor (and backward would accumulate
+// into the tensor itself).
+void check_grad_alias(const TensorImpl& t, const Tensor& g) {
+  const std::size_t bytes = static_cast<std::size_t>(t.shape.numel()) * dtype_size(t.dtype);
+  const TensorImpl& gi = *g.impl();
+  if (bytes > 0 && gi.storage == t.storage) {
+    const auto* a = static_cast<const char*>(t.data);
+    const auto* b = static_cast<const char*>(gi.data);
+    if (a < b + bytes && b < a + bytes) {
+      throw StateError(fmt::format("set_grad: the gradient {} {} shares memory with the tensor (it is the tensor, or "
+                                   "a view or detach() of it): a step would change the gradient with the tensor. "
+                                   "Pass a copy: set_grad(g.clone())",
+                                   dtype_name(t.dtype), t.shape.str()));
+    }
+  }
+  // Chains built through set_grad are acyclic (this check keeps them so), so the walk ends.
+  for (Tensor h = g; h.defined(); h = h.grad()) {
+    if (h.impl() == &t) {
+      throw StateError(fmt::format("set_grad: the gradient {} {} is the tensor itself or has it as its own .grad(): "
+                                   "the two would hold each other and never be freed. Pass a copy: "
+                                   "set_grad(g.detach().clone())",
+                                   dtype_name(t.dtype), t.shape.str()));
+    }
+  }
+}
+
+}  // namespace
+
 void Tensor::set_grad(const Tensor& g) {
   TensorImpl& t = const_cast<TensorImpl&>(impl_of("set_grad", impl_));
   if (g.defined() && (g.shape() != t.shape || g.dtype() != t.dtype)) {
@@ -224,6 +256,7 @@ void Tensor::set_grad(const Tensor& g) {
     if (g.shape() != t.shape) throw ShapeError(msg);
     throw DtypeError(msg);
   }
+  if (g.defined()) check_grad_alias(t, g);
   Tensor old;  // released after the lock: it may be the last handle
   std::lock_guard lock(detail::grad_lock(&t));
   old = std::exchange(t.grad, g);

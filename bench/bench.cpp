@@ -1,9 +1,11 @@
 // xgrad's benchmark workloads (definitions in ../shared/bench/README.md), one JSON line
 // per measurement:
 //   xgrad_bench WORKLOAD [--steps S] [--warmup W] [--threads N] [--variant V] [--T N]
-//                        [--ops N] [--no-malloc-tuning]
+//                        [--ops N] [--modules N] [--no-malloc-tuning]
 // WORKLOAD: opoverhead, charlstm, minchar, biglstm, seq2seq_attn, bptt_mem; and gemm, the
-// workloads' GEMM shapes on cblas_sgemm and on xgrad's own kernel; pool, what a split costs.
+// workloads' GEMM shapes on cblas_sgemm and on xgrad's own kernel; pool, what a split costs;
+// modreg, registering --modules N one-parameter sub-modules into one module (a model built
+// from many small blocks, or a generated one): each step builds the module afresh.
 #include <malloc.h>
 
 #include <cstring>
@@ -64,6 +66,51 @@ Result opoverhead(const Args& args) {
   return r;
 }
 
+namespace {
+struct OneParam : xg::nn::Module {
+  OneParam() { register_parameter("w", xg::zeros({1})); }
+};
+}  // namespace
+
+// Registration time per step (the JSON's ms); parameters() and lookup by name beside it.
+Result modreg(const Args& args) {
+  using namespace xg;
+  const int n = args.modules;
+  const int steps = args.steps_or(3);
+  std::vector<std::string> names;
+  for (int i = 0; i < n; ++i) names.push_back(fmt::format("block{}", i));
+  std::vector<double> reg, params, lookup;
+  std::size_t n_params = 0;
+  for (int s = 0; s < args.warmup + steps; ++s) {
+    nn::Module root;
+    const double t0 = now_ms();
+    for (int i = 0; i < n; ++i) root.register_module(names[i], std::make_shared<OneParam>());
+    const double t1 = now_ms();
+    n_params = root.parameters().size();
+    const double t2 = now_ms();
+    std::size_t found = 0;
+    for (int i = 0; i < n; ++i) found += root.get_submodule(names[i]) != nullptr;
+    const double t3 = now_ms();
+    if (found != static_cast<std::size_t>(n)) throw Error("modreg: a registered sub-module was not found");
+    if (s >= args.warmup) {
+      reg.push_back(t1 - t0);
+      params.push_back(t2 - t1);
+      lookup.push_back(t3 - t2);
+    }
+  }
+  Result r;
+  r.workload = "modreg";
+  r.variant = fmt::format("n{}", n);
+  r.threads = args.threads;
+  r.ms = reg;
+  r.extra["n_modules"] = n;
+  r.extra["n_params"] = static_cast<double>(n_params);
+  r.extra["ns_per_register"] = median(reg) / n * 1e6;
+  r.extra["parameters_ms"] = median(params);
+  r.extra["lookup_ms"] = median(lookup);
+  return r;
+}
+
 }  // namespace bench
 
 namespace {
@@ -71,8 +118,8 @@ namespace {
 int usage() {
   std::fputs(
       "usage: xgrad_bench WORKLOAD [--steps S] [--warmup W] [--threads N] [--variant V] [--T N] [--ops N]\n"
-      "                   [--no-malloc-tuning]\n"
-      "workloads: opoverhead charlstm minchar biglstm seq2seq_attn bptt_mem gemm pool\n"
+      "                   [--modules N] [--no-malloc-tuning]\n"
+      "workloads: opoverhead charlstm minchar biglstm seq2seq_attn bptt_mem gemm pool modreg\n"
       "  --T N: bptt_mem at one sequence length (default: 64, 128, 256, 512, each in a fresh process)\n",
       stderr);
   return 2;
@@ -95,11 +142,12 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--ops")) args.ops = std::atoi(next("--ops"));
     else if (!std::strcmp(argv[i], "--T") || !std::strcmp(argv[i], "--seq-len")) args.T = std::atoi(next("--T"));
     else if (!std::strcmp(argv[i], "--variant")) args.variant = next("--variant");
+    else if (!std::strcmp(argv[i], "--modules")) args.modules = std::atoi(next("--modules"));
     else if (!std::strcmp(argv[i], "--no-malloc-tuning")) args.malloc_tuning = false;
     else if (!std::strcmp(argv[i], "--json")) {}
     else return usage();
   }
-  if (args.steps < 0 || args.warmup < 0 || args.threads < 1 || args.ops < 3 || args.T < 0) return usage();
+  if (args.steps < 0 || args.warmup < 0 || args.threads < 1 || args.ops < 3 || args.T < 0 || args.modules < 1) return usage();
   // bptt_mem measures memory in one forward + backward: it keeps glibc's defaults
   // (freed big blocks go back to the OS), as the reference's process does.
   if (args.workload == "bptt_mem") args.malloc_tuning = false;
@@ -118,6 +166,7 @@ int main(int argc, char** argv) {
         {"minchar", bench::minchar},       {"biglstm", bench::biglstm},
         {"seq2seq_attn", bench::seq2seq_attn}, {"bptt_mem", bench::bptt_mem},
         {"gemm", bench::gemm},             {"pool", bench::pool},
+        {"modreg", bench::modreg},
     };
     const auto it = workloads.find(args.workload);
     if (it == workloads.end()) return usage();

@@ -15,13 +15,7 @@ void Module::check_name(const char* what, const std::string& name) const {
   if (name.empty() || name.find_first_of("./") != std::string::npos) {
     throw Error(fmt::format("{}: invalid name '{}' (non-empty, no '.' or '/')", what, name));
   }
-  auto taken = [&](const auto& list) {
-    for (const auto& [n, _] : list) {
-      if (n == name) return true;
-    }
-    return false;
-  };
-  if (taken(params_) || taken(buffers_) || taken(children_)) {
+  if (names_.count(name)) {
     throw Error(fmt::format("{}: the name '{}' is already registered in this module", what, name));
   }
 }
@@ -35,6 +29,7 @@ Tensor Module::register_parameter(const std::string& name, Tensor t, bool requir
   }
   if (!t.is_leaf()) t = t.detach();  // a parameter is a leaf, whatever computed its value
   if (requires_grad) t.requires_grad_(true);
+  names_.emplace(name, Where{Slot::parameter, params_.size()});
   params_.emplace_back(name, t);
   return t;
 }
@@ -42,6 +37,7 @@ Tensor Module::register_parameter(const std::string& name, Tensor t, bool requir
 Tensor Module::register_buffer(const std::string& name, Tensor t) {
   check_name("register_buffer", name);
   if (!t.defined()) throw StateError(fmt::format("register_buffer '{}': undefined tensor", name));
+  names_.emplace(name, Where{Slot::buffer, buffers_.size()});
   buffers_.emplace_back(name, t.is_leaf() ? t : t.detach());
   return buffers_.back().second;
 }
@@ -49,6 +45,7 @@ Tensor Module::register_buffer(const std::string& name, Tensor t) {
 void Module::add_child(const std::string& name, std::shared_ptr<Module> child) {
   check_name("register_module", name);
   if (!child) throw StateError(fmt::format("register_module '{}': null module", name));
+  names_.emplace(name, Where{Slot::child, children_.size()});
   children_.emplace_back(name, std::move(child));
 }
 
@@ -88,6 +85,68 @@ StateDict Module::named_buffers() const {
 }
 
 std::vector<std::pair<std::string, std::shared_ptr<Module>>> Module::named_children() const { return children_; }
+
+const Module::Where* Module::find(const std::string& name) const {
+  const auto it = names_.find(name);
+  return it == names_.end() ? nullptr : &it->second;
+}
+
+namespace {
+const char* kind_name(int slot) { return slot == 0 ? "a parameter" : slot == 1 ? "a buffer" : "a sub-module"; }
+}  // namespace
+
+const Module& Module::owner_of(const char* what, const std::string& path, std::string* last) const {
+  if (path.empty()) throw IndexError(fmt::format("{}: the path is empty", what));
+  const Module* m = this;
+  std::size_t start = 0;
+  for (std::size_t dot = path.find('.'); dot != std::string::npos; dot = path.find('.', start)) {
+    const std::string part = path.substr(start, dot - start);
+    const Where* w = m->find(part);
+    if (!w || w->slot != Slot::child) {
+      throw IndexError(fmt::format("{}: '{}': no sub-module '{}'{}; named_parameters() and named_children() list "
+                                   "the registered names",
+                                   what, path, path.substr(0, dot),
+                                   w ? fmt::format(" ('{}' is {})", part, kind_name(static_cast<int>(w->slot))) : ""));
+    }
+    m = m->children_[w->pos].second.get();
+    start = dot + 1;
+  }
+  *last = path.substr(start);
+  return *m;
+}
+
+Tensor Module::get_parameter(const std::string& path) const {
+  std::string last;
+  const Module& m = owner_of("get_parameter", path, &last);
+  const Where* w = m.find(last);
+  if (!w || w->slot != Slot::parameter) {
+    throw IndexError(fmt::format("get_parameter: no parameter '{}'{}; named_parameters() lists them", path,
+                                 w ? fmt::format(" (it is {})", kind_name(static_cast<int>(w->slot))) : ""));
+  }
+  return m.params_[w->pos].second;
+}
+
+Tensor Module::get_buffer(const std::string& path) const {
+  std::string last;
+  const Module& m = owner_of("get_buffer", path, &last);
+  const Where* w = m.find(last);
+  if (!w || w->slot != Slot::buffer) {
+    throw IndexError(fmt::format("get_buffer: no buffer '{}'{}; named_buffers() lists them", path,
+                                 w ? fmt::format(" (it is {})", kind_name(static_cast<int>(w->slot))) : ""));
+  }
+  return m.buffers_[w->pos].second;
+}
+
+std::shared_ptr<Module> Module::get_submodule(const std::string& path) const {
+  std::string last;
+  const Module& m = owner_of("get_submodule", path, &last);
+  const Where* w = m.find(last);
+  if (!w || w->slot != Slot::child) {
+    throw IndexError(fmt::format("get_submodule: no sub-module '{}'{}; named_children() lists them", path,
+                                 w ? fmt::format(" (it is {})", kind_name(static_cast<int>(w->slot))) : ""));
+  }
+  return m.children_[w->pos].second;
+}
 
 std::int64_t Module::num_parameters() const {
   std::int64_t n = 0;

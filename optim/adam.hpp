@@ -7,7 +7,8 @@
 //   v <- beta2 * v + (1 - beta2) * g * g              (exp_avg_sq)
 //   amsgrad: vmax <- max(vmax, v), use vmax for v     (max_exp_avg_sq)
 //   p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
-// State: step, exp_avg, exp_avg_sq, [max_exp_avg_sq].
+// State: step, exp_avg, exp_avg_sq, [max_exp_avg_sq]. Adam's and AdamW's states have the
+// same entries, so only their type.<Name> entry tells them apart: one without it is refused.
 #include <string>
 #include <utility>
 #include <vector>
@@ -67,6 +68,7 @@ class Adam : public GroupedOptimizer<AdamOptions> {
 
  protected:
   std::vector<std::string> buffer_names(const AdamOptions& o) const override;
+  const char* look_alike() const override { return "AdamW"; }
 };
 
 class AdamW : public GroupedOptimizer<AdamWOptions> {
@@ -77,6 +79,7 @@ class AdamW : public GroupedOptimizer<AdamWOptions> {
 
  protected:
   std::vector<std::string> buffer_names(const AdamWOptions& o) const override;
+  const char* look_alike() const override { return "Adam"; }
 };
 
 }  // namespace xg::optim

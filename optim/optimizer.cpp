@@ -135,11 +135,43 @@ bool integral_scalar(const Tensor& t, std::int64_t* out) {
 
 std::string describe(const Tensor& t) { return fmt::format("{} {}", dtype_name(t.dtype()), t.shape().str()); }
 
+// The value of the type.<Name> entry; another value is a state format this xgrad predates.
+constexpr std::int64_t kStateFormat = 1;
+
+// Buffers that are averages or sums of squares: a negative value has no square root, and
+// the next step writes NaN into the parameter.
+bool nonnegative_buffer(const std::string& name) {
+  return name == "exp_avg_sq" || name == "max_exp_avg_sq" || name == "square_avg" || name == "sum";
+}
+
+// Describes the first value of a float buffer that no training run can produce (NaN, an
+// infinity, or a negative one where `nonnegative`), or returns "" if there is none.
+template <class T>
+std::string bad_value(const T* v, std::int64_t n, bool nonnegative) {
+  std::int64_t bad = 0, first = -1;
+  for (std::int64_t k = 0; k < n; ++k) {
+    if (!std::isfinite(v[k]) || (nonnegative && v[k] < 0)) {
+      if (first < 0) first = k;
+      ++bad;
+    }
+  }
+  if (bad == 0) return "";
+  return fmt::format("element {} is {}{} ({} of {} elements bad)", first, v[first],
+                     std::isfinite(v[first]) ? " (must be >= 0)" : "", bad, n);
+}
+
+std::string bad_value(const Tensor& t, bool nonnegative) {
+  if (t.dtype() == f32) return bad_value(t.data<float>(), t.numel(), nonnegative);
+  if (t.dtype() == f64) return bad_value(t.data<double>(), t.numel(), nonnegative);
+  return "";
+}
+
 }  // namespace
 
 nn::StateDict OptimizerBase::write_state(const std::vector<OptionValues>& group_options,
                                          const std::vector<std::vector<std::string>>& group_buffers) const {
   nn::StateDict out;
+  out.emplace_back(fmt::format("type.{}", name_), scalar_i64(kStateFormat));
   for (std::size_t g = 0; g < num_groups(); ++g) {
     out.emplace_back(fmt::format("group.{}.params", g),
                      scalar_i64(static_cast<std::int64_t>(group_end(g) - group_begin(g))));
@@ -172,7 +204,9 @@ OptimizerBase::Parsed OptimizerBase::parse_options(const nn::StateDict& state,
     std::size_t g = 0;
     std::string rest;
     if (!split_key(key, "group", &g, &rest)) {
-      if (key.rfind("state.", 0) != 0) errors.push_back(fmt::format("unexpected entry '{}'", key));
+      if (key.rfind("state.", 0) != 0 && key.rfind("type.", 0) != 0) {
+        errors.push_back(fmt::format("unexpected entry '{}'", key));
+      }
       continue;
     }
     if (!t.defined()) {
@@ -204,7 +238,14 @@ OptimizerBase::Parsed OptimizerBase::parse_options(const nn::StateDict& state,
       errors.push_back(fmt::format("'{}' must be a 0-d float64, got {}", key, describe(t)));
       continue;
     }
-    out.options[g][k] = t.data<double>()[0];
+    const double v = t.data<double>()[0];
+    if (!std::isfinite(v)) {
+      // validate() would let an infinite lr or weight_decay through, and the first step
+      // would turn every parameter into NaN.
+      errors.push_back(fmt::format("'{}' is {}: options must be finite", key, v));
+      continue;
+    }
+    out.options[g][k] = v;
   }
   if (!any_group) {
     errors.push_back("no 'group.<g>.*' entries (not an optimizer state dict?)");
@@ -261,6 +302,9 @@ void OptimizerBase::parse_buffers(const nn::StateDict& state, Parsed& out,
       continue;
     } else if (t.shape() != params_[i].shape() || t.dtype() != params_[i].dtype()) {
       errors.push_back(fmt::format("'{}' is {} but parameter {} is {}", key, describe(t), i, describe(params_[i])));
+    } else if (const std::string bad = bad_value(t, nonnegative_buffer(rest)); !bad.empty()) {
+      // Loaded, it would poison parameter i at the next step, silently.
+      errors.push_back(fmt::format("'{}' (parameter {}): {}", key, i, bad));
     }
     found[i][rest] = t;
   }
@@ -284,6 +328,43 @@ void OptimizerBase::parse_buffers(const nn::StateDict& state, Parsed& out,
 void OptimizerBase::throw_state_errors(const std::vector<std::string>& errors) const {
   throw StateError(fmt::format("{}: load_state_dict: the state does not match this optimizer ({} problem{}): {}",
                                name_, errors.size(), errors.size() == 1 ? "" : "s", fmt::join(errors, "; ")));
+}
+
+bool OptimizerBase::check_type(const nn::StateDict& state) const {
+  std::vector<std::string> types;
+  for (const auto& [key, t] : state) {
+    if (key.rfind("type.", 0) != 0) continue;
+    const std::string type = key.substr(5);
+    types.push_back(type);
+    if (!t.defined() || t.ndim() != 0 || t.dtype() != i64) {
+      throw StateError(fmt::format("{}: load_state_dict: '{}' must be a 0-d int64, got {}", name_, key,
+                                   t.defined() ? describe(t) : "an undefined tensor"));
+    }
+    if (const std::int64_t v = t.data<std::int64_t>()[0]; v != kStateFormat) {
+      throw StateError(fmt::format("{}: load_state_dict: '{}' is {}: a state format this xgrad does not know "
+                                   "(it writes {}); load it with the xgrad that saved it",
+                                   name_, key, v, kStateFormat));
+    }
+  }
+  if (types.size() > 1) {
+    throw StateError(fmt::format("{}: load_state_dict: the state names {} optimizer types ({}): one state per "
+                                 "optimizer",
+                                 name_, types.size(), fmt::join(types, ", ")));
+  }
+  if (!types.empty() && types[0] != name_) {
+    throw StateError(fmt::format("{0}: load_state_dict: the state was saved by {1}, this optimizer is {0}: load "
+                                 "it into a {1}, or start the {0} without it",
+                                 name_, types[0]));
+  }
+  return !types.empty();
+}
+
+void OptimizerBase::throw_untagged() const {
+  throw StateError(fmt::format(
+      "{0}: load_state_dict: the state records no optimizer type (saved before xgrad recorded it), and {0} and "
+      "{1} states have the same entries, so it could be either: if {0} saved it, add the entry 'type.{0}' (a 0-d "
+      "int64 1) and load again; state_dict() then saves it with its type",
+      name_, look_alike()));
 }
 
 }  // namespace xg::optim

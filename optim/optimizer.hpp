@@ -12,6 +12,9 @@
 // never gets a gradient has no state (like PyTorch).
 //
 // state_dict() names (all 0-d unless a buffer):
+//   type.<Name>               int64 1: the optimizer that saved the state ("type.Adam"), so
+//                             that Adam's state cannot load into AdamW (their entries are
+//                             the same); loading another type's state is a StateError
 //   group.<g>.params          int64 number of parameters in group g (groups are consecutive
 //                             ranges of the flat list, in construction order)
 //   group.<g>.<option>        float64 option value (bools as 0/1; Adam's betas as beta1, beta2)
@@ -103,6 +106,14 @@ class OptimizerBase : public Optimizer {
                      const std::vector<std::vector<std::string>>& group_buffers,
                      std::vector<std::string>& errors) const;
   [[noreturn]] void throw_state_errors(const std::vector<std::string>& errors) const;
+  // Checks the state's type.<Name> entry against this optimizer (StateError naming both
+  // types); returns whether the state has one.
+  bool check_type(const nn::StateDict& state) const;
+  // The optimizer whose states have the same entries as this one's, if any: a state
+  // without a type entry (saved before types were recorded) is then refused, since it
+  // cannot be told apart.
+  virtual const char* look_alike() const { return nullptr; }
+  [[noreturn]] void throw_untagged() const;
 
   const char* name_;
   std::vector<Tensor> params_;
@@ -114,9 +125,14 @@ template <class F>
 OptimizerBase::Parsed OptimizerBase::parse_state(const nn::StateDict& state,
                                                  const std::vector<std::string>& option_names,
                                                  F&& buffers_for) const {
+  // Another optimizer's state fails many checks below; its type is the one worth naming.
+  const bool tagged = check_type(state);
   std::vector<std::string> errors;
   Parsed out = parse_options(state, option_names, errors);
   if (!errors.empty()) throw_state_errors(errors);
+  if (!tagged && look_alike()) {
+    throw_untagged();
+  }
   std::vector<std::vector<std::string>> group_buffers;
   for (const auto& values : out.options) group_buffers.push_back(buffers_for(values));
   parse_buffers(state, out, group_buffers, errors);

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <string>
 #include <sys/wait.h>
@@ -353,5 +354,93 @@ TEST_CASE("checkpoint: bad input") {
     xg::save_npz(path, {{"xgrad.checkpoint", v}, {"step", s}});
     CHECK(xgtest::has(xgtest::error_of<xg::StateError>([&] { (void)xg::training::read_checkpoint_info(path); }),
                       "format 99"));
+  }
+}
+
+namespace {
+
+// A copy of checkpoint `src` at `dst` with entry `key` changed by `edit`.
+template <class F>
+void rewrite_entry(const std::string& src, const std::string& dst, const std::string& key, F&& edit) {
+  xg::nn::StateDict all = xg::load_npz(src);
+  bool found = false;
+  for (auto& [n, t] : all) {
+    if (n != key) continue;
+    found = true;
+    t = t.clone();
+    edit(t);
+  }
+  REQUIRE_MESSAGE(found, key);
+  xg::save_npz(dst, all);
+}
+
+// Loading `path` into `r` is a StateError with every needle, and the model, optimizer,
+// scheduler and default generator are as they were.
+void refused_nothing_loaded(Run& r, const std::string& path, const std::vector<std::string>& needles) {
+  const auto model = snapshot(r.net->state_dict());
+  const auto opt = snapshot(r.opt->state_dict());
+  const auto sched = snapshot(r.sched->state_dict());
+  const auto gen = xg::default_generator().state();
+  std::vector<std::string> want = {"load_checkpoint"};
+  want.insert(want.end(), needles.begin(), needles.end());
+  xgtest::check_throws_msg<xg::StateError>([&] { r.load(path); }, want);
+  check_same_state(r.net->state_dict(), model);
+  check_same_state(r.opt->state_dict(), opt);
+  check_same_state(r.sched->state_dict(), sched);
+  CHECK(xg::default_generator().state() == gen);
+}
+
+}  // namespace
+
+TEST_CASE("checkpoint: an Adam checkpoint into an AdamW is refused naming both types; the model is rolled back") {
+  TempDir dir;
+  const std::string path = dir.file("ckpt.npz");
+  Run src(3);
+  for (int i = 0; i < 2; ++i) src.train_step();
+  src.save(path);
+  Run other(9);
+  other.train_step();
+  xg::optim::AdamWOptions wo;
+  wo.amsgrad = true;  // every entry name matches Adam's amsgrad state
+  xg::optim::AdamW adamw(other.net->parameters(), wo);
+  const auto model = snapshot(other.net->state_dict());
+  const auto opt = snapshot(adamw.state_dict());
+  xgtest::check_throws_msg<xg::StateError>(
+      [&] { load_checkpoint(path, {other.net.get(), &adamw, nullptr, nullptr}); },
+      {"load_checkpoint", "optimizer", "saved by Adam, this optimizer is AdamW"});
+  check_same_state(other.net->state_dict(), model);
+  check_same_state(adamw.state_dict(), opt);
+}
+
+TEST_CASE("checkpoint: optimizer or generator values that are not states are refused; nothing is loaded") {
+  TempDir dir;
+  const std::string path = dir.file("ckpt.npz"), bad = dir.file("bad.npz");
+  Run src(3);
+  for (int i = 0; i < 2; ++i) src.train_step();
+  (void)xg::default_generator().normal();  // a cached normal, so its flag is 1
+  src.save(path);
+  Run other(9);
+  other.train_step();
+
+  SUBCASE("a negative exp_avg_sq") {
+    rewrite_entry(path, bad, "optimizer.state.0.exp_avg_sq", [](Tensor& t) {
+      if (t.dtype() == xg::f32) t.data<float>()[0] = -1.0f;
+      else t.data<double>()[0] = -1.0;
+    });
+    refused_nothing_loaded(other, bad, {"optimizer", "'state.0.exp_avg_sq' (parameter 0)"});
+  }
+  SUBCASE("a NaN cached normal in the generator state") {
+    rewrite_entry(path, bad, "generator.state", [](Tensor& t) {
+      const double nan = std::numeric_limits<double>::quiet_NaN();
+      std::memcpy(&t.data<std::int64_t>()[4], &nan, sizeof nan);
+      t.data<std::int64_t>()[5] = 1;
+    });
+    refused_nothing_loaded(other, bad, {"'generator.state'", "entry 4", "nan"});
+  }
+  SUBCASE("an all-zero generator state") {
+    rewrite_entry(path, bad, "generator.state", [](Tensor& t) {
+      for (int k = 0; k < 4; ++k) t.data<std::int64_t>()[k] = 0;
+    });
+    refused_nothing_loaded(other, bad, {"'generator.state'", "all zero"});
   }
 }

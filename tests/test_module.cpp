@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "helpers.hpp"
 
 using namespace xg;
@@ -645,4 +647,52 @@ TEST_CASE("module: gradcheck of the custom cell w.r.t. input, initial state and 
     CHECK(r0.passed);
     CHECK(tape_pending() == 0);
   }
+}
+
+TEST_CASE("module: many sub-modules keep registration order, refuse duplicates and are found by name") {
+  constexpr int n = 2000;
+  nn::Module m;
+  m.register_parameter("scale", ones({1}));
+  std::vector<std::shared_ptr<Affine>> kids;
+  for (int i = 0; i < n; ++i) {
+    // Names whose sorted and hashed orders differ from registration order.
+    kids.push_back(m.register_module(fmt::format("b{}", (i * 7919) % n), std::make_shared<Affine>(1, 1)));
+  }
+  m.register_buffer("count", zeros({1}));
+  // A failed registration (undefined tensor) does not take its name.
+  CHECK_THROWS_AS(m.register_parameter("late", Tensor()), StateError);
+  Tensor late = m.register_parameter("late", zeros({1}));
+
+  const auto children = m.named_children();
+  REQUIRE(children.size() == static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    CHECK(children[i].first == fmt::format("b{}", (i * 7919) % n));
+    CHECK(children[i].second.get() == kids[i].get());
+  }
+  const auto params = m.named_parameters();
+  REQUIRE(params.size() == static_cast<std::size_t>(2 * n + 2));
+  CHECK(params[0].first == "scale");
+  CHECK(params[1].first == "late");  // own parameters first, then each child's
+  CHECK(params[2].first == "b0.weight");
+  CHECK(params[4].first == fmt::format("b{}.weight", 7919 % n));
+
+  for (const char* dup : {"b0", "b1999", "scale", "count", "late"}) {
+    check_error<Error>([&] { m.register_module(dup, std::make_shared<Affine>(1, 1)); }, {"'" + std::string(dup) + "'", "already"});
+    check_error<Error>([&] { m.register_parameter(dup, zeros({1})); }, {"already"});
+  }
+  CHECK(m.named_children().size() == static_cast<std::size_t>(n));
+
+  // Lookup by name and by dotted path.
+  CHECK(m.get_submodule(fmt::format("b{}", 7919 % n)).get() == kids[1].get());
+  CHECK(m.get_parameter("scale").is_same(params[0].second));
+  CHECK(m.get_parameter("late").is_same(late));
+  CHECK(m.get_parameter(fmt::format("b{}.bias", (5 * 7919) % n)).is_same(kids[5]->bias));
+  CHECK(m.get_buffer("count").numel() == 1);
+  check_error<IndexError>([&] { (void)m.get_submodule("nope"); }, {"get_submodule", "'nope'"});
+  check_error<IndexError>([&] { (void)m.get_submodule("scale"); }, {"get_submodule", "'scale'", "a parameter"});
+  check_error<IndexError>([&] { (void)m.get_parameter("b3.nope"); }, {"get_parameter", "'b3.nope'"});
+  check_error<IndexError>([&] { (void)m.get_parameter("nope.weight"); }, {"get_parameter", "'nope.weight'", "no sub-module 'nope'"});
+  check_error<IndexError>([&] { (void)m.get_parameter("count"); }, {"get_parameter", "a buffer"});
+  check_error<IndexError>([&] { (void)m.get_buffer("scale.x"); }, {"get_buffer", "'scale' is a parameter"});
+  check_error<IndexError>([&] { (void)m.get_parameter(""); }, {"get_parameter", "empty"});
 }

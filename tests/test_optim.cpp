@@ -2,6 +2,7 @@
 // (tests/fixtures/gen_optim.py), hand-derived first steps, state dict round trips and
 // validation, and every bad input.
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -437,7 +438,7 @@ TEST_CASE("optim load_state_dict rejects a mismatching state with StateError and
     optim::SGD other({x, y}, {.lr = 0.1, .momentum = 0.9});
     x.set_grad(xg::full({2, 3}, 1.0, xg::f64));
     other.step();
-    rejects(other.state_dict(), {"unknown option 'momentum'"});
+    rejects(other.state_dict(), {"saved by SGD, this optimizer is Adam"});
   }
   SUBCASE("an invalid option value or step") {
     Dict bad = good;
@@ -533,4 +534,197 @@ TEST_CASE("optim step on empty (0-element) parameters is a no-op") {
   const Dict sd = opt.state_dict();
   optim::Adam again({xg::zeros({0, 3}, xg::f64).requires_grad_(), param({1.0}, {1})}, {});
   again.load_state_dict(sd);
+}
+
+// ---------------------------------------------------------------------------
+// States of the wrong kind, and values no training run produces
+// ---------------------------------------------------------------------------
+
+namespace {
+
+// Two parameters (f64 [2, 3] and `dt` [2]) stepped twice with constant gradients, so every
+// buffer exists and holds ordinary values.
+template <class Opt, class Options>
+struct Stepped {
+  Tensor w = param({1, 2, 3, 4, 5, 6}, {2, 3});
+  Tensor v;
+  Opt opt;
+  explicit Stepped(Options o, xg::Dtype dt = xg::f64)
+      : v(xg::full({2}, 0.5, dt).requires_grad_()), opt(std::vector<Tensor>{w, v}, o) {
+    for (int k = 0; k < 2; ++k) {
+      w.set_grad(xg::full({2, 3}, 0.3, xg::f64));
+      v.set_grad(xg::full({2}, -0.2, dt));
+      opt.step();
+    }
+  }
+};
+
+// A copy of `sd` with element k of entry `key` set to x.
+Dict with_value(const Dict& sd, const std::string& key, std::int64_t k, double x) {
+  Dict out;
+  bool found = false;
+  for (const auto& [n, t] : sd) {
+    Tensor c = t.clone();
+    if (n == key) {
+      found = true;
+      if (c.dtype() == xg::f64) c.data<double>()[k] = x;
+      if (c.dtype() == xg::f32) c.data<float>()[k] = static_cast<float>(x);
+      if (c.dtype() == xg::i64) c.data<std::int64_t>()[k] = static_cast<std::int64_t>(x);
+    }
+    out.emplace_back(n, c);
+  }
+  REQUIRE_MESSAGE(found, key);
+  return out;
+}
+
+Dict without_type(const Dict& sd) {
+  Dict out;
+  for (const auto& kv : sd) {
+    if (kv.first.rfind("type.", 0) != 0) out.push_back(kv);
+  }
+  return out;
+}
+
+// load_state_dict(bad) is a StateError whose message has every needle, and the optimizer's
+// state (options, steps, buffers) is what it was, bit for bit.
+void refused_unchanged(optim::Optimizer& opt, const Dict& bad, const std::vector<std::string>& needles) {
+  const Dict before = opt.state_dict();
+  xgtest::check_throws_msg<xg::StateError>([&] { opt.load_state_dict(bad); }, needles);
+  const Dict after = opt.state_dict();
+  REQUIRE(after.size() == before.size());
+  for (std::size_t k = 0; k < after.size(); ++k) {
+    CAPTURE(after[k].first);
+    CHECK(after[k].first == before[k].first);
+    CHECK(after[k].second.to_vector<double>() == before[k].second.to_vector<double>());
+  }
+}
+
+}  // namespace
+
+TEST_CASE("optim state_dict records the optimizer type; another type's state is a StateError naming both") {
+  Stepped<optim::Adam, optim::AdamOptions> adam({.lr = 0.1});
+  Stepped<optim::AdamW, optim::AdamWOptions> adamw({.lr = 0.1});
+  Stepped<optim::SGD, optim::SGDOptions> sgd({.lr = 0.1, .momentum = 0.9});
+  Stepped<optim::RMSprop, optim::RMSpropOptions> rms({.lr = 0.1});
+  Stepped<optim::Adagrad, optim::AdagradOptions> ada({.lr = 0.1});
+  const Dict adam_state = adam.opt.state_dict();
+  const Tensor* tag = find(adam_state, "type.Adam");
+  REQUIRE(tag != nullptr);
+  CHECK(tag->dtype() == xg::i64);
+  CHECK(tag->ndim() == 0);
+  CHECK(tag->item() == 1);
+  CHECK(find(adamw.opt.state_dict(), "type.AdamW") != nullptr);
+  CHECK(find(sgd.opt.state_dict(), "type.SGD") != nullptr);
+  CHECK(find(rms.opt.state_dict(), "type.RMSprop") != nullptr);
+  CHECK(find(ada.opt.state_dict(), "type.Adagrad") != nullptr);
+
+  // Adam and AdamW have the same entries: before the type entry, each loaded the other's.
+  refused_unchanged(adamw.opt, adam.opt.state_dict(), {"AdamW", "load_state_dict", "saved by Adam"});
+  refused_unchanged(adam.opt, adamw.opt.state_dict(), {"Adam", "saved by AdamW, this optimizer is Adam"});
+  // Through a file, as a checkpoint would carry it.
+  const std::string path = (fs::temp_directory_path() / "xgrad_optim_adam_type.npz").string();
+  xg::save_npz(path, adam.opt.state_dict());
+  const Dict from_file = xg::load_npz(path);
+  fs::remove(path);
+  refused_unchanged(adamw.opt, from_file, {"saved by Adam, this optimizer is AdamW"});
+  refused_unchanged(rms.opt, ada.opt.state_dict(), {"saved by Adagrad, this optimizer is RMSprop"});
+  refused_unchanged(ada.opt, sgd.opt.state_dict(), {"saved by SGD, this optimizer is Adagrad"});
+  refused_unchanged(sgd.opt, rms.opt.state_dict(), {"saved by RMSprop, this optimizer is SGD"});
+
+  SUBCASE("a malformed or doubled type entry") {
+    Dict two = adam.opt.state_dict();
+    two.emplace_back("type.AdamW", find(adamw.opt.state_dict(), "type.AdamW")->clone());
+    refused_unchanged(adam.opt, two, {"2 optimizer types", "Adam, AdamW"});
+    Dict f = without_type(adam.opt.state_dict());
+    f.emplace_back("type.Adam", xg::scalar(1.0, xg::f64));
+    refused_unchanged(adam.opt, f, {"'type.Adam' must be a 0-d int64", "float64"});
+    refused_unchanged(adam.opt, with_value(adam.opt.state_dict(), "type.Adam", 0, 7),
+                      {"'type.Adam' is 7", "state format"});
+  }
+}
+
+TEST_CASE("optim a state without a type entry (saved before types were recorded)") {
+  SUBCASE("SGD, RMSprop and Adagrad states, whose entries are their own, load as before") {
+    Stepped<optim::SGD, optim::SGDOptions> sgd({.lr = 0.1, .momentum = 0.9}), sgd2({.lr = 0.5, .momentum = 0.9});
+    sgd2.opt.load_state_dict(without_type(sgd.opt.state_dict()));
+    CHECK(sgd2.opt.get_lr(0) == 0.1);
+    Stepped<optim::RMSprop, optim::RMSpropOptions> rms({.lr = 0.1}), rms2({.lr = 0.5});
+    rms2.opt.load_state_dict(without_type(rms.opt.state_dict()));
+    CHECK(rms2.opt.get_lr(0) == 0.1);
+    Stepped<optim::Adagrad, optim::AdagradOptions> ada({.lr = 0.1}), ada2({.lr = 0.5});
+    ada2.opt.load_state_dict(without_type(ada.opt.state_dict()));
+    CHECK(ada2.opt.get_lr(0) == 0.1);
+  }
+  SUBCASE("Adam and AdamW states, which cannot be told apart, are refused with how to tag them") {
+    Stepped<optim::Adam, optim::AdamOptions> adam({.lr = 0.1}), other({.lr = 0.5});
+    const Dict old = without_type(adam.opt.state_dict());
+    refused_unchanged(other.opt, old, {"Adam", "records no optimizer type", "AdamW", "add the entry 'type.Adam'"});
+    Stepped<optim::AdamW, optim::AdamWOptions> adamw({.lr = 0.5});
+    refused_unchanged(adamw.opt, old, {"AdamW", "records no optimizer type", "'type.AdamW'"});
+    // The fix the message gives works, and the state saves with its type from then on.
+    Dict tagged = old;
+    Tensor one = Tensor::empty(xg::Shape{}, xg::i64);
+    one.data<std::int64_t>()[0] = 1;
+    tagged.emplace_back("type.Adam", one);
+    other.opt.load_state_dict(tagged);
+    CHECK(other.opt.get_lr(0) == 0.1);
+    CHECK(find(other.opt.state_dict(), "type.Adam") != nullptr);
+  }
+}
+
+TEST_CASE("optim load_state_dict refuses values no training run produces, naming entry and parameter, and changes nothing") {
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  SUBCASE("Adam: negative or NaN moments, in float64 and float32") {
+    Stepped<optim::Adam, optim::AdamOptions> a({.lr = 0.1, .amsgrad = true});
+    const Dict good = a.opt.state_dict();
+    refused_unchanged(a.opt, with_value(good, "state.0.exp_avg_sq", 4, -1e-3),
+                      {"'state.0.exp_avg_sq' (parameter 0)", "element 4", "must be >= 0"});
+    refused_unchanged(a.opt, with_value(good, "state.1.max_exp_avg_sq", 1, -2.0), {"'state.1.max_exp_avg_sq' (parameter 1)"});
+    refused_unchanged(a.opt, with_value(good, "state.0.exp_avg", 2, nan), {"'state.0.exp_avg' (parameter 0)", "nan"});
+    Stepped<optim::AdamW, optim::AdamWOptions> f({.lr = 0.1}, xg::f32);
+    refused_unchanged(f.opt, with_value(f.opt.state_dict(), "state.1.exp_avg_sq", 0, -0.5),
+                      {"AdamW", "'state.1.exp_avg_sq' (parameter 1)", "element 0"});
+    refused_unchanged(f.opt, with_value(f.opt.state_dict(), "state.1.exp_avg", 1, inf), {"'state.1.exp_avg'", "inf"});
+  }
+  SUBCASE("a negative or zero step count") {
+    Stepped<optim::Adam, optim::AdamOptions> a({.lr = 0.1});
+    refused_unchanged(a.opt, with_value(a.opt.state_dict(), "state.1.step", 0, -3), {"'state.1.step'", ">= 1"});
+    refused_unchanged(a.opt, with_value(a.opt.state_dict(), "state.0.step", 0, 0), {"'state.0.step'"});
+  }
+  SUBCASE("Adagrad: NaN or negative sums") {
+    Stepped<optim::Adagrad, optim::AdagradOptions> a({.lr = 0.1});
+    refused_unchanged(a.opt, with_value(a.opt.state_dict(), "state.0.sum", 5, nan),
+                      {"Adagrad", "'state.0.sum' (parameter 0)", "element 5 is nan"});
+    refused_unchanged(a.opt, with_value(a.opt.state_dict(), "state.1.sum", 0, -1.0), {"'state.1.sum' (parameter 1)", ">= 0"});
+  }
+  SUBCASE("RMSprop: negative or NaN square averages, infinite momentum or grad averages") {
+    Stepped<optim::RMSprop, optim::RMSpropOptions> r({.lr = 0.1, .momentum = 0.9, .centered = true});
+    const Dict good = r.opt.state_dict();
+    refused_unchanged(r.opt, with_value(good, "state.0.square_avg", 0, -1e-9), {"'state.0.square_avg' (parameter 0)"});
+    refused_unchanged(r.opt, with_value(good, "state.1.square_avg", 1, nan), {"'state.1.square_avg' (parameter 1)"});
+    refused_unchanged(r.opt, with_value(good, "state.0.momentum_buffer", 3, -inf), {"'state.0.momentum_buffer'", "-inf"});
+    refused_unchanged(r.opt, with_value(good, "state.1.grad_avg", 0, nan), {"'state.1.grad_avg'"});
+    // A negative grad_avg or momentum is an ordinary value.
+    r.opt.load_state_dict(with_value(good, "state.1.grad_avg", 0, -0.25));
+  }
+  SUBCASE("SGD: a NaN or infinite momentum buffer") {
+    Stepped<optim::SGD, optim::SGDOptions> s({.lr = 0.1, .momentum = 0.9});
+    refused_unchanged(s.opt, with_value(s.opt.state_dict(), "state.0.momentum_buffer", 0, nan),
+                      {"SGD", "'state.0.momentum_buffer' (parameter 0)"});
+    refused_unchanged(s.opt, with_value(s.opt.state_dict(), "state.1.momentum_buffer", 1, inf), {"'state.1.momentum_buffer'"});
+  }
+  SUBCASE("NaN or infinite options") {
+    Stepped<optim::Adam, optim::AdamOptions> a({.lr = 0.1});
+    refused_unchanged(a.opt, with_value(a.opt.state_dict(), "group.0.lr", 0, inf), {"'group.0.lr' is inf", "finite"});
+    refused_unchanged(a.opt, with_value(a.opt.state_dict(), "group.0.lr", 0, nan), {"'group.0.lr' is nan"});
+    refused_unchanged(a.opt, with_value(a.opt.state_dict(), "group.0.weight_decay", 0, inf), {"'group.0.weight_decay'"});
+    Stepped<optim::SGD, optim::SGDOptions> s({.lr = 0.1, .momentum = 0.9});
+    refused_unchanged(s.opt, with_value(s.opt.state_dict(), "group.0.momentum", 0, inf), {"'group.0.momentum' is inf"});
+  }
+  SUBCASE("every problem is reported at once") {
+    Stepped<optim::Adam, optim::AdamOptions> a({.lr = 0.1});
+    Dict bad = with_value(a.opt.state_dict(), "state.0.exp_avg_sq", 0, -1.0);
+    bad = with_value(bad, "state.1.exp_avg", 1, nan);
+    refused_unchanged(a.opt, bad, {"2 problems", "state.0.exp_avg_sq", "state.1.exp_avg"});
+  }
 }

@@ -1,5 +1,6 @@
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <thread>
 #include <vector>
@@ -201,4 +202,33 @@ TEST_CASE("random: each thread has its own default generator") {
   std::thread([&] { fresh1 = default_generator().next_u64(); }).join();
   std::thread([&] { fresh2 = default_generator().next_u64(); }).join();
   CHECK(fresh1 == fresh2);
+}
+
+TEST_CASE("random: set_state refuses states no generator can be in, naming the entry, and changes nothing") {
+  Generator g(5);
+  (void)g.normal();  // leaves a cached normal: state()[5] == 1
+  const Generator::State before = g.state();
+  REQUIRE(before[5] == 1u);
+  auto refused = [&](const Generator::State& st, const std::vector<std::string>& needles) {
+    std::vector<std::string> want = {"Generator::set_state"};
+    want.insert(want.end(), needles.begin(), needles.end());
+    xgtest::check_throws_msg<StateError>([&] { g.set_state(st); }, want);
+    CHECK(g.state() == before);
+    CHECK(Generator::state_problem(st) != "");
+  };
+  const auto bits = [](double v) {
+    std::uint64_t b = 0;
+    std::memcpy(&b, &v, sizeof b);
+    return b;
+  };
+  SUBCASE("all-zero xoshiro words") { refused({0, 0, 0, 0, bits(0.5), 1}, {"entries 0-3", "all zero"}); }
+  SUBCASE("a NaN or infinite cached normal") {
+    refused({1, 2, 3, 4, bits(std::numeric_limits<double>::quiet_NaN()), 1}, {"entry 4", "nan"});
+    refused({1, 2, 3, 4, bits(-std::numeric_limits<double>::infinity()), 1}, {"entry 4", "inf"});
+  }
+  SUBCASE("a has-cached flag that is not 0 or 1") { refused({1, 2, 3, 4, bits(0.5), 7}, {"entry 5", "7"}); }
+  SUBCASE("a NaN in the cached slot is harmless while the flag says there is none") {
+    g.set_state({1, 2, 3, 4, bits(std::numeric_limits<double>::quiet_NaN()), 0});
+    CHECK(std::isfinite(g.normal()));
+  }
 }

@@ -1,6 +1,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <string>
 
 #include "helpers.hpp"
@@ -413,4 +414,35 @@ TEST_CASE("Shape::numel of a shape whose product wraps around int64 throws inste
   CHECK(checked_numel("op", Shape{0, 1LL << 60}) == 0);
   xgtest::check_throws_msg<ShapeError>([] { (void)checked_numel("myop", Shape{2, -3}); },
                                        {"myop", "negative", "[2,-3]"});
+}
+
+TEST_CASE("tensor: set_grad refuses a gradient that is, aliases or cycles back to the tensor; nothing leaks") {
+  std::weak_ptr<TensorImpl> gone_p, gone_q;
+  {
+    Tensor p = ones({2, 3}).requires_grad_();
+    gone_p = p.impl_ptr();
+    // The tensor itself: p.grad = p would hold p forever.
+    CHECK_THROWS_WITH_AS(p.set_grad(p), doctest::Contains("set_grad"), StateError);
+    // A view or detach() of it: shares its bytes, so each step would move the gradient too.
+    CHECK_THROWS_WITH_AS(p.set_grad(p.detach()), doctest::Contains("shares memory"), StateError);
+    CHECK_THROWS_WITH_AS(p.set_grad(reshape(p.detach(), {3, 2}).view({2, 3})), doctest::Contains("set_grad"),
+                         StateError);
+    CHECK_FALSE(p.grad().defined());
+    // A cycle through two tensors: q.grad = p, then p.grad = q.
+    Tensor q = zeros({2, 3}).requires_grad_();
+    gone_q = q.impl_ptr();
+    q.set_grad(p.detach().clone());  // a copy is fine
+    p.set_grad(q);
+    CHECK_THROWS_WITH_AS(q.set_grad(p), doctest::Contains("never be freed"), StateError);
+    Tensor r = full({2, 3}, 2.0).requires_grad_();
+    r.set_grad(p);  // r -> p -> q: no cycle yet
+    CHECK_THROWS_WITH_AS(q.set_grad(r), doctest::Contains("set_grad"), StateError);
+    CHECK(q.grad().defined());
+    CHECK_FALSE(q.grad().is_same(p));
+    // Empty tensors have no bytes to share, but p.grad = p is still a cycle.
+    Tensor e = zeros({0}).requires_grad_();
+    CHECK_THROWS_WITH_AS(e.set_grad(e), doctest::Contains("never be freed"), StateError);
+  }
+  CHECK(gone_p.expired());
+  CHECK(gone_q.expired());
 }

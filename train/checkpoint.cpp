@@ -89,6 +89,10 @@ Generator::State generator_state(const Tensor& t, const std::string& path) {
   Generator::State st{};
   const std::int64_t* p = t.data<std::int64_t>();
   for (std::size_t i = 0; i < st.size(); ++i) st[i] = std::bit_cast<std::uint64_t>(p[i]);
+  // Checked here, with the rest: set_state runs last, after the model and optimizer are loaded.
+  if (const std::string problem = Generator::state_problem(st); !problem.empty()) {
+    throw StateError(fmt::format("load_checkpoint: '{}': 'generator.state': {}; nothing loaded", path, problem));
+  }
   return st;
 }
 
