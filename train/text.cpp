@@ -133,7 +133,7 @@ std::string read_text(const std::string& path, const ReadTextOptions& options) {
                        : fs::is_character_file(st)  ? "a character device"
                        : fs::is_block_file(st)      ? "a block device"
                        : fs::is_socket(st)          ? "a socket"
-                                                    : "neither a regular file nor a directory";
+                                                    : "a special file";
     throw IOError(fmt::format("read_text: {}: is {}, not a regular file or directory", path, kind));
   }
 
