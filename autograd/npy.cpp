@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -110,6 +111,11 @@ class Fd {
   Fd(const Fd&) = delete;
   Fd& operator=(const Fd&) = delete;
   int get() const { return fd_; }
+  int release() {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
   // Closes now and reports the error (close can report a deferred write error).
   int close() {
     const int r = ::close(fd_);
@@ -387,17 +393,33 @@ void store_values(const NpyHeader& h, const char* src, std::size_t n_elems, char
 }
 
 // Reads exactly n bytes or throws (a file that shrank while we read it).
-void read_exact(int fd, char* p, std::size_t n, const std::string& path) {
+void read_exact(int fd, char* p, std::size_t n, const std::string& what) {
   while (n > 0) {
     const ssize_t r = ::read(fd, p, n);
     if (r < 0) {
       if (errno == EINTR) continue;
-      throw IOError(fmt::format("load_npy: reading '{}' failed: {}", path, errno_text()));
+      throw IOError(fmt::format("{}: read failed: {}", what, errno_text()));
     }
-    if (r == 0) throw IOError(fmt::format("load_npy: '{}': unexpected end of file (was it truncated?)", path));
+    if (r == 0) throw IOError(fmt::format("{}: unexpected end of file (was it truncated?)", what));
     p += r;
     n -= static_cast<std::size_t>(r);
   }
+}
+
+std::string kind_of(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISLNK(mode)) return "a symbolic link";
+  return "a special file";
+}
+
+std::string parent_dir(const std::string& path) {
+  const std::size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
 }
 
 }  // namespace
@@ -405,6 +427,120 @@ void read_exact(int fd, char* p, std::size_t n, const std::string& path) {
 // ---------------------------------------------------------------------------
 // Public API
 // ---------------------------------------------------------------------------
+
+std::uint64_t default_load_max_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page = ::sysconf(_SC_PAGESIZE);
+  constexpr std::uint64_t kFloor = std::uint64_t{1} << 30;
+  if (pages <= 0 || page <= 0) return std::uint64_t{64} << 30;
+  const std::uint64_t phys = static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page);
+  return std::max(kFloor, phys / 4 * 3);
+}
+
+int detail::open_regular_file(const char* op, const std::string& path, std::uint64_t* size) {
+  // stat first so that a device is never opened at all (opening one can have effects:
+  // a tape rewinds, a modem hangs up), and a socket, which open() refuses with a
+  // confusing ENXIO, is named as what it is.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw IOError(fmt::format("{}: cannot open '{}': {}", op, path, errno_text()));
+  auto refuse = [&](mode_t mode) {
+    return IOError(fmt::format("{}: '{}' is {}, not a regular file (only regular files are read)", op, path,
+                               kind_of(mode)));
+  };
+  if (!S_ISREG(st.st_mode)) throw refuse(st.st_mode);
+  // O_NONBLOCK: if a FIFO replaced the file since the stat, open() must not wait for a
+  // writer; fstat of the descriptor then sees what was actually opened.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) throw IOError(fmt::format("{}: cannot open '{}': {}", op, path, errno_text()));
+  Fd guard(fd);
+  if (::fstat(fd, &st) != 0) throw IOError(fmt::format("{}: cannot stat '{}': {}", op, path, errno_text()));
+  if (!S_ISREG(st.st_mode)) throw refuse(st.st_mode);
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    throw IOError(fmt::format("{}: cannot read '{}': {}", op, path, errno_text()));
+  }
+  *size = static_cast<std::uint64_t>(st.st_size);
+  return guard.release();
+}
+
+std::string detail::resolve_save_target(const char* op, const std::string& path) {
+  std::string cur = path;
+  // 40 is Linux's own limit on symlinks in one lookup (ELOOP beyond).
+  for (int hops = 0; hops <= 40; ++hops) {
+    struct stat st {};
+    if (::lstat(cur.c_str(), &st) != 0) {
+      // Nothing there yet (or a dangling link's target): the save creates it, and a
+      // missing directory is reported by the temp file's creation.
+      if (errno == ENOENT) return cur;
+      throw IOError(fmt::format("{}: cannot stat '{}': {}", op, cur, errno_text()));
+    }
+    if (S_ISREG(st.st_mode)) return cur;
+    if (!S_ISLNK(st.st_mode)) {
+      const std::string via = cur == path ? std::string() : fmt::format(" (the symlink '{}' points to it)", path);
+      throw IOError(fmt::format("{}: '{}' is {}{}; refusing to replace it with a file (save to a regular file's "
+                                "path)",
+                                op, cur, kind_of(st.st_mode), via));
+    }
+    std::string target(static_cast<std::size_t>(std::max<off_t>(st.st_size, 0)) + 256, '\0');
+    const ssize_t n = ::readlink(cur.c_str(), target.data(), target.size());
+    if (n < 0) throw IOError(fmt::format("{}: cannot read the symlink '{}': {}", op, cur, errno_text()));
+    if (n == 0) throw IOError(fmt::format("{}: the symlink '{}' is empty", op, cur));
+    if (static_cast<std::size_t>(n) >= target.size()) {
+      throw IOError(fmt::format("{}: the symlink '{}' changed while being read; try again", op, cur));
+    }
+    target.resize(static_cast<std::size_t>(n));
+    cur = target.front() == '/' ? target : parent_dir(cur) + "/" + target;
+  }
+  throw IOError(fmt::format("{}: '{}': more than 40 levels of symlinks (a loop?)", op, path));
+}
+
+Tensor detail::read_npy(std::uint64_t total, const std::function<void(char*, std::size_t)>& read,
+                        const std::string& what, LoadBudget& budget) {
+  // Only the header first: its shape must account for every byte before anything the
+  // size of the values is allocated.
+  std::string head(static_cast<std::size_t>(std::min<std::uint64_t>(total, kPreludeMax)), '\0');
+  read(head.data(), head.size());
+  const std::size_t end = header_end(head, total, what);
+  std::string values_start;  // bytes of the values that came with the 12-byte prelude
+  if (end > head.size()) {
+    const std::size_t have = head.size();
+    head.resize(end);
+    read(head.data() + have, end - have);
+  } else {
+    values_start = head.substr(end);
+    head.resize(end);
+  }
+  const NpyHeader h = parse_header(head, total, what);
+
+  const std::uint64_t numel = h.data_bytes / h.disk_item;
+  const std::uint64_t mem = numel * dtype_size(h.dtype);
+  if (mem > budget.max_bytes - std::min(budget.used, budget.max_bytes)) {
+    throw IOError(fmt::format("{}: the shape ({}) needs {} bytes, which would take the load to {} bytes, past "
+                              "LoadOptions::max_bytes = {} (raise it to load this file on purpose)",
+                              what, h.shape.str(), mem, budget.used + mem, budget.max_bytes));
+  }
+  budget.used += mem;
+
+  Tensor t = Tensor::empty(h.shape, h.dtype);
+  char* dst = static_cast<char*>(t.data_ptr());
+  if (!h.widen_i4) {
+    std::memcpy(dst, values_start.data(), values_start.size());
+    read(dst + values_start.size(), h.data_bytes - values_start.size());
+  } else {
+    // int32 on disk: widen in chunks so the staging buffer stays small.
+    constexpr std::size_t kChunk = 1 << 16;
+    std::vector<char> buf(kChunk * 4);
+    const auto n = static_cast<std::size_t>(numel);
+    for (std::size_t i = 0; i < n; i += kChunk) {
+      const std::size_t m = std::min(kChunk, n - i);
+      const std::size_t pre = i == 0 ? std::min(values_start.size(), m * 4) : 0;
+      std::memcpy(buf.data(), values_start.data(), pre);
+      read(buf.data() + pre, m * 4 - pre);
+      store_values(h, buf.data(), m, dst + i * 8);
+    }
+  }
+  return t;
+}
 
 std::string npy_bytes(const Tensor& t) {
   check_savable("npy_bytes", t);
@@ -416,6 +552,7 @@ std::string npy_bytes(const Tensor& t) {
 
 void save_npy(const std::string& path, const Tensor& t) {
   check_savable("save_npy", t);
+  const std::string target = detail::resolve_save_target("save_npy", path);
   // Atomic: write a temp file beside the target, fsync, rename over it. A crash leaves
   // either the old file or the new one, never half of one. The temp name is unique per
   // process and call; O_EXCL keeps us from clobbering anything, and the 0666 mode lets
@@ -424,7 +561,7 @@ void save_npy(const std::string& path, const Tensor& t) {
   std::string tmp;
   int raw = -1;
   for (int attempt = 0; attempt < 100 && raw < 0; ++attempt) {
-    tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(), counter.fetch_add(1));
+    tmp = fmt::format("{}.tmp.{}.{}", target, ::getpid(), counter.fetch_add(1));
     raw = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (raw < 0 && errno != EEXIST) break;
   }
@@ -441,8 +578,8 @@ void save_npy(const std::string& path, const Tensor& t) {
     out.flush();
     if (::fsync(fd.get()) != 0) throw IOError(fmt::format("save_npy: fsync of '{}' failed: {}", path, errno_text()));
     if (fd.close() != 0) throw IOError(fmt::format("save_npy: closing '{}' failed: {}", path, errno_text()));
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-      throw IOError(fmt::format("save_npy: cannot rename the temp file to '{}': {}", path, errno_text()));
+    if (::rename(tmp.c_str(), target.c_str()) != 0) {
+      throw IOError(fmt::format("save_npy: cannot rename the temp file to '{}': {}", target, errno_text()));
     }
   } catch (...) {
     ::unlink(tmp.c_str());
@@ -450,9 +587,7 @@ void save_npy(const std::string& path, const Tensor& t) {
   }
   // Make the rename itself durable. Best effort: some file systems refuse to fsync a
   // directory, and the data is already safe under one name or the other.
-  const std::size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  const int dfd = ::open(parent_dir(target).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     (void)::fsync(dfd);
     ::close(dfd);
@@ -460,59 +595,26 @@ void save_npy(const std::string& path, const Tensor& t) {
 }
 
 Tensor npy_from_bytes(const std::string& bytes, const std::string& what) {
-  const std::string_view all(bytes);
-  const std::size_t end = header_end(all.substr(0, kPreludeMax), all.size(), what);
-  const NpyHeader h = parse_header(all.substr(0, end), all.size(), what);
-  Tensor t = Tensor::empty(h.shape, h.dtype);
-  store_values(h, bytes.data() + h.data_offset, static_cast<std::size_t>(t.numel()),
-               static_cast<char*>(t.data_ptr()));
-  return t;
+  std::size_t at = 0;
+  // The bytes are already in memory, and the header must account for all of them.
+  detail::LoadBudget budget{std::numeric_limits<std::uint64_t>::max(), 0};
+  return detail::read_npy(
+      bytes.size(),
+      [&](char* p, std::size_t n) {
+        // read_npy never asks past `total`, which is bytes.size().
+        std::memcpy(p, bytes.data() + at, n);
+        at += n;
+      },
+      what, budget);
 }
 
-Tensor load_npy(const std::string& path) {
-  const int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (raw < 0) throw IOError(fmt::format("load_npy: cannot open '{}': {}", path, errno_text()));
-  Fd fd(raw);
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) throw IOError(fmt::format("load_npy: cannot stat '{}': {}", path, errno_text()));
-  if (!S_ISREG(st.st_mode)) throw IOError(fmt::format("load_npy: '{}' is not a regular file", path));
-  const auto total = static_cast<std::uint64_t>(st.st_size);
+Tensor load_npy(const std::string& path, const LoadOptions& options) {
+  std::uint64_t total = 0;
+  Fd fd(detail::open_regular_file("load_npy", path, &total));
   const std::string what = fmt::format("load_npy: '{}'", path);
-
-  // Read only the header first; the values go straight into the tensor's storage.
-  std::string head(static_cast<std::size_t>(std::min<std::uint64_t>(total, kPreludeMax)), '\0');
-  read_exact(fd.get(), head.data(), head.size(), path);
-  const std::size_t end = header_end(head, total, what);
-  const std::size_t have = head.size();
-  if (end > have) {
-    head.resize(end);
-    read_exact(fd.get(), head.data() + have, end - have, path);
-  } else {
-    // The values start inside the 12 bytes read (a 10-byte version 1.0 prelude with an
-    // empty header, rejected by the parser anyway): keep the offsets consistent.
-    if (::lseek(fd.get(), static_cast<off_t>(end), SEEK_SET) < 0) {
-      throw IOError(fmt::format("load_npy: seek in '{}' failed: {}", path, errno_text()));
-    }
-    head.resize(end);
-  }
-  const NpyHeader h = parse_header(head, total, what);
-
-  Tensor t = Tensor::empty(h.shape, h.dtype);
-  char* dst = static_cast<char*>(t.data_ptr());
-  if (!h.widen_i4) {
-    read_exact(fd.get(), dst, h.data_bytes, path);
-  } else {
-    // int32 on disk: widen in chunks so the staging buffer stays small.
-    constexpr std::size_t kChunk = 1 << 16;
-    std::vector<char> buf(kChunk * 4);
-    const auto n = static_cast<std::size_t>(t.numel());
-    for (std::size_t i = 0; i < n; i += kChunk) {
-      const std::size_t m = std::min(kChunk, n - i);
-      read_exact(fd.get(), buf.data(), m * 4, path);
-      store_values(h, buf.data(), m, dst + i * 8);
-    }
-  }
-  return t;
+  detail::LoadBudget budget{options.max_bytes, 0};
+  return detail::read_npy(
+      total, [&](char* p, std::size_t n) { read_exact(fd.get(), p, n, what); }, what, budget);
 }
 
 }  // namespace xg

@@ -1,12 +1,18 @@
 // .npz archives: a zip of "<name>.npy" entries, the container numpy.savez writes.
 //
-// The zip layer is libzip's; each entry's bytes are npy_bytes / npy_from_bytes. Saving
-// builds the archive under a temp name beside the target and renames it over the target
-// only once it is complete and on disk. Loading trusts nothing in the file: libzip's
-// consistency checks (ZIP_CHECKCONS) compare the central directory with the local
-// headers, every entry's stated size is bounded before we allocate for it, every entry
-// is read to its end so libzip verifies the CRC, and the .npy header of each entry is
-// validated by npy_from_bytes against the bytes present.
+// The zip layer is libzip's; each entry's bytes are npy_bytes / detail::read_npy. Saving
+// builds the archive under a temp name beside the target (a symlink's target: see
+// resolve_save_target) and renames it over the target only once it is complete and on
+// disk. Loading trusts nothing in the file: it is opened as a regular file (never a FIFO
+// or a device) and handed to libzip as that descriptor; libzip's consistency checks
+// (ZIP_CHECKCONS) compare the central directory with the local headers; every entry
+// name is checked before anything is inflated; of each entry only the .npy header is
+// inflated first, and its shape times its item size must be exactly the size the zip
+// directory states for the entry. Only then, and within LoadOptions::max_bytes, is the
+// tensor allocated and the values inflated straight into it, up to that stated size and
+// no further. Each entry is read to its end so libzip verifies the CRC. A bomb (a few MB
+// inflating to GBs) therefore costs at most what its headers declare, and the declared
+// total is refused before it is allocated.
 #include "io.hpp"
 
 #include <fcntl.h>
@@ -126,10 +132,60 @@ struct ZipCloser {
 // reaches 1026:1, so the margin is needed.
 constexpr std::uint64_t kMaxRatio = 1100;
 constexpr std::uint64_t kMaxEntryBytes = std::uint64_t{1} << 34;
-// Entries up to this size are read into one allocation of their stated size.
-constexpr std::uint64_t kEagerBytes = std::uint64_t{64} << 20;
 
 std::atomic<detail::SaveNpzHook> save_hook{nullptr};
+
+std::uint64_t le(const unsigned char* p, int n) {
+  std::uint64_t v = 0;
+  for (int k = n - 1; k >= 0; --k) v = (v << 8) | p[k];
+  return v;
+}
+
+// Every entry takes a central directory record and a local header (46 + 30 bytes at least).
+constexpr std::uint64_t kMinEntryBytes = 46 + 30;
+
+// The entry count the end-of-central-directory record states (its ZIP64 form when the
+// 16-bit field says 0xffff), compared with what a file of this size can hold before
+// libzip sizes anything by it. An archive whose end record cannot be found is left to
+// libzip to reject with its own words.
+void check_stated_entries(int fd, std::uint64_t file_size, const std::string& path) {
+  constexpr std::uint64_t kEnd = 22, kMaxComment = 65535;
+  if (file_size < kEnd) return;
+  const std::uint64_t tail_len = std::min(file_size, kEnd + kMaxComment);
+  std::vector<unsigned char> tail(static_cast<std::size_t>(tail_len));
+  if (::pread(fd, tail.data(), tail.size(), static_cast<off_t>(file_size - tail_len)) !=
+      static_cast<ssize_t>(tail.size())) {
+    return;
+  }
+  // The last record whose comment runs exactly to the end of the file: a comment may
+  // itself hold the signature.
+  std::size_t at = tail.size() - kEnd + 1;
+  bool found = false;
+  while (!found && at > 0) {
+    --at;
+    found = std::memcmp(tail.data() + at, "PK\5\6", 4) == 0 && at + kEnd + le(tail.data() + at + 20, 2) == tail.size();
+  }
+  if (!found) return;
+  std::uint64_t count = le(tail.data() + at + 10, 2);
+  const std::uint64_t end_offset = file_size - tail_len + at;
+  if (count == 0xffff && end_offset >= 20) {
+    unsigned char loc[20], rec[56];
+    if (::pread(fd, loc, sizeof loc, static_cast<off_t>(end_offset - 20)) == 20 &&
+        std::memcmp(loc, "PK\6\7", 4) == 0) {
+      const std::uint64_t rec_offset = le(loc + 8, 8);
+      if (rec_offset <= file_size - sizeof rec &&
+          ::pread(fd, rec, sizeof rec, static_cast<off_t>(rec_offset)) == static_cast<ssize_t>(sizeof rec) &&
+          std::memcmp(rec, "PK\6\6", 4) == 0) {
+        count = std::max(le(rec + 24, 8), le(rec + 32, 8));
+      }
+    }
+  }
+  if (count > file_size / kMinEntryBytes) {
+    throw IOError(fmt::format("load_npz: '{}': the archive claims {} entries, more than a {}-byte file can hold "
+                              "(at least {} bytes each): corrupt or forged",
+                              path, count, file_size, kMinEntryBytes));
+  }
+}
 
 }  // namespace
 
@@ -151,9 +207,10 @@ void save_npz(const std::string& path, const std::vector<std::pair<std::string, 
   blobs.reserve(entries.size());
   for (const auto& [name, t] : entries) blobs.push_back(npy_bytes(t));
 
+  const std::string target = detail::resolve_save_target("save_npz", path);
   // Unique per process and call; ZIP_EXCL / O_EXCL never clobber an existing file.
   static std::atomic<std::uint64_t> counter{0};
-  const std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(), counter.fetch_add(1));
+  const std::string tmp = fmt::format("{}.tmp.{}.{}", target, ::getpid(), counter.fetch_add(1));
   try {
     if (entries.empty()) {
       write_empty_zip(tmp, path);
@@ -162,8 +219,8 @@ void save_npz(const std::string& path, const std::vector<std::pair<std::string, 
     }
     sync_file(tmp, path);
     if (const auto hook = save_hook.load()) hook(tmp);
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-      throw IOError(fmt::format("save_npz: cannot rename the temp file to '{}': {}", path, errno_text()));
+    if (::rename(tmp.c_str(), target.c_str()) != 0) {
+      throw IOError(fmt::format("save_npz: cannot rename the temp file to '{}': {}", target, errno_text()));
     }
   } catch (...) {
     ::unlink(tmp.c_str());
@@ -171,22 +228,27 @@ void save_npz(const std::string& path, const std::vector<std::pair<std::string, 
   }
   // Make the rename durable. Best effort: some file systems refuse to fsync a directory,
   // and the data is already safe under one name or the other.
-  const int dfd = ::open(parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  const int dfd = ::open(parent_dir(target).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     (void)::fsync(dfd);
     ::close(dfd);
   }
 }
 
-std::vector<std::pair<std::string, Tensor>> load_npz(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) throw IOError(fmt::format("load_npz: cannot open '{}': {}", path, errno_text()));
-  if (!S_ISREG(st.st_mode)) throw IOError(fmt::format("load_npz: '{}' is not a regular file", path));
-  const auto file_size = static_cast<std::uint64_t>(st.st_size);
-
+std::vector<std::pair<std::string, Tensor>> load_npz(const std::string& path, const LoadOptions& options) {
+  std::uint64_t file_size = 0;
+  const int fd = detail::open_regular_file("load_npz", path, &file_size);
+  try {
+    check_stated_entries(fd, file_size, path);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
   int code = 0;
-  std::unique_ptr<zip_t, ZipCloser> za(zip_open(path.c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &code));
+  // The descriptor, not the path: what was checked is what libzip reads.
+  std::unique_ptr<zip_t, ZipCloser> za(zip_fdopen(fd, ZIP_CHECKCONS, &code));
   if (!za) {
+    ::close(fd);  // zip_fdopen leaves it open on failure
     // libzip's texts are terse ("File already exists" for a duplicate name): say what it means here.
     const char* hint = code == ZIP_ER_EXISTS  ? " (two entries have the same name)"
                        : code == ZIP_ER_NOZIP ? " (truncated, corrupt, or not a .npz at all)"
@@ -197,9 +259,16 @@ std::vector<std::pair<std::string, Tensor>> load_npz(const std::string& path) {
   }
   const zip_int64_t n = zip_get_num_entries(za.get(), 0);
   if (n < 0) throw IOError(fmt::format("load_npz: '{}': {}", path, zip_strerror(za.get())));
+  // Again as libzip counted them (a second end record, a comment holding "PK\5\6").
+  if (static_cast<std::uint64_t>(n) > file_size / kMinEntryBytes) {
+    throw IOError(fmt::format("load_npz: '{}': the archive claims {} entries, more than a {}-byte file can hold "
+                              "(corrupt or forged)",
+                              path, n, file_size));
+  }
 
-  std::vector<std::pair<std::string, Tensor>> out;
-  out.reserve(static_cast<std::size_t>(n));
+  // Names first: nothing is inflated from an archive with a bad name anywhere.
+  std::vector<std::string> names;
+  names.reserve(static_cast<std::size_t>(n));
   std::set<std::string> seen;
   for (zip_uint64_t i = 0; i < static_cast<zip_uint64_t>(n); ++i) {
     // Raw bytes: no CP437 -> UTF-8 guessing, so a name reads back exactly as written.
@@ -216,6 +285,16 @@ std::vector<std::pair<std::string, Tensor>> load_npz(const std::string& path) {
     std::string name = entry.substr(0, entry.size() - kExt.size());
     if (name.find('/') != std::string::npos) throw bad("names with '/' are not supported");
     if (!seen.insert(name).second) throw bad("duplicate entry name");
+    names.push_back(std::move(name));
+  }
+
+  std::vector<std::pair<std::string, Tensor>> out;
+  out.reserve(static_cast<std::size_t>(n));
+  detail::LoadBudget budget{options.max_bytes, 0};
+  for (zip_uint64_t i = 0; i < static_cast<zip_uint64_t>(n); ++i) {
+    const std::string entry = names[i] + ".npy";
+    const std::string what = fmt::format("load_npz: '{}': entry '{}'", path, entry);
+    auto bad = [&](const std::string& why) { return IOError(fmt::format("{}: {}", what, why)); };
 
     zip_stat_t zs;
     zip_stat_init(&zs);
@@ -232,27 +311,27 @@ std::vector<std::pair<std::string, Tensor>> load_npz(const std::string& path) {
 
     std::unique_ptr<zip_file_t, ZipCloser> f(zip_fopen_index(za.get(), i, 0));
     if (!f) throw bad(zip_strerror(za.get()));
-    // The buffer grows with the data actually read (doubling past kEagerBytes), so a
-    // forged size within the bounds above costs at most twice the bytes really present,
-    // not a multi-gigabyte allocation; it ends at exactly the stated size.
-    std::string bytes;
-    bytes.resize(static_cast<std::size_t>(std::min(zs.size, kEagerBytes)));
+    // read_npy asks for the header, then for exactly the values its shape declares, and
+    // the shape must account for the stated size: the inflater never runs past it.
     zip_uint64_t got = 0;
-    while (got < zs.size) {
-      if (got == bytes.size()) bytes.resize(static_cast<std::size_t>(std::min(zs.size, 2 * got)));
-      const zip_int64_t r = zip_fread(f.get(), bytes.data() + got, bytes.size() - got);
-      if (r < 0) throw bad(zip_file_strerror(f.get()));
-      if (r == 0) throw bad(fmt::format("unexpected end of data after {} of {} bytes", got, zs.size));
-      got += static_cast<zip_uint64_t>(r);
-    }
+    auto read = [&](char* p, std::size_t want) {
+      while (want > 0) {
+        const zip_int64_t r = zip_fread(f.get(), p, want);
+        if (r < 0) throw bad(zip_file_strerror(f.get()));
+        if (r == 0) throw bad(fmt::format("unexpected end of data after {} of {} bytes", got, zs.size));
+        got += static_cast<zip_uint64_t>(r);
+        p += r;
+        want -= static_cast<std::size_t>(r);
+      }
+    };
+    Tensor t = detail::read_npy(zs.size, read, what, budget);
     // libzip checks the CRC when a read reaches the end of the entry: read once more.
     char extra = 0;
     const zip_int64_t r = zip_fread(f.get(), &extra, 1);
     if (r < 0) throw bad(zip_file_strerror(f.get()));
     if (r > 0) throw bad(fmt::format("more data than the stated {} bytes", zs.size));
     f.reset();
-
-    out.emplace_back(std::move(name), npy_from_bytes(bytes, fmt::format("load_npz: '{}': entry '{}'", path, entry)));
+    out.emplace_back(names[i], std::move(t));
   }
   return out;
 }

@@ -1,6 +1,9 @@
 // Checkpoints: "nothing lost". A run interrupted by save + load into fresh objects must
 // continue bit for bit as if never stopped; a crash mid-save leaves the previous file; a
 // checkpoint that does not fit is refused without touching anything.
+#include <sys/stat.h>
+
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -14,6 +17,7 @@
 #include <xgrad/xgrad.hpp>
 
 #include "helpers.hpp"
+#include "run_in_child.hpp"
 
 namespace fs = std::filesystem;
 using xg::Tensor;
@@ -388,6 +392,37 @@ void refused_nothing_loaded(Run& r, const std::string& path, const std::vector<s
   check_same_state(r.opt->state_dict(), opt);
   check_same_state(r.sched->state_dict(), sched);
   CHECK(xg::default_generator().state() == gen);
+// ---- hostile files ---------------------------------------------------------------------------
+
+namespace {
+
+void put_le(std::string& b, std::size_t at, std::uint64_t v, int n) {
+  for (int k = 0; k < n; ++k) b.at(at + static_cast<std::size_t>(k)) = static_cast<char>((v >> (8 * k)) & 0xff);
+}
+
+// The archive with a ZIP64 end record (and its locator) stating `count` entries, and the
+// classic end record's fields set to "see ZIP64", as a zip writer does past 65535 entries.
+std::string with_zip64_count(const std::string& zip, std::uint64_t count) {
+  const std::size_t end = zip.rfind(std::string("PK\x05\x06", 4));
+  REQUIRE(end != std::string::npos);
+  std::string rec(56, '\0'), loc(20, '\0');
+  put_le(rec, 0, 0x06064b50, 4);
+  put_le(rec, 4, 44, 8);
+  put_le(rec, 12, 45, 2);
+  put_le(rec, 14, 45, 2);
+  put_le(rec, 24, count, 8);
+  put_le(rec, 32, count, 8);
+  rec.replace(40, 4, zip, end + 12, 4);  // central directory size and offset, widened
+  rec.replace(48, 4, zip, end + 16, 4);
+  put_le(loc, 0, 0x07064b50, 4);
+  put_le(loc, 8, end, 8);
+  put_le(loc, 16, 1, 4);
+  std::string eocd = zip.substr(end, 22);
+  put_le(eocd, 8, 0xffff, 2);
+  put_le(eocd, 10, 0xffff, 2);
+  put_le(eocd, 12, 0xffffffffu, 4);
+  put_le(eocd, 16, 0xffffffffu, 4);
+  return zip.substr(0, end) + rec + loc + eocd;
 }
 
 }  // namespace
@@ -443,4 +478,55 @@ TEST_CASE("checkpoint: optimizer or generator values that are not states are ref
     });
     refused_nothing_loaded(other, bad, {"'generator.state'", "all zero"});
   }
+TEST_CASE("checkpoint: a forged entry count is refused fast, naming the count and the file") {
+  TempDir dir;
+  Run r(1);
+  const std::string good = dir.file("good.npz");
+  r.save(good);
+  const std::string path = dir.file("forged.npz");
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << with_zip64_count(xgtest::read_file(good), 2000000);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string msg = xgtest::error_of<xg::IOError>([&] { r.load(path); });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  INFO(msg);
+  CHECK(xgtest::has(msg, path));
+  CHECK(xgtest::has(msg, "2000000 entries"));
+  CHECK(seconds < 1.0);
+  // The same with read_checkpoint_info, which reads the archive the same way.
+  CHECK(xgtest::has(xgtest::error_of<xg::IOError>([&] { (void)xg::training::read_checkpoint_info(path); }),
+                    "2000000 entries"));
+}
+
+TEST_CASE("checkpoint: saving through a symlink keeps it; a FIFO is neither loaded (no hang) nor replaced") {
+  TempDir dir;
+  Run r(1);
+  r.save(dir.file("real.npz"));
+  fs::create_symlink("real.npz", dir.file("latest.npz"));
+  const auto before = fs::file_size(dir.file("real.npz"));
+  Run r2(2, 9);
+  r2.save(dir.file("latest.npz"));
+  CHECK(fs::is_symlink(dir.file("latest.npz")));
+  CHECK(fs::file_size(dir.file("real.npz")) != before);
+  Run r3(3, 9);
+  r3.load(dir.file("latest.npz"));
+
+  const std::string fifo = dir.file("fifo.npz");
+  REQUIRE(::mkfifo(fifo.c_str(), 0644) == 0);
+  const std::string failures = xgtest::run_in_child(
+      [&](xgtest::Expect& expect) {
+        try {
+          (void)xg::training::read_checkpoint_info(fifo);
+          expect(false, "a FIFO loaded");
+        } catch (const xg::IOError& e) {
+          const std::string m = e.what();
+          expect(m.find(fifo) != std::string::npos && m.find("is a FIFO") != std::string::npos, m);
+        }
+      },
+      10);
+  CHECK_MESSAGE(failures.empty(), failures);
+  CHECK(xgtest::has(xgtest::error_of<xg::IOError>([&] { r.save(fifo); }), "is a FIFO"));
+  CHECK(fs::is_fifo(fifo));
 }

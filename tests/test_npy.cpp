@@ -1,4 +1,7 @@
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -10,6 +13,7 @@
 #include <string>
 
 #include "helpers.hpp"
+#include "run_in_child.hpp"
 
 // The fixtures live in the source tree; the build passes their absolute path.
 #ifndef XGRAD_FIXTURES_DIR
@@ -378,4 +382,165 @@ TEST_CASE("npy: numpy reads what save_npy writes" * doctest::skip(!xgtest::pytho
   const std::string cmd =
       "/usr/bin/python3 '" + script_path + "' '" + pf + "' '" + pi + "' '" + p0 + "' '" + pe + "'";
   CHECK(std::system(cmd.c_str()) == 0);
+}
+
+// ---- paths that are not regular files -------------------------------------------------------
+
+namespace {
+
+// A unix socket bound at p (kept open by the returned descriptor; -1 when p is too long).
+int bind_socket(const std::string& p) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (p.size() >= sizeof addr.sun_path) return -1;
+  std::memcpy(addr.sun_path, p.c_str(), p.size() + 1);
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// mknod of a character device needs CAP_MKNOD (root, and a container that allows it).
+bool can_make_char_device() {
+  TempDir dir("_mknod_probe");
+  return ::mknod(dir.file("null").c_str(), S_IFCHR | 0666, makedev(1, 3)) == 0;
+}
+
+void check_refused_load(const std::string& p, const std::string& kind) {
+  try {
+    (void)load_npy(p);
+    FAIL("expected IOError for " << kind);
+  } catch (const IOError& e) {
+    const std::string msg = e.what();
+    INFO(msg);
+    CHECK(msg.find("load_npy") != std::string::npos);
+    CHECK(msg.find(p) != std::string::npos);
+    CHECK(msg.find("is " + kind) != std::string::npos);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("npy: loading a FIFO, a directory, a device or a socket is an IOError naming what it is") {
+  TempDir dir;
+  // Before, open() of a FIFO nobody writes blocked forever: the load runs in a child
+  // under an alarm so that a regression fails here instead of hanging the suite.
+  const std::string fifo = dir.file("fifo.npy");
+  REQUIRE(::mkfifo(fifo.c_str(), 0644) == 0);
+  const std::string failures = xgtest::run_in_child(
+      [&](xgtest::Expect& expect) {
+        try {
+          (void)load_npy(fifo);
+          expect(false, "a FIFO loaded");
+        } catch (const IOError& e) {
+          const std::string msg = e.what();
+          expect(msg.find(fifo) != std::string::npos && msg.find("is a FIFO") != std::string::npos, msg);
+        }
+      },
+      10);
+  CHECK_MESSAGE(failures.empty(), failures);
+  check_refused_load(dir.path.string(), "a directory");
+  check_refused_load("/dev/null", "a character device");
+  const std::string sock = dir.file("s.npy");
+  const int sfd = bind_socket(sock);
+  REQUIRE(sfd >= 0);
+  check_refused_load(sock, "a socket");
+  ::close(sfd);
+}
+
+TEST_CASE("npy: saving through a symlink replaces its target and keeps the link") {
+  TempDir dir;
+  save_npy(dir.file("real.npy"), ones({2}));
+  fs::create_symlink("real.npy", dir.file("link.npy"));  // relative, as ln -s makes it
+  fs::create_symlink(dir.file("link.npy"), dir.file("chain.npy"));
+  save_npy(dir.file("link.npy"), full({3}, 2.0));
+  CHECK(fs::is_symlink(dir.file("link.npy")));
+  xgtest::check_values(load_npy(dir.file("real.npy")), {2, 2, 2});
+  save_npy(dir.file("chain.npy"), full({1}, 5.0));
+  CHECK(fs::is_symlink(dir.file("chain.npy")));
+  CHECK(fs::is_symlink(dir.file("link.npy")));
+  xgtest::check_values(load_npy(dir.file("real.npy")), {5});
+  // A dangling link: its target is created (what editors do), the link kept.
+  fs::create_symlink("new.npy", dir.file("dangling.npy"));
+  save_npy(dir.file("dangling.npy"), full({1}, 7.0));
+  CHECK(fs::is_symlink(dir.file("dangling.npy")));
+  xgtest::check_values(load_npy(dir.file("new.npy")), {7});
+  // No temp files left beside any of them.
+  CHECK(dir.listing() == std::vector<std::string>{"chain.npy", "dangling.npy", "link.npy", "new.npy", "real.npy"});
+}
+
+TEST_CASE("npy: saving over a FIFO, a directory or a device is refused and leaves it untouched") {
+  TempDir dir;
+  auto check_refused = [&](const std::string& p, const std::string& kind) {
+    try {
+      save_npy(p, ones({2}));
+      FAIL("expected IOError for " << kind);
+    } catch (const IOError& e) {
+      const std::string msg = e.what();
+      INFO(msg);
+      CHECK(msg.find("save_npy") != std::string::npos);
+      CHECK(msg.find(p) != std::string::npos);
+      CHECK(msg.find("is " + kind) != std::string::npos);
+    }
+  };
+  // Before, the temp file was renamed over the FIFO, which became a plain file.
+  const std::string fifo = dir.file("fifo.npy");
+  REQUIRE(::mkfifo(fifo.c_str(), 0644) == 0);
+  check_refused(fifo, "a FIFO");
+  CHECK(fs::is_fifo(fifo));
+  // A symlink to the FIFO: refused too, naming the FIFO; link and FIFO both kept.
+  fs::create_symlink("fifo.npy", dir.file("to_fifo.npy"));
+  check_refused(dir.file("to_fifo.npy"), "a FIFO");
+  CHECK(fs::is_symlink(dir.file("to_fifo.npy")));
+  CHECK(fs::is_fifo(fifo));
+  fs::create_directories(dir.file("sub"));
+  check_refused(dir.file("sub"), "a directory");
+  CHECK(fs::is_directory(dir.file("sub")));
+  const std::string sock = dir.file("s.npy");
+  const int sfd = bind_socket(sock);
+  REQUIRE(sfd >= 0);
+  check_refused(sock, "a socket");
+  CHECK(fs::is_socket(sock));
+  ::close(sfd);
+  CHECK(dir.listing() == std::vector<std::string>{"fifo.npy", "s.npy", "sub", "to_fifo.npy"});
+}
+
+// A device node of its own (a copy of /dev/null made with mknod): needs CAP_MKNOD, so it
+// counts as skipped where that is not available (not root, or a container without it).
+TEST_CASE("npy: saving over a character device is refused and leaves the node" *
+          doctest::skip(!can_make_char_device())) {
+  TempDir dir;
+  const std::string dev = dir.file("null.npy");
+  REQUIRE(::mknod(dev.c_str(), S_IFCHR | 0666, makedev(1, 3)) == 0);
+  try {
+    save_npy(dev, ones({2}));
+    FAIL("expected IOError");
+  } catch (const IOError& e) {
+    const std::string msg = e.what();
+    INFO(msg);
+    CHECK(msg.find(dev) != std::string::npos);
+    CHECK(msg.find("is a character device") != std::string::npos);
+  }
+  CHECK(fs::is_character_file(dev));
+  check_refused_load(dev, "a character device");
+}
+
+TEST_CASE("npy: LoadOptions::max_bytes refuses a file before allocating its values") {
+  TempDir dir;
+  save_npy(dir.file("a.npy"), zeros({1024}));  // 4096 bytes of float32
+  try {
+    (void)load_npy(dir.file("a.npy"), LoadOptions{.max_bytes = 4095});
+    FAIL("expected IOError");
+  } catch (const IOError& e) {
+    const std::string msg = e.what();
+    INFO(msg);
+    CHECK(msg.find(dir.file("a.npy")) != std::string::npos);
+    CHECK(msg.find("4096 bytes") != std::string::npos);
+    CHECK(msg.find("LoadOptions::max_bytes") != std::string::npos);
+  }
+  CHECK(load_npy(dir.file("a.npy"), LoadOptions{.max_bytes = 4096}).numel() == 1024);
+  CHECK(default_load_max_bytes() >= (std::uint64_t{1} << 30));
 }

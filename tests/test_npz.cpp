@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zip.h>
 
 #include <algorithm>
 #include <cmath>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "helpers.hpp"
+#include "run_in_child.hpp"
 
 #ifndef XGRAD_FIXTURES_DIR
 #define XGRAD_FIXTURES_DIR "tests/fixtures"
@@ -598,4 +600,158 @@ TEST_CASE("npz: forged sizes are rejected before anything large is allocated") {
     write_file(p, bad);
     CHECK_THROWS_WITH_AS(load_npz(p), doctest::Contains(p.c_str()), IOError);
   }
+}
+
+// ---- decompression bombs ---------------------------------------------------------------------
+
+namespace {
+
+// A version 1.0 .npy header (magic through padding) for '<f4' of the given shape text.
+std::string npy_header(const std::string& shape) {
+  std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': " + shape + ", }";
+  const std::size_t unpadded = 10 + dict.size() + 1;
+  dict.append((64 - unpadded % 64) % 64, ' ');
+  dict += '\n';
+  std::string out("\x93NUMPY\x01\x00", 8);
+  out += static_cast<char>(dict.size() & 0xff);
+  out += static_cast<char>((dict.size() >> 8) & 0xff);
+  return out + dict;
+}
+
+// Writes an .npz at p with one deflated entry "bomb.npy": `header` then `zero_bytes`
+// zeros, which deflate about 1000:1. The zip directory states the true inflated size.
+void write_bomb(const std::string& p, const std::string& header, std::size_t zero_bytes) {
+  std::string bytes = header;
+  bytes.resize(header.size() + zero_bytes, '\0');
+  int code = 0;
+  zip_t* za = zip_open(p.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &code);
+  REQUIRE(za != nullptr);
+  zip_source_t* src = zip_source_buffer(za, bytes.data(), bytes.size(), 0);
+  REQUIRE(src != nullptr);
+  const zip_int64_t idx = zip_file_add(za, "bomb.npy", src, 0);
+  REQUIRE(idx >= 0);
+  REQUIRE(zip_set_file_compression(za, static_cast<zip_uint64_t>(idx), ZIP_CM_DEFLATE, 9) == 0);
+  REQUIRE(zip_close(za) == 0);
+}
+
+// load_npz(p, options) in a child: must throw an IOError containing every needle, within
+// 30 s, and raise the child's peak memory by less than 32 MiB.
+void check_bomb_refused(const std::string& p, const LoadOptions& options, const std::vector<std::string>& needles) {
+  long long growth = -1;
+  const std::string failures = xgtest::run_in_child(
+      [&](xgtest::Expect& expect) {
+        try {
+          (void)load_npz(p, options);
+          expect(false, "the bomb loaded");
+        } catch (const IOError& e) {
+          const std::string msg = e.what();
+          for (const auto& n : needles) expect(msg.find(n) != std::string::npos, "'" + n + "' not in: " + msg);
+        }
+      },
+      30, &growth);
+  CHECK_MESSAGE(failures.empty(), failures);
+  INFO("peak RSS growth: " << growth << " bytes");
+  CHECK(growth >= 0);
+  CHECK(growth < (32LL << 20));
+}
+
+// 128 MiB of zeros behind a header that declares 4 floats, deflated to ~130 KB. Built once:
+// deflating it takes a second or two.
+const std::string& mismatched_bomb() {
+  static const TempDir dir("_bomb");
+  static const std::string p = [] {
+    const std::string f = dir.file("bomb.npz");
+    write_bomb(f, npy_header("(4,)"), std::size_t{128} << 20);
+    return f;
+  }();
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("npz: a bomb whose npy header disagrees with the zip's stated size is refused before inflating it") {
+  // Before, all 128 MiB were inflated into a buffer (the file-size ratio bound let them
+  // through) and only then was the header compared with them.
+  const std::string& p = mismatched_bomb();
+  CHECK(fs::file_size(p) < (std::uintmax_t{1} << 20));
+  check_bomb_refused(p, {}, {p, "entry 'bomb.npy'", "needs 16 data bytes but 134217728 are present"});
+}
+
+TEST_CASE("npz: a bomb within its declared size is refused past LoadOptions::max_bytes, before allocating") {
+  TempDir dir;
+  const std::string p = dir.file("bomb.npz");
+  // Consistent: the header declares 16 Mi floats (64 MiB) and the zip says as much.
+  write_bomb(p, npy_header("(16777216,)"), std::size_t{64} << 20);
+  check_bomb_refused(p, LoadOptions{.max_bytes = std::uint64_t{4} << 20},
+                     {p, "entry 'bomb.npy'", "67108864 bytes", "LoadOptions::max_bytes = 4194304"});
+  // The limit counts the total of all entries, and a user can raise it on purpose.
+  const Entries two = {{"a", zeros({1024})}, {"b", zeros({1024})}};
+  save_npz(dir.file("two.npz"), two);
+  CHECK_THROWS_WITH_AS(load_npz(dir.file("two.npz"), LoadOptions{.max_bytes = 8191}),
+                       doctest::Contains("entry 'b.npy'"), IOError);
+  CHECK(load_npz(dir.file("two.npz"), LoadOptions{.max_bytes = 8192}).size() == 2);
+}
+
+TEST_CASE("npz: entry names are all checked before any entry is inflated") {
+  TempDir dir;
+  const std::string p = dir.file("names.npz");
+  // The bomb first, then an entry with a bad name: the name is refused first, in a child
+  // whose memory stays flat. (libzip copies the bomb's entry without inflating it.)
+  fs::copy_file(mismatched_bomb(), p);
+  const std::string other = "not an npy";
+  int code = 0;
+  zip_t* za = zip_open(p.c_str(), 0, &code);
+  REQUIRE(za != nullptr);
+  REQUIRE(zip_file_add(za, "readme.txt", zip_source_buffer(za, other.data(), other.size(), 0), 0) >= 0);
+  REQUIRE(zip_close(za) == 0);
+  check_bomb_refused(p, {}, {p, "entry 'readme.txt'", "not a '<name>.npy' entry"});
+}
+
+TEST_CASE("npz: loading a FIFO, a directory, a device or a socket is an IOError naming what it is") {
+  TempDir dir;
+  const std::string fifo = dir.file("fifo.npz");
+  REQUIRE(::mkfifo(fifo.c_str(), 0644) == 0);
+  const std::string failures = xgtest::run_in_child(
+      [&](xgtest::Expect& expect) {
+        try {
+          (void)load_npz(fifo);
+          expect(false, "a FIFO loaded");
+        } catch (const IOError& e) {
+          const std::string msg = e.what();
+          expect(msg.find(fifo) != std::string::npos && msg.find("is a FIFO") != std::string::npos, msg);
+        }
+      },
+      10);
+  CHECK_MESSAGE(failures.empty(), failures);
+  check_load_error(dir.path.string(), "is a directory");
+  check_load_error("/dev/null", "is a character device");
+}
+
+TEST_CASE("npz: saving through a symlink keeps it; a FIFO or a directory at the path is refused, untouched") {
+  TempDir dir;
+  save_npz(dir.file("real.npz"), small_entries());
+  fs::create_symlink("real.npz", dir.file("link.npz"));
+  const Entries next = {{"x", full({2}, 3.0)}};
+  save_npz(dir.file("link.npz"), next);
+  CHECK(fs::is_symlink(dir.file("link.npz")));
+  check_same_entries(load_npz(dir.file("real.npz")), next);
+  const std::string fifo = dir.file("fifo.npz");
+  REQUIRE(::mkfifo(fifo.c_str(), 0644) == 0);
+  CHECK_THROWS_WITH_AS(save_npz(fifo, next), doctest::Contains("is a FIFO"), IOError);
+  CHECK(fs::is_fifo(fifo));
+  fs::create_directories(dir.file("sub.npz"));
+  CHECK_THROWS_WITH_AS(save_npz(dir.file("sub.npz"), next), doctest::Contains("is a directory"), IOError);
+  CHECK(dir.listing() == std::vector<std::string>{"fifo.npz", "link.npz", "real.npz", "sub.npz"});
+}
+
+TEST_CASE("npz: an entry count the file cannot hold is refused before the entries are read") {
+  TempDir dir;
+  save_npz(dir.file("src.npz"), small_entries());
+  std::string bad = read_file(dir.file("src.npz"));
+  const auto ends = find_all(bad, kEnd);
+  REQUIRE(ends.size() == 1);
+  // 65535 entries (the 16-bit maximum) in a file of a few hundred bytes.
+  bad[ends[0] + 8] = bad[ends[0] + 9] = bad[ends[0] + 10] = bad[ends[0] + 11] = '\xff';
+  write_file(dir.file("count.npz"), bad);
+  CHECK_THROWS_WITH_AS(load_npz(dir.file("count.npz")), doctest::Contains(dir.file("count.npz").c_str()), IOError);
 }

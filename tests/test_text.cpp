@@ -7,11 +7,17 @@
 #include <string>
 #include <vector>
 
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include "xgrad/xgrad.hpp"
 
 #include "helpers.hpp"
+#include "run_in_child.hpp"
 
 using namespace xg;
 using namespace xg::training;
@@ -396,4 +402,42 @@ TEST_CASE("text pipeline: read a tree, encode, split, batchify, decode back") {
   CHECK(streams.shape() == Shape{4, 4});
   CHECK(vocab.decode(select(streams, 0, 1)) == "a = ");
   CHECK(vocab.decode(select(streams, 0, 3)) == "nt b");
+}
+
+TEST_CASE("read_text: a FIFO, a device or a socket is an IOError naming what it is; one in a tree is skipped") {
+  TempDir dir("special");
+  const std::string fifo = (dir.path / "fifo.txt").string();
+  REQUIRE(::mkfifo(fifo.c_str(), 0644) == 0);
+  (void)dir.write("a.txt", "hello\n");
+  // In a child under an alarm: a regression that opens the FIFO would block forever.
+  const std::string failures = xgtest::run_in_child(
+      [&](xgtest::Expect& expect) {
+        try {
+          (void)read_text(fifo);
+          expect(false, "a FIFO was read");
+        } catch (const IOError& e) {
+          const std::string m = e.what();
+          expect(m.find(fifo) != std::string::npos && m.find("is a FIFO") != std::string::npos, m);
+        }
+        // A tree holding the FIFO and a text file: the FIFO is skipped, not opened.
+        try {
+          expect(read_text(dir.path.string(), {.extensions = {".txt"}}) == "hello\n", "the tree's text");
+        } catch (const std::exception& e) {
+          expect(false, std::string("the tree: ") + e.what());
+        }
+      },
+      10);
+  CHECK_MESSAGE(failures.empty(), failures);
+  xgtest::check_throws_msg<IOError>([&] { (void)read_text("/dev/null"); }, {"/dev/null", "is a character device"});
+
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const std::string sock = (dir.path / "s.txt").string();
+  REQUIRE(sock.size() < sizeof addr.sun_path);
+  std::memcpy(addr.sun_path, sock.c_str(), sock.size() + 1);
+  const int sfd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  REQUIRE(sfd >= 0);
+  REQUIRE(::bind(sfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  xgtest::check_throws_msg<IOError>([&] { (void)read_text(sock); }, {sock, "is a socket"});
+  ::close(sfd);
 }

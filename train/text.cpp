@@ -1,13 +1,17 @@
 #include "text.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <system_error>
 
+#include <unistd.h>
+
 #include <fmt/core.h>
+
+#include "../autograd/io.hpp"
 
 namespace xg::training {
 
@@ -73,22 +77,29 @@ std::string describe_char(unsigned char c) {
 
 namespace {
 
-// The bytes of one regular file, at most `limit` of them (IOError beyond).
+// The bytes of one regular file, at most `limit` of them (IOError beyond). Opened as a
+// regular file or not at all: a FIFO in a corpus directory would block the read forever.
 std::string read_file_bytes(const fs::path& path, std::int64_t limit, const std::string& shown) {
-  std::error_code ec;
-  const auto size = fs::file_size(path, ec);
-  if (ec) throw IOError(fmt::format("read_text: {}: cannot read: {}", shown, ec.message()));
-  if (static_cast<std::uintmax_t>(limit) < size)
+  std::uint64_t size = 0;
+  const int fd = detail::open_regular_file("read_text", path.string(), &size);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  if (static_cast<std::uint64_t>(limit) < size)
     throw IOError(fmt::format("read_text: {}: {} bytes exceeds the limit of {} bytes (ReadTextOptions::max_bytes)",
                               shown, size, limit));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IOError(fmt::format("read_text: {}: cannot open: {}", shown, std::strerror(errno)));
   std::string bytes(static_cast<std::size_t>(size), '\0');
-  in.read(bytes.data(), static_cast<std::streamsize>(size));
-  // A file that shrank while being read (or a special file reporting a wrong size): keep
-  // what was there.
-  bytes.resize(static_cast<std::size_t>(in.gcount()));
-  if (in.bad()) throw IOError(fmt::format("read_text: {}: read error", shown));
+  std::size_t got = 0;
+  while (got < bytes.size()) {
+    const ssize_t r = ::read(fd, bytes.data() + got, bytes.size() - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw IOError(fmt::format("read_text: {}: read error: {}", shown, std::strerror(errno)));
+    // A file that shrank while being read: keep what was there.
+    if (r == 0) break;
+    got += static_cast<std::size_t>(r);
+  }
+  bytes.resize(got);
   return bytes;
 }
 
@@ -117,7 +128,14 @@ std::string read_text(const std::string& path, const ReadTextOptions& options) {
                                 describe_char(static_cast<unsigned char>(text[static_cast<std::size_t>(bad)])), bad));
     return text;
   }
-  if (!fs::is_directory(st)) throw IOError(fmt::format("read_text: {}: not a regular file or directory", path));
+  if (!fs::is_directory(st)) {
+    const char* kind = fs::is_fifo(st)                ? "a FIFO"
+                       : fs::is_character_file(st)  ? "a character device"
+                       : fs::is_block_file(st)      ? "a block device"
+                       : fs::is_socket(st)          ? "a socket"
+                                                    : "a special file";
+    throw IOError(fmt::format("read_text: {}: is {}, not a regular file or directory", path, kind));
+  }
 
   // Collect first, then sort: directory iteration order is the filesystem's, and the
   // corpus (hence training) must not depend on it.
