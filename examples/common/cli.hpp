@@ -96,17 +96,26 @@ inline CLI::Validator positive() { return real(0, true, std::numeric_limits<doub
 inline CLI::Validator non_negative() { return real(0, false, std::numeric_limits<double>::infinity(), false); }
 inline CLI::Validator real_in(double lo, double hi) { return real(lo, false, hi, false); }
 
-// An output directory: a missing one is created by the run, an existing file is refused now
-// rather than when the first figure is written, minutes later.
+// An output directory: a missing one is created by the run, but an existing file, or a path
+// below one, is refused now rather than when the first figure is written, minutes later.
 inline CLI::Validator output_dir() {
   return CLI::Validator(
       [](std::string& s) -> std::string {
+        namespace fs = std::filesystem;
         if (s.empty()) return "must name a directory, got ''";
         std::error_code ec;
-        const auto st = std::filesystem::status(s, ec);
-        if (std::filesystem::exists(st) && !std::filesystem::is_directory(st))
-          return fmt::format("'{}' exists and is not a directory: give a directory (it is created if missing)", s);
-        return "";
+        fs::path p = fs::absolute(s, ec);
+        if (ec) p = s;
+        // The longest part of the path that exists must be a directory: nothing can be made below a file.
+        for (fs::path q = p;; q = q.parent_path()) {
+          const fs::file_status st = fs::status(q, ec);
+          if (fs::exists(st)) {
+            if (fs::is_directory(st)) return "";
+            if (q == p) return fmt::format("'{}' exists and is not a directory: give a directory (created if missing)", s);
+            return fmt::format("'{}' cannot be created: '{}' is not a directory", s, q.string());
+          }
+          if (q == q.parent_path()) return "";
+        }
       },
       "DIR");
 }
