@@ -36,8 +36,8 @@ inline constexpr std::int64_t kMaxSteps = 100'000'000;
 inline constexpr std::int64_t kMaxWidth = 4096;  // embedding, hidden, attention and channel sizes
 inline constexpr std::int64_t kMaxThreads = 256;
 
-// An integer from lo to hi. CLI11's own Range lets "1.5" reach a conversion error with a
-// message that does not say the range; this one says both.
+// An integer from lo to hi (CLI::Range says "Value abc not in range", or "could not be
+// converted" for 1.5: this one says what is accepted and what was given, in decimal only).
 inline CLI::Validator integer(std::int64_t lo, std::int64_t hi) {
   return CLI::Validator(
       [lo, hi](std::string& s) -> std::string {
