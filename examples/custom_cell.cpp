@@ -6,6 +6,8 @@
 
 #include <xgrad/xgrad.hpp>
 
+#include "common/cli.hpp"
+
 using namespace xg;
 
 // Minimal gated unit, one time step.  x [B, I], h [B, H] -> h' [B, H]
@@ -45,7 +47,7 @@ struct Model : nn::Module {
   }
 };
 
-int main() {
+int train() {
   manual_seed(1);
   // Task: remember the first input of a sequence of 6 until the end.
   const std::int64_t T = 6, B = 32;
@@ -71,4 +73,10 @@ int main() {
   std::printf("%lld parameters; loss %.4f -> %.4f\n%s\n", static_cast<long long>(model.num_parameters()), first, last,
               r.str().c_str());
   return r.passed && last < first / 4 ? 0 : 1;
+}
+
+int main(int argc, char** argv) {
+  // No options: --help, and any other argument is refused.
+  CLI::App app{"custom_cell: a gated recurrent cell of your own, trained and gradient-checked"};
+  return examples::cli::run(app, "custom_cell", argc, argv, train);
 }

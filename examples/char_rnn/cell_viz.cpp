@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -26,9 +27,11 @@
 #include <fmt/core.h>
 #include <xgrad/xgrad.hpp>
 
+#include "../common/cli.hpp"
 #include "char_model.hpp"
 
 using namespace xg;
+namespace cli = examples::cli;
 using char_rnn::CharRNN;
 using char_rnn::ModelConfig;
 namespace fs = std::filesystem;
@@ -374,19 +377,15 @@ int main(int argc, char** argv) {
   Options o;
   CLI::App app{"cell_viz: which LSTM cells of a char_rnn checkpoint track strings, comments, nesting, "
                "line position and indentation; writes an HTML page colouring the text by them."};
-  app.add_option("--load", o.load, "char_rnn checkpoint")->capture_default_str();
-  app.add_option("--data", o.data, "text file or directory to run over (default: the held-out tail of the embedded corpus)");
+  app.add_option("--load", o.load, "char_rnn checkpoint")->capture_default_str()->check(CLI::ExistingFile);
+  app.add_option("--data", o.data, "text file or directory to run over (default: the held-out tail of the embedded corpus)")
+      ->check(CLI::ExistingPath);
   app.add_option("--ext", o.extensions, "with a --data directory: only files ending in these");
-  app.add_option("--chars", o.chars, "analyse at most this many chars (0: all)")->capture_default_str();
-  app.add_option("--show", o.show, "chars shown per cell on the page")->capture_default_str();
-  app.add_option("--threads", o.threads, "BLAS threads")->capture_default_str();
-  app.add_option("--out", o.out, "output directory")->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
-  try {
-    if (o.chars < 0 || o.show < 1) throw Error("--chars must be >= 0 and --show >= 1");
-    return run(o);
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "cell_viz: error: {}\n", e.what());
-    return 2;
-  }
+  app.add_option("--chars", o.chars, "analyse at most this many chars (0: all)")
+      ->capture_default_str()
+      ->check(cli::integer(0, std::numeric_limits<std::int64_t>::max()));
+  app.add_option("--show", o.show, "chars shown per cell on the page")->capture_default_str()->check(cli::count(10000000));
+  app.add_option("--threads", o.threads, "BLAS threads")->capture_default_str()->check(cli::count(cli::kMaxThreads));
+  app.add_option("--out", o.out, "output directory")->capture_default_str()->check(cli::output_dir());
+  return cli::run(app, "cell_viz", argc, argv, [&] { return run(o); });
 }

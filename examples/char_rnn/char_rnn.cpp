@@ -50,9 +50,11 @@
 #include <xgrad/dist/dist.hpp>
 #endif
 
+#include "../common/cli.hpp"
 #include "char_model.hpp"
 
 using namespace xg;
+namespace cli = examples::cli;
 using char_rnn::CharRNN;
 using char_rnn::ModelConfig;
 namespace fs = std::filesystem;
@@ -323,6 +325,16 @@ int run(const Options& o_in, const CLI::App& app) {
     note_ignored("--dropout", o.dropout, cfg.dropout);
   }
   cfg.validate();
+  // The vocabulary is known now, before any training: a --prime it cannot encode is a bad
+  // flag, not a failure after the whole run.
+  if (!o.prime.empty()) {
+    try {
+      (void)cfg.vocab.encode(o.prime);
+    } catch (const IndexError& e) {
+      throw CLI::ValidationError("--prime", fmt::format("{} ({}); use characters of the training text", e.what(),
+                                                        o.load.empty() ? corpus_what : o.load));
+    }
+  }
   CharRNN model(cfg);
   if (!o.load.empty()) training::load_checkpoint(o.load, {.model = &model});
 
@@ -613,60 +625,74 @@ int main(int argc, char** argv) {
       "--resume PATH continues a run exactly from a checkpoint; --load PATH only samples\n"
       "from a checkpoint's model (no training)."};
   app.add_option("--data", o.data, "text file or directory to train on (default: the embedded xgrad sources; "
-                                    "--data <repo>/xgrad --ext .hpp .cpp gives the same text)");
+                                    "--data <repo>/xgrad --ext .hpp .cpp gives the same text)")
+      ->check(CLI::ExistingPath);
   app.add_option("--ext", o.extensions, "with a --data directory: only files ending in these (default: every text file)");
-  app.add_option("--hidden", o.hidden, "LSTM hidden size")->capture_default_str();
-  app.add_option("--layers", o.layers, "LSTM layers")->capture_default_str();
-  app.add_option("--embed", o.embed, "character embedding size")->capture_default_str();
-  app.add_option("--dropout", o.dropout, "dropout between LSTM layers")->capture_default_str();
-  app.add_option("--seq-len", o.seq_len, "truncated BPTT window (chars per chunk)")->capture_default_str();
-  app.add_option("--batch", o.batch, "parallel streams B")->capture_default_str();
+  app.add_option("--hidden", o.hidden, "LSTM hidden size")->capture_default_str()->check(cli::count(cli::kMaxWidth));
+  app.add_option("--layers", o.layers, "LSTM layers")->capture_default_str()->check(cli::count(16));
+  app.add_option("--embed", o.embed, "character embedding size")->capture_default_str()->check(cli::count(cli::kMaxWidth));
+  app.add_option("--dropout", o.dropout, "dropout between LSTM layers")->capture_default_str()->check(cli::real(0, false, 1, true));
+  app.add_option("--seq-len", o.seq_len, "truncated BPTT window (chars per chunk)")->capture_default_str()->check(cli::count(100000));
+  app.add_option("--batch", o.batch, "parallel streams B")->capture_default_str()->check(cli::count(100000));
   app.add_option("--steps", o.steps, "optimizer steps (one chunk of B x seq-len chars each), in total when resuming")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(cli::count());
   app.add_option("--time-budget", o.time_budget, "stop training after this many seconds (0: no limit)")
-      ->capture_default_str();
-  app.add_option("--optim", o.optim, "adam or rmsprop")->capture_default_str();
-  app.add_option("--lr", o.lr, "learning rate")->capture_default_str();
-  app.add_option("--clip", o.clip, "clip the gradient norm to this")->capture_default_str();
+      ->capture_default_str()
+      ->check(cli::non_negative());
+  app.add_option("--optim", o.optim, "adam or rmsprop")->capture_default_str()->check(CLI::IsMember({"adam", "rmsprop"}));
+  app.add_option("--lr", o.lr, "learning rate")->capture_default_str()->check(cli::positive());
+  app.add_option("--clip", o.clip, "clip the gradient norm to this")->capture_default_str()->check(cli::positive());
   app.add_option("--valid-fraction", o.valid_fraction, "the corpus' last fraction held out for validation")
-      ->capture_default_str();
-  app.add_option("--valid-chars", o.valid_chars, "score at most this many held-out chars (0: all)")->capture_default_str();
-  app.add_option("--eval-every", o.eval_every, "validate every N steps (0: only at the end)")->capture_default_str();
+      ->capture_default_str()
+      ->check(cli::real(0, true, 1, true));
+  app.add_option("--valid-chars", o.valid_chars, "score at most this many held-out chars (0: all)")
+      ->capture_default_str()
+      ->check(cli::integer(0, std::numeric_limits<std::int64_t>::max()));
+  app.add_option("--eval-every", o.eval_every, "validate every N steps (0: only at the end)")
+      ->capture_default_str()
+      ->check(cli::integer(0, cli::kMaxSteps));
   app.add_option("--checkpoint-every", o.checkpoint_every, "write checkpoint_step<N>.npz every N steps (0: never)")
-      ->capture_default_str();
-  app.add_option("--resume", o.resume, "continue training from this checkpoint (same --data; the model, batch, seq-len, optimizer "
-                                      "and learning rate come from the checkpoint)");
-  app.add_option("--load", o.load, "sample from this checkpoint's model without training");
-  app.add_option("--sample", o.sample, "chars to sample at the end")->capture_default_str();
+      ->capture_default_str()
+      ->check(cli::integer(0, cli::kMaxSteps));
+  auto* resume = app.add_option("--resume", o.resume, "continue training from this checkpoint (same --data; the model, batch, "
+                                                     "seq-len, optimizer and learning rate come from the checkpoint)")
+                     ->check(CLI::ExistingFile);
+  app.add_option("--load", o.load, "sample from this checkpoint's model without training")
+      ->check(CLI::ExistingFile)
+      ->excludes(resume);
+  app.add_option("--sample", o.sample, "chars to sample at the end")->capture_default_str()->check(cli::integer(0, 10000000));
+  // Above ~10 every character is about equally likely: a larger value is a typo.
   app.add_option("--temperature", o.temperature, "sampling temperature (0: always the most likely char)")
-      ->capture_default_str();
-  app.add_option("--top-k", o.top_k, "sample among the k most likely chars only (0: all)")->capture_default_str();
-  app.add_option("--prime", o.prime, "text the sample starts with (default: a new line)");
-  app.add_option("--seed", o.seed, "random seed (initialisation; the sampler uses seed + 1)")->capture_default_str();
-  app.add_option("--threads", o.threads, "BLAS threads (the per-step GEMMs are small: 1 is usually fastest)")->capture_default_str();
-  app.add_option("--out", o.out, "output directory")->capture_default_str();
+      ->capture_default_str()
+      ->check(cli::real_in(0, 100));
+  app.add_option("--top-k", o.top_k, "sample among the k most likely chars only (0: all)")
+      ->capture_default_str()
+      ->check(cli::integer(0, 256));
+  app.add_option("--prime", o.prime, "text the sample starts with (default: a new line); every char must be in the vocabulary");
+  app.add_option("--seed", o.seed, "random seed (initialisation; the sampler uses seed + 1)")
+      ->capture_default_str()
+      ->check(cli::seed());
+  app.add_option("--threads", o.threads, "BLAS threads (the per-step GEMMs are small: 1 is usually fastest)")
+      ->capture_default_str()
+      ->check(cli::count(cli::kMaxThreads));
+  app.add_option("--out", o.out, "output directory")->capture_default_str()->check(cli::output_dir());
   app.add_flag("--check", o.check, "exit 1 unless the final validation bpc is below --check-bpc (smoke test)");
-  app.add_option("--check-bpc", o.check_bpc, "threshold for --check")->capture_default_str();
+  app.add_option("--check-bpc", o.check_bpc, "threshold for --check")->capture_default_str()->check(cli::positive());
   app.add_flag("--distributed", o.distributed, "data-parallel over MPI: run under mpirun; --batch streams are split "
                                                "between the ranks");
-  CLI11_PARSE(app, argc, argv);
-  try {
-    if (!o.resume.empty() && !o.load.empty()) throw Error("give --resume or --load, not both");
-    if (o.temperature < 0 || o.top_k < 0 || o.sample < 0) throw Error("--temperature, --top-k and --sample must be >= 0");
+  return cli::run(app, "char_rnn", argc, argv, [&] {
 #ifdef XGRAD_WITH_MPI
     if (o.distributed) {
-      if (!o.load.empty()) throw Error("--distributed trains; --load only samples");
+      cli::require(o.load.empty(), "--distributed", "trains; --load only samples: give one of them");
       dist::init(&argc, &argv);
       const int rc = run(o, app);
       dist::finalize();
       return rc;
     }
 #else
-    if (o.distributed) throw Error("--distributed: this xgrad was built without MPI (apt-get install -y libopenmpi-dev)");
+    cli::require(!o.distributed, "--distributed", "this xgrad was built without MPI (apt-get install -y libopenmpi-dev)");
 #endif
     return run(o, app);
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "char_rnn: error: {}\n", e.what());
-    return 2;
-  }
+  });
 }

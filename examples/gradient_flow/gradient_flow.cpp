@@ -31,7 +31,10 @@
 #include <fmt/core.h>
 #include <xgrad/xgrad.hpp>
 
+#include "../common/cli.hpp"
+
 using namespace xg;
+namespace cli = examples::cli;
 
 // ---- the task ---------------------------------------------------------------------------
 
@@ -173,141 +176,137 @@ int main(int argc, char** argv) {
   std::string out_dir = "out/gradient_flow";
   bool check = false;
   CLI::App app{"Gradient flow through time: vanishing (RNN) vs. the LSTM highway, exploding with and without clipping"};
-  app.add_option("--T", task.T, "sequence length (the dependency spans T - 1 steps)")->capture_default_str();
-  app.add_option("--hidden", hidden, "hidden size of both models")
+  // At least 2: the dependency spans T - 1 steps.
+  app.add_option("--T", task.T, "sequence length (the dependency spans T - 1 steps)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 100000000));
-  app.add_option("--steps", steps, "training steps of experiment 1 (Adam)")
+      ->check(cli::integer(2, 10000));
+  app.add_option("--hidden", hidden, "hidden size of both models")->capture_default_str()->check(cli::count(cli::kMaxWidth));
+  app.add_option("--steps", steps, "training steps of experiment 1 (Adam)")->capture_default_str()->check(cli::count());
+  app.add_option("--batch", batch, "batch size")->capture_default_str()->check(cli::count(100000));
+  app.add_option("--lr", lr, "Adam learning rate of experiment 1")->capture_default_str()->check(cli::positive());
+  app.add_option("--forget-bias", forget_bias, "LSTM forget-gate bias at initialisation")
       ->capture_default_str()
-      ->check(CLI::Range(1, 100000000));
-  app.add_option("--batch", batch, "batch size")
+      ->check(cli::finite());
+  app.add_option("--explode-steps", explode_steps, "SGD steps of experiment 2")->capture_default_str()->check(cli::count());
+  app.add_option("--explode-gain", explode_gain, "gain of the ReLU RNN's orthogonal W_hh")
       ->capture_default_str()
-      ->check(CLI::Range(1, 100000000));
-  app.add_option("--lr", lr, "Adam learning rate of experiment 1")->capture_default_str();
-  app.add_option("--forget-bias", forget_bias, "LSTM forget-gate bias at initialisation")->capture_default_str();
-  app.add_option("--explode-steps", explode_steps, "SGD steps of experiment 2")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 100000000));
-  app.add_option("--explode-gain", explode_gain, "gain of the ReLU RNN's orthogonal W_hh")->capture_default_str();
-  app.add_option("--explode-lr", explode_lr, "SGD learning rate of experiment 2")->capture_default_str();
-  app.add_option("--seed", seed, "random seed")->capture_default_str();
-  app.add_option("--threads", threads, "BLAS threads")->capture_default_str();
-  app.add_option("--out", out_dir, "output directory")->capture_default_str();
+      ->check(cli::positive());
+  app.add_option("--explode-lr", explode_lr, "SGD learning rate of experiment 2")->capture_default_str()->check(cli::positive());
+  app.add_option("--seed", seed, "random seed")->capture_default_str()->check(cli::seed());
+  app.add_option("--threads", threads, "BLAS threads")->capture_default_str()->check(cli::count(cli::kMaxThreads));
+  app.add_option("--out", out_dir, "output directory")->capture_default_str()->check(cli::output_dir());
   app.add_flag("--check", check, "exit 1 unless the vanishing/highway contrast and the clipping result hold");
-  CLI11_PARSE(app, argc, argv);
-  if (task.T < 2) {
-    std::fprintf(stderr, "--T must be at least 2\n");
-    return 1;
-  }
-  set_num_threads(threads);
-  manual_seed(seed);
-  std::filesystem::create_directories(out_dir);
-  Generator probe_gen(seed + 100);
-  const auto [probe_x, probe_y] = task.batch(256, probe_gen);
-  const std::size_t far = static_cast<std::size_t>(std::min<std::int64_t>(50, task.T));  // the distance we compare at
-  const double chance = std::log(static_cast<double>(task.keys));
+  return cli::run(app, "gradient_flow", argc, argv, [&] {
+    set_num_threads(threads);
+    manual_seed(seed);
+    std::filesystem::create_directories(out_dir);
+    Generator probe_gen(seed + 100);
+    const auto [probe_x, probe_y] = task.batch(256, probe_gen);
+    const std::size_t far = static_cast<std::size_t>(std::min<std::int64_t>(50, task.T));  // the distance we compare at
+    const double chance = std::log(static_cast<double>(task.keys));
 
-  // ---- experiment 1: vanishing vs. highway -----------------------------------------------
-  std::printf("experiment 1: remember the first of %lld tokens (%lld keys; chance loss ln %lld = %.3f)\n",
-              static_cast<long long>(task.T), static_cast<long long>(task.keys), static_cast<long long>(task.keys),
-              chance);
-  training::LinePlot flow{"gradient norm vs distance from the loss", "distance from the loss (steps)",
-                       "||d loss / d h_t|| relative to distance 1", true};
-  struct Summary {
-    std::string name;
-    double ratio_init, ratio_trained, final_loss, acc;
-  };
-  std::vector<Summary> summary;
-  for (const bool is_lstm : {false, true}) {
-    const std::string name = is_lstm ? "LSTM" : "RNN (tanh)";
-    manual_seed(seed);       // reproducible initial weights
-    Generator batches(seed);  // both models see the same training batches
-    auto model = is_lstm ? make_lstm(task, hidden, forget_bias) : make_rnn(task, hidden);
-    const auto init = grad_norms_by_distance(*model, probe_x, probe_y);
-    optim::Adam opt(model->parameters(), {.lr = lr});
-    // Clipped at norm 1 like any recurrent training (experiment 2 shows why).
-    const auto r = fit(*model, opt, task, steps, batch, batches, 1.0, /*verbose=*/true);
-    const auto trained = grad_norms_by_distance(*model, probe_x, probe_y);
-    const double acc = accuracy(*model, probe_x, probe_y);
-    summary.push_back({name, init[far - 1] / init[0], trained[far - 1] / trained[0], tail_mean(r.losses, 50), acc});
-    // Plotted relative to distance 1: a trained model's loss (and so every gradient) is
-    // near 0, and what matters is how much of it survives the trip back.
-    const auto d = iota_from(1, init.size());
-    flow.add_series(name + ", init", d, relative(init), is_lstm ? "#9ecae1" : "#fdae6b");
-    flow.add_series(name + ", trained", d, relative(trained), is_lstm ? "#08519c" : "#d94801");
-    std::printf("  %-10s  loss %.3f -> %.3f after %d steps, accuracy %.1f%%\n", name.c_str(), r.losses.front(),
-                summary.back().final_loss, steps, 100 * acc);
-    std::printf("  %-10s  |dL/dh| at distance 1: %.3g (init) %.3g (trained); at distance %zu: %.3g / %.3g\n", "",
-                init[0], trained[0], far, init[far - 1], trained[far - 1]);
-  }
-  flow.write_svg(out_dir + "/gradient_flow.svg");
-  std::printf("  ratio |dL/dh| distance %zu / distance 1:\n", far);
-  for (const auto& s : summary)
-    std::printf("    %-10s  init %.3g   trained %.3g\n", s.name.c_str(), s.ratio_init, s.ratio_trained);
-  std::printf("wrote %s/gradient_flow.svg\n", out_dir.c_str());
-
-  // ---- experiment 2: exploding gradients, with and without clipping -------------------------
-  Task short_task = task;
-  short_task.T = std::min<std::int64_t>(task.T, 30);
-  std::printf("experiment 2: ReLU RNN, W_hh orthogonal with gain %.2f, T = %lld, SGD lr %.3g\n", explode_gain,
-              static_cast<long long>(short_task.T), explode_lr);
-  training::LinePlot loss_plot{"exploding ReLU RNN, SGD with and without clipping", "step",
-                            "training loss", true};
-  training::LinePlot norm_plot{"exploding: gradient norm vs distance from the loss (at init)",
-                            "distance from the loss (steps)", "||d loss / d h_t||", true};
-  const auto [short_x, short_y] = short_task.batch(256, probe_gen);
-  std::vector<TrainResult> runs;
-  for (const double clip : {0.0, 1.0}) {
-    manual_seed(seed + 1);  // both runs start from the same weights
-    auto model = make_rnn(short_task, hidden, nn::RNNNonlinearity::relu);
-    {
-      NoGradGuard no_grad;
-      nn::init::orthogonal_(model->rnn->weights(0).weight_hh, explode_gain);
+    // ---- experiment 1: vanishing vs. highway -----------------------------------------------
+    std::printf("experiment 1: remember the first of %lld tokens (%lld keys; chance loss ln %lld = %.3f)\n",
+                static_cast<long long>(task.T), static_cast<long long>(task.keys), static_cast<long long>(task.keys),
+                chance);
+    training::LinePlot flow{"gradient norm vs distance from the loss", "distance from the loss (steps)",
+                         "||d loss / d h_t|| relative to distance 1", true};
+    struct Summary {
+      std::string name;
+      double ratio_init, ratio_trained, final_loss, acc;
+    };
+    std::vector<Summary> summary;
+    for (const bool is_lstm : {false, true}) {
+      const std::string name = is_lstm ? "LSTM" : "RNN (tanh)";
+      manual_seed(seed);       // reproducible initial weights
+      Generator batches(seed);  // both models see the same training batches
+      auto model = is_lstm ? make_lstm(task, hidden, forget_bias) : make_rnn(task, hidden);
+      const auto init = grad_norms_by_distance(*model, probe_x, probe_y);
+      optim::Adam opt(model->parameters(), {.lr = lr});
+      // Clipped at norm 1 like any recurrent training (experiment 2 shows why).
+      const auto r = fit(*model, opt, task, steps, batch, batches, 1.0, /*verbose=*/true);
+      const auto trained = grad_norms_by_distance(*model, probe_x, probe_y);
+      const double acc = accuracy(*model, probe_x, probe_y);
+      summary.push_back({name, init[far - 1] / init[0], trained[far - 1] / trained[0], tail_mean(r.losses, 50), acc});
+      // Plotted relative to distance 1: a trained model's loss (and so every gradient) is
+      // near 0, and what matters is how much of it survives the trip back.
+      const auto d = iota_from(1, init.size());
+      flow.add_series(name + ", init", d, relative(init), is_lstm ? "#9ecae1" : "#fdae6b");
+      flow.add_series(name + ", trained", d, relative(trained), is_lstm ? "#08519c" : "#d94801");
+      std::printf("  %-10s  loss %.3f -> %.3f after %d steps, accuracy %.1f%%\n", name.c_str(), r.losses.front(),
+                  summary.back().final_loss, steps, 100 * acc);
+      std::printf("  %-10s  |dL/dh| at distance 1: %.3g (init) %.3g (trained); at distance %zu: %.3g / %.3g\n", "",
+                  init[0], trained[0], far, init[far - 1], trained[far - 1]);
     }
-    if (clip == 0.0) {
-      const auto norms = grad_norms_by_distance(*model, short_x, short_y);
-      norm_plot.add_series("ReLU RNN, gain " + training::tick_label(explode_gain, 0.01), iota_from(1, norms.size()), norms);
-      std::printf("  |dL/dh| at distance 1: %.3g, at distance %zu: %.3g (ratio %.3g: growing)\n", norms[0], norms.size(),
-                  norms.back(), norms.back() / norms[0]);
-    }
-    optim::SGD opt(model->parameters(), {.lr = explode_lr});
-    Generator run_gen(seed + 2);  // the same batches for both runs
-    runs.push_back(fit(*model, opt, short_task, explode_steps, batch, run_gen, clip));
-    const auto& r = runs.back();
-    const std::string name = clip > 0 ? "clip_grad_norm(1)" : "no clipping";
-    loss_plot.add_series(name, iota_from(0, r.losses.size()), r.losses, clip > 0 ? "#2ca02c" : "#d62728");
-    // NaN steps are not drawn: the title says where a diverged run ended.
-    if (r.diverged_at >= 0) loss_plot.title += fmt::format(" ({}: NaN from step {})", name, r.diverged_at);
-    if (r.diverged_at >= 0)
-      std::printf("  %-18s loss %.3g at step 0, first gradient norm %.3g; loss not finite at step %d\n", name.c_str(),
-                  r.losses.front(), r.grad_norms.front(), r.diverged_at);
-    else
-      std::printf("  %-18s loss %.3g -> %.3g (mean of the last 50 steps), gradient norm %.3g at step 0\n",
-                  name.c_str(), r.losses.front(), tail_mean(r.losses, 50), r.grad_norms.front());
-  }
-  loss_plot.write_svg(out_dir + "/clipping.svg");
-  norm_plot.write_svg(out_dir + "/exploding.svg");
-  std::printf("wrote %s/clipping.svg\nwrote %s/exploding.svg\n", out_dir.c_str(), out_dir.c_str());
+    flow.write_svg(out_dir + "/gradient_flow.svg");
+    std::printf("  ratio |dL/dh| distance %zu / distance 1:\n", far);
+    for (const auto& s : summary)
+      std::printf("    %-10s  init %.3g   trained %.3g\n", s.name.c_str(), s.ratio_init, s.ratio_trained);
+    std::printf("wrote %s/gradient_flow.svg\n", out_dir.c_str());
 
-  if (check) {
-    // Relative to its last step, the RNN's gradient 50 steps back is orders of magnitude
-    // below the LSTM's, at init and after training; the LSTM learned (chance is ln K);
-    // the clipped run stays finite and falls while the unclipped one blows up.
-    const auto& rnn = summary[0];
-    const auto& lstm = summary[1];
-    // (Measured over seeds 1-4: at init 3e8 to 5e12 times larger, trained 4e3 to 3e5.)
-    const bool contrast = lstm.ratio_init > 1e6 * rnn.ratio_init && lstm.ratio_trained > 100 * rnn.ratio_trained;
-    const bool lstm_learned = lstm.final_loss < 0.9 * chance;
-    const auto& unclipped = runs[0];
-    const auto& clipped = runs[1];
-    const bool clip_ok = clipped.diverged_at < 0 && tail_mean(clipped.losses, 20) < clipped.losses.front();
-    const bool exploded = unclipped.diverged_at >= 0 || tail_mean(unclipped.losses, 20) > 10 * unclipped.losses.front();
-    std::printf("check: LSTM/RNN ratio contrast %s (init %.3g vs %.3g, trained %.3g vs %.3g); LSTM loss %.3f below "
-                "0.9 ln K = %.3f %s; clipped run finite and falling %s; unclipped run diverged %s\n",
-                contrast ? "ok" : "FAILED", lstm.ratio_init, rnn.ratio_init, lstm.ratio_trained, rnn.ratio_trained,
-                lstm.final_loss, 0.9 * chance, lstm_learned ? "ok" : "FAILED", clip_ok ? "ok" : "FAILED",
-                exploded ? "ok" : "FAILED");
-    return contrast && lstm_learned && clip_ok && exploded ? 0 : 1;
-  }
-  return 0;
+    // ---- experiment 2: exploding gradients, with and without clipping -------------------------
+    Task short_task = task;
+    short_task.T = std::min<std::int64_t>(task.T, 30);
+    std::printf("experiment 2: ReLU RNN, W_hh orthogonal with gain %.2f, T = %lld, SGD lr %.3g\n", explode_gain,
+                static_cast<long long>(short_task.T), explode_lr);
+    training::LinePlot loss_plot{"exploding ReLU RNN, SGD with and without clipping", "step",
+                              "training loss", true};
+    training::LinePlot norm_plot{"exploding: gradient norm vs distance from the loss (at init)",
+                              "distance from the loss (steps)", "||d loss / d h_t||", true};
+    const auto [short_x, short_y] = short_task.batch(256, probe_gen);
+    std::vector<TrainResult> runs;
+    for (const double clip : {0.0, 1.0}) {
+      manual_seed(seed + 1);  // both runs start from the same weights
+      auto model = make_rnn(short_task, hidden, nn::RNNNonlinearity::relu);
+      {
+        NoGradGuard no_grad;
+        nn::init::orthogonal_(model->rnn->weights(0).weight_hh, explode_gain);
+      }
+      if (clip == 0.0) {
+        const auto norms = grad_norms_by_distance(*model, short_x, short_y);
+        norm_plot.add_series("ReLU RNN, gain " + training::tick_label(explode_gain, 0.01), iota_from(1, norms.size()), norms);
+        std::printf("  |dL/dh| at distance 1: %.3g, at distance %zu: %.3g (ratio %.3g: growing)\n", norms[0], norms.size(),
+                    norms.back(), norms.back() / norms[0]);
+      }
+      optim::SGD opt(model->parameters(), {.lr = explode_lr});
+      Generator run_gen(seed + 2);  // the same batches for both runs
+      runs.push_back(fit(*model, opt, short_task, explode_steps, batch, run_gen, clip));
+      const auto& r = runs.back();
+      const std::string name = clip > 0 ? "clip_grad_norm(1)" : "no clipping";
+      loss_plot.add_series(name, iota_from(0, r.losses.size()), r.losses, clip > 0 ? "#2ca02c" : "#d62728");
+      // NaN steps are not drawn: the title says where a diverged run ended.
+      if (r.diverged_at >= 0) loss_plot.title += fmt::format(" ({}: NaN from step {})", name, r.diverged_at);
+      if (r.diverged_at >= 0)
+        std::printf("  %-18s loss %.3g at step 0, first gradient norm %.3g; loss not finite at step %d\n", name.c_str(),
+                    r.losses.front(), r.grad_norms.front(), r.diverged_at);
+      else
+        std::printf("  %-18s loss %.3g -> %.3g (mean of the last 50 steps), gradient norm %.3g at step 0\n",
+                    name.c_str(), r.losses.front(), tail_mean(r.losses, 50), r.grad_norms.front());
+    }
+    loss_plot.write_svg(out_dir + "/clipping.svg");
+    norm_plot.write_svg(out_dir + "/exploding.svg");
+    std::printf("wrote %s/clipping.svg\nwrote %s/exploding.svg\n", out_dir.c_str(), out_dir.c_str());
+
+    if (check) {
+      // Relative to its last step, the RNN's gradient 50 steps back is orders of magnitude
+      // below the LSTM's, at init and after training; the LSTM learned (chance is ln K);
+      // the clipped run stays finite and falls while the unclipped one blows up.
+      const auto& rnn = summary[0];
+      const auto& lstm = summary[1];
+      // (Measured over seeds 1-4: at init 3e8 to 5e12 times larger, trained 4e3 to 3e5.)
+      const bool contrast = lstm.ratio_init > 1e6 * rnn.ratio_init && lstm.ratio_trained > 100 * rnn.ratio_trained;
+      const bool lstm_learned = lstm.final_loss < 0.9 * chance;
+      const auto& unclipped = runs[0];
+      const auto& clipped = runs[1];
+      const bool clip_ok = clipped.diverged_at < 0 && tail_mean(clipped.losses, 20) < clipped.losses.front();
+      const bool exploded = unclipped.diverged_at >= 0 || tail_mean(unclipped.losses, 20) > 10 * unclipped.losses.front();
+      std::printf("check: LSTM/RNN ratio contrast %s (init %.3g vs %.3g, trained %.3g vs %.3g); LSTM loss %.3f below "
+                  "0.9 ln K = %.3f %s; clipped run finite and falling %s; unclipped run diverged %s\n",
+                  contrast ? "ok" : "FAILED", lstm.ratio_init, rnn.ratio_init, lstm.ratio_trained, rnn.ratio_trained,
+                  lstm.final_loss, 0.9 * chance, lstm_learned ? "ok" : "FAILED", clip_ok ? "ok" : "FAILED",
+                  exploded ? "ok" : "FAILED");
+      return contrast && lstm_learned && clip_ok && exploded ? 0 : 1;
+    }
+    return 0;
+  });
 }

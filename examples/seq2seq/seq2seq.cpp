@@ -25,9 +25,11 @@
 #include <CLI/CLI.hpp>
 #include <xgrad/xgrad.hpp>
 
+#include "../common/cli.hpp"
 #include "dates.hpp"
 
 using namespace xg;
+namespace cli = examples::cli;
 
 // ---- vocabularies ---------------------------------------------------------------------
 
@@ -278,131 +280,127 @@ int main(int argc, char** argv) {
   std::string out_dir = "out/seq2seq";
   bool check = false;
   CLI::App app{"seq2seq with attention: human-written dates -> ISO 8601"};
-  app.add_option("--steps", steps, "training steps (batches)")
+  app.add_option("--steps", steps, "training steps (batches)")->capture_default_str()->check(cli::count());
+  app.add_option("--batch", batch, "batch size")->capture_default_str()->check(cli::count(100000));
+  app.add_option("--lr", lr, "Adam learning rate")->capture_default_str()->check(cli::positive());
+  app.add_option("--embed", cfg.embed, "character embedding size")->capture_default_str()->check(cli::count(cli::kMaxWidth));
+  app.add_option("--enc-hidden", cfg.enc_hidden, "encoder LSTM size per direction")
       ->capture_default_str()
-      ->check(CLI::Range(1, 100000000));
-  app.add_option("--batch", batch, "batch size")
+      ->check(cli::count(cli::kMaxWidth));
+  app.add_option("--dec-hidden", cfg.dec_hidden, "decoder LSTM size")->capture_default_str()->check(cli::count(cli::kMaxWidth));
+  app.add_option("--attn-hidden", cfg.attn_hidden, "additive attention width")
       ->capture_default_str()
-      ->check(CLI::Range(1, 100000000));
-  app.add_option("--lr", lr, "Adam learning rate")->capture_default_str();
-  app.add_option("--embed", cfg.embed, "character embedding size")->capture_default_str();
-  app.add_option("--enc-hidden", cfg.enc_hidden, "encoder LSTM size per direction")->capture_default_str();
-  app.add_option("--dec-hidden", cfg.dec_hidden, "decoder LSTM size")->capture_default_str();
-  app.add_option("--attn-hidden", cfg.attn_hidden, "additive attention width")->capture_default_str();
-  app.add_option("--beam", beam, "beam width for beam-search decoding")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 64));
-  app.add_option("--test-size", test_size, "held-out examples")
-      ->capture_default_str()
-      ->check(CLI::Range(3, 1000000));
-  app.add_option("--maps", num_maps, "attention heatmaps to write (up to 8)")
-      ->capture_default_str()
-      ->check(CLI::Range(0, 8));
-  app.add_option("--seed", seed, "random seed")->capture_default_str();
-  app.add_option("--threads", threads, "BLAS threads")->capture_default_str();
-  app.add_option("--out", out_dir, "output directory")->capture_default_str();
+      ->check(cli::count(cli::kMaxWidth));
+  app.add_option("--beam", beam, "beam width for beam-search decoding")->capture_default_str()->check(cli::count(64));
+  // At least 3: the first three held-out dates are printed as examples.
+  app.add_option("--test-size", test_size, "held-out examples")->capture_default_str()->check(cli::integer(3, 1000000));
+  app.add_option("--maps", num_maps, "attention heatmaps to write (up to 8)")->capture_default_str()->check(cli::integer(0, 8));
+  app.add_option("--seed", seed, "random seed")->capture_default_str()->check(cli::seed());
+  app.add_option("--threads", threads, "BLAS threads")->capture_default_str()->check(cli::count(cli::kMaxThreads));
+  app.add_option("--out", out_dir, "output directory")->capture_default_str()->check(cli::output_dir());
   app.add_flag("--check", check, "exit 1 unless the model clearly learned (smoke test)");
-  CLI11_PARSE(app, argc, argv);
-  set_num_threads(threads);
-  manual_seed(seed);
-  std::filesystem::create_directories(out_dir);
+  return cli::run(app, "seq2seq", argc, argv, [&] {
+    set_num_threads(threads);
+    manual_seed(seed);
+    std::filesystem::create_directories(out_dir);
 
-  Generator data_gen(seed), test_gen(seed + 1000);
-  std::vector<dates::Example> test;
-  for (int i = 0; i < test_size; ++i) test.push_back(dates::sample(test_gen, true));
-  std::printf("examples: \"%s\" -> %s, \"%s\" -> %s, \"%s\" -> %s\n", test[0].source.c_str(), test[0].target.c_str(),
-              test[1].source.c_str(), test[1].target.c_str(), test[2].source.c_str(), test[2].target.c_str());
+    Generator data_gen(seed), test_gen(seed + 1000);
+    std::vector<dates::Example> test;
+    for (int i = 0; i < test_size; ++i) test.push_back(dates::sample(test_gen, true));
+    std::printf("examples: \"%s\" -> %s, \"%s\" -> %s, \"%s\" -> %s\n", test[0].source.c_str(), test[0].target.c_str(),
+                test[1].source.c_str(), test[1].target.c_str(), test[2].source.c_str(), test[2].target.c_str());
 
-  Seq2Seq model(cfg);
-  optim::Adam opt(model.parameters(), {.lr = lr});
-  optim::CosineAnnealingLR sched(opt, steps, lr * 0.05);
-  std::printf("%lld parameters; %d steps of %lld examples\n", static_cast<long long>(model.num_parameters()), steps,
-              static_cast<long long>(batch));
+    Seq2Seq model(cfg);
+    optim::Adam opt(model.parameters(), {.lr = lr});
+    optim::CosineAnnealingLR sched(opt, steps, lr * 0.05);
+    std::printf("%lld parameters; %d steps of %lld examples\n", static_cast<long long>(model.num_parameters()), steps,
+                static_cast<long long>(batch));
 
-  const auto t0 = std::chrono::steady_clock::now();
-  std::vector<double> xs, losses;
-  double avg = std::log(static_cast<double>(kTgtVocab));
-  for (int s = 1; s <= steps; ++s) {
-    std::vector<dates::Example> examples;
-    for (std::int64_t i = 0; i < batch; ++i) examples.push_back(dates::sample(data_gen, false));
-    const Tensor loss = model.loss(make_batch(std::move(examples)));
-    opt.zero_grad();
-    loss.backward();
-    optim::clip_grad_norm(model, 5.0);
-    opt.step();
-    sched.step();
-    avg = 0.95 * avg + 0.05 * loss.item();
-    xs.push_back(s);
-    losses.push_back(loss.item());
-    if (s % 250 == 0 || s == steps) std::printf("step %5d  loss %.4f  (%.0f s)\n", s, avg, seconds_since(t0));
-    std::fflush(stdout);
-  }
-  const double train_seconds = seconds_since(t0);
-
-  model.eval();
-  auto t1 = std::chrono::steady_clock::now();
-  std::vector<std::string> greedy_pred;
-  const double greedy_acc =
-      accuracy(test, 500, [&](const Batch& b) { return greedy_decode(model, b); }, &greedy_pred);
-  const double greedy_seconds = seconds_since(t1);
-  t1 = std::chrono::steady_clock::now();
-  const double beam_acc = accuracy(test, 250, [&](const Batch& b) { return beam_decode(model, b, beam); });
-  const double beam_seconds = seconds_since(t1);
-  std::printf("training: %.1f s; final loss %.4f (uniform predictor: ln %lld = %.3f)\n", train_seconds, avg,
-              static_cast<long long>(kTgtVocab), std::log(static_cast<double>(kTgtVocab)));
-  std::printf("held-out exact match (%d dates never seen in training):\n", test_size);
-  std::printf("  greedy:      %.2f%%  (%.1f s)\n", 100 * greedy_acc, greedy_seconds);
-  std::printf("  beam (K=%lld): %.2f%%  (%.1f s)\n", static_cast<long long>(beam), 100 * beam_acc, beam_seconds);
-  int misses_shown = 0;
-  for (std::size_t i = 0; i < test.size() && misses_shown < 5; ++i) {
-    if (greedy_pred[i] == test[i].target) continue;
-    std::printf("  miss: \"%s\" -> %s (want %s)\n", test[i].source.c_str(), greedy_pred[i].c_str(),
-                test[i].target.c_str());
-    ++misses_shown;
-  }
-
-  // Loss curve and attention maps.
-  training::LinePlot plot{"seq2seq training loss", "step", "cross-entropy per character", true};
-  plot.add_series("train", xs, losses);
-  plot.write_svg(out_dir + "/loss.svg");
-  std::printf("wrote %s/loss.svg\n", out_dir.c_str());
-  // Held-out dates in (up to) eight different formats, short and long.
-  std::vector<dates::Example> shown_examples;
-  Generator map_gen(seed + 7);
-  for (int f : {0, 1, 9, 17, 2, 11, 5, 13}) {
-    if (static_cast<int>(shown_examples.size()) >= num_maps) break;
-    std::int64_t day;
-    do day = map_gen.randint(dates::kFirstDay, dates::kLastDay + 1);
-    while (!dates::held_out(day));
-    const dates::Date d = dates::from_days(day);
-    shown_examples.push_back({dates::human(d, f), dates::iso(d)});
-  }
-  for (std::size_t i = 0; i < shown_examples.size(); ++i) {
-    const Batch b = make_batch({shown_examples[i]});
-    std::vector<std::vector<std::vector<double>>> w;
-    const std::string got = greedy_decode(model, b, &w)[0];
-    training::Heatmap map{"\"" + shown_examples[i].source + "\" -> " + got, "source character", "output character"};
-    for (char c : shown_examples[i].source) map.col_labels.emplace_back(1, c);
-    const std::size_t rows = std::min<std::size_t>(got.size() + 1, w[0].size());  // the characters and </s>
-    for (std::size_t t = 0; t < rows; ++t) {
-      map.row_labels.push_back(t < got.size() ? std::string(1, got[t]) : "</s>");
-      map.values.insert(map.values.end(), w[0][t].begin(), w[0][t].end());
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<double> xs, losses;
+    double avg = std::log(static_cast<double>(kTgtVocab));
+    for (int s = 1; s <= steps; ++s) {
+      std::vector<dates::Example> examples;
+      for (std::int64_t i = 0; i < batch; ++i) examples.push_back(dates::sample(data_gen, false));
+      const Tensor loss = model.loss(make_batch(std::move(examples)));
+      opt.zero_grad();
+      loss.backward();
+      optim::clip_grad_norm(model, 5.0);
+      opt.step();
+      sched.step();
+      avg = 0.95 * avg + 0.05 * loss.item();
+      xs.push_back(s);
+      losses.push_back(loss.item());
+      if (s % 250 == 0 || s == steps) std::printf("step %5d  loss %.4f  (%.0f s)\n", s, avg, seconds_since(t0));
+      std::fflush(stdout);
     }
-    map.vmin = 0.0;
-    map.vmax = 1.0;
-    map.scale_label = "attention";
-    const std::string path = out_dir + "/attention_" + std::to_string(i) + ".svg";
-    map.write_svg(path);
-    std::printf("wrote %s  (\"%s\" -> %s)\n", path.c_str(), shown_examples[i].source.c_str(), got.c_str());
-  }
+    const double train_seconds = seconds_since(t0);
 
-  if (check) {
-    // Untrained: per-character loss ln(14) = 2.64 and no exact matches (a guess of the
-    // right date is 1 in 36525). A model that learned the task gets most dates right.
-    const bool ok = avg < 0.5 && greedy_acc > 0.5 && beam_acc > 0.5;
-    std::printf("check: loss %.3f < 0.5 and exact match greedy %.1f%% / beam %.1f%% > 50%%: %s\n", avg,
-                100 * greedy_acc, 100 * beam_acc, ok ? "ok" : "FAILED");
-    return ok ? 0 : 1;
-  }
-  return 0;
+    model.eval();
+    auto t1 = std::chrono::steady_clock::now();
+    std::vector<std::string> greedy_pred;
+    const double greedy_acc =
+        accuracy(test, 500, [&](const Batch& b) { return greedy_decode(model, b); }, &greedy_pred);
+    const double greedy_seconds = seconds_since(t1);
+    t1 = std::chrono::steady_clock::now();
+    const double beam_acc = accuracy(test, 250, [&](const Batch& b) { return beam_decode(model, b, beam); });
+    const double beam_seconds = seconds_since(t1);
+    std::printf("training: %.1f s; final loss %.4f (uniform predictor: ln %lld = %.3f)\n", train_seconds, avg,
+                static_cast<long long>(kTgtVocab), std::log(static_cast<double>(kTgtVocab)));
+    std::printf("held-out exact match (%d dates never seen in training):\n", test_size);
+    std::printf("  greedy:      %.2f%%  (%.1f s)\n", 100 * greedy_acc, greedy_seconds);
+    std::printf("  beam (K=%lld): %.2f%%  (%.1f s)\n", static_cast<long long>(beam), 100 * beam_acc, beam_seconds);
+    int misses_shown = 0;
+    for (std::size_t i = 0; i < test.size() && misses_shown < 5; ++i) {
+      if (greedy_pred[i] == test[i].target) continue;
+      std::printf("  miss: \"%s\" -> %s (want %s)\n", test[i].source.c_str(), greedy_pred[i].c_str(),
+                  test[i].target.c_str());
+      ++misses_shown;
+    }
+
+    // Loss curve and attention maps.
+    training::LinePlot plot{"seq2seq training loss", "step", "cross-entropy per character", true};
+    plot.add_series("train", xs, losses);
+    plot.write_svg(out_dir + "/loss.svg");
+    std::printf("wrote %s/loss.svg\n", out_dir.c_str());
+    // Held-out dates in (up to) eight different formats, short and long.
+    std::vector<dates::Example> shown_examples;
+    Generator map_gen(seed + 7);
+    for (int f : {0, 1, 9, 17, 2, 11, 5, 13}) {
+      if (static_cast<int>(shown_examples.size()) >= num_maps) break;
+      std::int64_t day;
+      do day = map_gen.randint(dates::kFirstDay, dates::kLastDay + 1);
+      while (!dates::held_out(day));
+      const dates::Date d = dates::from_days(day);
+      shown_examples.push_back({dates::human(d, f), dates::iso(d)});
+    }
+    for (std::size_t i = 0; i < shown_examples.size(); ++i) {
+      const Batch b = make_batch({shown_examples[i]});
+      std::vector<std::vector<std::vector<double>>> w;
+      const std::string got = greedy_decode(model, b, &w)[0];
+      training::Heatmap map{"\"" + shown_examples[i].source + "\" -> " + got, "source character", "output character"};
+      for (char c : shown_examples[i].source) map.col_labels.emplace_back(1, c);
+      const std::size_t rows = std::min<std::size_t>(got.size() + 1, w[0].size());  // the characters and </s>
+      for (std::size_t t = 0; t < rows; ++t) {
+        map.row_labels.push_back(t < got.size() ? std::string(1, got[t]) : "</s>");
+        map.values.insert(map.values.end(), w[0][t].begin(), w[0][t].end());
+      }
+      map.vmin = 0.0;
+      map.vmax = 1.0;
+      map.scale_label = "attention";
+      const std::string path = out_dir + "/attention_" + std::to_string(i) + ".svg";
+      map.write_svg(path);
+      std::printf("wrote %s  (\"%s\" -> %s)\n", path.c_str(), shown_examples[i].source.c_str(), got.c_str());
+    }
+
+    if (check) {
+      // Untrained: per-character loss ln(14) = 2.64 and no exact matches (a guess of the
+      // right date is 1 in 36525). A model that learned the task gets most dates right.
+      const bool ok = avg < 0.5 && greedy_acc > 0.5 && beam_acc > 0.5;
+      std::printf("check: loss %.3f < 0.5 and exact match greedy %.1f%% / beam %.1f%% > 50%%: %s\n", avg,
+                  100 * greedy_acc, 100 * beam_acc, ok ? "ok" : "FAILED");
+      return ok ? 0 : 1;
+    }
+    return 0;
+  });
 }

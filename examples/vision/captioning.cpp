@@ -57,9 +57,11 @@
 #include <fmt/format.h>
 #include <xgrad/xgrad.hpp>
 
+#include "../common/cli.hpp"
 #include "scenes.hpp"
 
 using namespace xg;
+namespace cli = examples::cli;
 using vision::kCells;
 using vision::Scene;
 
@@ -443,66 +445,68 @@ int main(int argc, char** argv) {
   app.add_option("--mode", cfg.mode, "pooled | attention | both")
       ->check(CLI::IsMember({"pooled", "attention", "both"}))
       ->capture_default_str();
-  app.add_option("--steps", cfg.steps, "training steps (one fresh batch each)")->capture_default_str();
-  app.add_option("--batch", cfg.batch, "scenes per batch")->capture_default_str();
-  app.add_option("--test", cfg.test, "held-out scenes")->capture_default_str();
-  app.add_option("--channels", cfg.channels, "CNN feature channels C")->capture_default_str();
-  app.add_option("--embed", cfg.embed, "word embedding size")->capture_default_str();
-  app.add_option("--hidden", cfg.hidden, "LSTM hidden size")->capture_default_str();
-  app.add_option("--attn", cfg.attn, "additive attention width")->capture_default_str();
-  app.add_option("--lr", cfg.lr, "Adam learning rate (cosine-annealed to 5%)")->capture_default_str();
-  app.add_option("--clip", cfg.clip, "gradient norm clip")->capture_default_str();
-  app.add_option("--figures", cfg.figures, "attention figures to write")->capture_default_str();
-  app.add_option("--seed", cfg.seed, "random seed")->capture_default_str();
-  app.add_option("--threads", cfg.threads, "BLAS threads")->capture_default_str();
-  app.add_option("--out", cfg.out, "output directory")->capture_default_str();
+  app.add_option("--steps", cfg.steps, "training steps (one fresh batch each)")->capture_default_str()->check(cli::count());
+  app.add_option("--batch", cfg.batch, "scenes per batch")->capture_default_str()->check(cli::count(100000));
+  // Held in memory all at once (12 KB a scene): the bound keeps that under a gigabyte.
+  app.add_option("--test", cfg.test, "held-out scenes")->capture_default_str()->check(cli::count(50000));
+  app.add_option("--channels", cfg.channels, "CNN feature channels C")->capture_default_str()->check(cli::count(cli::kMaxWidth));
+  app.add_option("--embed", cfg.embed, "word embedding size")->capture_default_str()->check(cli::count(cli::kMaxWidth));
+  app.add_option("--hidden", cfg.hidden, "LSTM hidden size")->capture_default_str()->check(cli::count(cli::kMaxWidth));
+  app.add_option("--attn", cfg.attn, "additive attention width")->capture_default_str()->check(cli::count(cli::kMaxWidth));
+  app.add_option("--lr", cfg.lr, "Adam learning rate (cosine-annealed to 5%)")->capture_default_str()->check(cli::positive());
+  app.add_option("--clip", cfg.clip, "gradient norm clip")->capture_default_str()->check(cli::positive());
+  // Drawn from the first batch of 250 held-out scenes.
+  app.add_option("--figures", cfg.figures, "attention figures to write")->capture_default_str()->check(cli::integer(0, 250));
+  app.add_option("--seed", cfg.seed, "random seed")->capture_default_str()->check(cli::seed());
+  app.add_option("--threads", cfg.threads, "BLAS threads")->capture_default_str()->check(cli::count(cli::kMaxThreads));
+  app.add_option("--out", cfg.out, "output directory")->capture_default_str()->check(cli::output_dir());
   app.add_flag("--check", cfg.check, "exit 1 unless the model clearly learned (smoke test)");
-  CLI11_PARSE(app, argc, argv);
+  return cli::run(app, "captioning", argc, argv, [&] {
+    set_num_threads(cfg.threads);
+    std::filesystem::create_directories(cfg.out);
 
-  set_num_threads(cfg.threads);
-  std::filesystem::create_directories(cfg.out);
+    // Held-out scenes from their own seed, in batches of 250.
+    Generator test_gen(cfg.seed * 104729 + 3);
+    std::vector<Batch> test;
+    for (int left = cfg.test; left > 0; left -= 250) test.push_back(make_batch(make_scenes(test_gen, std::min(left, 250))));
 
-  // Held-out scenes from their own seed, in batches of 250.
-  Generator test_gen(cfg.seed * 104729 + 3);
-  std::vector<Batch> test;
-  for (int left = cfg.test; left > 0; left -= 250) test.push_back(make_batch(make_scenes(test_gen, std::min(left, 250))));
+    std::vector<Mode> modes;
+    if (cfg.mode != "attention") modes.push_back(Mode::pooled);
+    if (cfg.mode != "pooled") modes.push_back(Mode::attention);
 
-  std::vector<Mode> modes;
-  if (cfg.mode != "attention") modes.push_back(Mode::pooled);
-  if (cfg.mode != "pooled") modes.push_back(Mode::attention);
+    bool ok = true;
+    fmt::print("untrained: cross-entropy log({}) = {:.2f} per token\n", kVocab, std::log(static_cast<double>(kVocab)));
+    std::vector<std::pair<Mode, Result>> results;
+    for (Mode m : modes) results.emplace_back(m, train_and_evaluate(m, cfg, test));
 
-  bool ok = true;
-  fmt::print("untrained: cross-entropy log({}) = {:.2f} per token\n", kVocab, std::log(static_cast<double>(kVocab)));
-  std::vector<std::pair<Mode, Result>> results;
-  for (Mode m : modes) results.emplace_back(m, train_and_evaluate(m, cfg, test));
-
-  fmt::print("\nheld-out ({} scenes)    time    loss  exact-match  token-acc  attn on object (colour / shape words; uniform 0.06)\n",
-             cfg.test);
-  for (const auto& [m, r] : results) {
-    const Evaluation& e = r.eval;
-    fmt::print("{:<22} {:6.1f}s  {:5.3f}  {:10.1f}%  {:8.1f}%  ", m == Mode::attention ? "attention" : "pooled", r.seconds,
-               e.loss, 100 * e.exact, 100 * e.token_acc);
-    if (m == Mode::attention) {
-      fmt::print("{:.2f} / {:.2f}\n", e.colour_mass, e.shape_mass);
-    } else {
-      fmt::print("-\n");
-    }
-    if (cfg.check) {
-      // Untrained: loss log(14) = 2.64, token accuracy ~ 1/14. A decoder blind to the image
-      // still learns the grammar ("a" after each relation, <eos> placement) but pays
-      // log 4 + log 3 nats on every colour + shape pair: about 0.6 per token on average.
-      // Attention: 1/16 = 0.06 on the named object for a uniform look; the smoke test's 1000
-      // steps put 0.78-0.90 on it at both colour and shape words (seeds 1-5).
-      const bool learned = e.loss < 0.55 && e.token_acc > 0.5;
-      const bool looks = m != Mode::attention || (e.colour_mass > 0.3 && e.shape_mass > 0.3);
-      if (!learned) fmt::print(stderr, "check failed: loss {:.3f} (want < 0.55), token accuracy {:.3f} (want > 0.5)\n", e.loss, e.token_acc);
-      if (!looks) {
-        fmt::print(stderr, "check failed: attention on the object a colour / shape word names {:.2f} / {:.2f} (want > 0.3 each)\n",
-                   e.colour_mass, e.shape_mass);
+    fmt::print("\nheld-out ({} scenes)    time    loss  exact-match  token-acc  attn on object (colour / shape words; uniform 0.06)\n",
+               cfg.test);
+    for (const auto& [m, r] : results) {
+      const Evaluation& e = r.eval;
+      fmt::print("{:<22} {:6.1f}s  {:5.3f}  {:10.1f}%  {:8.1f}%  ", m == Mode::attention ? "attention" : "pooled", r.seconds,
+                 e.loss, 100 * e.exact, 100 * e.token_acc);
+      if (m == Mode::attention) {
+        fmt::print("{:.2f} / {:.2f}\n", e.colour_mass, e.shape_mass);
+      } else {
+        fmt::print("-\n");
       }
-      ok = ok && learned && looks;
+      if (cfg.check) {
+        // Untrained: loss log(14) = 2.64, token accuracy ~ 1/14. A decoder blind to the image
+        // still learns the grammar ("a" after each relation, <eos> placement) but pays
+        // log 4 + log 3 nats on every colour + shape pair: about 0.6 per token on average.
+        // Attention: 1/16 = 0.06 on the named object for a uniform look; the smoke test's 1000
+        // steps put 0.78-0.90 on it at both colour and shape words (seeds 1-5).
+        const bool learned = e.loss < 0.55 && e.token_acc > 0.5;
+        const bool looks = m != Mode::attention || (e.colour_mass > 0.3 && e.shape_mass > 0.3);
+        if (!learned) fmt::print(stderr, "check failed: loss {:.3f} (want < 0.55), token accuracy {:.3f} (want > 0.5)\n", e.loss, e.token_acc);
+        if (!looks) {
+          fmt::print(stderr, "check failed: attention on the object a colour / shape word names {:.2f} / {:.2f} (want > 0.3 each)\n",
+                     e.colour_mass, e.shape_mass);
+        }
+        ok = ok && learned && looks;
+      }
     }
-  }
-  if (cfg.check) fmt::print("{}\n", ok ? "check passed" : "check FAILED");
-  return ok ? 0 : 1;
+    if (cfg.check) fmt::print("{}\n", ok ? "check passed" : "check FAILED");
+    return ok ? 0 : 1;
+  });
 }

@@ -62,9 +62,11 @@
 #include <fmt/format.h>
 #include <xgrad/xgrad.hpp>
 
+#include "../common/cli.hpp"
 #include "scenes.hpp"
 
 using namespace xg;
+namespace cli = examples::cli;
 using vision::kCells;
 using vision::Object;
 using vision::Scene;
@@ -419,91 +421,93 @@ int main(int argc, char** argv) {
   std::string out = "out/vqa";
   bool check = false;
   CLI::App app{"vqa: LSTM question encoder + question-conditioned (FiLM) attention over per-cell CNN features, on synthetic scenes"};
-  app.add_option("--steps", steps, "training steps (one fresh batch each)")->capture_default_str();
-  app.add_option("--batch", batch, "questions per batch (all five types equally)")->capture_default_str();
-  app.add_option("--test", test, "held-out questions")->capture_default_str();
-  app.add_option("--hops", hops, "attention glimpses (relation questions need 2)")->check(CLI::Range(1, 4))->capture_default_str();
-  app.add_option("--channels", channels, "CNN feature channels C per cell")->capture_default_str();
-  app.add_option("--embed", embed_size, "word embedding size")->capture_default_str();
-  app.add_option("--hidden", hid, "LSTM hidden size")->capture_default_str();
-  app.add_option("--attn", attn, "width A of the FiLM-conditioned scorer")->capture_default_str();
-  app.add_option("--lr", lr, "Adam learning rate (cosine-annealed to 5%)")->capture_default_str();
-  app.add_option("--clip", clip, "gradient norm clip")->capture_default_str();
-  app.add_option("--seed", seed, "random seed")->capture_default_str();
-  app.add_option("--threads", threads, "BLAS threads")->capture_default_str();
-  app.add_option("--out", out, "output directory")->capture_default_str();
+  app.add_option("--steps", steps, "training steps (one fresh batch each)")->capture_default_str()->check(cli::count());
+  app.add_option("--batch", batch, "questions per batch (all five types equally)")->capture_default_str()->check(cli::count(100000));
+  // At least one question of each type, whose accuracy is reported; held in memory all at
+  // once (12 KB a question): the upper bound keeps that under a gigabyte.
+  app.add_option("--test", test, "held-out questions")->capture_default_str()->check(cli::integer(kTypes, 50000));
+  app.add_option("--hops", hops, "attention glimpses (relation questions need 2)")->check(cli::integer(1, 4))->capture_default_str();
+  app.add_option("--channels", channels, "CNN feature channels C per cell")->capture_default_str()->check(cli::count(cli::kMaxWidth));
+  app.add_option("--embed", embed_size, "word embedding size")->capture_default_str()->check(cli::count(cli::kMaxWidth));
+  app.add_option("--hidden", hid, "LSTM hidden size")->capture_default_str()->check(cli::count(cli::kMaxWidth));
+  app.add_option("--attn", attn, "width A of the FiLM-conditioned scorer")->capture_default_str()->check(cli::count(cli::kMaxWidth));
+  app.add_option("--lr", lr, "Adam learning rate (cosine-annealed to 5%)")->capture_default_str()->check(cli::positive());
+  app.add_option("--clip", clip, "gradient norm clip")->capture_default_str()->check(cli::positive());
+  app.add_option("--seed", seed, "random seed")->capture_default_str()->check(cli::seed());
+  app.add_option("--threads", threads, "BLAS threads")->capture_default_str()->check(cli::count(cli::kMaxThreads));
+  app.add_option("--out", out, "output directory")->capture_default_str()->check(cli::output_dir());
   app.add_flag("--check", check, "exit 1 unless the model clearly learned (smoke test)");
-  CLI11_PARSE(app, argc, argv);
+  return cli::run(app, "vqa", argc, argv, [&] {
+    set_num_threads(threads);
+    std::filesystem::create_directories(out);
+    manual_seed(seed);
+    VQAModel model(hops, channels, embed_size, hid, attn);
+    optim::Adam opt(model.parameters(), {.lr = lr});
+    optim::CosineAnnealingLR schedule(opt, steps, lr * 0.05);
+    Generator train_gen(seed * 7919 + 29), test_gen(seed * 104729 + 5);  // disjoint streams
 
-  set_num_threads(threads);
-  std::filesystem::create_directories(out);
-  manual_seed(seed);
-  VQAModel model(hops, channels, embed_size, hid, attn);
-  optim::Adam opt(model.parameters(), {.lr = lr});
-  optim::CosineAnnealingLR schedule(opt, steps, lr * 0.05);
-  Generator train_gen(seed * 7919 + 29), test_gen(seed * 104729 + 5);  // disjoint streams
+    std::vector<Batch> test_batches;
+    for (int left = test; left > 0; left -= 250) test_batches.push_back(make_batch(make_questions(test_gen, std::min(left, 250))));
 
-  std::vector<Batch> test_batches;
-  for (int left = test; left > 0; left -= 250) test_batches.push_back(make_batch(make_questions(test_gen, std::min(left, 250))));
-
-  fmt::print("vqa: {} parameters, {} hops; untrained cross-entropy log({}) = {:.2f}\n", model.num_parameters(), hops,
-             kAnswers.size(), std::log(static_cast<double>(kAnswers.size())));
-  std::fflush(stdout);
-  const auto t0 = std::chrono::steady_clock::now();
-  training::ProgressOptions bar_opts;
-  bar_opts.label = "vqa";
-  training::ProgressBar bar(steps, bar_opts);
-  std::vector<double> xs, ys;
-  for (int step = 1; step <= steps; ++step) {
-    const Batch b = make_batch(make_questions(train_gen, batch));
-    const Tensor loss = cross_entropy(model.forward(b).logits, b.answers);
-    opt.zero_grad();
-    loss.backward();
-    optim::clip_grad_norm(model, clip);
-    opt.step();
-    schedule.step();
-    bar.update(step, loss.item());
-    xs.push_back(step);
-    ys.push_back(loss.item());
-  }
-  bar.finish();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-
-  training::LinePlot plot{"vqa: training loss", "step", "cross-entropy", true};
-  plot.add_series("train", xs, ys);
-  plot.write_svg(out + "/loss.svg");
-  fmt::print("wrote {}/loss.svg\n", out);
-
-  double test_loss = 0;
-  const std::array<TypeStats, kTypes> stats = evaluate(model, test_batches, &test_loss);
-  write_figures(model, test_batches.front(), out);
-
-  // Chance: the most frequent answer of each type if the model ignored the image.
-  fmt::print("\ntrained {} steps in {:.1f}s; held-out loss {:.3f} ({} questions)\n", steps, seconds, test_loss, test);
-  fmt::print("{:<10} {:>9}   attention on the named object per hop{}\n", "type", "accuracy",
-             " (relation: named / answer object; uniform 0.06)");
-  double correct = 0, total = 0;
-  for (int t = 0; t < kTypes; ++t) {
-    const TypeStats& s = stats[t];
-    correct += s.correct, total += s.n;
-    std::string masses;
-    for (std::size_t k = 0; k < s.about_mass.size(); ++k) {
-      masses += fmt::format("  hop {}: {:.2f}", k + 1, s.about_mass[k] / std::max(1.0, s.attn_n));
-      if (t == q_relation) masses += fmt::format(" / {:.2f}", s.answer_mass[k] / std::max(1.0, s.attn_n));
+    fmt::print("vqa: {} parameters, {} hops; untrained cross-entropy log({}) = {:.2f}\n", model.num_parameters(), hops,
+               kAnswers.size(), std::log(static_cast<double>(kAnswers.size())));
+    std::fflush(stdout);
+    const auto t0 = std::chrono::steady_clock::now();
+    training::ProgressOptions bar_opts;
+    bar_opts.label = "vqa";
+    training::ProgressBar bar(steps, bar_opts);
+    std::vector<double> xs, ys;
+    for (int step = 1; step <= steps; ++step) {
+      const Batch b = make_batch(make_questions(train_gen, batch));
+      const Tensor loss = cross_entropy(model.forward(b).logits, b.answers);
+      opt.zero_grad();
+      loss.backward();
+      optim::clip_grad_norm(model, clip);
+      opt.step();
+      schedule.step();
+      bar.update(step, loss.item());
+      xs.push_back(step);
+      ys.push_back(loss.item());
     }
-    fmt::print("{:<10} {:8.1f}%  {}\n", kTypeNames[t], 100 * s.correct / s.n, masses);
-  }
-  const double accuracy = correct / total;
-  fmt::print("{:<10} {:8.1f}%\n", "all", 100 * accuracy);
+    bar.finish();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  if (!check) return 0;
-  // Untrained: loss log(13) = 2.56, accuracy ~1/13. Guessing uniformly among each
-  // type's possible answers gives 33% on average; always answering each type's most
-  // common answer without looking ~37%, and a model that learned only that prior sits at
-  // loss ~1.05. The smoke configuration (600 steps) already uses the image: loss
-  // 0.81-0.87, accuracy 51-58% over seeds 1-3.
-  const bool ok = test_loss < 1.0 && accuracy > 0.45;
-  if (!ok) fmt::print(stderr, "check failed: held-out loss {:.3f} (want < 1.0), accuracy {:.3f} (want > 0.45)\n", test_loss, accuracy);
-  fmt::print("{}\n", ok ? "check passed" : "check FAILED");
-  return ok ? 0 : 1;
+    training::LinePlot plot{"vqa: training loss", "step", "cross-entropy", true};
+    plot.add_series("train", xs, ys);
+    plot.write_svg(out + "/loss.svg");
+    fmt::print("wrote {}/loss.svg\n", out);
+
+    double test_loss = 0;
+    const std::array<TypeStats, kTypes> stats = evaluate(model, test_batches, &test_loss);
+    write_figures(model, test_batches.front(), out);
+
+    // Chance: the most frequent answer of each type if the model ignored the image.
+    fmt::print("\ntrained {} steps in {:.1f}s; held-out loss {:.3f} ({} questions)\n", steps, seconds, test_loss, test);
+    fmt::print("{:<10} {:>9}   attention on the named object per hop{}\n", "type", "accuracy",
+               " (relation: named / answer object; uniform 0.06)");
+    double correct = 0, total = 0;
+    for (int t = 0; t < kTypes; ++t) {
+      const TypeStats& s = stats[t];
+      correct += s.correct, total += s.n;
+      std::string masses;
+      for (std::size_t k = 0; k < s.about_mass.size(); ++k) {
+        masses += fmt::format("  hop {}: {:.2f}", k + 1, s.about_mass[k] / std::max(1.0, s.attn_n));
+        if (t == q_relation) masses += fmt::format(" / {:.2f}", s.answer_mass[k] / std::max(1.0, s.attn_n));
+      }
+      fmt::print("{:<10} {:8.1f}%  {}\n", kTypeNames[t], 100 * s.correct / s.n, masses);
+    }
+    const double accuracy = correct / total;
+    fmt::print("{:<10} {:8.1f}%\n", "all", 100 * accuracy);
+
+    if (!check) return 0;
+    // Untrained: loss log(13) = 2.56, accuracy ~1/13. Guessing uniformly among each
+    // type's possible answers gives 33% on average; always answering each type's most
+    // common answer without looking ~37%, and a model that learned only that prior sits at
+    // loss ~1.05. The smoke configuration (600 steps) already uses the image: loss
+    // 0.81-0.87, accuracy 51-58% over seeds 1-3.
+    const bool ok = test_loss < 1.0 && accuracy > 0.45;
+    if (!ok) fmt::print(stderr, "check failed: held-out loss {:.3f} (want < 1.0), accuracy {:.3f} (want > 0.45)\n", test_loss, accuracy);
+    fmt::print("{}\n", ok ? "check passed" : "check FAILED");
+    return ok ? 0 : 1;
+  });
 }
