@@ -392,37 +392,6 @@ void refused_nothing_loaded(Run& r, const std::string& path, const std::vector<s
   check_same_state(r.opt->state_dict(), opt);
   check_same_state(r.sched->state_dict(), sched);
   CHECK(xg::default_generator().state() == gen);
-// ---- hostile files ---------------------------------------------------------------------------
-
-namespace {
-
-void put_le(std::string& b, std::size_t at, std::uint64_t v, int n) {
-  for (int k = 0; k < n; ++k) b.at(at + static_cast<std::size_t>(k)) = static_cast<char>((v >> (8 * k)) & 0xff);
-}
-
-// The archive with a ZIP64 end record (and its locator) stating `count` entries, and the
-// classic end record's fields set to "see ZIP64", as a zip writer does past 65535 entries.
-std::string with_zip64_count(const std::string& zip, std::uint64_t count) {
-  const std::size_t end = zip.rfind(std::string("PK\x05\x06", 4));
-  REQUIRE(end != std::string::npos);
-  std::string rec(56, '\0'), loc(20, '\0');
-  put_le(rec, 0, 0x06064b50, 4);
-  put_le(rec, 4, 44, 8);
-  put_le(rec, 12, 45, 2);
-  put_le(rec, 14, 45, 2);
-  put_le(rec, 24, count, 8);
-  put_le(rec, 32, count, 8);
-  rec.replace(40, 4, zip, end + 12, 4);  // central directory size and offset, widened
-  rec.replace(48, 4, zip, end + 16, 4);
-  put_le(loc, 0, 0x07064b50, 4);
-  put_le(loc, 8, end, 8);
-  put_le(loc, 16, 1, 4);
-  std::string eocd = zip.substr(end, 22);
-  put_le(eocd, 8, 0xffff, 2);
-  put_le(eocd, 10, 0xffff, 2);
-  put_le(eocd, 12, 0xffffffffu, 4);
-  put_le(eocd, 16, 0xffffffffu, 4);
-  return zip.substr(0, end) + rec + loc + eocd;
 }
 
 }  // namespace
@@ -478,6 +447,43 @@ TEST_CASE("checkpoint: optimizer or generator values that are not states are ref
     });
     refused_nothing_loaded(other, bad, {"'generator.state'", "all zero"});
   }
+}
+
+// ---- hostile files ---------------------------------------------------------------------------
+
+namespace {
+
+void put_le(std::string& b, std::size_t at, std::uint64_t v, int n) {
+  for (int k = 0; k < n; ++k) b.at(at + static_cast<std::size_t>(k)) = static_cast<char>((v >> (8 * k)) & 0xff);
+}
+
+// The archive with a ZIP64 end record (and its locator) stating `count` entries, and the
+// classic end record's fields set to "see ZIP64", as a zip writer does past 65535 entries.
+std::string with_zip64_count(const std::string& zip, std::uint64_t count) {
+  const std::size_t end = zip.rfind(std::string("PK\x05\x06", 4));
+  REQUIRE(end != std::string::npos);
+  std::string rec(56, '\0'), loc(20, '\0');
+  put_le(rec, 0, 0x06064b50, 4);
+  put_le(rec, 4, 44, 8);
+  put_le(rec, 12, 45, 2);
+  put_le(rec, 14, 45, 2);
+  put_le(rec, 24, count, 8);
+  put_le(rec, 32, count, 8);
+  rec.replace(40, 4, zip, end + 12, 4);  // central directory size and offset, widened
+  rec.replace(48, 4, zip, end + 16, 4);
+  put_le(loc, 0, 0x07064b50, 4);
+  put_le(loc, 8, end, 8);
+  put_le(loc, 16, 1, 4);
+  std::string eocd = zip.substr(end, 22);
+  put_le(eocd, 8, 0xffff, 2);
+  put_le(eocd, 10, 0xffff, 2);
+  put_le(eocd, 12, 0xffffffffu, 4);
+  put_le(eocd, 16, 0xffffffffu, 4);
+  return zip.substr(0, end) + rec + loc + eocd;
+}
+
+}  // namespace
+
 TEST_CASE("checkpoint: a forged entry count is refused fast, naming the count and the file") {
   TempDir dir;
   Run r(1);
