@@ -81,4 +81,22 @@ inline std::string run_in_child(const std::function<void(Expect&)>& body, unsign
   return report.substr(nl + 1);
 }
 
+// The failures of loading a FIFO nobody writes through `load` (in a child under a 10 s
+// alarm: before, open() blocked forever): "" when it was an IOError naming the path and
+// "is a FIFO".
+template <class Load>
+std::string fifo_load_failures(const std::string& fifo, Load&& load) {
+  return run_in_child(
+      [&](Expect& expect) {
+        try {
+          load(fifo);
+          expect(false, "a FIFO loaded");
+        } catch (const xg::IOError& e) {
+          const std::string msg = e.what();
+          expect(msg.find(fifo) != std::string::npos && msg.find("is a FIFO") != std::string::npos, msg);
+        }
+      },
+      10);
+}
+
 }  // namespace xgtest
