@@ -20,6 +20,12 @@
 
 namespace xg::detail {
 
+#ifdef XG_ASAN
+inline constexpr bool kAsan = true;
+#else
+inline constexpr bool kAsan = false;
+#endif
+
 template <class T>
 struct StorageAllocator {
   using value_type = T;
