@@ -19,7 +19,7 @@ Tensor MSELoss::forward(const Tensor& input, const Tensor& target) const { retur
 
 namespace {
 
-// Both forms: `mask` (undefined or [B, T]) or `len` (null or the checked lengths).
+// Both forms: `mask` (undefined or [B, T]) or `lengths` (null, or int64 [B] still to check).
 Tensor temporal_ce(const Tensor& logits, const Tensor& targets, const Tensor& mask, const Tensor* lengths,
                    const TemporalCrossEntropyOptions& options) {
   constexpr const char* op = "temporal_cross_entropy";

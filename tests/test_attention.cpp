@@ -1065,3 +1065,29 @@ TEST_CASE("attention modules: bad key lengths name the module, the shapes and th
   CHECK(xgtest::has(m, "MultiheadAttention"));
   CHECK(xgtest::has(m, "pass one"));
 }
+
+TEST_CASE("gradcheck attention modules with key lengths over more shapes: one key, length-1 entries, B = 1") {
+  DefaultDtypeGuard g(f64);
+  struct Case {
+    std::int64_t B, L;
+    std::vector<std::int64_t> len;
+  };
+  for (const Case& c : {Case{1, 1, {1}}, Case{2, 3, {1, 3}}, Case{4, 2, {2, 1, 1, 2}}}) {
+    INFO("B " << c.B << " L " << c.L);
+    const Tensor l = key_lengths(c.len);
+    AdditiveAttention add_m(2, 3, 4);
+    add_m.to(f64);
+    const Tensor q = rnd({c.B, 2}, -1, 1, 71), k = rnd({c.B, c.L, 3}, -1, 1, 72), v = rnd({c.B, c.L, 2}, -1, 1, 73);
+    gradcheck_ok([&](const std::vector<Tensor>& in) { return both(add_m(in[0], in[1], in[2], nn::Lengths(l))); },
+                 {q, k, v});
+    DotAttention dot_m(DotScore::general, 2, 3);
+    dot_m.to(f64);
+    gradcheck_ok([&](const std::vector<Tensor>& in) { return both(dot_m(in[0], in[1], in[2], nn::Lengths(l))); },
+                 {rnd({c.B, 3, 2}, -1, 1, 74), k, v});
+    MultiheadAttention mha(nn::MultiheadAttentionOptions{.embed_dim = 4, .num_heads = 2, .kdim = 3, .vdim = 2});
+    randomise(mha, 75, 0.7);
+    gradcheck_ok(
+        [&](const std::vector<Tensor>& in) { return both(mha(in[0], in[1], in[2], {.key_lengths = l})); },
+        {rnd({2, c.B, 4}, -1, 1, 76), rnd({c.L, c.B, 3}, -1, 1, 77), rnd({c.L, c.B, 2}, -1, 1, 78)});
+  }
+}

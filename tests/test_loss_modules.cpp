@@ -460,3 +460,17 @@ TEST_CASE("temporal_cross_entropy: bad lengths name the function, the shapes and
   CHECK(has(error_of<Error>([&] { nn::temporal_cross_entropy(logits, t, Tensor(), {.label_smoothing = 2.0}); }),
             "label_smoothing"));
 }
+
+TEST_CASE("CrossEntropyLoss passes weight and label_smoothing through to cross_entropy") {
+  const Tensor logits = rnd({5, 4}, -2, 2, 39);
+  const Tensor t = ids({3, 0, -100, 1, 2}, {5});
+  const Tensor w = rnd({4}, 0.1, 2.0, 40);
+  for (Reduction r : {Reduction::mean, Reduction::sum, Reduction::none}) {
+    const CrossEntropyOptions o{.reduction = r, .weight = w, .label_smoothing = 0.25};
+    nn::CrossEntropyLoss ce(o);
+    check_close(ce(logits, t), cross_entropy(logits, t, o), 0, 0);
+    // and the options change the value: not the plain loss
+    CHECK(std::fabs(sum(ce(logits, t)).item<double>() - sum(cross_entropy(logits, t, {.reduction = r})).item<double>()) >
+          1e-3);
+  }
+}
