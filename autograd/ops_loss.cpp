@@ -140,6 +140,27 @@ double count_kept(const Tensor& target, std::int64_t ignore_index, const std::ve
   return count;
 }
 
+// sum_j w[j] (x[j] - m) (every w[j] = 1 without Weighted), in eight independent partial
+// sums: one accumulator chains every add and cost more than the rest of the loss.
+template <class T, bool Weighted>
+double shifted_sum(const T* x, T m, const T* w, std::int64_t n) {
+  T acc[8] = {};
+  std::int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    for (int k = 0; k < 8; ++k) {
+      if constexpr (Weighted) {
+        acc[k] += w[j + k] * (x[j + k] - m);
+      } else {
+        acc[k] += x[j + k] - m;
+      }
+    }
+  }
+  double s = 0.0;
+  for (; j < n; ++j) s += static_cast<double>(Weighted ? w[j] * (x[j] - m) : x[j] - m);
+  for (T a : acc) s += static_cast<double>(a);
+  return s;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -175,6 +196,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
     using T = decltype(tag);
     const T* x = logits.data<T>();
     T* st = rec ? stats.data<T>() : nullptr;
+    const std::vector<T> wt(wc.begin(), wc.end());
     std::vector<double> rows(static_cast<std::size_t>(n), 0.0);
     for (std::int64_t i = 0; i < n; ++i) {
       if (t[i] == ig) continue;
@@ -186,10 +208,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
       if (!wc.empty()) r *= wc[static_cast<std::size_t>(t[i])];
       if (eps > 0.0) {
         // sum_c w[c] (-log p[c]) = W log(s) - sum_c w[c] (x[c] - m)
-        double sx = 0.0;
-        for (std::int64_t j = 0; j < c; ++j) {
-          sx += (wc.empty() ? 1.0 : wc[static_cast<std::size_t>(j)]) * static_cast<double>(xr[j] - m);
-        }
+        const double sx = wc.empty() ? shifted_sum<T, false>(xr, m, nullptr, c) : shifted_sum<T, true>(xr, m, wt.data(), c);
         r = (1.0 - eps) * r + eps / static_cast<double>(c) * (wsum * static_cast<double>(ls) - sx);
       }
       rows[static_cast<std::size_t>(i)] = r;
@@ -220,6 +239,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
                const std::int64_t* t = target.data<std::int64_t>();
                T* dp = d.data<T>();
                const double uniform = eps / static_cast<double>(c);
+               const std::vector<T> wcls(wc.begin(), wc.end());  // the class weights in T, for the loops
                for (std::int64_t i = 0; i < n; ++i) {
                  T* dr = dp + i * c;
                  if (t[i] == ig) {
@@ -239,9 +259,12 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
                            dr, c);
                  dr[t[i]] -= static_cast<T>(static_cast<double>(w) * (1.0 - eps) * wt);
                  if (eps > 0.0) {
-                   const double u = static_cast<double>(w) * uniform;
-                   for (std::int64_t j = 0; j < c; ++j) {
-                     dr[j] -= static_cast<T>(u * (wc.empty() ? 1.0 : wc[static_cast<std::size_t>(j)]));
+                   // Branch outside the loops so each vectorises.
+                   const T u = static_cast<T>(static_cast<double>(w) * uniform);
+                   if (wc.empty()) {
+                     for (std::int64_t j = 0; j < c; ++j) dr[j] -= u;
+                   } else {
+                     for (std::int64_t j = 0; j < c; ++j) dr[j] -= u * wcls[static_cast<std::size_t>(j)];
                    }
                  }
                }
