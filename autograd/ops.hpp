@@ -156,15 +156,28 @@ struct CrossEntropyOptions {
   // Targets equal to this contribute nothing and are not counted in the mean.
   std::int64_t ignore_index = -100;
   Reduction reduction = Reduction::mean;
+  // Per-class weights [C] in the logits' dtype, or undefined (every class 1). A constant:
+  // it gets no gradient. Entries must be finite and >= 0 (PyTorch takes negative ones,
+  // which reward the model for being wrong on that class; xgrad refuses them).
+  Tensor weight{};
+  // In [0, 1]: the target becomes (1 - eps) onehot + eps / C, PyTorch's label_smoothing.
+  double label_smoothing = 0.0;
 };
 // logits [N, C] (or [C]), target int64 [N] (or 0-d) of class indices. Fused
-// log_softmax + nll: one node. mean divides by the number of non-ignored targets; with
-// none (all ignored, or N == 0) it is NaN, like PyTorch. none gives [N] (0-d for [C]
+// log_softmax + nll: one node. mean divides by the number of non-ignored targets (with a
+// weight: by the sum of weight[target] over them); with none (all ignored, or N == 0) it
+// is NaN, like PyTorch. With weight w and label_smoothing eps, row i's loss is PyTorch's
+//   (1 - eps) w[t] (-log p[t]) + eps / C * sum_c w[c] (-log p[c]),
+// and the mean's denominator stays sum of w[t] (smoothing does not change it). A weight
+// of the wrong shape or dtype is a ShapeError / DtypeError, a negative or non-finite
+// weight and a label_smoothing outside [0, 1] (or NaN) an Error naming the value. none gives [N] (0-d for [C]
 // logits), 0 on ignored rows. A target outside [0, C) other than ignore_index is an
 // IndexError; [B,T,V] logits are a ShapeError (reshape to [B*T,V]; see temporal losses
 // in nn for the masked [B,T,V] form).
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& opts = {});
-// log_probs [N, C] (or [C]), target int64 [N]: -log_probs[n, target[n]].
+// log_probs [N, C] (or [C]), target int64 [N]: -log_probs[n, target[n]] (times
+// weight[target[n]], and mean over the sum of those weights, with a weight). nll_loss
+// has no label_smoothing (PyTorch's neither): a nonzero one is an Error.
 Tensor nll_loss(const Tensor& log_probs, const Tensor& target, const CrossEntropyOptions& opts = {});
 // (a - b)^2, reduced; a and b must have the same shape. The mean of an empty tensor is NaN.
 Tensor mse_loss(const Tensor& a, const Tensor& b, Reduction reduction = Reduction::mean);

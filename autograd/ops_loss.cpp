@@ -1,4 +1,5 @@
-// The losses: cross_entropy (fused log_softmax + nll: one node), nll_loss, mse_loss.
+// The losses: cross_entropy (fused log_softmax + nll: one node; class weights and label
+// smoothing as PyTorch), nll_loss, mse_loss.
 // cross_entropy runs the softmax row kernels of detail/softmax_kernels.hpp; its backward
 // is one fused pass too (softmax minus the one-hot target, scaled per row).
 #include <algorithm>
@@ -81,31 +82,83 @@ Classes check_class_inputs(const char* op, const char* xname, const Tensor& x, c
 Shape loss_shape(Reduction r, const Tensor& target) { return r == Reduction::none ? target.shape() : Shape{}; }
 
 // Finishes a class loss from per-row losses (ignored rows hold 0) into y. `count` is the
-// number of non-ignored rows; a mean over none of them is 0/0 = NaN, like PyTorch.
+// mean's denominator: the number of non-ignored rows, or the sum of their targets' class
+// weights; a mean over none of them is 0/0 = NaN, like PyTorch.
 template <class T>
-void reduce_rows(const std::vector<double>& rows, std::int64_t count, Reduction r, T* y) {
+void reduce_rows(const std::vector<double>& rows, double count, Reduction r, T* y) {
   if (r == Reduction::none) {
     for (std::size_t i = 0; i < rows.size(); ++i) y[i] = static_cast<T>(rows[i]);
     return;
   }
   double s = 0.0;
   for (double v : rows) s += v;
-  *y = static_cast<T>(r == Reduction::sum ? s : s / static_cast<double>(count));
+  *y = static_cast<T>(r == Reduction::sum ? s : s / count);
 }
 
 // The gradient scale of row i: g[i] (none), g (sum), g / count (mean).
 template <class T>
-T row_weight(const T* g, std::int64_t i, std::int64_t count, Reduction r) {
+T row_weight(const T* g, std::int64_t i, double count, Reduction r) {
   if (r == Reduction::none) return g[i];
   if (r == Reduction::sum) return g[0];
   return g[0] / static_cast<T>(count);
 }
 
-std::int64_t count_kept(const Tensor& target, std::int64_t ignore_index) {
+// The class weights as doubles, or empty for none (every class 1), checked against the
+// input x [N, C] or [C].
+std::vector<double> class_weights(const char* op, const char* xname, const Tensor& x, const Tensor& weight,
+                                  std::int64_t c) {
+  if (!weight.defined()) return {};
+  if (weight.dtype() != x.dtype()) {
+    throw DtypeError(fmt::format("{}: weight is {} {} but {} is {} {}: the class weights must have the {}' dtype "
+                                 "(pass weight.to({}))",
+                                 op, dtype_name(weight.dtype()), weight.shape().str(), xname, dtype_name(x.dtype()),
+                                 x.shape().str(), xname, dtype_name(x.dtype())));
+  }
+  if (weight.shape() != Shape{c}) {
+    throw ShapeError(fmt::format("{}: weight {} with {} {}: the class weights must be [C] = [{}], one per class", op,
+                                 weight.shape().str(), xname, x.shape().str(), c));
+  }
+  std::vector<double> w = weight.to_vector<double>();
+  for (std::size_t j = 0; j < w.size(); ++j) {
+    if (!std::isfinite(w[j]) || w[j] < 0.0) {
+      throw Error(fmt::format("{}: weight[{}] = {}: class weights must be finite and >= 0 (a negative weight rewards "
+                              "wrong predictions of its class; use 0 to leave a class out)",
+                              op, j, w[j]));
+    }
+  }
+  return w;
+}
+
+// The mean's denominator: the number of non-ignored targets, or with class weights the sum
+// of their weights (PyTorch's weighted mean).
+double count_kept(const Tensor& target, std::int64_t ignore_index, const std::vector<double>& w) {
   const std::int64_t* t = target.data<std::int64_t>();
-  std::int64_t count = 0;
-  for (std::int64_t i = 0; i < target.numel(); ++i) count += t[i] != ignore_index;
+  double count = 0.0;
+  for (std::int64_t i = 0; i < target.numel(); ++i) {
+    if (t[i] != ignore_index) count += w.empty() ? 1.0 : w[static_cast<std::size_t>(t[i])];
+  }
   return count;
+}
+
+// sum_j w[j] (x[j] - m) (every w[j] = 1 without Weighted), in eight independent partial
+// sums: one accumulator chains every add and cost more than the rest of the loss.
+template <class T, bool Weighted>
+double shifted_sum(const T* x, T m, const T* w, std::int64_t n) {
+  T acc[8] = {};
+  std::int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    for (int k = 0; k < 8; ++k) {
+      if constexpr (Weighted) {
+        acc[k] += w[j + k] * (x[j + k] - m);
+      } else {
+        acc[k] += x[j + k] - m;
+      }
+    }
+  }
+  double s = 0.0;
+  for (; j < n; ++j) s += static_cast<double>(Weighted ? w[j] * (x[j] - m) : x[j] - m);
+  for (T a : acc) s += static_cast<double>(a);
+  return s;
 }
 
 }  // namespace
@@ -119,6 +172,18 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
   const std::int64_t n = k.n, c = k.c;
   const std::int64_t ig = opts.ignore_index;
   const Reduction red = opts.reduction;
+  const double eps = opts.label_smoothing;
+  if (!(eps >= 0.0 && eps <= 1.0)) {
+    throw Error(fmt::format("cross_entropy: label_smoothing must be in [0, 1], got {} (logits {})", eps,
+                            logits.shape().str()));
+  }
+  std::vector<double> wc = class_weights("cross_entropy", "logits", logits, opts.weight, c);
+  // Smoothing's uniform part sums the class weights: sum_c w[c] (-log p[c]).
+  double wsum = static_cast<double>(c);
+  if (!wc.empty()) {
+    wsum = 0.0;
+    for (double v : wc) wsum += v;
+  }
   const bool rec = needs_record({&logits});
   // Backward needs the logits (captured, no copy) and each row's max and log-sum-exp
   // ([N, 2]): it recomputes the softmax row by row, which costs one vectorised exp but
@@ -126,11 +191,12 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
   Tensor stats = rec ? Tensor::empty(Shape{n, 2}, logits.dtype()) : Tensor();
   Tensor y = Tensor::empty(loss_shape(red, target), logits.dtype());
   const std::int64_t* t = target.data<std::int64_t>();
-  const std::int64_t count = count_kept(target, ig);
+  const double count = count_kept(target, ig, wc);
   dispatch_float("cross_entropy", logits.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* x = logits.data<T>();
     T* st = rec ? stats.data<T>() : nullptr;
+    const std::vector<T> wt(wc.begin(), wc.end());
     std::vector<double> rows(static_cast<std::size_t>(n), 0.0);
     for (std::int64_t i = 0; i < n; ++i) {
       if (t[i] == ig) continue;
@@ -138,7 +204,14 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
       const T m = row_max(xr, c);
       const T ls = std::log(exp_sum<T>(xr, m, nullptr, c));
       // -log softmax[t] = log(s) - (x[t] - m)
-      rows[static_cast<std::size_t>(i)] = static_cast<double>(ls) - static_cast<double>(xr[t[i]] - m);
+      double r = static_cast<double>(ls) - static_cast<double>(xr[t[i]] - m);
+      if (!wc.empty()) r *= wc[static_cast<std::size_t>(t[i])];
+      if (eps > 0.0) {
+        // sum_c w[c] (-log p[c]) = W log(s) - sum_c w[c] (x[c] - m)
+        const double sx = wc.empty() ? shifted_sum<T, false>(xr, m, nullptr, c) : shifted_sum<T, true>(xr, m, wt.data(), c);
+        r = (1.0 - eps) * r + eps / static_cast<double>(c) * (wsum * static_cast<double>(ls) - sx);
+      }
+      rows[static_cast<std::size_t>(i)] = r;
       if (st) {
         st[2 * i] = m;
         st[2 * i + 1] = ls;
@@ -148,9 +221,11 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
     return 0;
   });
   if (rec) {
-    // d cross_entropy = (softmax - onehot(target)) * g per row, / count for mean; ignored rows 0
+    // Row i's target distribution is q = (1 - eps) w[t] onehot(t) + eps / C * w, so
+    // d row = (sum_c q[c]) softmax - q, times g (/ count for mean); ignored rows 0.
     record("cross_entropy", y, {&logits},
-           [sl = save(logits, 0), stats, st = save(target, 1), ig, red, count, n, c](const Tensor& g, GradSlots& dx) {
+           [sl = save(logits, 0), stats, st = save(target, 1), ig, red, count, n, c, eps, wsum,
+            wc = std::move(wc)](const Tensor& g, GradSlots& dx) {
              // The target is not differentiated but its values pick the rows' classes:
              // saved as cross_entropy's argument 1, so writing into it is caught too.
              const Tensor& logits = sl.get();
@@ -163,6 +238,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
                const T* gp = g.data<T>();
                const std::int64_t* t = target.data<std::int64_t>();
                T* dp = d.data<T>();
+               const double uniform = eps / static_cast<double>(c);
+               const std::vector<T> wcls(wc.begin(), wc.end());  // the class weights in T, for the loops
                for (std::int64_t i = 0; i < n; ++i) {
                  T* dr = dp + i * c;
                  if (t[i] == ig) {
@@ -172,8 +249,24 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
                  const T w = row_weight(gp, i, count, red);
                  const T* xr = x + i * c;
                  const T m = st[2 * i], ls = st[2 * i + 1];
-                 exp_shift(xr, m, ls, w, dr, c);
-                 dr[t[i]] -= w;
+                 if (wc.empty() && eps == 0.0) {
+                   exp_shift(xr, m, ls, w, dr, c);
+                   dr[t[i]] -= w;
+                   continue;
+                 }
+                 const double wt = wc.empty() ? 1.0 : wc[static_cast<std::size_t>(t[i])];
+                 exp_shift(xr, m, ls, static_cast<T>(static_cast<double>(w) * ((1.0 - eps) * wt + uniform * wsum)),
+                           dr, c);
+                 dr[t[i]] -= static_cast<T>(static_cast<double>(w) * (1.0 - eps) * wt);
+                 if (eps > 0.0) {
+                   // Branch outside the loops so each vectorises.
+                   const T u = static_cast<T>(static_cast<double>(w) * uniform);
+                   if (wc.empty()) {
+                     for (std::int64_t j = 0; j < c; ++j) dr[j] -= u;
+                   } else {
+                     for (std::int64_t j = 0; j < c; ++j) dr[j] -= u * wcls[static_cast<std::size_t>(j)];
+                   }
+                 }
                }
                return 0;
              });
@@ -188,15 +281,23 @@ Tensor nll_loss(const Tensor& log_probs, const Tensor& target, const CrossEntrop
   const std::int64_t n = k.n, c = k.c;
   const std::int64_t ig = opts.ignore_index;
   const Reduction red = opts.reduction;
+  if (opts.label_smoothing != 0.0) {
+    throw Error(fmt::format("nll_loss: label_smoothing {} is not supported (PyTorch's nll_loss has none either); use "
+                            "cross_entropy on the logits",
+                            opts.label_smoothing));
+  }
+  const std::vector<double> wc = class_weights("nll_loss", "log_probs", log_probs, opts.weight, c);
   Tensor y = Tensor::empty(loss_shape(red, target), log_probs.dtype());
   const std::int64_t* t = target.data<std::int64_t>();
-  const std::int64_t count = count_kept(target, ig);
+  const double count = count_kept(target, ig, wc);
   dispatch_float("nll_loss", log_probs.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* x = log_probs.data<T>();
     std::vector<double> rows(static_cast<std::size_t>(n), 0.0);
     for (std::int64_t i = 0; i < n; ++i) {
-      if (t[i] != ig) rows[static_cast<std::size_t>(i)] = -static_cast<double>(x[i * c + t[i]]);
+      if (t[i] == ig) continue;
+      const double wt = wc.empty() ? 1.0 : wc[static_cast<std::size_t>(t[i])];
+      rows[static_cast<std::size_t>(i)] = -wt * static_cast<double>(x[i * c + t[i]]);
     }
     reduce_rows(rows, count, red, y.data<T>());
     return 0;
@@ -204,7 +305,7 @@ Tensor nll_loss(const Tensor& log_probs, const Tensor& target, const CrossEntrop
   if (needs_record({&log_probs})) {
     // d nll = -g at [i, target[i]] (/ count for mean), 0 elsewhere and on ignored rows
     record("nll_loss", y, {&log_probs},
-           [st = save(target, 1), ig, red, count, n, c](const Tensor& g, GradSlots& dx) {
+           [st = save(target, 1), ig, red, count, n, c, wc](const Tensor& g, GradSlots& dx) {
              if (!dx.needs(0)) return;
              const Tensor& target = st.get();  // nll_loss's argument 1: its values pick the entries
              Tensor d = zeros(dx.shape(0), g.dtype());
@@ -214,7 +315,9 @@ Tensor nll_loss(const Tensor& log_probs, const Tensor& target, const CrossEntrop
                const std::int64_t* t = target.data<std::int64_t>();
                T* dp = d.data<T>();
                for (std::int64_t i = 0; i < n; ++i) {
-                 if (t[i] != ig) dp[i * c + t[i]] = -row_weight(gp, i, count, red);
+                 if (t[i] == ig) continue;
+                 const T w = row_weight(gp, i, count, red);
+                 dp[i * c + t[i]] = wc.empty() ? -w : static_cast<T>(-static_cast<double>(w) * wc[static_cast<std::size_t>(t[i])]);
                }
                return 0;
              });

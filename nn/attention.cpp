@@ -12,6 +12,7 @@
 #include "../autograd/ops_attention.hpp"
 #include "../autograd/ops_norm.hpp"
 #include "../autograd/detail/tensor_impl.hpp"
+#include "detail/lengths.hpp"
 #include "init.hpp"
 
 namespace xg::nn {
@@ -43,6 +44,16 @@ void check_key_mask(const char* op, const char* name, const Tensor& mask, std::i
     throw ShapeError(fmt::format("{}: {} {}: expected [{},{}] ([B, L]: one flag per batch entry and key)", op, name,
                                  mask.shape().str(), B, L));
   }
+}
+
+// The keep mask [B, L] built from key lengths, after checking the keys the lengths
+// describe (B along batch_dim, L along time_dim).
+Tensor lengths_mask(const char* op, const Lengths& lengths, const Tensor& keys, int batch_dim, int time_dim) {
+  if (!keys.defined()) throw StateError(fmt::format("{}: keys are undefined (default-constructed Tensor)", op));
+  check_rank(op, "keys", keys, 3, batch_dim == 0 ? "[B, L, Dk]" : "[S, B, kdim]");
+  const std::int64_t L = keys.shape()[time_dim];
+  return lengths_internal::keep_mask(lengths_internal::check_lengths(op, lengths.tensor, keys.shape()[batch_dim], L, 1),
+                                   L);
 }
 
 void check_positive(const char* op, const char* name, std::int64_t v) {
@@ -146,6 +157,16 @@ AttentionOutput AdditiveAttention::forward(const Tensor& query, const Keys& keys
   return {context, w};
 }
 
+AttentionOutput AdditiveAttention::forward(const Tensor& query, const Tensor& keys, const Tensor& values,
+                                           const Lengths& lengths) const {
+  return forward(query, keys, values, lengths_mask("AdditiveAttention", lengths, keys, 0, 1));
+}
+
+AttentionOutput AdditiveAttention::forward(const Tensor& query, const Keys& keys, const Tensor& values,
+                                           const Lengths& lengths) const {
+  return forward(query, keys, values, lengths_mask("AdditiveAttention", lengths, keys.keys, 0, 1));
+}
+
 // ---------------------------------------------------------------------------
 // DotAttention
 // ---------------------------------------------------------------------------
@@ -234,6 +255,11 @@ AttentionOutput DotAttention::forward(const Tensor& query, const Tensor& keys, c
   Tensor w = attention_probs(q, keys, hd, scale, one ? Shape{B, L} : Shape{B, Tq, L}, masks, op);
   Tensor context = attention_apply(w, vals, hd, one ? Shape{B, Dv} : Shape{B, Tq, Dv});
   return {context, w};
+}
+
+AttentionOutput DotAttention::forward(const Tensor& query, const Tensor& keys, const Tensor& values,
+                                      const Lengths& lengths) const {
+  return forward(query, keys, values, lengths_mask("DotAttention", lengths, keys, 0, 1));
 }
 
 // ---------------------------------------------------------------------------
@@ -328,6 +354,14 @@ AttentionOutput MultiheadAttention::forward(const Tensor& query, const Tensor& k
     check_key_mask(op, "key_padding_mask", opts.key_padding_mask, B, S);
     masks.key_mask = opts.key_padding_mask;
     masks.key_mask_keeps = false;
+  }
+  if (opts.key_lengths.defined()) {
+    if (opts.key_padding_mask.defined()) {
+      throw Error(fmt::format("{}: key_padding_mask {} and key_lengths {} both given: pass one of them", op,
+                              opts.key_padding_mask.shape().str(), opts.key_lengths.shape().str()));
+    }
+    masks.key_mask = lengths_internal::keep_mask(lengths_internal::check_lengths(op, opts.key_lengths, B, S, 1), S);
+    masks.key_mask_keeps = true;
   }
   if (opts.attn_mask.defined()) {
     const Tensor& am = opts.attn_mask;

@@ -9,6 +9,14 @@
 // weight of exactly 0 (not exp(-1e9)) and no gradient. Masks may be float32, float64 or
 // int64 and are constants (they get no gradient).
 //
+// Lengths. Each module also takes the key lengths of a padded batch instead of a mask
+// (nn::Lengths, int64 [B]: key l of entry b is kept when l < lengths[b]), so an
+// encoder-decoder passes the source lengths it gave the encoder: AdditiveAttention and
+// DotAttention through a forward overload, MultiheadAttention through
+// MultiheadAttentionForwardOptions::key_lengths. The result equals passing the mask built
+// from them. A length of 0 (nothing to attend to) or above L, and lengths of the wrong
+// shape or dtype, are errors naming the module, the shapes and the entry.
+//
 // A row whose every position is masked is an xg::Error naming the row. PyTorch returns
 // NaN weights there, which then poison the loss and every gradient silently; an empty
 // softmax has no meaning, so we say so at the call that made it. The same holds for a
@@ -23,6 +31,7 @@
 #include "../autograd/ops_attention.hpp"
 #include "../autograd/tensor.hpp"
 #include "layers.hpp"
+#include "lengths.hpp"
 #include "module.hpp"
 
 namespace xg::nn {
@@ -85,6 +94,17 @@ class AdditiveAttention : public Module {
                              const Tensor& mask = Tensor()) const {
     return forward(query, keys, values, mask);
   }
+  // The same with key lengths (int64 [B], each in [1, L]) in place of the mask.
+  AttentionOutput forward(const Tensor& query, const Tensor& keys, const Tensor& values, const Lengths& lengths) const;
+  AttentionOutput forward(const Tensor& query, const Keys& keys, const Tensor& values, const Lengths& lengths) const;
+  AttentionOutput operator()(const Tensor& query, const Tensor& keys, const Tensor& values,
+                             const Lengths& lengths) const {
+    return forward(query, keys, values, lengths);
+  }
+  AttentionOutput operator()(const Tensor& query, const Keys& keys, const Tensor& values,
+                             const Lengths& lengths) const {
+    return forward(query, keys, values, lengths);
+  }
 
   void reset_parameters();
 
@@ -130,6 +150,12 @@ class DotAttention : public Module {
                              const Tensor& mask = Tensor()) const {
     return forward(query, keys, values, mask);
   }
+  // The same with key lengths (int64 [B], each in [1, L]) in place of the mask.
+  AttentionOutput forward(const Tensor& query, const Tensor& keys, const Tensor& values, const Lengths& lengths) const;
+  AttentionOutput operator()(const Tensor& query, const Tensor& keys, const Tensor& values,
+                             const Lengths& lengths) const {
+    return forward(query, keys, values, lengths);
+  }
 
   void reset_parameters();
 
@@ -158,6 +184,9 @@ struct MultiheadAttentionForwardOptions {
   Tensor attn_mask{};
   bool need_weights = true;          // false: weights is undefined
   bool average_attn_weights = true;  // weights [B, L, S] averaged over heads, else [B, H, L, S]
+  // int64 [B], each in [1, S]: key s of entry b is ignored when s >= key_lengths[b]. The
+  // same as the key_padding_mask built from them; giving both is an Error (pass one).
+  Tensor key_lengths{};
 };
 
 // PyTorch's torch.nn.MultiheadAttention (without add_bias_kv / add_zero_attn):

@@ -915,3 +915,179 @@ TEST_CASE("MultiheadAttention agrees with PyTorch (mha_kpm.npz): outputs and gra
 TEST_CASE("MultiheadAttention agrees with PyTorch (mha_kpm.npz): outputs and gradients, float32") {
   mha_agreement(f32, 1e-5);
 }
+
+// =======================================================================================
+// Key lengths in place of masks
+// =======================================================================================
+
+namespace {
+
+Tensor key_lengths(const std::vector<std::int64_t>& v) {
+  return from_vector(v, Shape{static_cast<std::int64_t>(v.size())});
+}
+
+// [B, L] 0/1, 1 = keep: the mask the lengths stand for.
+Tensor keep_of(const std::vector<std::int64_t>& len, std::int64_t L) {
+  Vec m;
+  for (std::int64_t n : len) {
+    for (std::int64_t l = 0; l < L; ++l) m.push_back(l < n ? 1.0 : 0.0);
+  }
+  return from_vector(m, {static_cast<std::int64_t>(len.size()), L});
+}
+
+// 1 - keep: PyTorch's key_padding_mask (1 = ignore).
+Tensor padding_of(const std::vector<std::int64_t>& len, std::int64_t L) {
+  return sub(ones({static_cast<std::int64_t>(len.size()), L}, f64), keep_of(len, L));
+}
+
+}  // namespace
+
+TEST_CASE("AdditiveAttention and DotAttention: lengths give exactly the mask's results, values and gradients") {
+  DefaultDtypeGuard g(f64);
+  const std::vector<std::int64_t> len{3, 5, 1};  // unsorted, one full, one of length 1
+  const Tensor l = key_lengths(len);
+  AdditiveAttention add_m(nn::AdditiveAttentionOptions{.query_size = 3, .key_size = 4, .hidden_size = 5, .bias = true});
+  randomise(add_m, 61);
+  const Tensor q = rnd({3, 3}, -1, 1, 1), k = rnd({3, 5, 4}, -1, 1, 2), v = rnd({3, 5, 2}, -1, 1, 3);
+  check_close(both(add_m(q, k, v, nn::Lengths(l))), both(add_m(q, k, v, keep_of(len, 5))), 0, 0);
+  check_close(both(add_m(q, add_m.precompute_keys(k), v, nn::Lengths(l))), both(add_m(q, k, v, keep_of(len, 5))), 0,
+              0);
+  // The padded keys get weight exactly 0.
+  const Vec w = vals(add_m(q, k, v, nn::Lengths(l)).weights);
+  CHECK(w[3] == 0.0);
+  CHECK(w[4] == 0.0);
+  CHECK(w[10] == 1.0);
+  gradcheck_ok([&](const std::vector<Tensor>& in) { return both(add_m(in[0], in[1], in[2], nn::Lengths(l))); },
+               {q, k, v});
+  params_ok([&] { return both(add_m(q, k, v, nn::Lengths(l))); }, add_m.parameters());
+
+  for (DotScore mode : {DotScore::dot, DotScore::scaled, DotScore::general}) {
+    DotAttention dot_m(mode, 4, 4);
+    dot_m.to(f64);
+    const Tensor q3 = rnd({3, 2, 4}, -1, 1, 4);
+    check_close(both(dot_m(q3, k, v, nn::Lengths(l))), both(dot_m(q3, k, v, keep_of(len, 5))), 0, 0);
+    gradcheck_ok([&](const std::vector<Tensor>& in) { return both(dot_m(in[0], in[1], in[2], nn::Lengths(l))); },
+                 {q3, k, v});
+    gradcheck_ok([&](const std::vector<Tensor>& in) { return both(dot_m(in[0], in[1], Tensor(), nn::Lengths(l))); },
+                 {rnd({3, 4}, -1, 1, 5), k});
+  }
+}
+
+TEST_CASE("MultiheadAttention: key_lengths give exactly the key_padding_mask's results; gradcheck") {
+  DefaultDtypeGuard g(f64);
+  const std::vector<std::int64_t> len{4, 1, 3};
+  for (bool batch_first : {false, true}) {
+    INFO("batch_first " << batch_first);
+    MultiheadAttention m(nn::MultiheadAttentionOptions{.embed_dim = 4, .num_heads = 2, .batch_first = batch_first});
+    randomise(m, 62, 0.7);
+    const Shape qs = batch_first ? Shape{3, 2, 4} : Shape{2, 3, 4};
+    const Shape ks = batch_first ? Shape{3, 4, 4} : Shape{4, 3, 4};
+    const Tensor q = rnd(qs, -1, 1, 1), k = rnd(ks, -1, 1, 2), v = rnd(ks, -1, 1, 3);
+    const nn::MultiheadAttentionForwardOptions by_len{.key_lengths = key_lengths(len)};
+    check_close(both(m(q, k, v, by_len)), both(m(q, k, v, {.key_padding_mask = padding_of(len, 4)})), 0, 0);
+    const nn::MultiheadAttentionForwardOptions with_attn{.attn_mask = rnd({2, 4}, -1, 1, 9),
+                                                         .average_attn_weights = false,
+                                                         .key_lengths = key_lengths(len)};
+    gradcheck_ok([&](const std::vector<Tensor>& in) { return both(m(in[0], in[1], in[2], by_len)); }, {q, k, v});
+    gradcheck_ok([&](const std::vector<Tensor>& in) { return both(m(in[0], in[1], in[2], with_attn)); }, {q, k, v});
+    params_ok([&] { return both(m(q, k, v, by_len)); }, m.parameters());
+  }
+}
+
+TEST_CASE("MultiheadAttention agrees with PyTorch given key_lengths (mha_lengths.npz), float64 and float32") {
+  const auto entries = load_npz(std::string(XGRAD_FIXTURES_DIR) + "/loss/mha_lengths.npz");
+  std::map<std::string, Tensor> f(entries.begin(), entries.end());
+  REQUIRE(f.count("in.lengths") == 1);
+  for (Dtype dt : {f64, f32}) {
+    INFO(dtype_name(dt));
+    const double rtol = dt == f64 ? 1e-10 : 1e-5;
+    DefaultDtypeGuard g(dt);
+    MultiheadAttention m(nn::MultiheadAttentionOptions{.embed_dim = 8, .num_heads = 2, .batch_first = true});
+    nn::StateDict sd;
+    for (const auto& [name, t] : entries) {
+      if (name.rfind("param.", 0) == 0) sd.emplace_back(name.substr(6), t.to(dt));
+    }
+    m.load_state_dict(sd);
+    Tensor query = f.at("in.query").to(dt).detach().requires_grad_();
+    Tensor key = f.at("in.key").to(dt).detach().requires_grad_();
+    Tensor value = f.at("in.value").to(dt).detach().requires_grad_();
+    const auto out = m(query, key, value, {.key_lengths = f.at("in.lengths")});
+    check_rel(out.context, f.at("out.y"), rtol);
+    check_rel(out.weights, f.at("out.attn_weights"), rtol);
+    add(sum(mul(out.context, f.at("in.w_y").to(dt))), sum(mul(out.weights, f.at("in.w_attn_weights").to(dt))))
+        .backward();
+    check_rel(query.grad(), f.at("grad.in.query"), rtol);
+    check_rel(key.grad(), f.at("grad.in.key"), rtol);
+    check_rel(value.grad(), f.at("grad.in.value"), rtol);
+    for (const auto& [name, p] : m.named_parameters()) {
+      INFO("parameter " << name);
+      check_rel(p.grad(), f.at("grad.param." + name), rtol);
+    }
+  }
+}
+
+TEST_CASE("attention modules: bad key lengths name the module, the shapes and the entry") {
+  DefaultDtypeGuard g(f64);
+  AdditiveAttention add_m(3, 4, 5);
+  DotAttention dot_m;
+  MultiheadAttention mha(4, 2);
+  const Tensor q = rnd({2, 3}), k = rnd({2, 5, 4}), qd = rnd({2, 4});
+  const Tensor mq = rnd({3, 2, 4}), mk = rnd({5, 2, 4});
+  std::string m;
+  // A length of 0: nothing to attend to (the same rule as a fully masked row).
+  m = xgtest::error_of<IndexError>([&] { add_m(q, k, Tensor(), nn::Lengths(key_lengths({0, 5}))); });
+  CHECK(xgtest::has(m, "AdditiveAttention"));
+  CHECK(xgtest::has(m, "lengths[0] = 0"));
+  CHECK(xgtest::has(m, "[1, T = 5]"));
+  m = xgtest::error_of<IndexError>([&] { dot_m(qd, k, Tensor(), nn::Lengths(key_lengths({2, 6}))); });
+  CHECK(xgtest::has(m, "DotAttention"));
+  CHECK(xgtest::has(m, "lengths[1] = 6"));
+  m = xgtest::error_of<IndexError>([&] { mha(mq, mk, mk, {.key_lengths = key_lengths({-1, 2})}); });
+  CHECK(xgtest::has(m, "MultiheadAttention"));
+  CHECK(xgtest::has(m, "lengths[0] = -1"));
+  // Wrong size, rank, dtype; undefined.
+  m = xgtest::error_of<ShapeError>([&] { add_m(q, k, Tensor(), nn::Lengths(key_lengths({1, 2, 3}))); });
+  CHECK(xgtest::has(m, "AdditiveAttention"));
+  CHECK(xgtest::has(m, "lengths [3]"));
+  CHECK(xgtest::has(m, "[B] = [2]"));
+  m = xgtest::error_of<ShapeError>([&] { mha(mq, mk, mk, {.key_lengths = from_vector(std::vector<std::int64_t>{1, 2}, {1, 2})}); });
+  CHECK(xgtest::has(m, "[1,2]"));
+  m = xgtest::error_of<DtypeError>([&] { dot_m(qd, k, Tensor(), nn::Lengths(from_vector(Vec{1, 2}))); });
+  CHECK(xgtest::has(m, "DotAttention"));
+  CHECK(xgtest::has(m, "int64"));
+  CHECK_THROWS_AS(dot_m(qd, k, Tensor(), nn::Lengths(Tensor())), StateError);
+  CHECK_THROWS_AS(add_m(q, Tensor(), Tensor(), nn::Lengths(key_lengths({1, 2}))), StateError);
+  CHECK_THROWS_AS(add_m(q, rnd({2, 4}), Tensor(), nn::Lengths(key_lengths({1, 2}))), ShapeError);
+  // Both a key_padding_mask and key_lengths: ambiguous.
+  m = xgtest::error_of<Error>([&] {
+    mha(mq, mk, mk, {.key_padding_mask = zeros({2, 5}, f64), .key_lengths = key_lengths({1, 2})});
+  });
+  CHECK(xgtest::has(m, "MultiheadAttention"));
+  CHECK(xgtest::has(m, "pass one"));
+}
+
+TEST_CASE("gradcheck attention modules with key lengths over more shapes: one key, length-1 entries, B = 1") {
+  DefaultDtypeGuard g(f64);
+  struct Case {
+    std::int64_t B, L;
+    std::vector<std::int64_t> len;
+  };
+  for (const Case& c : {Case{1, 1, {1}}, Case{2, 3, {1, 3}}, Case{4, 2, {2, 1, 1, 2}}}) {
+    INFO("B " << c.B << " L " << c.L);
+    const Tensor l = key_lengths(c.len);
+    AdditiveAttention add_m(2, 3, 4);
+    add_m.to(f64);
+    const Tensor q = rnd({c.B, 2}, -1, 1, 71), k = rnd({c.B, c.L, 3}, -1, 1, 72), v = rnd({c.B, c.L, 2}, -1, 1, 73);
+    gradcheck_ok([&](const std::vector<Tensor>& in) { return both(add_m(in[0], in[1], in[2], nn::Lengths(l))); },
+                 {q, k, v});
+    DotAttention dot_m(DotScore::general, 2, 3);
+    dot_m.to(f64);
+    gradcheck_ok([&](const std::vector<Tensor>& in) { return both(dot_m(in[0], in[1], in[2], nn::Lengths(l))); },
+                 {rnd({c.B, 3, 2}, -1, 1, 74), k, v});
+    MultiheadAttention mha(nn::MultiheadAttentionOptions{.embed_dim = 4, .num_heads = 2, .kdim = 3, .vdim = 2});
+    randomise(mha, 75, 0.7);
+    gradcheck_ok(
+        [&](const std::vector<Tensor>& in) { return both(mha(in[0], in[1], in[2], {.key_lengths = l})); },
+        {rnd({2, c.B, 4}, -1, 1, 76), rnd({c.L, c.B, 3}, -1, 1, 77), rnd({c.L, c.B, 2}, -1, 1, 78)});
+  }
+}

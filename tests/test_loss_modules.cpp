@@ -5,6 +5,7 @@
 #include <limits>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "helpers.hpp"
@@ -49,6 +50,7 @@ double ref_temporal(const Tensor& logits, const Tensor& targets, const std::vect
     case nn::TemporalReduction::sum: return total;
     case nn::TemporalReduction::mean_batch: return total / static_cast<double>(B);
     case nn::TemporalReduction::mean_tokens: return total / count;
+    case nn::TemporalReduction::mean_sequences: break;  // by hand in its own test case
   }
   return 0.0;
 }
@@ -248,4 +250,227 @@ TEST_CASE("temporal_cross_entropy: bad inputs name the function and the shapes")
   CHECK(has(m, "b=1, t=1"));
   CHECK_THROWS_AS(nn::temporal_cross_entropy(logits, ids({1, 2, 3, 0, -1, 2}, {2, 3})), IndexError);
   CHECK_THROWS_AS(nn::temporal_cross_entropy(Tensor(), t), StateError);
+}
+
+// =========================================================================================
+// temporal_cross_entropy: lengths, mean_sequences, class weights, label smoothing
+// =========================================================================================
+
+namespace {
+
+Tensor lens(const std::vector<std::int64_t>& v) { return from_vector(v, Shape{static_cast<std::int64_t>(v.size())}); }
+
+// The [B, T] 0/1 mask of lengths, as a user would write it by hand.
+Tensor mask_of(const std::vector<std::int64_t>& len, std::int64_t T) {
+  std::vector<double> m;
+  for (std::int64_t n : len) {
+    for (std::int64_t t = 0; t < T; ++t) m.push_back(t < n ? 1.0 : 0.0);
+  }
+  return from_vector(m, Shape{static_cast<std::int64_t>(len.size()), T});
+}
+
+const nn::TemporalReduction kAllReductions[] = {nn::TemporalReduction::mean_tokens, nn::TemporalReduction::sum,
+                                                nn::TemporalReduction::mean_batch,
+                                                nn::TemporalReduction::mean_sequences};
+
+}  // namespace
+
+TEST_CASE("temporal_cross_entropy: lengths with weight + label_smoothing agree with PyTorch (temporal_lengths.npz)") {
+  std::map<std::string, Tensor> e;
+  for (auto& [k, v] : load_npz(std::string(XGRAD_FIXTURES_DIR) + "/loss/temporal_lengths.npz")) e[k] = v;
+  REQUIRE(e.count("in.logits"));
+  for (Dtype dt : {f64, f32}) {
+    INFO(dtype_name(dt));
+    const double rtol = dt == f64 ? 1e-12 : 1e-5, atol = dt == f64 ? 1e-12 : 1e-6;
+    Tensor x = e["in.logits"].to(dt).detach().requires_grad_();
+    nn::TemporalCrossEntropyOptions o{.weight = e["in.weight"].to(dt),
+                                      .label_smoothing = e["in.label_smoothing"].item<double>()};
+    const nn::Lengths len(e["in.lengths"]);
+    Tensor loss = zeros({}, dt);
+    for (auto [name, red] : {std::pair{"tokens", nn::TemporalReduction::mean_tokens},
+                             std::pair{"sum", nn::TemporalReduction::sum},
+                             std::pair{"sequences", nn::TemporalReduction::mean_sequences}}) {
+      INFO(name);
+      o.reduction = red;
+      const Tensor l = nn::temporal_cross_entropy(x, e["in.targets"], len, o);
+      check_values(l, e[std::string("out.loss_") + name].to_vector<double>(), atol, rtol);
+      loss = add(loss, mul(l, e[std::string("in.w_loss_") + name].to(dt)));
+    }
+    loss.backward();
+    check_values(x.grad(), e["grad.in.logits"].to_vector<double>(), atol, rtol);
+  }
+}
+
+TEST_CASE("temporal_cross_entropy: lengths give the values and gradients of the equivalent mask, every reduction") {
+  const std::int64_t B = 4, T = 5, V = 6;
+  const std::vector<std::int64_t> len{5, 2, 3, 1};
+  const Tensor targets = ids({0, 4, 2, 1, 3, 3, 5, 0, 2, 1, 1, 4, -100, 0, 0, 2, 2, 3, 4, 5}, {B, T});
+  for (nn::TemporalReduction red : kAllReductions) {
+    INFO("reduction " << static_cast<int>(red));
+    const nn::TemporalCrossEntropyOptions o{.reduction = red};
+    Tensor a = rnd({B, T, V}, -3, 3, 31).requires_grad_();
+    Tensor b = rnd({B, T, V}, -3, 3, 31).requires_grad_();
+    const Tensor la = nn::temporal_cross_entropy(a, targets, nn::Lengths(lens(len)), o);
+    const Tensor lb = nn::temporal_cross_entropy(b, targets, mask_of(len, T), o);
+    check_close(la, lb, 1e-14, 1e-14);
+    la.backward();
+    lb.backward();
+    check_close(a.grad(), b.grad(), 1e-15, 1e-14);
+  }
+}
+
+TEST_CASE("temporal_cross_entropy: mean_sequences is the mean over sequences of each one's token mean") {
+  const std::int64_t B = 3, T = 4, V = 5;
+  const Tensor logits = rnd({B, T, V}, -3, 3, 32);
+  const Tensor targets = ids({0, 4, 2, 1, 3, -100, 1, 0, 2, 2, 1, 4}, {B, T});
+  const std::vector<double> lv = logits.to_vector<double>();
+  const std::vector<std::int64_t> tv = targets.to_vector<std::int64_t>();
+  // lengths 4, 3, 1: sequence 1 has 2 counted tokens (one ignored), sequence 2 one.
+  const std::vector<std::int64_t> len{4, 3, 1};
+  double want = 0.0;
+  for (std::int64_t b = 0; b < B; ++b) {
+    double s = 0.0, n = 0.0;
+    for (std::int64_t t = 0; t < len[b]; ++t) {
+      if (tv[b * T + t] == -100) continue;
+      s += ref_token_loss(lv, b * T + t, V, tv[b * T + t]);
+      n += 1.0;
+    }
+    want += s / n / 3.0;
+  }
+  const nn::TemporalCrossEntropyOptions o{.reduction = nn::TemporalReduction::mean_sequences};
+  check_values(nn::temporal_cross_entropy(logits, targets, nn::Lengths(lens(len)), o), {want}, 1e-14, 1e-14);
+  // A sequence of length 0 is left out of the batch mean, not counted as a 0 loss.
+  const Tensor with_empty = nn::temporal_cross_entropy(logits, targets, nn::Lengths(lens({4, 3, 0})), o);
+  const Tensor two = nn::temporal_cross_entropy(slice(logits, 0, 0, 2), slice(targets, 0, 0, 2),
+                                                nn::Lengths(lens({4, 3})), o);
+  check_close(with_empty, two, 1e-15, 1e-14);
+  // Every sequence empty: 0/0 = NaN, like mean_tokens.
+  CHECK(std::isnan(nn::temporal_cross_entropy(logits, targets, nn::Lengths(lens({0, 0, 0})), o).item<double>()));
+  CHECK(std::isnan(nn::temporal_cross_entropy(logits, targets, nn::Lengths(lens({0, 0, 0}))).item<double>()));
+  CHECK(nn::temporal_cross_entropy(logits, targets, nn::Lengths(lens({0, 0, 0})),
+                                   {.reduction = nn::TemporalReduction::sum})
+            .item<double>() == 0.0);
+}
+
+TEST_CASE("temporal_cross_entropy: with lengths, padding is never read: NaN logits and any target there, zero gradient") {
+  const std::int64_t B = 2, T = 4, V = 3;
+  std::vector<double> xv = rnd({B, T, V}, -2, 2, 33).to_vector<double>();
+  // Padding: NaN logits, targets that are no class at all.
+  for (std::int64_t t = 2; t < T; ++t) {
+    for (std::int64_t v = 0; v < V; ++v) xv[(0 * T + t) * V + v] = std::nan("");
+  }
+  for (std::int64_t v = 0; v < V; ++v) xv[(1 * T + 3) * V + v] = std::nan("");
+  const Tensor targets = ids({1, 2, -7, 99, 0, 2, 1, 12345}, {B, T});
+  for (nn::TemporalReduction red : kAllReductions) {
+    INFO("reduction " << static_cast<int>(red));
+    Tensor x = from_vector(xv, {B, T, V}).requires_grad_();
+    const Tensor loss = nn::temporal_cross_entropy(x, targets, nn::Lengths(lens({2, 3})),
+                                                   {.reduction = red, .weight = from_vector(std::vector<double>{1, 2, 3}),
+                                                    .label_smoothing = 0.1});
+    CHECK(std::isfinite(loss.item<double>()));
+    loss.backward();
+    const std::vector<double> g = x.grad().to_vector<double>();
+    for (std::int64_t i = 0; i < B * T * V; ++i) {
+      const std::int64_t b = i / (T * V), t = (i / V) % T;
+      const bool pad = t >= (b == 0 ? 2 : 3);
+      INFO("b " << b << " t " << t);
+      if (pad) {
+        CHECK(g[i] == 0.0);
+      } else {
+        CHECK(std::isfinite(g[i]));
+      }
+    }
+  }
+}
+
+TEST_CASE("temporal_cross_entropy: gradcheck with lengths, weight and label_smoothing, every reduction") {
+  struct Case {
+    std::int64_t B, T, V;
+    std::vector<std::int64_t> len;
+  };
+  // All lengths different and unsorted; length-1 sequences; a length 0; one full batch.
+  const std::vector<Case> cases = {{3, 4, 5, {4, 1, 3}}, {2, 3, 2, {1, 1}}, {4, 5, 3, {2, 5, 0, 3}}, {1, 2, 4, {2}}};
+  for (const Case& c : cases) {
+    std::vector<std::int64_t> tv;
+    for (std::int64_t i = 0; i < c.B * c.T; ++i) tv.push_back((i * 7 + 3) % c.V);
+    tv[1] = -100;
+    const Tensor targets = ids(tv, {c.B, c.T});
+    const Tensor w = rnd({c.V}, 0.2, 2.0, 34);
+    for (nn::TemporalReduction red : kAllReductions) {
+      for (double eps : {0.0, 0.2}) {
+        INFO("B " << c.B << " T " << c.T << " reduction " << static_cast<int>(red) << " eps " << eps);
+        const nn::TemporalCrossEntropyOptions o{.reduction = red, .weight = w, .label_smoothing = eps};
+        const Tensor l = lens(c.len);
+        gradcheck_ok([&](const std::vector<Tensor>& in) {
+          return nn::temporal_cross_entropy(in[0], targets, nn::Lengths(l), o);
+        }, {rnd({c.B, c.T, c.V}, -2, 2, 35)});
+        // the mask form too, with mean_sequences and class weights
+        gradcheck_ok([&](const std::vector<Tensor>& in) {
+          return nn::temporal_cross_entropy(in[0], targets, mask_of(c.len, c.T), o);
+        }, {rnd({c.B, c.T, c.V}, -2, 2, 36)});
+      }
+    }
+  }
+}
+
+TEST_CASE("temporal_cross_entropy: mean_tokens with class weights equals cross_entropy's weighted mean on the view") {
+  const std::int64_t B = 3, T = 4, V = 5;
+  const Tensor logits = rnd({B, T, V}, -3, 3, 37);
+  const Tensor targets = ids({0, 4, 2, 1, 3, 3, 1, 0, 2, 2, 1, 4}, {B, T});
+  const Tensor padded = ids({0, 4, 2, -100, 3, 3, -100, -100, 2, 2, 1, 4}, {B, T});
+  const Tensor w = rnd({V}, 0.1, 3.0, 38);
+  const Tensor got = nn::temporal_cross_entropy(logits, targets, nn::Lengths(lens({3, 2, 4})),
+                                                {.weight = w, .label_smoothing = 0.3});
+  check_close(got,
+              cross_entropy(reshape(logits, {B * T, V}), reshape(padded, {B * T}), {.weight = w, .label_smoothing = 0.3}),
+              1e-14, 1e-14);
+  nn::TemporalCrossEntropyLoss loss({.weight = w, .label_smoothing = 0.3});
+  check_close(loss(logits, targets, nn::Lengths(lens({3, 2, 4}))), got, 0, 0);
+}
+
+TEST_CASE("temporal_cross_entropy: bad lengths name the function, the shapes and the entry") {
+  const Tensor logits = rnd({2, 3, 4});
+  const Tensor t = ids({1, 2, 3, 0, 1, 2}, {2, 3});
+  std::string m = error_of<IndexError>([&] { nn::temporal_cross_entropy(logits, t, nn::Lengths(lens({3, 4}))); });
+  CHECK(has(m, "temporal_cross_entropy"));
+  CHECK(has(m, "lengths[1] = 4"));
+  CHECK(has(m, "T = 3"));
+  m = error_of<IndexError>([&] { nn::temporal_cross_entropy(logits, t, nn::Lengths(lens({-1, 2}))); });
+  CHECK(has(m, "lengths[0] = -1"));
+  m = error_of<ShapeError>([&] { nn::temporal_cross_entropy(logits, t, nn::Lengths(lens({3, 2, 1}))); });
+  CHECK(has(m, "temporal_cross_entropy"));
+  CHECK(has(m, "[3]"));
+  CHECK(has(m, "[B] = [2]"));
+  m = error_of<ShapeError>([&] { nn::temporal_cross_entropy(logits, t, nn::Lengths(ids({3, 2}, {2, 1}))); });
+  CHECK(has(m, "[2,1]"));
+  m = error_of<DtypeError>([&] {
+    nn::temporal_cross_entropy(logits, t, nn::Lengths(from_vector(std::vector<double>{3, 2})));
+  });
+  CHECK(has(m, "temporal_cross_entropy"));
+  CHECK(has(m, "int64"));
+  CHECK(has(m, "float64"));
+  m = error_of<StateError>([&] { nn::temporal_cross_entropy(logits, t, nn::Lengths(Tensor())); });
+  CHECK(has(m, "lengths"));
+  // A bad target inside a sequence is still an error; one in the padding is not read.
+  m = error_of<IndexError>([&] { nn::temporal_cross_entropy(logits, ids({1, 7, 3, 0, 1, 2}, {2, 3}), nn::Lengths(lens({2, 3}))); });
+  CHECK(has(m, "b=0, t=1"));
+  CHECK_NOTHROW(nn::temporal_cross_entropy(logits, ids({1, 2, 7, 0, 1, 2}, {2, 3}), nn::Lengths(lens({2, 3}))));
+  // Weight and smoothing errors come from cross_entropy, which the function calls.
+  CHECK_THROWS_AS(nn::temporal_cross_entropy(logits, t, Tensor(), {.weight = rnd({3})}), ShapeError);
+  CHECK(has(error_of<Error>([&] { nn::temporal_cross_entropy(logits, t, Tensor(), {.label_smoothing = 2.0}); }),
+            "label_smoothing"));
+}
+
+TEST_CASE("CrossEntropyLoss passes weight and label_smoothing through to cross_entropy") {
+  const Tensor logits = rnd({5, 4}, -2, 2, 39);
+  const Tensor t = ids({3, 0, -100, 1, 2}, {5});
+  const Tensor w = rnd({4}, 0.1, 2.0, 40);
+  for (Reduction r : {Reduction::mean, Reduction::sum, Reduction::none}) {
+    const CrossEntropyOptions o{.reduction = r, .weight = w, .label_smoothing = 0.25};
+    nn::CrossEntropyLoss ce(o);
+    check_close(ce(logits, t), cross_entropy(logits, t, o), 0, 0);
+    // and the options change the value: not the plain loss
+    CHECK(std::fabs(sum(ce(logits, t)).item<double>() - sum(cross_entropy(logits, t, {.reduction = r})).item<double>()) >
+          1e-3);
+  }
 }

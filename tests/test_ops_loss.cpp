@@ -3,6 +3,7 @@
 // shapes and reductions, ignored targets, NaN inputs, and every bad input.
 #include <cmath>
 #include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -418,3 +419,205 @@ TEST_CASE("mse_loss: bad input") {
   CHECK(has(m, "mse_loss"));
 }
 
+
+// =========================================================================================
+// cross_entropy: class weights and label smoothing
+// =========================================================================================
+
+namespace {
+
+// PyTorch's formula, by hand in double: row i (not ignored) loses
+//   (1 - eps) w[t] (-log p[t]) + eps / C * sum_c w[c] (-log p[c]),
+// and the mean divides by sum_i w[t_i] over the rows kept.
+std::vector<double> ref_wls_rows(const std::vector<double>& x, std::int64_t n, std::int64_t c,
+                                 const std::vector<std::int64_t>& t, const std::vector<double>& w, double eps,
+                                 std::int64_t ignore, double* denom) {
+  std::vector<double> rows(static_cast<std::size_t>(n), 0.0);
+  *denom = 0.0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    if (t[i] == ignore) continue;
+    double acc = 0.0;
+    for (std::int64_t j = 0; j < c; ++j) acc += std::exp(x[i * c + j]);
+    double smooth = 0.0;
+    for (std::int64_t j = 0; j < c; ++j) smooth += w[j] * (std::log(acc) - x[i * c + j]);
+    rows[i] = (1.0 - eps) * w[t[i]] * (std::log(acc) - x[i * c + t[i]]) + eps / static_cast<double>(c) * smooth;
+    *denom += w[t[i]];
+  }
+  return rows;
+}
+
+std::map<std::string, Tensor> load_fixture(const std::string& name) {
+  std::map<std::string, Tensor> e;
+  for (auto& [k, v] : load_npz(std::string(XGRAD_FIXTURES_DIR) + "/loss/" + name + ".npz")) e[k] = v;
+  return e;
+}
+
+}  // namespace
+
+TEST_CASE("cross_entropy with weight and label_smoothing equals PyTorch's formula by hand, each reduction") {
+  const std::int64_t n = 6, c = 4;
+  const Tensor x = rnd({n, c}, -2.0, 2.0, 21);
+  const std::vector<std::int64_t> tv{3, 0, -100, 1, 2, 1};
+  const std::vector<double> wv{0.5, 2.0, 1.25, 0.0};
+  const Tensor w = from_vector(wv);
+  const std::vector<double> ones(4, 1.0);
+  for (double eps : {0.0, 0.1, 1.0}) {
+    for (bool weighted : {false, true}) {
+      INFO("eps " << eps << " weighted " << weighted);
+      double denom = 0.0;
+      const std::vector<double> rows =
+          ref_wls_rows(x.to_vector<double>(), n, c, tv, weighted ? wv : ones, eps, -100, &denom);
+      CrossEntropyOptions o{.weight = weighted ? w : Tensor(), .label_smoothing = eps};
+      check_values(cross_entropy(x, targets(tv), o), {total(rows) / denom}, 1e-13, 1e-13);
+      o.reduction = Reduction::sum;
+      check_values(cross_entropy(x, targets(tv), o), {total(rows)}, 1e-13, 1e-13);
+      o.reduction = Reduction::none;
+      check_values(cross_entropy(x, targets(tv), o), rows, 1e-13, 1e-13);
+    }
+  }
+  // The weighted mean divides by the kept targets' weights (0.0 + 2.0 + 0.5 + 1.25 + 2.0),
+  // not by the 5 kept rows: a class weight of 0 on row 0's target drops it from both sums.
+  double denom = 0.0;
+  ref_wls_rows(x.to_vector<double>(), n, c, tv, wv, 0.0, -100, &denom);
+  CHECK(denom == doctest::Approx(5.75));
+}
+
+TEST_CASE("cross_entropy with weight and label_smoothing stays one tape node, and float32 matches float64") {
+  Tensor x = rnd({5, 7}, -3.0, 3.0, 22).requires_grad_();
+  const Tensor w = rnd({7}, 0.1, 2.0, 23);
+  const std::size_t before = tape_size();
+  const CrossEntropyOptions o{.weight = w, .label_smoothing = 0.2};
+  const Tensor loss = cross_entropy(x, targets({6, 0, 3, -100, 2}), o);
+  CHECK(tape_size() == before + 1);
+  CHECK(loss.op_name() == "cross_entropy");
+  loss.backward();
+  Tensor x32 = x.detach().to(f32).requires_grad_();
+  const Tensor loss32 = cross_entropy(x32, targets({6, 0, 3, -100, 2}), {.weight = w.to(f32), .label_smoothing = 0.2});
+  check_close(loss32, loss, 1e-6, 1e-5);
+  loss32.backward();
+  check_close(x32.grad(), x.grad(), 1e-6, 1e-5);
+  // Ignored rows get exactly zero gradient, smoothing or not.
+  const std::vector<double> g = x.grad().to_vector<double>();
+  for (int j = 0; j < 7; ++j) CHECK(g[3 * 7 + j] == 0.0);
+}
+
+TEST_CASE("cross_entropy with weight + label_smoothing + ignore_index: agreement with PyTorch (loss/ce_*.npz)") {
+  for (const char* name : {"ce_wls_mean", "ce_wls_sum", "ce_wls_none", "ce_w_mean", "ce_ls_mean",
+                           "ce_wls_ignore1_mean", "ce_wls_one_mean", "ce_ls1_sum"}) {
+    const std::map<std::string, Tensor> e = load_fixture(name);
+    REQUIRE(e.count("in.logits"));
+    const std::string n = name;
+    const Reduction red = n.ends_with("_sum") ? Reduction::sum : n.ends_with("_none") ? Reduction::none : Reduction::mean;
+    for (Dtype dt : {f64, f32}) {
+      INFO(name << " " << dtype_name(dt));
+      const double rtol = dt == f64 ? 1e-12 : 1e-5, atol = dt == f64 ? 1e-12 : 1e-6;
+      CrossEntropyOptions o{.ignore_index = e.at("in.ignore_index").item<std::int64_t>(),
+                            .reduction = red,
+                            .label_smoothing = e.at("in.label_smoothing").item<double>()};
+      if (e.count("in.weight")) o.weight = e.at("in.weight").to(dt);
+      Tensor x = e.at("in.logits").to(dt).detach().requires_grad_();
+      const Tensor loss = cross_entropy(x, e.at("in.target"), o);
+      check_values(loss, e.at("out.loss").to_vector<double>(), atol, rtol);
+      sum(mul(loss, e.at("in.w_loss").to(dt))).backward();
+      check_values(x.grad(), e.at("grad.in.logits").to_vector<double>(), atol, rtol);
+    }
+  }
+}
+
+TEST_CASE("gradcheck cross_entropy with weight and label_smoothing: shapes, ignored rows, each reduction") {
+  struct Case {
+    Shape shape;
+    Tensor t;
+    std::int64_t ignore;
+  };
+  const std::vector<Case> cases = {
+      {{1, 3}, targets({2}), -100},
+      {{4, 5}, targets({1, -100, 4, 3}), -100},
+      {{6, 4}, targets({3, 1, 1, 0, 3, 2}), 1},
+      {{5}, from_vector(std::vector<std::int64_t>{4}, Shape{}), -100},
+      {{3, 19}, targets({18, 0, 9}), -100},
+  };
+  for (const Case& c : cases) {
+    const std::int64_t C = c.shape.back();
+    const Tensor w = rnd({C}, 0.0, 2.0, 24);
+    for (double eps : {0.0, 0.15, 1.0}) {
+      for (Reduction r : {Reduction::mean, Reduction::sum, Reduction::none}) {
+        INFO("shape " << c.shape.str() << " eps " << eps << " reduction " << static_cast<int>(r));
+        for (bool weighted : {false, true}) {
+          const CrossEntropyOptions o{
+              .ignore_index = c.ignore, .reduction = r, .weight = weighted ? w : Tensor(), .label_smoothing = eps};
+          gradcheck_ok([o](const std::vector<Tensor>& in) { return cross_entropy(in[0], in[1], o); },
+                       {rnd(c.shape, -2.0, 2.0, 13), c.t});
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("cross_entropy with weight: every target ignored or weighted 0 gives NaN like PyTorch") {
+  const Tensor x = rnd({3, 4});
+  const Tensor w = from_vector(std::vector<double>{1.0, 0.0, 2.0, 1.0});
+  CHECK(std::isnan(cross_entropy(x, targets({-100, -100, -100}), {.weight = w}).item<double>()));
+  CHECK(std::isnan(cross_entropy(x, targets({1, 1, -100}), {.weight = w}).item<double>()));
+  CHECK(cross_entropy(x, targets({1, 1, -100}), {.reduction = Reduction::sum, .weight = w}).item<double>() == 0.0);
+}
+
+TEST_CASE("cross_entropy: bad weight and label_smoothing name the op, the shapes and the value") {
+  const Tensor x = rnd({4, 5});
+  const Tensor t = targets({1, 2, 3, 4});
+  std::string m = error_of<ShapeError>([&] { cross_entropy(x, t, {.weight = rnd({4})}); });
+  CHECK(has(m, "cross_entropy"));
+  CHECK(has(m, "weight [4]"));
+  CHECK(has(m, "[4,5]"));
+  CHECK(has(m, "[C] = [5]"));
+  m = error_of<ShapeError>([&] { cross_entropy(x, t, {.weight = rnd({1, 5})}); });
+  CHECK(has(m, "[1,5]"));
+  m = error_of<DtypeError>([&] { cross_entropy(x, t, {.weight = rnd({5}).to(f32)}); });
+  CHECK(has(m, "cross_entropy"));
+  CHECK(has(m, "float32"));
+  CHECK(has(m, "float64"));
+  m = error_of<DtypeError>([&] { cross_entropy(x, t, {.weight = targets({1, 1, 1, 1, 1})}); });
+  CHECK(has(m, "int64"));
+  m = error_of<Error>([&] { cross_entropy(x, t, {.weight = from_vector(std::vector<double>{1, 1, -0.5, 1, 1})}); });
+  CHECK(has(m, "cross_entropy"));
+  CHECK(has(m, "weight[2] = -0.5"));
+  m = error_of<Error>([&] {
+    cross_entropy(x, t, {.weight = from_vector(std::vector<double>{1, 1, 1, std::nan(""), 1})});
+  });
+  CHECK(has(m, "weight[3] = nan"));
+  for (double eps : {-0.1, 1.5, std::nan("")}) {
+    m = error_of<Error>([&] { cross_entropy(x, t, {.label_smoothing = eps}); });
+    CHECK(has(m, "cross_entropy"));
+    CHECK(has(m, "label_smoothing"));
+    CHECK(has(m, "[4,5]"));
+  }
+  CHECK(has(error_of<Error>([&] { cross_entropy(x, t, {.label_smoothing = 1.5}); }), "got 1.5"));
+}
+
+TEST_CASE("nll_loss takes class weights like PyTorch and refuses label_smoothing") {
+  const Tensor lp = log_softmax(rnd({5, 3}, -2, 2, 25), 1);
+  const std::vector<double> wv{0.5, 2.0, 1.5};
+  const Tensor w = from_vector(wv);
+  const std::vector<std::int64_t> tv{2, 0, -100, 1, 1};
+  const std::vector<double> l = lp.to_vector<double>();
+  double s = 0.0, d = 0.0;
+  for (int i = 0; i < 5; ++i) {
+    if (tv[i] == -100) continue;
+    s -= wv[tv[i]] * l[i * 3 + tv[i]];
+    d += wv[tv[i]];
+  }
+  check_values(nll_loss(lp, targets(tv), {.weight = w}), {s / d}, 1e-14, 1e-14);
+  check_values(nll_loss(lp, targets(tv), {.reduction = Reduction::sum, .weight = w}), {s}, 1e-14, 1e-14);
+  // Weighted nll_loss(log_softmax) is cross_entropy with the same weight.
+  check_close(nll_loss(lp, targets(tv), {.weight = w}),
+              cross_entropy(rnd({5, 3}, -2, 2, 25), targets(tv), {.weight = w}), 1e-14, 1e-14);
+  for (Reduction r : {Reduction::mean, Reduction::sum, Reduction::none}) {
+    const CrossEntropyOptions o{.reduction = r, .weight = w};
+    gradcheck_ok([o](const std::vector<Tensor>& in) { return nll_loss(in[0], in[1], o); },
+                 {rnd({5, 3}, -3.0, -0.1, 26), targets(tv)});
+  }
+  const std::string m = error_of<Error>([&] { nll_loss(lp, targets(tv), {.label_smoothing = 0.1}); });
+  CHECK(has(m, "nll_loss"));
+  CHECK(has(m, "label_smoothing"));
+  CHECK_THROWS_AS(nll_loss(lp, targets(tv), {.weight = rnd({4})}), ShapeError);
+}
