@@ -29,6 +29,20 @@
 
 namespace xgtest {
 
+// Whether this build runs under AddressSanitizer (GCC's and clang's spellings): some
+// cases only mean something there, others (RSS) are skipped there, counted either way.
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+inline constexpr bool kAddressSanitizer = true;
+#else
+inline constexpr bool kAddressSanitizer = false;
+#endif
+#else
+inline constexpr bool kAddressSanitizer = false;
+#endif
+
 // Every element of `t` equals `want` within atol + rtol * |want|.
 inline void check_values(const xg::Tensor& t, const std::vector<double>& want, double atol = 1e-6,
                          double rtol = 1e-6) {

@@ -24,17 +24,7 @@ constexpr long kMiB = 1024 * 1024;
 // AddressSanitizer keeps freed blocks in a quarantine (256 MiB by default), so RSS grows
 // under it whatever the tape does: the RSS cases are skipped there (and counted as such);
 // the compaction case below still checks the tape's size.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kAddressSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kAddressSanitizer = true;
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
+using xgtest::kAddressSanitizer;
 
 }  // namespace
 
