@@ -339,7 +339,15 @@ void accumulate_node(Node& n, Tensor&& g) {
   }
 }
 
-// The ranged forms (GradSlots::set_range): g added into its range of the accumulated
+void add_ranged(Tensor& acc, const Tensor& g, const GradRange& r) {
+  if (r.index.defined()) {
+    detail::add_index_into(acc, g, r.dim, r.index);
+  } else {
+    detail::add_range_into(acc, g, r.dim, r.start);
+  }
+}
+
+// The ranged forms (GradSlots::set_range, set_index_add): g added into its range of the accumulated
 // gradient, which starts as zeros of the full shape once per walk instead of once per use.
 void accumulate_leaf_range(TensorImpl& leaf, const Tensor& g, const GradRange& r) {
   std::lock_guard lock(detail::grad_lock(&leaf));
@@ -349,7 +357,7 @@ void accumulate_leaf_range(TensorImpl& leaf, const Tensor& g, const GradRange& r
   } else if (!exclusively_held(acc)) {
     acc = copy_of(acc);
   }
-  detail::add_range_into(acc, g, r.dim, r.start);
+  add_ranged(acc, g, r);
   acc.impl()->grad_value = true;
 }
 
@@ -361,7 +369,7 @@ void accumulate_node_range(Node& n, const Tensor& g, const GradRange& r) {
     n.grad = copy_of(n.grad);
     n.grad_owned = true;
   }
-  detail::add_range_into(n.grad, g, r.dim, r.start);
+  add_ranged(n.grad, g, r);
 }
 
 // A ranged gradient must have the input's dtype, and its elements must be a whole
@@ -375,8 +383,10 @@ void check_range_grad(const std::string& name, std::uint32_t node, std::size_t j
     for (int a = r.dim + 1; a < want.size(); ++a) inner *= want[a];
   }
   const std::int64_t per = outer * inner;
-  const bool fits = dim_ok && g.dtype() == want_dt && r.start >= 0 &&
-                    (per == 0 ? g.numel() == 0 : g.numel() % per == 0 && r.start + g.numel() / per <= want[r.dim]);
+  const bool fits =
+      dim_ok && g.dtype() == want_dt && r.start >= 0 &&
+      (r.index.defined() ? g.numel() == per * r.index.numel()
+                         : per == 0 ? g.numel() == 0 : g.numel() % per == 0 && r.start + g.numel() / per <= want[r.dim]);
   if (!fits) {
     throw StateError(fmt::format(
         "backward of '{}' (tape node #{}): the ranged gradient for input {} ({} {}, at {} along dim {}) does not fit "
@@ -818,7 +828,18 @@ void GradSlots::set_range(std::size_t i, Tensor g, int d, std::int64_t start) {
     return;
   }
   s_[i] = std::move(g);
-  ranges_[i] = GradRange{d, start};
+  ranges_[i] = GradRange{d, start, Tensor()};
+}
+
+void GradSlots::set_index_add(std::size_t i, Tensor g, int d, Tensor index) {
+  if (ranges_ == nullptr) {
+    Tensor z = zeros(*shapes_[i], g.dtype());
+    detail::add_index_into(z, g, d, index);
+    s_[i] = std::move(z);
+    return;
+  }
+  s_[i] = std::move(g);
+  ranges_[i] = GradRange{d, 0, std::move(index)};
 }
 
 }  // namespace xg

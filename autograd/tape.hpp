@@ -50,10 +50,13 @@
 namespace xg {
 
 // Where a view-like op's gradient lands in its input: [start, start + len) along dim
-// `dim`, zero elsewhere (len follows from the gradient's size). dim < 0: the whole input.
+// `dim`, zero elsewhere (len follows from the gradient's size); or, with an index, the
+// gradient's rows j go to rows index[j] along `dim` (repeats add up). dim < 0: the
+// whole input.
 struct GradRange {
   int dim = -1;
   std::int64_t start = 0;
+  Tensor index;  // int64, values already checked against the dim
 };
 
 // What a backward function fills in: dx[i] = d(loss)/d(input i), same shape and dtype
@@ -75,6 +78,9 @@ class GradSlots {
   // a zero tensor of the input's size, so a T-step loop over select(x, 0, t) costs O(T)
   // in backward, not O(T^2).
   void set_range(std::size_t i, Tensor g, int d, std::int64_t start);
+  // The gradient of input i is g's rows scatter-added into rows index[j] along dim d
+  // (index_select's backward), added by the engine into the accumulated gradient.
+  void set_index_add(std::size_t i, Tensor g, int d, Tensor index);
   const GradRange* range(std::size_t i) const { return ranges_ != nullptr ? &ranges_[i] : nullptr; }
 
  private:

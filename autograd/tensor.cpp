@@ -363,6 +363,24 @@ void add_range_into(Tensor& dst, const Tensor& src, int d, std::int64_t start) {
   });
 }
 
+void add_index_into(Tensor& dst, const Tensor& src, int d, const Tensor& index) {
+  const Shape& s = dst.shape();
+  const std::int64_t outer = dims_product(s, 0, d), inner = dims_product(s, d + 1, s.size());
+  const std::int64_t n = s[d] * inner, k = index.numel();
+  const std::int64_t* ip = index.data<const std::int64_t>();
+  dispatch_float("accumulate", dst.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* p = dst.data<T>();
+    const T* q = src.data<const T>();
+    for (std::int64_t o = 0; o < outer; ++o, p += n) {
+      for (std::int64_t j = 0; j < k; ++j, q += inner) {
+        T* row = p + ip[j] * inner;
+        for (std::int64_t i = 0; i < inner; ++i) row[i] += q[i];
+      }
+    }
+  });
+}
+
 Tensor embed_range(const Tensor& g, const Shape& xs, int d, std::int64_t start) {
   Tensor dx = Tensor::empty(xs, g.dtype());
   const std::int64_t outer = dims_product(xs, 0, d), inner = dims_product(xs, d + 1, xs.size());

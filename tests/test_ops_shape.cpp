@@ -733,3 +733,17 @@ TEST_CASE("ranged gradients: a T = 512 loop over select backpropagates in O(T) b
   CHECK(g[(T - 1) * B * W] == doctest::Approx(2.0));
   CHECK(g[(T - 2) * B * W + 5] == doctest::Approx(1.0));
 }
+
+TEST_CASE("ranged gradients: index_select in a loop, with repeated rows, along dims 0 and 1, gradchecked") {
+  gradcheck_ok(
+      [](const std::vector<Tensor>& in) {
+        Tensor h = zeros({1, 3}, f64);
+        for (std::int64_t t : {3, 0, 3, 1}) {
+          const Tensor idx = from_vector(std::vector<std::int64_t>{t}, Shape{1});
+          h = tanh(add(index_select(in[0], 0, idx), h));
+        }
+        const Tensor rep = from_vector(std::vector<std::int64_t>{2, 0, 2}, Shape{3});
+        return add(sum(h), sum(mul(index_select(in[1], 1, rep), in[1].sum())));
+      },
+      {rnd({4, 3}), rnd({2, 3, 2})});
+}
