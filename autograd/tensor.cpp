@@ -73,9 +73,13 @@ Tensor Tensor::empty(const Shape& shape, Dtype dtype) {
   // operator new, which cost ~100 ns per op.)
   // The StorageHeader (the version counter) takes the first bytes; the data starts on the
   // next line after it.
+  // Under AddressSanitizer at least kGuard poisoned bytes lie on each side of the values
+  // (the block past the array holds std::allocate_shared's control block, which must
+  // stay addressable): a read up to 16 floats out of bounds is reported.
   constexpr std::size_t kLine = 64;
+  constexpr std::size_t kGuard = detail::kAsan ? 64 : 0;
   const std::size_t bytes = static_cast<std::size_t>(n) * dtype_size(dtype);
-  const std::size_t words = (bytes + kLine + 7) / 8;
+  const std::size_t words = (bytes + kLine + 2 * kGuard + 7) / 8;
   std::shared_ptr<double[]> buf;
   try {
     buf = std::allocate_shared_for_overwrite<double[]>(detail::StorageAllocator<double>{}, words);
@@ -89,7 +93,8 @@ Tensor Tensor::empty(const Shape& shape, Dtype dtype) {
   }
   const auto addr = reinterpret_cast<std::uintptr_t>(buf.get());
   auto* header = ::new (static_cast<void*>(buf.get())) StorageHeader;
-  void* data = reinterpret_cast<void*>((addr + sizeof(StorageHeader) + kLine - 1) & ~std::uintptr_t{kLine - 1});
+  void* data =
+      reinterpret_cast<void*>((addr + sizeof(StorageHeader) + kGuard + kLine - 1) & ~std::uintptr_t{kLine - 1});
   // Under AddressSanitizer the bytes around the values are poisoned, so a kernel reading
   // past either end of a tensor is reported although the read stays inside the allocation.
   detail::poison(header + 1, static_cast<char*>(data) - reinterpret_cast<char*>(header + 1));

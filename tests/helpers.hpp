@@ -43,6 +43,23 @@ inline constexpr bool kAddressSanitizer = false;
 inline constexpr bool kAddressSanitizer = false;
 #endif
 
+// Whether `body` dies in a fork()ed child with AddressSanitizer's report (the child's
+// stderr, the report, goes to /dev/null; with or without abort_on_error the child must not
+// exit 0).
+template <class F>
+bool asan_reports(F&& body) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    if (std::freopen("/dev/null", "w", stderr) == nullptr) ::_exit(3);
+    body();
+    ::_exit(0);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+  return WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) != 0);
+}
+
 // Every element of `t` equals `want` within atol + rtol * |want|.
 inline void check_values(const xg::Tensor& t, const std::vector<double>& want, double atol = 1e-6,
                          double rtol = 1e-6) {

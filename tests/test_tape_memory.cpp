@@ -1,5 +1,10 @@
 // Bounded tape memory whatever the user keeps alive: dead and freed nodes are reclaimed
-// even while a tensor with history lives (tape.cpp's compaction).
+// even while a tensor with history lives (tape.cpp's compaction); and, under AddressSanitizer,
+// the padding around a storage's values is poisoned (tensor.cpp).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
 
 #include "helpers.hpp"
@@ -106,4 +111,31 @@ TEST_CASE("compaction keeps pending graphs correct, and freed ones still say so"
   const double t2 = std::tanh(0.6);
   xgtest::check_values(w.grad(), {2 * (1 - t2 * t2)}, 1e-12);
   CHECK_THROWS_AS(sum(mul(freed, 1.0)).backward(), StateError);
+}
+
+
+// The storage is padded (values start on a 64-byte line, and the allocation ends up to 63
+// bytes past them): without the poisoning these reads stay inside the allocation and
+// AddressSanitizer says nothing.
+TEST_CASE("under AddressSanitizer, a read just before or just past a tensor's values is reported" *
+          doctest::skip(!kAddressSanitizer)) {
+  for (std::int64_t n : {1, 7, 16, 1000}) {
+    CAPTURE(n);
+    CHECK(xgtest::asan_reports([n] {
+      Tensor t = xg::ones({n});
+      const volatile float* p = t.data<const float>();
+      (void)p[n];
+    }));
+    CHECK(xgtest::asan_reports([n] {
+      Tensor t = xg::ones({n});
+      const volatile float* p = t.data<const float>();
+      (void)p[-1];
+    }));
+    // The control: the last value itself is readable.
+    CHECK_FALSE(xgtest::asan_reports([n] {
+      Tensor t = xg::ones({n});
+      const volatile float* p = t.data<const float>();
+      (void)p[n - 1];
+    }));
+  }
 }

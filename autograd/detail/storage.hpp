@@ -21,6 +21,12 @@
 
 namespace xg::detail {
 
+#ifdef XG_ASAN
+inline constexpr bool kAsan = true;
+#else
+inline constexpr bool kAsan = false;
+#endif
+
 // A block of at least `bytes` from the calling thread's cache or the system; throws
 // std::bad_alloc when the system refuses.
 void* storage_alloc(std::size_t bytes);
