@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "detail/packed_cache.hpp"
 #include "detail/storage.hpp"
 #include "../backend/error.hpp"
 
@@ -153,16 +154,25 @@ void storage_free(void* p, std::size_t bytes) noexcept {
 
 }  // namespace detail
 
+std::uint64_t detail::memory_epoch() { return g_epoch.load(std::memory_order_relaxed); }
+
 MemoryStats memory_stats() {
-  if (tl_state != 1) return {};
-  ThreadCache& c = cache();
-  c.sync_epoch();
-  MemoryStats s = c.stats;
-  s.cached_bytes = c.cached;
+  MemoryStats s;
+  if (tl_state == 1) {
+    ThreadCache& c = cache();
+    c.sync_epoch();
+    s = c.stats;
+    s.cached_bytes = c.cached;
+  }
+  const detail::PackedCacheCounts p = detail::packed_cache_counts();
+  s.packed_bytes = p.bytes;
+  s.packed_hits = p.hits;
+  s.packed_packs = p.packs;
   return s;
 }
 
 void reset_memory_stats() {
+  detail::reset_packed_cache_counts();
   if (tl_state != 1) return;
   MemoryStats& s = cache().stats;
   s.peak_allocated_bytes = s.allocated_bytes;

@@ -26,13 +26,18 @@ struct MemoryStats {
   std::int64_t requests = 0;              // storages allocated since the last reset
   std::int64_t requested_bytes = 0;       // their bytes (block sizes), since the last reset
   std::int64_t system_allocations = 0;    // requests that went to the system since the last reset
+  // Parameters' GEMM panels, kept packed between the matmul/linear calls that use them
+  // (re-packed when the parameter's version changes; released by empty_cache()):
+  std::int64_t packed_bytes = 0;          // bytes held now
+  std::int64_t packed_hits = 0;           // products that reused panels, since the last reset
+  std::int64_t packed_packs = 0;          // products that packed (first use or a changed parameter)
 };
 
 MemoryStats memory_stats();
 // Sets peak_allocated_bytes to allocated_bytes and the counts since the last reset to 0.
 void reset_memory_stats();
-// Releases the calling thread's cached blocks now, every other thread's at its next
-// allocation or free.
+// Releases the calling thread's cached blocks and packed parameters now, every other
+// thread's at its next allocation, free or product.
 void empty_cache();
 // The most bytes one thread's cache holds; a freed block that would pass it goes back to
 // the system. 0 turns caching off (every block is returned at once).
