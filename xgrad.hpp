@@ -10,6 +10,7 @@
 #include "autograd/format.hpp"
 #include "autograd/gradcheck.hpp"
 #include "autograd/io.hpp"
+#include "autograd/memory.hpp"
 #include "autograd/ops.hpp"
 #include "autograd/random.hpp"
 #include "backend/runtime.hpp"

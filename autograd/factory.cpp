@@ -124,7 +124,9 @@ Tensor from_blob(void* data, const Shape& shape, Dtype dtype) {
   }
   // An owner that frees nothing: the caller keeps the buffer alive (see factory.hpp).
   // (The storage owns only the version counter; see StorageHeader.)
-  std::shared_ptr<void> storage = std::make_shared<StorageHeader>();
+  auto header = std::make_shared<StorageHeader>();
+  header->external = true;
+  std::shared_ptr<void> storage = std::move(header);
   return Tensor(std::make_shared<TensorImpl>(shape, dtype, std::move(storage), data));
 }
 

@@ -121,11 +121,16 @@ GradcheckReport check_core(const std::function<Tensor()>& fn, const std::vector<
     if (!opts.random_projection) {
       for (std::int64_t i = 0; i < n; ++i) {
         const double old = x[i];
+        // A write through a kept pointer: bump the version each time, or a product that
+        // kept p packed (a parameter) would go on reading the unperturbed panels.
         x[i] = old + opts.eps;
+        p.bump_version();
         const double fp = objective();
         x[i] = old - opts.eps;
+        p.bump_version();
         const double fm = objective();
         x[i] = old;
+        p.bump_version();
         compare(static_cast<int>(k), i, ana[static_cast<std::size_t>(i)], (fp - fm) / (2.0 * opts.eps));
       }
     } else {
@@ -138,10 +143,13 @@ GradcheckReport check_core(const std::function<Tensor()>& fn, const std::vector<
           a += v[static_cast<std::size_t>(i)] * ana[static_cast<std::size_t>(i)];
         }
         for (std::int64_t i = 0; i < n; ++i) x[i] = base[static_cast<std::size_t>(i)] + opts.eps * v[static_cast<std::size_t>(i)];
+        p.bump_version();
         const double fp = objective();
         for (std::int64_t i = 0; i < n; ++i) x[i] = base[static_cast<std::size_t>(i)] - opts.eps * v[static_cast<std::size_t>(i)];
+        p.bump_version();
         const double fm = objective();
         for (std::int64_t i = 0; i < n; ++i) x[i] = base[static_cast<std::size_t>(i)];
+        p.bump_version();
         compare(static_cast<int>(k), -1, a, (fp - fm) / (2.0 * opts.eps));
       }
     }

@@ -41,19 +41,6 @@ void check_range(const char* op, const Tensor& index, std::int64_t n, int dim, c
   }
 }
 
-// dx = zeros(xs); dx[o, idx[j], :] += g[o, j, :] (rows of `inner` elements).
-template <class T>
-void scatter_rows(const T* g, T* dx, const std::int64_t* idx, std::int64_t outer, std::int64_t k, std::int64_t n,
-                  std::int64_t inner) {
-  for (std::int64_t o = 0; o < outer; ++o) {
-    T* base = dx + o * n * inner;
-    for (std::int64_t j = 0; j < k; ++j, g += inner) {
-      T* row = base + idx[j] * inner;
-      for (std::int64_t c = 0; c < inner; ++c) row[c] += g[c];
-    }
-  }
-}
-
 // Walks every position of `index` (shape is) in row-major order and calls
 // f(pos, xoff) with the flat offset into x (strides xst) that gather reads.
 template <class F>
@@ -133,19 +120,13 @@ Tensor index_select(const Tensor& x, int dim, const Tensor& index) {
     return 0;
   });
   if (needs_record({&x})) {
-    // d x[index] = g's rows scatter-added into zeros of x's shape (repeats accumulate)
-    record("index_select", y, {&x}, [si = save(index, 1), outer, n, inner](const Tensor& g, GradSlots& dx) {
+    // d x[index] = g's rows scatter-added into zeros of x's shape (repeats accumulate;
+    // the engine adds them into x's accumulated gradient: no zeros of x's size per use)
+    record("index_select", y, {&x}, [si = save(index, 1), d](const Tensor& g, GradSlots& dx) {
       // The index is not differentiated but its values route g: saved as the op's second
       // tensor argument (input 1), so writing into it is caught.
       if (!dx.needs(0)) return;
-      const Tensor& index = si.get();
-      Tensor z = zeros(dx.shape(0), g.dtype());
-      dispatch_any(g.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        scatter_rows<T>(g.data<T>(), z.data<T>(), index.data<std::int64_t>(), outer, index.numel(), n, inner);
-        return 0;
-      });
-      dx[0] = z;
+      dx.set_index_add(0, g, d, si.get());
     });
   }
   return y;

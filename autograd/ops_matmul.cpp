@@ -13,6 +13,7 @@
 
 #include "../backend/detail/blas.hpp"
 #include "detail/kernels.hpp"
+#include "detail/packed_cache.hpp"
 #include "factory.hpp"
 #include "ops.hpp"
 #include "tape.hpp"
@@ -87,6 +88,18 @@ void batched(bool ta, bool tb, std::int64_t nb, std::int64_t M, std::int64_t N, 
   }
 }
 
+// C[M, N] = A[M, K] . op(w), op(w) [K, N], on w's cached panels when w is a parameter
+// (detail/packed_cache.hpp); false when the plain GEMM should run instead.
+template <class T>
+bool by_packed(const Tensor& w, bool trans, std::int64_t M, std::int64_t K, std::int64_t N, const T* A, T* C,
+               bool accumulate) {
+  const detail::PackedB<T>* pw = detail::packed_parameter<T>(w, trans, M, K, N);
+  if (pw == nullptr) return false;
+  if (!accumulate) std::fill_n(C, M * N, T(0));
+  pw->gemm_acc(M, A, K, C, N);
+  return true;
+}
+
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
@@ -96,6 +109,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   Tensor y = Tensor::empty(out, a.dtype());
   dispatch_float("matmul", a.dtype(), [&](auto tag) {
     using T = decltype(tag);
+    if (b.ndim() == 2 && by_packed<T>(b, false, p.M, p.K, p.N, a.data<T>(), y.data<T>(), false)) return 0;
     batched<T>(false, false, p.nb, p.M, p.N, p.K, a.data<T>(), p.K, p.M * p.K, b.data<T>(), p.N, p.K * p.N,
                y.data<T>());
     return 0;
@@ -109,7 +123,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
         if (dx.needs(0)) {
           Tensor da = Tensor::empty(dx.shape(0), g.dtype());
           // da[M,K] = g[M,N] . bᵀ[N,K]
-          batched<T>(false, true, nb, M, K, N, g.data<T>(), N, M * N, b.get().data<T>(), N, K * N, da.data<T>());
+          const Tensor& bt = b.get();
+          if (bt.ndim() != 2 || !by_packed<T>(bt, true, M, N, K, g.data<T>(), da.data<T>(), false)) {
+            batched<T>(false, true, nb, M, K, N, g.data<T>(), N, M * N, bt.data<T>(), N, K * N, da.data<T>());
+          }
           dx[0] = da;
         }
         if (dx.needs(1)) {
@@ -162,8 +179,10 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       for (std::int64_t i = 0; i < n; ++i) std::copy_n(bp, out, yp + i * out);
     }
     // y[n,out] = x[n,in] . Wᵀ[in,out] (+ the bias rows already in y)
-    gemm<T>(false, true, n, out, in, T(1), x.data<T>(), in, weight.data<T>(), in, bias.defined() ? T(1) : T(0), yp,
-            out);
+    if (!by_packed<T>(weight, true, n, in, out, x.data<T>(), yp, bias.defined())) {
+      gemm<T>(false, true, n, out, in, T(1), x.data<T>(), in, weight.data<T>(), in, bias.defined() ? T(1) : T(0), yp,
+              out);
+    }
     return 0;
   });
   if (needs_record({&x, &weight, &bias})) {
@@ -175,7 +194,10 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
         if (dx.needs(0)) {
           Tensor d = Tensor::empty(dx.shape(0), g.dtype());
           // dx[n,in] = g[n,out] . W[out,in]
-          gemm<T>(false, false, n, in, out, T(1), gp, out, weight.get().data<T>(), in, T(0), d.data<T>(), in);
+          const Tensor& w = weight.get();
+          if (!by_packed<T>(w, false, n, out, in, gp, d.data<T>(), false)) {
+            gemm<T>(false, false, n, in, out, T(1), gp, out, w.data<T>(), in, T(0), d.data<T>(), in);
+          }
           dx[0] = d;
         }
         if (dx.needs(1)) {

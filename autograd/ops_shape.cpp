@@ -155,27 +155,6 @@ Tensor permute_impl(const char* op, const Tensor& x, const std::array<int, Shape
   return y;
 }
 
-// dx of a range [start, start + len) along dim d of a tensor of shape xs, from the
-// gradient g of that range (select's g lacks the dim; same elements): zeros around g.
-Tensor embed_range(const Tensor& g, const Shape& xs, int d, std::int64_t start) {
-  Tensor dx = Tensor::empty(xs, g.dtype());
-  const std::int64_t outer = prod(xs, 0, d), inner = prod(xs, d + 1, xs.size());
-  const std::int64_t n = xs[d] * inner, len = g.numel() / std::max<std::int64_t>(outer, 1);
-  const std::int64_t head = start * inner;
-  dispatch_any(g.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* gp = g.data<T>();
-    T* p = dx.data<T>();
-    for (std::int64_t o = 0; o < outer; ++o, p += n, gp += len) {
-      std::fill_n(p, head, T(0));
-      std::copy_n(gp, len, p + head);
-      std::fill_n(p + head + len, n - head - len, T(0));
-    }
-    return 0;
-  });
-  return dx;
-}
-
 // Elements [start, start + len) along dim d of x (already validated), copied; the dim
 // is removed when drop_dim (select). One contiguous run per outer index.
 Tensor take_range(const char* op, const Tensor& x, int d, std::int64_t start, std::int64_t len, bool drop_dim) {
@@ -197,8 +176,9 @@ Tensor take_range(const char* op, const Tensor& x, int d, std::int64_t start, st
     return 0;
   });
   if (needs_record({&x})) {
-    // d x[start:start+len] = g placed at [start, start+len) in zeros of x's shape
-    record(op, y, {&x}, [xs, d, start](const Tensor& g, GradSlots& dx) { dx[0] = embed_range(g, xs, d, start); });
+    // d x[start:start+len] = g placed at [start, start+len) in zeros of x's shape (added
+    // into that range by the engine: no zeros of x's size per use)
+    record(op, y, {&x}, [d, start](const Tensor& g, GradSlots& dx) { dx.set_range(0, g, d, start); });
   }
   return y;
 }

@@ -1,6 +1,8 @@
 // The tape engine. The essay in tape.hpp says what it does; this file says how.
 #include "tape.hpp"
 
+#include "factory.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -334,6 +336,62 @@ void accumulate_node(Node& n, Tensor&& g) {
     detail::add_into(sum, g);
     n.grad = std::move(sum);
     n.grad_owned = true;
+  }
+}
+
+void add_ranged(Tensor& acc, const Tensor& g, const GradRange& r) {
+  if (r.index.defined()) {
+    detail::add_index_into(acc, g, r.dim, r.index);
+  } else {
+    detail::add_range_into(acc, g, r.dim, r.start);
+  }
+}
+
+// The ranged forms (GradSlots::set_range, set_index_add): g added into its range of the accumulated
+// gradient, which starts as zeros of the full shape once per walk instead of once per use.
+void accumulate_leaf_range(TensorImpl& leaf, const Tensor& g, const GradRange& r) {
+  std::lock_guard lock(detail::grad_lock(&leaf));
+  Tensor& acc = leaf.grad;
+  if (!acc.defined()) {
+    acc = zeros(leaf.shape, g.dtype());
+  } else if (!exclusively_held(acc)) {
+    acc = copy_of(acc);
+  }
+  add_ranged(acc, g, r);
+  acc.impl()->grad_value = true;
+}
+
+void accumulate_node_range(Node& n, const Tensor& g, const GradRange& r) {
+  if (!n.grad.defined()) {
+    n.grad = zeros(n.out_shape, g.dtype());
+    n.grad_owned = true;
+  } else if (!n.grad_owned) {
+    n.grad = copy_of(n.grad);
+    n.grad_owned = true;
+  }
+  add_ranged(n.grad, g, r);
+}
+
+// A ranged gradient must have the input's dtype, and its elements must be a whole
+// number of runs of [start, start + len) along its dim that stays inside the input.
+void check_range_grad(const std::string& name, std::uint32_t node, std::size_t j, const Tensor& g, const Shape& want,
+                      Dtype want_dt, const GradRange& r) {
+  std::int64_t outer = 1, inner = 1;
+  const bool dim_ok = r.dim < want.size();
+  if (dim_ok) {
+    for (int a = 0; a < r.dim; ++a) outer *= want[a];
+    for (int a = r.dim + 1; a < want.size(); ++a) inner *= want[a];
+  }
+  const std::int64_t per = outer * inner;
+  const bool fits =
+      dim_ok && g.dtype() == want_dt && r.start >= 0 &&
+      (r.index.defined() ? g.numel() == per * r.index.numel()
+                         : per == 0 ? g.numel() == 0 : g.numel() % per == 0 && r.start + g.numel() / per <= want[r.dim]);
+  if (!fits) {
+    throw StateError(fmt::format(
+        "backward of '{}' (tape node #{}): the ranged gradient for input {} ({} {}, at {} along dim {}) does not fit "
+        "the input {} {}",
+        name, node, j, dtype_name(g.dtype()), g.shape().str(), r.start, r.dim, dtype_name(want_dt), want.str()));
   }
 }
 
@@ -675,6 +733,7 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
   std::unique_ptr<bool[]> needs;  // not vector<bool>: GradSlots wants a bool*
   std::size_t needs_cap = 0;
   std::vector<const Shape*> shapes;
+  std::vector<GradRange> ranges;
   std::uint32_t i = L + 1;
   try {
     while (i-- > 0) {
@@ -689,13 +748,14 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
           needs_cap = k;
         }
         shapes.assign(k, nullptr);
+        ranges.assign(k, GradRange{});
         for (std::size_t j = 0; j < k; ++j) {
           const Edge& e = n.inputs[j];
           needs[j] = e.needs();
           if (e.node != kNoNode) shapes[j] = &t.nodes[e.node].out_shape;
           if (e.leaf) shapes[j] = &e.leaf->shape;
         }
-        GradSlots gs(slots.data(), needs.get(), shapes.data(), k);
+        GradSlots gs(slots.data(), needs.get(), shapes.data(), k, ranges.data());
         t_running_op = n.name;
         t_running_node = i;
         n.fn(n.grad, gs);
@@ -705,7 +765,10 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
           Edge& e = n.inputs[j];
           const Shape& want = e.node != kNoNode ? t.nodes[e.node].out_shape : e.leaf->shape;
           const Dtype want_dt = e.node != kNoNode ? t.nodes[e.node].out_dtype : e.leaf->dtype;
-          if (slots[j].shape() != want || slots[j].dtype() != want_dt) {
+          const GradRange& r = ranges[j];
+          if (r.dim >= 0) {
+            check_range_grad(n.name, i, j, slots[j], want, want_dt, r);
+          } else if (slots[j].shape() != want || slots[j].dtype() != want_dt) {
             throw StateError(fmt::format(
                 "backward of '{}' (tape node #{}): the gradient for input {} is {} {} but the input is {} {}",
                 n.name, i, j, dtype_name(slots[j].dtype()), slots[j].shape().str(), dtype_name(want_dt),
@@ -717,7 +780,13 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
                 "gradient for input {} {}",
                 n.name, i, dtype_name(n.out_dtype), n.out_shape.str(), j, want.str()));
           }
-          if (e.node != kNoNode) {
+          if (r.dim >= 0) {
+            if (e.node != kNoNode) {
+              accumulate_node_range(t.nodes[e.node], slots[j], r);
+            } else {
+              accumulate_leaf_range(*e.leaf, slots[j], r);
+            }
+          } else if (e.node != kNoNode) {
             accumulate_node(t.nodes[e.node], std::move(slots[j]));
           } else {
             accumulate_leaf(*e.leaf, std::move(slots[j]));
@@ -752,4 +821,25 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
 }
 
 }  // namespace detail
+
+void GradSlots::set_range(std::size_t i, Tensor g, int d, std::int64_t start) {
+  if (ranges_ == nullptr) {  // a caller that cannot take a range: the full-size form
+    s_[i] = detail::embed_range(g, *shapes_[i], d, start);
+    return;
+  }
+  s_[i] = std::move(g);
+  ranges_[i] = GradRange{d, start, Tensor()};
+}
+
+void GradSlots::set_index_add(std::size_t i, Tensor g, int d, Tensor index) {
+  if (ranges_ == nullptr) {
+    Tensor z = zeros(*shapes_[i], g.dtype());
+    detail::add_index_into(z, g, d, index);
+    s_[i] = std::move(z);
+    return;
+  }
+  s_[i] = std::move(g);
+  ranges_[i] = GradRange{d, 0, std::move(index)};
+}
+
 }  // namespace xg

@@ -49,24 +49,45 @@
 
 namespace xg {
 
+// Where a view-like op's gradient lands in its input: [start, start + len) along dim
+// `dim`, zero elsewhere (len follows from the gradient's size); or, with an index, the
+// gradient's rows j go to rows index[j] along `dim` (repeats add up). dim < 0: the
+// whole input.
+struct GradRange {
+  int dim = -1;
+  std::int64_t start = 0;
+  Tensor index;  // int64, values already checked against the dim
+};
+
 // What a backward function fills in: dx[i] = d(loss)/d(input i), same shape and dtype
 // as input i, or left undefined (contributes nothing). needs(i) says whether anybody
 // wants input i's gradient, so work for constants can be skipped.
 class GradSlots {
  public:
-  GradSlots(Tensor* slots, const bool* needs, const Shape* const* shapes, std::size_t n)
-      : s_(slots), needs_(needs), shapes_(shapes), n_(n) {}
+  GradSlots(Tensor* slots, const bool* needs, const Shape* const* shapes, std::size_t n, GradRange* ranges = nullptr)
+      : s_(slots), needs_(needs), shapes_(shapes), ranges_(ranges), n_(n) {}
   std::size_t size() const { return n_; }
   bool needs(std::size_t i) const { return needs_[i]; }
   // Shape of input i (valid when needs(i)): what dx[i] must have. Lets a backward
   // sum back over broadcast dims without capturing (and keeping alive) the input.
   const Shape& shape(std::size_t i) const { return *shapes_[i]; }
   Tensor& operator[](std::size_t i) { return s_[i]; }
+  // The gradient of input i is g inside [start, start + len) along dim d and zero
+  // elsewhere; g holds the range's elements in order (select's g may lack the dim).
+  // The engine adds g into that range of the input's accumulated gradient instead of
+  // a zero tensor of the input's size, so a T-step loop over select(x, 0, t) costs O(T)
+  // in backward, not O(T^2).
+  void set_range(std::size_t i, Tensor g, int d, std::int64_t start);
+  // The gradient of input i is g's rows scatter-added into rows index[j] along dim d
+  // (index_select's backward), added by the engine into the accumulated gradient.
+  void set_index_add(std::size_t i, Tensor g, int d, Tensor index);
+  const GradRange* range(std::size_t i) const { return ranges_ != nullptr ? &ranges_[i] : nullptr; }
 
  private:
   Tensor* s_;
   const bool* needs_;
   const Shape* const* shapes_;
+  GradRange* ranges_;
   std::size_t n_;
 };
 

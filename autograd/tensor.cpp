@@ -346,5 +346,64 @@ void add_into(Tensor& dst, const Tensor& src) {
   });
 }
 
+namespace {
+std::int64_t dims_product(const Shape& s, int from, int to) {
+  std::int64_t p = 1;
+  for (int i = from; i < to; ++i) p *= s[i];
+  return p;
+}
+}  // namespace
+
+void add_range_into(Tensor& dst, const Tensor& src, int d, std::int64_t start) {
+  const Shape& s = dst.shape();
+  const std::int64_t outer = dims_product(s, 0, d), inner = dims_product(s, d + 1, s.size());
+  const std::int64_t n = s[d] * inner, run = outer == 0 ? 0 : src.numel() / outer;
+  dispatch_float("accumulate", dst.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* p = dst.data<T>() + start * inner;
+    const T* q = src.data<const T>();
+    for (std::int64_t o = 0; o < outer; ++o, p += n, q += run) {
+      for (std::int64_t i = 0; i < run; ++i) p[i] += q[i];
+    }
+  });
+}
+
+void add_index_into(Tensor& dst, const Tensor& src, int d, const Tensor& index) {
+  const Shape& s = dst.shape();
+  const std::int64_t outer = dims_product(s, 0, d), inner = dims_product(s, d + 1, s.size());
+  const std::int64_t n = s[d] * inner, k = index.numel();
+  const std::int64_t* ip = index.data<const std::int64_t>();
+  dispatch_float("accumulate", dst.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* p = dst.data<T>();
+    const T* q = src.data<const T>();
+    for (std::int64_t o = 0; o < outer; ++o, p += n) {
+      for (std::int64_t j = 0; j < k; ++j, q += inner) {
+        T* row = p + ip[j] * inner;
+        for (std::int64_t i = 0; i < inner; ++i) row[i] += q[i];
+      }
+    }
+  });
+}
+
+Tensor embed_range(const Tensor& g, const Shape& xs, int d, std::int64_t start) {
+  Tensor dx = Tensor::empty(xs, g.dtype());
+  const std::int64_t outer = dims_product(xs, 0, d), inner = dims_product(xs, d + 1, xs.size());
+  const std::int64_t n = xs[d] * inner, len = outer == 0 ? 0 : g.numel() / outer;
+  const std::int64_t head = start * inner;
+  dispatch_any(g.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* gp = g.data<const T>();
+    T* p = dx.data<T>();
+    for (std::int64_t o = 0; o < outer; ++o, p += n, gp += len) {
+      std::fill_n(p, head, T(0));
+      std::copy_n(gp, len, p + head);
+      std::fill_n(p + head + len, n - head - len, T(0));
+    }
+    return 0;
+  });
+  return dx;
+}
+
 }  // namespace detail
 }  // namespace xg

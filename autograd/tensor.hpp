@@ -50,7 +50,9 @@ class Tensor {
   // How many times the values were (possibly) written in place since the storage was
   // made: PyTorch's _version. Shared by every view and detach() of the same storage.
   inline std::uint32_t version() const;
-  // Counts a write made some other way (through a pointer kept from earlier).
+  // Counts a write made some other way: through a pointer kept from earlier, across other
+  // ops. Call it after each such write; until then the engine may still use what it knew
+  // (a backward's saved values, a parameter's packed panels in matmul and linear).
   inline void bump_version();
   // Copy of the values, converted to T.
   template <class T> std::vector<T> to_vector() const;
@@ -170,6 +172,8 @@ inline constexpr std::uint32_t kNoNode = 0xffffffffu;
 // instruction on the hot path) while two racing writers still move it off the saved value.
 struct StorageHeader {
   std::atomic<std::uint32_t> version{0};
+  // The values are the caller's (from_blob): written without a bump, so never cached.
+  bool external = false;
   void bump() { version.store(version.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed); }
 };
 

@@ -218,9 +218,15 @@ void split_columns(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t 
 }  // namespace
 
 template <class T>
-PackedB<T>::PackedB(bool trans_b, std::int64_t K, std::int64_t N, const T* B, std::int64_t ldb) : K_(K), N_(N) {
+PackedB<T>::PackedB(bool trans_b, std::int64_t K, std::int64_t N, const T* B, std::int64_t ldb)
+    : trans_(trans_b), K_(K), N_(N) {
   panels_ = line_aligned(buf_, panel_count<T>(N) * kNR<T> * K);
   pack_panels<T>(trans_b, K, N, B, ldb, T(1), panels_);
+}
+
+template <class T>
+void PackedB<T>::repack(const T* B, std::int64_t ldb) {
+  pack_panels<T>(trans_, K_, N_, B, ldb, T(1), panels_);
 }
 
 template <class T>

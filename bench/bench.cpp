@@ -5,7 +5,8 @@
 // WORKLOAD: opoverhead, charlstm, minchar, biglstm, seq2seq_attn, bptt_mem; and gemm, the
 // workloads' GEMM shapes on cblas_sgemm and on xgrad's own kernel; pool, what a split costs;
 // modreg, registering --modules N one-parameter sub-modules into one module (a model built
-// from many small blocks, or a generated one): each step builds the module afresh.
+// from many small blocks, or a generated one): each step builds the module afresh;
+// customcell --size S, a user's own LSTM / GRU cells from ops against nn::LSTM / nn::GRU.
 #include <malloc.h>
 
 #include <cstring>
@@ -118,8 +119,8 @@ namespace {
 int usage() {
   std::fputs(
       "usage: xgrad_bench WORKLOAD [--steps S] [--warmup W] [--threads N] [--variant V] [--T N] [--ops N]\n"
-      "                   [--modules N] [--no-malloc-tuning]\n"
-      "workloads: opoverhead charlstm minchar biglstm seq2seq_attn bptt_mem gemm pool modreg\n"
+      "                   [--modules N] [--size small|medium|large] [--no-malloc-tuning]\n"
+      "workloads: opoverhead charlstm minchar biglstm seq2seq_attn bptt_mem gemm pool modreg customcell\n"
       "  --T N: bptt_mem at one sequence length (default: 64, 128, 256, 512, each in a fresh process)\n",
       stderr);
   return 2;
@@ -143,6 +144,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--T") || !std::strcmp(argv[i], "--seq-len")) args.T = std::atoi(next("--T"));
     else if (!std::strcmp(argv[i], "--variant")) args.variant = next("--variant");
     else if (!std::strcmp(argv[i], "--modules")) args.modules = std::atoi(next("--modules"));
+    else if (!std::strcmp(argv[i], "--size")) args.size = next("--size");
     else if (!std::strcmp(argv[i], "--no-malloc-tuning")) args.malloc_tuning = false;
     else if (!std::strcmp(argv[i], "--json")) {}
     else return usage();
@@ -166,7 +168,7 @@ int main(int argc, char** argv) {
         {"minchar", bench::minchar},       {"biglstm", bench::biglstm},
         {"seq2seq_attn", bench::seq2seq_attn}, {"bptt_mem", bench::bptt_mem},
         {"gemm", bench::gemm},             {"pool", bench::pool},
-        {"modreg", bench::modreg},
+        {"modreg", bench::modreg},         {"customcell", bench::customcell},
     };
     const auto it = workloads.find(args.workload);
     if (it == workloads.end()) return usage();

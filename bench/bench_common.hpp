@@ -27,6 +27,7 @@ struct Args {
   int ops = 10000;      // opoverhead
   int T = 0;            // bptt_mem: one sequence length (0: all, each in a fresh process)
   int modules = 100000; // modreg: sub-modules registered into one module
+  std::string size;     // customcell: small, medium or large
   bool malloc_tuning = true;
   int steps_or(int dflt) const { return steps > 0 ? steps : dflt; }
 };
@@ -102,6 +103,7 @@ Result seq2seq_attn(const Args& args);
 Result gemm(const Args& args);  // per-shape GEMM rates, its own JSON lines
 Result pool(const Args& args);  // the cost of one split: pool against a thread per call
 Result modreg(const Args& args);  // registering many sub-modules into one module
+Result customcell(const Args& args);  // a user's own cells from ops against nn::LSTM / nn::GRU
 
 // Per-step timings of a training loop: warm-up steps, then timed ones.
 struct Timings {

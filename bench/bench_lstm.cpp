@@ -23,24 +23,87 @@ struct LMConfig {
   std::int64_t V, E, H, layers, B, T;
 };
 
+// The 2-layer LSTM of torch_ref.py's LoopLSTM, from public ops only, as a user writes
+// it: per step and layer x @ W_ih + h @ W_hh + b, chunk, gates, products. `hoisted`:
+// the first layer's input projection of the whole sequence computed once before the
+// loop and select()ed per step, as every guide recommends.
+class LoopLSTM : public nn::Module {
+ public:
+  LoopLSTM(std::int64_t input, std::int64_t hidden, std::int64_t layers, bool hoisted)
+      : H(hidden), L(layers), hoisted(hoisted) {
+    const double k = 1.0 / std::sqrt(double(hidden));
+    for (std::int64_t l = 0; l < layers; ++l) {
+      const std::int64_t in = l == 0 ? input : hidden;
+      const std::string s = std::to_string(l);
+      w_ih.push_back(register_parameter("w_ih" + s, uniform(Shape{in, 4 * hidden}, -k, k)));
+      w_hh.push_back(register_parameter("w_hh" + s, uniform(Shape{hidden, 4 * hidden}, -k, k)));
+      bias.push_back(register_parameter("b" + s, uniform(Shape{4 * hidden}, -k, k)));
+    }
+  }
+  // xs [T, B, in], state h, c [layers, B, H] (or undefined: zeros) ->
+  // output [T, B, H] and the final state.
+  std::pair<Tensor, nn::LSTMState> forward(const Tensor& xs, const nn::LSTMState& state) const {
+    const std::int64_t T = xs.size(0), B = xs.size(1);
+    std::vector<Tensor> h, c;
+    for (std::int64_t l = 0; l < L; ++l) {
+      h.push_back(state.h.defined() ? select(state.h, 0, l) : zeros(Shape{B, H}));
+      c.push_back(state.c.defined() ? select(state.c, 0, l) : zeros(Shape{B, H}));
+    }
+    Tensor xp;
+    if (hoisted) xp = add(matmul(xs, w_ih[0]), bias[0]);  // [T, B, 4H]
+    std::vector<Tensor> outs;
+    for (std::int64_t t = 0; t < T; ++t) {
+      Tensor inp = hoisted ? Tensor() : select(xs, 0, t);
+      for (std::int64_t l = 0; l < L; ++l) {
+        const Tensor gates = hoisted && l == 0 ? add(select(xp, 0, t), matmul(h[0], w_hh[0]))
+                                               : add(add(matmul(inp, w_ih[l]), matmul(h[l], w_hh[l])), bias[l]);
+        const std::vector<Tensor> g = chunk(gates, 4, 1);
+        const Tensor i = sigmoid(g[0]), f = sigmoid(g[1]), gg = tanh(g[2]), o = sigmoid(g[3]);
+        c[l] = add(mul(f, c[l]), mul(i, gg));
+        h[l] = mul(o, tanh(c[l]));
+        inp = h[l];
+      }
+      outs.push_back(inp);
+    }
+    return {stack(outs, 0), nn::LSTMState{stack(h, 0), stack(c, 0)}};
+  }
+
+  std::int64_t H, L;
+  bool hoisted;
+  std::vector<Tensor> w_ih, w_hh, bias;
+};
+
 class CharLM : public nn::Module {
  public:
-  explicit CharLM(const LMConfig& c) : cfg(c) {
+  // variant: "" / "fused" / "perstep": nn::LSTM; "loop" / "hoisted": LoopLSTM.
+  CharLM(const LMConfig& c, const std::string& variant) : cfg(c) {
     emb = register_module("emb", std::make_shared<nn::Embedding>(c.V, c.E));
-    rnn = register_module(
-        "rnn", std::make_shared<nn::LSTM>(nn::LSTMOptions{.input_size = c.E, .hidden_size = c.H, .num_layers = c.layers}));
+    if (variant == "loop" || variant == "hoisted") {
+      loop = register_module("rnn", std::make_shared<LoopLSTM>(c.E, c.H, c.layers, variant == "hoisted"));
+    } else {
+      rnn = register_module("rnn", std::make_shared<nn::LSTM>(
+                                       nn::LSTMOptions{.input_size = c.E, .hidden_size = c.H, .num_layers = c.layers}));
+    }
     fc = register_module("fc", std::make_shared<nn::Linear>(c.H, c.V));
   }
   // x [T, B] int64 -> logits [T*B, V] and the final state.
   std::pair<Tensor, nn::LSTMState> forward(const Tensor& x, const nn::LSTMState& state) const {
-    auto [out, st] = (*rnn)((*emb)(x), state);
-    const Tensor logits = (*fc)(reshape(out, Shape{cfg.T * cfg.B, cfg.H}));
-    return {logits, st};
+    Tensor out;
+    nn::LSTMState st;
+    if (loop) {
+      std::tie(out, st) = loop->forward((*emb)(x), state);
+    } else {
+      auto [o, s] = (*rnn)((*emb)(x), state);
+      out = o;
+      st = s;
+    }
+    return {(*fc)(reshape(out, Shape{cfg.T * cfg.B, cfg.H})), st};
   }
 
   LMConfig cfg;
   std::shared_ptr<nn::Embedding> emb;
   std::shared_ptr<nn::LSTM> rnn;
+  std::shared_ptr<LoopLSTM> loop;
   std::shared_ptr<nn::Linear> fc;
 };
 
@@ -80,7 +143,7 @@ enum class Opt { adam, sgd };
 Result train_lm(const Args& args, const char* name, const LMConfig& c, Opt which, double lr, double clip,
                 int default_steps, const std::function<void()>& after_step = {}) {
   manual_seed(kSeed);
-  CharLM model(c);
+  CharLM model(c, args.variant);
   // "perstep": the per-step path nn::LSTM takes while recording introspection (one fused
   // gate node per step), with nothing recorded: the engine before lstm_sequence.
   const bool perstep = args.variant == "perstep";
@@ -114,7 +177,7 @@ Result train_lm(const Args& args, const char* name, const LMConfig& c, Opt which
   }
   Result r;
   r.workload = name;
-  r.variant = perstep ? "perstep" : "fused";
+  r.variant = args.variant.empty() ? "fused" : args.variant;
   r.threads = args.threads;
   tm.fill(r);
   r.tokens_per_step = double(c.B * c.T);
@@ -205,7 +268,7 @@ Result biglstm(const Args& args) {
 Result bptt_mem_one(const Args& args, std::int64_t T) {
   manual_seed(kSeed);
   const LMConfig c{96, 64, 256, 2, 32, T};
-  CharLM model(c);
+  CharLM model(c, args.variant);
   const bool perstep = args.variant == "perstep";
   if (perstep) model.rnn->set_record(true, nn::RecordOptions{false, false, false});
   const auto batches = lm_batches(c, 1, kSeed + 3);
@@ -221,7 +284,7 @@ Result bptt_mem_one(const Args& args, std::int64_t T) {
   const double t2 = now_ms();
   Result r;
   r.workload = "bptt_mem";
-  r.variant = perstep ? "perstep" : "fused";
+  r.variant = args.variant.empty() ? "fused" : args.variant;
   r.threads = args.threads;
   r.ms = {t2 - t0};
   r.tokens_per_step = double(c.B * T);

@@ -8,6 +8,11 @@ repetitions, and prints per workload the median of each, the ratio xgrad / refer
                                       [--blas-core SkylakeX] [--workloads charlstm,...]
                                       [--markdown]
 
+Workloads: those of ../shared/bench/torch_ref.py; charlstm:loop and charlstm:hoisted (a
+user's own 2-layer LSTM from ops, against torch_ref's loop variant); customcell (the cells
+of bench_customcell.cpp at --sizes small,medium,large against bench/torch_customcell.py,
+eager and TorchScript, each against xgrad's built-in module of the same family).
+
 Both sides get the same OMP/OPENBLAS/MKL thread counts, OMP_WAIT_POLICY=PASSIVE (so
 PyTorch's OpenMP threads do not spin against OpenBLAS's) and OPENBLAS_CORETYPE (when
 --blas-core is given; otherwise whatever the environment has). PyTorch and numpy come
@@ -33,6 +38,8 @@ WORKLOADS = {
     "biglstm": ("fused", "median_ms"),
     "seq2seq_attn": ("fused", "median_ms"),
     "bptt_mem": ("fused", "peak_delta_mib"),
+    "charlstm:loop": ("loop", "median_ms"),
+    "charlstm:hoisted": ("loop", "median_ms"),
 }
 BPTT_T = [64, 128, 256, 512]
 
@@ -54,8 +61,12 @@ def backends(x, t):
 
 def measure(w, args, env, xgrad_bench):
     """Alternating repetitions; returns a result dict for workload w."""
+    if w == "customcell":
+        return measure_customcell(args, env, xgrad_bench)
     tv, key = WORKLOADS[w]
     th = ["--threads", str(args.threads)]
+    w, _, xv = w.partition(":")
+    xvariant = ["--variant", xv] if xv else []
     torch_cmd = [sys.executable, args.torch_ref, w, "--json", "--variant", tv] + th
     res = {"workload": w, "key": key, "threads": args.threads}
     if w == "bptt_mem":
@@ -77,7 +88,7 @@ def measure(w, args, env, xgrad_bench):
     else:
         xs, ts, ns, extra = [], [], [], {}
         for _ in range(args.reps):
-            x = run_json([xgrad_bench, w] + th, env)[-1]
+            x = run_json([xgrad_bench, w] + xvariant + th, env)[-1]
             t = run_json(torch_cmd, env)[-1]
             xs.append(x[key])
             ts.append(t[key])
@@ -99,9 +110,40 @@ def measure(w, args, env, xgrad_bench):
             res["numpy"] = median(ns)
             res["numpy_runs"] = ns
             res["numpy_over_xgrad"] = res["numpy"] / res["xgrad"]
+    if xv:
+        res["workload"] = f"{w}:{xv}"
     res["ratio"] = res["xgrad"] / res["torch"] if res["torch"] else float("nan")
-    res["target"], res["met"] = target(w, res, args.threads)
+    res["target"], res["met"] = target(res["workload"], res, args.threads)
     return res
+
+
+def measure_customcell(args, env, xgrad_bench):
+    """Per size and cell: xgrad's median ms, its ratio to xgrad's built-in module of the
+    same family, and PyTorch's eager and TorchScript medians, over alternating reps."""
+    th = ["--threads", str(args.threads)]
+    table = {}
+    for size in args.sizes.split(","):
+        xs, ts = {}, {}
+        for _ in range(args.reps):
+            for x in run_json([xgrad_bench, "customcell", "--size", size] + th, env):
+                xs.setdefault(x["variant"], []).append(x["median_ms"])
+            for t in run_json([sys.executable, args.torch_customcell, "--size", size] + th, env):
+                ts.setdefault((t["variant"], t["mode"]), []).append(t["median_ms"])
+        rows = {}
+        for cell, v in xs.items():
+            family = "nn_gru" if "gru" in cell else "nn_lstm"
+            r = {"xgrad": median(v), "x_builtin": median(v) / median(xs[family])}
+            for mode in ("module", "eager", "script"):
+                if (cell, mode) in ts:
+                    r["torch_" + mode] = median(ts[(cell, mode)])
+            limit = 1.15 if cell in ("lstm_loop", "lstm_hoisted") else 1.2
+            r["met"] = cell == family or r["x_builtin"] <= limit
+            rows[cell] = r
+        table[size] = rows
+    ok = all(r["met"] for rows in table.values() for r in rows.values())
+    return {"workload": "customcell", "key": "median_ms", "threads": args.threads, "sizes": table,
+            "xgrad": float("nan"), "torch": float("nan"), "ratio": float("nan"),
+            "target": "loop/hoisted <= 1.15x, others <= 1.2x the built-in", "met": ok}
 
 
 def target(w, r, threads):
@@ -113,6 +155,8 @@ def target(w, r, threads):
         return ">= 5x numpy, <= 0.25 ms", r["xgrad"] <= 0.25 and r.get("numpy_over_xgrad", 0) >= 5
     if w == "charlstm":
         return "<= 0.66x", r["ratio"] <= 0.66
+    if w in ("charlstm:loop", "charlstm:hoisted"):
+        return "<= 0.5x torch loop", r["ratio"] <= 0.5
     if w == "biglstm":
         return ">= 85% sgemm, <= 0.9x", r["ratio"] <= 0.9 and r.get("sgemm_fraction", 0) >= 0.85
     if w == "seq2seq_attn":
@@ -137,6 +181,8 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--blas-core", default=None, help="OPENBLAS_CORETYPE for both sides (e.g. SkylakeX)")
     p.add_argument("--workloads", default=",".join(ALL))
+    p.add_argument("--torch-customcell", default=os.path.join(HERE, "torch_customcell.py"))
+    p.add_argument("--sizes", default="small,medium,large", help="customcell sizes")
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     args = p.parse_args()
 
@@ -175,6 +221,12 @@ def main():
         if "per_T" in r:
             per = ", ".join(f"T={T}: {v['xgrad']:.0f} vs {v['torch']:.0f}" for T, v in r["per_T"].items())
             print(f"{'':14} {'MiB by T':15} {per}")
+        for size, cells in r.get("sizes", {}).items():
+            for cell, c in cells.items():
+                print(f"{'':14} {size + ' ' + cell:22} {c['xgrad']:8.3g} ms = {c['x_builtin']:5.2f}x built-in; torch "
+                      f"module/eager/script {c.get('torch_module', float('nan')):.3g}/"
+                      f"{c.get('torch_eager', float('nan')):.3g}/{c.get('torch_script', float('nan')):.3g} ms"
+                      f" -> {'yes' if c['met'] else 'no'}")
     if args.markdown:
         print("\n| workload | metric | xgrad | PyTorch | ratio | target | met? |")
         print("|---|---|---|---|---|---|---|")

@@ -658,3 +658,92 @@ TEST_CASE("row_block: rows out of range are an IndexError naming the op and the 
   xgtest::check_throws_msg<IndexError>([] { row_block(rnd({4, 3}), -1, 1); }, {"row_block"});
   xgtest::check_throws_msg<IndexError>([] { row_block(scalar(1.0), 0, 1); }, {"row_block"});
 }
+
+// ---- ranged gradients: select, narrow, slice, chunk and split add into their range ------
+
+TEST_CASE("ranged gradients: loops of select / narrow / chunk pass gradcheck, with overlaps and mixed uses") {
+  // A T-step loop over select(x, 0, t), as a hoisted input projection is read.
+  gradcheck_ok(
+      [](const std::vector<Tensor>& in) {
+        Tensor h = zeros({3, 4}, f64);
+        for (std::int64_t t = 0; t < in[0].size(0); ++t) h = tanh(add(select(in[0], 0, t), mul(h, in[1])));
+        return h;
+      },
+      {rnd({5, 3, 4}), rnd({4})});
+  // Overlapping narrows along a middle dim, a negative dim, and a full use of the same
+  // input before and after the ranged ones (the accumulated gradient switches kinds).
+  gradcheck_ok(
+      [](const std::vector<Tensor>& in) {
+        const Tensor& x = in[0];
+        Tensor y = mul(x, x);
+        y = add(y, broadcast_to(sum(mul(narrow(x, 1, 0, 3), narrow(x, 1, 2, 3)), {1}, true), x.shape()));
+        return add(y, mul(narrow(x, -1, 1, 2), 3.0).sum() * x);
+      },
+      {rnd({2, 5, 3})});
+  // chunk (the LSTM gates) and split, also of a non-leaf, and of a broadcast operand.
+  gradcheck_ok(
+      [](const std::vector<Tensor>& in) {
+        Tensor z = add(matmul(in[0], in[1]), in[2]);  // [3, 8] + [8]
+        auto g = chunk(z, 4, 1);
+        auto p = split(in[2], 3, 0);                  // [3], [3], [2]
+        Tensor c = mul(sigmoid(g[0]), tanh(g[2]));
+        Tensor c2 = add(c, mul(sigmoid(g[1]), tanh(g[3])));
+        return add(sum(c2), sum(mul(p[0], p[1])) + sum(p[2]));
+      },
+      {rnd({3, 5}), rnd({5, 8}), rnd({8})});
+  // slice with a step of rows, and select of a 1-d tensor (a 0-d gradient).
+  gradcheck_ok(
+      [](const std::vector<Tensor>& in) {
+        Tensor s = zeros({}, f64);
+        for (std::int64_t i = 0; i < 6; ++i) s = add(s, mul(select(in[0], 0, i), select(in[0], 0, 5 - i)));
+        return add(s, sum(slice(in[1], 0, 1, 3)));
+      },
+      {rnd({6}), rnd({4, 2})});
+}
+
+TEST_CASE("ranged gradients: the same input read twice by a retained graph gets the same gradient twice") {
+  Tensor x = rnd({4, 3}).requires_grad_();
+  Tensor y = sum(mul(select(x, 0, 1), narrow(x, 0, 1, 1).reshape({3})));
+  y.backward(Tensor(), true);
+  const std::vector<double> first = x.grad().to_vector<double>();
+  y.backward();
+  const std::vector<double> second = x.grad().to_vector<double>();
+  for (std::size_t i = 0; i < first.size(); ++i) CHECK(second[i] == doctest::Approx(2 * first[i]));
+  CHECK(first[3] != 0.0);
+  CHECK(first[0] == 0.0);
+}
+
+TEST_CASE("ranged gradients: a T = 512 loop over select backpropagates in O(T) bytes, not O(T^2)") {
+  constexpr std::int64_t T = 512, B = 4, W = 32;
+  const std::int64_t x_bytes = T * B * W * 4;  // 256 KiB
+  Tensor x = randn({T, B, W}).requires_grad_();
+  Tensor xp = mul(x, 2.0f);  // a non-leaf, like a hoisted projection
+  Tensor h = zeros({B, W});
+  for (std::int64_t t = 0; t < T; ++t) h = add(mul(h, 0.5f), select(xp, 0, t));
+  Tensor loss = sum(h);
+  reset_memory_stats();
+  loss.backward();
+  const MemoryStats s = memory_stats();
+  INFO("backward requested " << s.requested_bytes << " bytes; x is " << x_bytes);
+  // One zero-filled gradient of xp's size, x's gradient, and O(T) step-sized pieces;
+  // a zero tensor of xp's size per step (before) was T * x_bytes = 128 MiB.
+  CHECK(s.requested_bytes < 8 * x_bytes);
+  // The values: d loss / d x[t] = 2 * 0.5^(T-1-t).
+  const std::vector<float> g = x.grad().to_vector<float>();
+  CHECK(g[(T - 1) * B * W] == doctest::Approx(2.0));
+  CHECK(g[(T - 2) * B * W + 5] == doctest::Approx(1.0));
+}
+
+TEST_CASE("ranged gradients: index_select in a loop, with repeated rows, along dims 0 and 1, gradchecked") {
+  gradcheck_ok(
+      [](const std::vector<Tensor>& in) {
+        Tensor h = zeros({1, 3}, f64);
+        for (std::int64_t t : {3, 0, 3, 1}) {
+          const Tensor idx = from_vector(std::vector<std::int64_t>{t}, Shape{1});
+          h = tanh(add(index_select(in[0], 0, idx), h));
+        }
+        const Tensor rep = from_vector(std::vector<std::int64_t>{2, 0, 2}, Shape{3});
+        return add(sum(h), sum(mul(index_select(in[1], 1, rep), in[1].sum())));
+      },
+      {rnd({4, 3}), rnd({2, 3, 2})});
+}

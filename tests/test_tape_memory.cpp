@@ -29,17 +29,7 @@ constexpr long kMiB = 1024 * 1024;
 // AddressSanitizer keeps freed blocks in a quarantine (256 MiB by default), so RSS grows
 // under it whatever the tape does: the RSS cases are skipped there (and counted as such);
 // the compaction case below still checks the tape's size.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kAddressSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kAddressSanitizer = true;
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
+using xgtest::kAddressSanitizer;
 
 }  // namespace
 
@@ -123,26 +113,6 @@ TEST_CASE("compaction keeps pending graphs correct, and freed ones still say so"
   CHECK_THROWS_AS(sum(mul(freed, 1.0)).backward(), StateError);
 }
 
-namespace {
-
-// Whether `body` dies in a fork()ed child with AddressSanitizer's report (the child's
-// stderr, the report, goes to /dev/null; with or without abort_on_error the child must not
-// exit 0).
-template <class F>
-bool asan_reports(F&& body) {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    if (std::freopen("/dev/null", "w", stderr) == nullptr) ::_exit(3);
-    body();
-    ::_exit(0);
-  }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-  return WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) != 0);
-}
-
-}  // namespace
 
 // The storage is padded (values start on a 64-byte line, and the allocation ends up to 63
 // bytes past them): without the poisoning these reads stay inside the allocation and
@@ -151,18 +121,18 @@ TEST_CASE("under AddressSanitizer, a read just before or just past a tensor's va
           doctest::skip(!kAddressSanitizer)) {
   for (std::int64_t n : {1, 7, 16, 1000}) {
     CAPTURE(n);
-    CHECK(asan_reports([n] {
+    CHECK(xgtest::asan_reports([n] {
       Tensor t = xg::ones({n});
       const volatile float* p = t.data<const float>();
       (void)p[n];
     }));
-    CHECK(asan_reports([n] {
+    CHECK(xgtest::asan_reports([n] {
       Tensor t = xg::ones({n});
       const volatile float* p = t.data<const float>();
       (void)p[-1];
     }));
     // The control: the last value itself is readable.
-    CHECK_FALSE(asan_reports([n] {
+    CHECK_FALSE(xgtest::asan_reports([n] {
       Tensor t = xg::ones({n});
       const volatile float* p = t.data<const float>();
       (void)p[n - 1];

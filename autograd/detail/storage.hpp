@@ -1,10 +1,11 @@
 #pragma once
-// How tensor storage is allocated: malloc, never operator new, so that a refusal is a
-// null we turn into xg::ResourceError (AddressSanitizer's operator new aborts on a huge
-// request even with allocator_may_return_null=1; its malloc returns null). And the
-// sanitizer hooks that let AddressSanitizer see reads into a storage's padding.
+// How tensor storage is allocated: through the caching allocator of memory.cpp (see
+// memory.hpp), which takes its blocks from malloc, never operator new, so that a
+// refusal is a null we turn into xg::ResourceError (AddressSanitizer's operator new
+// aborts on a huge request even with allocator_may_return_null=1; its malloc returns
+// null). And the sanitizer hooks that let AddressSanitizer see reads into a storage's
+// padding and into cached blocks.
 #include <cstddef>
-#include <cstdlib>
 #include <new>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -26,6 +27,12 @@ inline constexpr bool kAsan = true;
 inline constexpr bool kAsan = false;
 #endif
 
+// A block of at least `bytes` from the calling thread's cache or the system; throws
+// std::bad_alloc when the system refuses.
+void* storage_alloc(std::size_t bytes);
+// Returns a block from storage_alloc(bytes), with the same `bytes`.
+void storage_free(void* p, std::size_t bytes) noexcept;
+
 template <class T>
 struct StorageAllocator {
   using value_type = T;
@@ -34,20 +41,23 @@ struct StorageAllocator {
   StorageAllocator(const StorageAllocator<U>&) noexcept {}
   T* allocate(std::size_t n) {
     if (n > static_cast<std::size_t>(-1) / sizeof(T)) throw std::bad_alloc();
-    void* p = std::malloc(n * sizeof(T));
-    if (p == nullptr) throw std::bad_alloc();
-    return static_cast<T*>(p);
+    return static_cast<T*>(storage_alloc(n * sizeof(T)));
   }
-  void deallocate(T* p, std::size_t) noexcept { std::free(p); }
+  void deallocate(T* p, std::size_t n) noexcept { storage_free(p, n * sizeof(T)); }
   template <class U>
   bool operator==(const StorageAllocator<U>&) const noexcept { return true; }
 };
 
-// Marks [p, p + n) unaddressable under AddressSanitizer; nothing otherwise. free()
-// clears the marks, so a storage never needs unpoisoning before it is released.
+// Marks [p, p + n) unaddressable (poison) or addressable again (unpoison) under
+// AddressSanitizer; nothing otherwise.
 inline void poison([[maybe_unused]] const void* p, [[maybe_unused]] std::ptrdiff_t n) noexcept {
 #ifdef XG_ASAN
   if (n > 0) ASAN_POISON_MEMORY_REGION(p, static_cast<std::size_t>(n));
+#endif
+}
+inline void unpoison([[maybe_unused]] const void* p, [[maybe_unused]] std::ptrdiff_t n) noexcept {
+#ifdef XG_ASAN
+  if (n > 0) ASAN_UNPOISON_MEMORY_REGION(p, static_cast<std::size_t>(n));
 #endif
 }
 

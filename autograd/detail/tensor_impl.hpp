@@ -24,6 +24,14 @@ Tensor alias(const Tensor& x, const Shape& shape);
 void replace_value(Tensor& dst, const Tensor& src);
 // dst += src elementwise (same shape and dtype), in place, unrecorded.
 void add_into(Tensor& dst, const Tensor& src);
+// dst[..., start:start + len, ...] += src along dim d, src holding the range's elements
+// in order (same dtype); in place, unrecorded. The caller checked that the range fits.
+void add_range_into(Tensor& dst, const Tensor& src, int d, std::int64_t start);
+// dst's rows index[j] along dim d += src's rows j (repeats add up, in order).
+void add_index_into(Tensor& dst, const Tensor& src, int d, const Tensor& index);
+// A tensor of shape xs, zero except g inside [start, start + len) along dim d: what a
+// ranged gradient (GradSlots::set_range) stands for.
+Tensor embed_range(const Tensor& g, const Shape& xs, int d, std::int64_t start);
 }  // namespace detail
 
 }  // namespace xg

@@ -19,10 +19,14 @@ class PackedB {
   // C[M, N] += A[M, K] · op(B), A row-major with row stride lda, C with row stride ldc.
   void gemm_acc(std::int64_t M, const T* A, std::int64_t lda, T* C, std::int64_t ldc) const;
 
+  // Packs new values of the same operand (same K, N, transpose) into the same panels.
+  void repack(const T* B, std::int64_t ldb);
+
   std::int64_t K() const { return K_; }
   std::int64_t N() const { return N_; }
 
  private:
+  bool trans_;
   std::int64_t K_, N_;
   std::vector<T> buf_;
   T* panels_;  // buf_'s first 64-byte-aligned element
