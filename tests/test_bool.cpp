@@ -167,6 +167,14 @@ TEST_CASE("where / masked_fill take a bool cond and mask (and the old number mas
   gradcheck_ok([&](const std::vector<Tensor>& v) { return masked_fill(v[0], rowmask, 1.5); }, {rnd({3, 2})});
   gradcheck_ok([&](const std::vector<Tensor>& v) { return where(gt(v[0], 0.0), v[0], mul(v[0], 0.1)); },
                {rnd({4, 3}, 0.05, 1.0)});
+  // Long enough for the vectorised body and its tail: the same as the number-mask path,
+  // in both float dtypes.
+  for (Dtype dt : {f32, f64}) {
+    const Tensor x = rnd({1037}).to(dt), z = rnd({1037}, -1.0, 1.0, 5).to(dt);
+    const Tensor bm = gt(rnd({1037}, -1.0, 1.0, 9), 0.0);
+    check_close(where(bm, x, z), where(bm.to(dt), x, z), 0, 0);
+    check_close(masked_fill(x, bm, 7.0), masked_fill(x, bm.to(i64), 7.0), 0, 0);
+  }
   // where's values are floating: bool values are a DtypeError naming the fix.
   check_throws_msg<DtypeError>([&] { (void)where(cond, cond, cond); }, {"where", "bool", ".to(xg::f32)"});
   check_throws_msg<DtypeError>([&] { (void)masked_fill(cond, cond, 1.0); }, {"masked_fill", "bool"});
