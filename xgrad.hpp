@@ -28,6 +28,7 @@
 #include "nn/loss.hpp"
 #include "nn/module.hpp"
 #include "nn/rnn.hpp"
+#include "nn/sequence.hpp"
 #include "optim/adagrad.hpp"
 #include "optim/adam.hpp"
 #include "optim/clip.hpp"

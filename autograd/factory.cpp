@@ -32,12 +32,18 @@ Tensor fill_with(const char* op, const Shape& shape, Dtype dtype, F&& value_at) 
       for (std::int64_t i = 0; i < n; ++i) p[i] = static_cast<std::int64_t>(value_at(i));
       break;
     }
+    case Dtype::b8: {
+      // full(shape, v, b8) holds v != 0, as .to(b8) would make it.
+      bool* p = t.data<bool>();
+      for (std::int64_t i = 0; i < n; ++i) p[i] = static_cast<bool>(value_at(i));
+      break;
+    }
   }
   return t;
 }
 
 void check_float_dtype(const char* op, Dtype d) {
-  if (!is_floating(d)) throw DtypeError(fmt::format("{}: needs a float32 or float64 dtype, got int64", op));
+  if (!is_floating(d)) throw DtypeError(fmt::format("{}: needs a float32 or float64 dtype, got {}", op, dtype_name(d)));
 }
 
 template <class T>
@@ -112,6 +118,21 @@ Tensor from_vector(const std::vector<std::int64_t>& v) {
 Tensor from_vector(const std::vector<double>& v, const Shape& shape, Dtype dtype) {
   return from_values(v, shape).to(dtype);
 }
+
+Tensor from_vector(const std::vector<bool>& v, const Shape& shape) {
+  checked_numel("from_vector", shape);
+  if (shape.numel() != static_cast<std::int64_t>(v.size())) {
+    throw ShapeError(fmt::format("from_vector: {} values do not fill shape {} ({} elements)", v.size(), shape.str(),
+                                 shape.numel()));
+  }
+  Tensor t = Tensor::empty(shape, Dtype::b8);
+  bool* p = t.data<bool>();
+  for (std::size_t i = 0; i < v.size(); ++i) p[i] = v[i];
+  return t;
+}
+Tensor from_vector(const std::vector<bool>& v) { return from_vector(v, Shape{static_cast<std::int64_t>(v.size())}); }
+Tensor from_vector(std::initializer_list<bool> v, const Shape& shape) { return from_vector(std::vector<bool>(v), shape); }
+Tensor from_vector(std::initializer_list<bool> v) { return from_vector(std::vector<bool>(v)); }
 
 Tensor from_blob(void* data, const Shape& shape, Dtype dtype) {
   const std::int64_t n = checked_numel("from_blob", shape);

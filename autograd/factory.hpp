@@ -40,6 +40,11 @@ Tensor from_vector(const std::vector<double>& values);
 Tensor from_vector(const std::vector<std::int64_t>& values);
 // Converting copy into the given dtype.
 Tensor from_vector(const std::vector<double>& values, const Shape& shape, Dtype dtype);
+// Bool masks: from_vector({true, false, true}) is a bool [3] tensor (dtype b8).
+Tensor from_vector(const std::vector<bool>& values, const Shape& shape);
+Tensor from_vector(const std::vector<bool>& values);
+Tensor from_vector(std::initializer_list<bool> values, const Shape& shape);
+Tensor from_vector(std::initializer_list<bool> values);
 
 // Any element type, from a braced list or a vector, with an optional shape and dtype:
 //   from_vector({1.0, 2.0, 3.0})              float64 [3]

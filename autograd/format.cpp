@@ -61,6 +61,11 @@ class Printer {
       const std::int64_t* p = t_.data<std::int64_t>();
       auto f = [&](std::int64_t off) { cells_.push_back(fmt::format("{}", p[off])); };
       visit(0, 0, f);
+    } else if (t_.dtype() == Dtype::b8) {
+      // PyTorch's spelling: tensor([ True, False]).
+      const bool* p = t_.data<bool>();
+      auto f = [&](std::int64_t off) { cells_.emplace_back(p[off] ? "True" : "False"); };
+      visit(0, 0, f);
     } else {
       std::vector<double> vals;
       if (t_.dtype() == Dtype::f32) {

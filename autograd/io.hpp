@@ -28,9 +28,10 @@ struct LoadOptions {
 // path is refused with an IOError naming it, and left untouched. Loading refuses
 // anything but a regular file (a FIFO would block forever) the same way.
 
-// Writes float32 / float64 / int64 in little-endian C order. Throws IOError.
+// Writes float32 / float64 / int64 in little-endian C order, bool as '|b1'. Throws IOError.
 void save_npy(const std::string& path, const Tensor& t);
-// Reads '<f4', '<f8', '<i8' (and '<i4', read as int64) C-order arrays. Anything else,
+// Reads '<f4', '<f8', '<i8' (and '<i4' and '|u1', read as int64) and '|b1' (bool; a byte
+// other than 0 or 1 reads as true, as in numpy) C-order arrays. Anything else,
 // a truncated file or a forged header is an IOError, checked before allocating.
 Tensor load_npy(const std::string& path, const LoadOptions& options = {});
 

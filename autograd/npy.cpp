@@ -50,6 +50,7 @@ decltype(auto) dispatch_all(Dtype d, F&& f) {
   switch (d) {
     case Dtype::f32: return f(float{});
     case Dtype::f64: return f(double{});
+    case Dtype::b8: return f(bool{});  // xnpy writes bool as '|b1'
     case Dtype::i64: break;
   }
   return f(std::int64_t{});
@@ -137,10 +138,18 @@ std::string errno_text() { return std::strerror(errno); }
 // Reading: header validation
 // ---------------------------------------------------------------------------
 
+// How values on disk become values in memory when the two layouts differ.
+enum class Widen : std::uint8_t {
+  none,  // same bytes: memcpy
+  i4,    // '<i4' on disk, int64 in memory
+  u1,    // '|u1' on disk, int64 in memory (like every integer file: int64 is the index dtype)
+  b1,    // '|b1' on disk, bool in memory: a byte other than 0 normalised to true, as numpy reads it
+};
+
 // What a validated header says.
 struct NpyHeader {
   Dtype dtype = Dtype::f32;
-  bool widen_i4 = false;       // '<i4' on disk, int64 in memory
+  Widen widen = Widen::none;
   std::size_t disk_item = 4;   // bytes per element on disk
   Shape shape;
   std::size_t data_offset = 0;  // first byte of the values
@@ -327,13 +336,22 @@ NpyHeader parse_header(std::string_view head, std::uint64_t total, const std::st
   } else if (descr == "<i4") {
     h.dtype = Dtype::i64;
     h.disk_item = 4;
-    h.widen_i4 = true;
+    h.widen = Widen::i4;
+  } else if (descr == "|b1") {
+    h.dtype = Dtype::b8;
+    h.disk_item = 1;
+    h.widen = Widen::b1;
+  } else if (descr == "|u1") {
+    h.dtype = Dtype::i64;
+    h.disk_item = 1;
+    h.widen = Widen::u1;
   } else if (!descr.empty() && descr[0] == '>') {
     throw IOError(fmt::format("{}: dtype '{}' is big-endian; xgrad reads little-endian '<f4', '<f8', '<i8', '<i4' "
                               "(convert with arr.astype(arr.dtype.newbyteorder('<')))",
                               what, descr));
   } else {
-    throw IOError(fmt::format("{}: unsupported dtype '{}'; xgrad reads '<f4', '<f8', '<i8' and '<i4'", what, descr));
+    throw IOError(fmt::format("{}: unsupported dtype '{}'; xgrad reads '<f4', '<f8', '<i8', '<i4', '|u1' and '|b1'",
+                              what, descr));
   }
   if (fortran) {
     throw IOError(fmt::format("{}: the array is stored in Fortran order (fortran_order: True); xgrad reads C order "
@@ -380,15 +398,29 @@ NpyHeader parse_header(std::string_view head, std::uint64_t total, const std::st
 
 // Copies n_elems validated values from their disk layout (src) into tensor storage.
 void store_values(const NpyHeader& h, const char* src, std::size_t n_elems, char* dst_bytes) {
-  if (!h.widen_i4) {
-    std::memcpy(dst_bytes, src, n_elems * h.disk_item);
-    return;
-  }
-  auto* dst = reinterpret_cast<std::int64_t*>(dst_bytes);
-  for (std::size_t i = 0; i < n_elems; ++i) {
-    std::int32_t v;
-    std::memcpy(&v, src + 4 * i, 4);
-    dst[i] = v;
+  switch (h.widen) {
+    case Widen::none: std::memcpy(dst_bytes, src, n_elems * h.disk_item); return;
+    case Widen::i4: {
+      auto* dst = reinterpret_cast<std::int64_t*>(dst_bytes);
+      for (std::size_t i = 0; i < n_elems; ++i) {
+        std::int32_t v;
+        std::memcpy(&v, src + 4 * i, 4);
+        dst[i] = v;
+      }
+      return;
+    }
+    case Widen::u1: {
+      auto* dst = reinterpret_cast<std::int64_t*>(dst_bytes);
+      for (std::size_t i = 0; i < n_elems; ++i) dst[i] = static_cast<unsigned char>(src[i]);
+      return;
+    }
+    case Widen::b1: {
+      // A C++ bool must hold 0 or 1 (anything else is undefined behaviour): a forged byte
+      // is read as numpy reads it, nonzero = true.
+      auto* dst = reinterpret_cast<bool*>(dst_bytes);
+      for (std::size_t i = 0; i < n_elems; ++i) dst[i] = src[i] != 0;
+      return;
+    }
   }
 }
 
@@ -523,20 +555,24 @@ Tensor detail::read_npy(std::uint64_t total, const std::function<void(char*, std
 
   Tensor t = Tensor::empty(h.shape, h.dtype);
   char* dst = static_cast<char*>(t.data_ptr());
-  if (!h.widen_i4) {
+  if (h.widen == Widen::none) {
     std::memcpy(dst, values_start.data(), values_start.size());
     read(dst + values_start.size(), h.data_bytes - values_start.size());
   } else {
-    // int32 on disk: widen in chunks so the staging buffer stays small.
+    // Converted on the way in (int32 / uint8 widened, bool bytes normalised), in chunks
+    // so the staging buffer stays small.
     constexpr std::size_t kChunk = 1 << 16;
-    std::vector<char> buf(kChunk * 4);
+    const std::size_t in = h.disk_item, out = dtype_size(h.dtype);
+    std::vector<char> buf(kChunk * in);
     const auto n = static_cast<std::size_t>(numel);
+    std::size_t pending = values_start.size();  // prelude bytes not yet consumed
     for (std::size_t i = 0; i < n; i += kChunk) {
       const std::size_t m = std::min(kChunk, n - i);
-      const std::size_t pre = i == 0 ? std::min(values_start.size(), m * 4) : 0;
-      std::memcpy(buf.data(), values_start.data(), pre);
-      read(buf.data() + pre, m * 4 - pre);
-      store_values(h, buf.data(), m, dst + i * 8);
+      const std::size_t pre = std::min(pending, m * in);
+      std::memcpy(buf.data(), values_start.data() + (values_start.size() - pending), pre);
+      pending -= pre;
+      read(buf.data() + pre, m * in - pre);
+      store_values(h, buf.data(), m, dst + i * out);
     }
   }
   return t;

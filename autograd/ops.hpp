@@ -58,18 +58,32 @@ Tensor clamp(const Tensor& x, double lo, double hi);
 Tensor clamp_min(const Tensor& x, double lo);
 Tensor clamp_max(const Tensor& x, double hi);
 
-// ---- comparisons (not differentiable; 1 or 0 in the dtype of a) ----------------------
-// int64 inputs compare as int64 (result int64): accuracy is sum(eq(argmax(..), target)).
+// ---- comparisons (not differentiable; a bool tensor, as PyTorch) -----------------------
+// Both tensors of one dtype (any: int64 compares as int64, so accuracy is
+// sum(eq(argmax(..), target)), an int64 count). Against a number, floating tensors
+// compare in their own precision, int64 and bool tensors as double. NaN: eq false, ne true.
 Tensor eq(const Tensor& a, const Tensor& b);
+Tensor ne(const Tensor& a, const Tensor& b);
 Tensor gt(const Tensor& a, const Tensor& b);
 Tensor lt(const Tensor& a, const Tensor& b);
+Tensor ge(const Tensor& a, const Tensor& b);
+Tensor le(const Tensor& a, const Tensor& b);
+Tensor eq(const Tensor& a, double b);
+Tensor ne(const Tensor& a, double b);
 Tensor gt(const Tensor& a, double b);
 Tensor lt(const Tensor& a, double b);
+Tensor ge(const Tensor& a, double b);
+Tensor le(const Tensor& a, double b);
+// On the truth values (nonzero, NaN included, is true) of any dtypes, broadcast -> bool.
+Tensor logical_and(const Tensor& a, const Tensor& b);
+Tensor logical_or(const Tensor& a, const Tensor& b);
+Tensor logical_not(const Tensor& x);
 
 // ---- selection ---------------------------------------------------------------------
-// cond ? a : b, elementwise with broadcasting of all three; cond is nonzero-is-true.
+// cond ? a : b, elementwise with broadcasting of all three; cond is bool (or, as before
+// bool existed, a number tensor read as nonzero-is-true).
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
-// x with `value` where mask is nonzero (mask broadcasts to x's shape).
+// x with `value` where mask is true (bool; a number mask: nonzero) (mask broadcasts to x).
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);
 
 // ---- linear algebra -----------------------------------------------------------------

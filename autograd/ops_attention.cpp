@@ -45,6 +45,7 @@ std::vector<std::uint8_t> mask_flags(const Tensor& mask, bool nonzero_keeps) {
     case Dtype::f32: fill(mask.data<float>()); break;
     case Dtype::f64: fill(mask.data<double>()); break;
     case Dtype::i64: fill(mask.data<std::int64_t>()); break;
+    case Dtype::b8: fill(mask.data<bool>()); break;
   }
   return f;
 }
@@ -100,7 +101,7 @@ Masks gather_masks(const char* op, const AttentionMasks& am, const AttentionHead
       throw ShapeError(fmt::format("{}: attn_mask {}: expected [{},{}] ([Lq, S]) or [{},{},{}] ([B*H, Lq, S])", op,
                                    s.str(), hd.Lq, hd.S, hd.B * hd.H, hd.Lq, hd.S));
     }
-    if (am.attn_mask.dtype() == Dtype::i64) {
+    if (am.attn_mask.dtype() == Dtype::i64 || am.attn_mask.dtype() == Dtype::b8) {
       m.attn_keep = mask_flags(am.attn_mask, false);
     } else {
       m.attn_add = am.attn_mask.detach().to(dt);

@@ -69,7 +69,8 @@ struct AttentionMasks {
   bool key_mask_keeps = true;
   // [Lq, S] (shared by every batch entry and head) or [B*H, Lq, S] (b major), or
   // undefined. float32 / float64: ADDED to the scaled scores (-inf forbids a pair);
-  // int64: nonzero = this pair may not attend.
+  // bool (or int64): true / nonzero = this pair may not attend (PyTorch's
+  // nn.MultiheadAttention convention).
   Tensor attn_mask;
 };
 

@@ -221,13 +221,14 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
 }
 
 Tensor broadcast_to(const Tensor& x, const Shape& shape) {
-  detail::check_floating("broadcast_to", x);
+  // A data move: every dtype (bool masks and int64 ids too, as PyTorch's expand).
+  detail::check_defined("broadcast_to", x);
   if (broadcast_shapes("broadcast_to", x.shape(), shape) != shape) {
     throw ShapeError(fmt::format("broadcast_to: {} does not broadcast to {}", x.shape().str(), shape.str()));
   }
   if (x.shape() == shape) return x;
   Tensor y = Tensor::empty(shape, x.dtype());
-  dispatch_float("broadcast_to", x.dtype(), [&](auto tag) {
+  detail::dispatch_mask(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     auto xx = detail::nd<T>(x);
     auto o = detail::nd<T>(y);

@@ -433,6 +433,24 @@ MaxAlong max_along(const char* op, const Tensor& x, int dim, bool want_val, bool
 }  // namespace
 
 Tensor sum(const Tensor& x) {
+  detail::check_defined("sum", x);
+  if (x.dtype() == Dtype::b8) {
+    // Counts the true elements, as int64 (PyTorch's sum of a bool tensor).
+    Tensor y = Tensor::empty(Shape{}, Dtype::i64);
+    // Bytes are 0 or 1 (every way in normalises them): summed in blocks of 32-bit
+    // counters, which the compiler vectorises.
+    const auto* p = reinterpret_cast<const std::uint8_t*>(std::as_const(x).data<bool>());
+    std::int64_t c = 0;
+    const std::int64_t n = x.numel();
+    for (std::int64_t i = 0; i < n; i += (std::int64_t{1} << 20)) {
+      const std::int64_t end = std::min(n, i + (std::int64_t{1} << 20));
+      std::uint32_t block = 0;
+      for (std::int64_t j = i; j < end; ++j) block += p[j];
+      c += block;
+    }
+    *y.data<std::int64_t>() = c;
+    return y;
+  }
   detail::check_floating("sum", x);
   Tensor y = Tensor::empty(Shape{}, x.dtype());
   dispatch_float("sum", x.dtype(), [&](auto tag) {
@@ -448,6 +466,12 @@ Tensor sum(const Tensor& x) {
 }
 
 Tensor sum(const Tensor& x, const std::vector<int>& dims, bool keepdim) {
+  detail::check_defined("sum", x);
+  if (x.dtype() == Dtype::b8) {
+    // Counts per slice, as int64. Summed as float64 0/1 by the float kernels: exact for
+    // counts below 2^53 (8 PiB of bools).
+    return sum_impl("sum", x.to(Dtype::f64), dims, keepdim, false).to(Dtype::i64);
+  }
   Tensor y = sum_impl("sum", x, dims, keepdim, false);
   if (needs_record({&x})) {
     const DimMask m = dims_mask("sum", x.shape(), dims);

@@ -25,6 +25,7 @@ template <class To, class From>
 void convert(const void* src, void* dst, std::int64_t n) {
   const From* s = static_cast<const From*>(src);
   To* d = static_cast<To*>(dst);
+  // To bool: x != 0 (NaN is true, as in PyTorch); from bool: 0 or 1.
   for (std::int64_t i = 0; i < n; ++i) d[i] = static_cast<To>(s[i]);
 }
 
@@ -34,6 +35,7 @@ void convert_from(Dtype from, const void* src, void* dst, std::int64_t n) {
     case Dtype::f32: convert<To, float>(src, dst, n); break;
     case Dtype::f64: convert<To, double>(src, dst, n); break;
     case Dtype::i64: convert<To, std::int64_t>(src, dst, n); break;
+    case Dtype::b8: convert<To, bool>(src, dst, n); break;
   }
 }
 
@@ -42,6 +44,7 @@ void convert_any(Dtype from, Dtype to, const void* src, void* dst, std::int64_t 
     case Dtype::f32: convert_from<float>(from, src, dst, n); break;
     case Dtype::f64: convert_from<double>(from, src, dst, n); break;
     case Dtype::i64: convert_from<std::int64_t>(from, src, dst, n); break;
+    case Dtype::b8: convert_from<bool>(from, src, dst, n); break;
   }
 }
 }  // namespace
@@ -117,6 +120,7 @@ double Tensor::item() const {
     case Dtype::f32: return *static_cast<const float*>(t.data);
     case Dtype::f64: return *static_cast<const double*>(t.data);
     case Dtype::i64: return static_cast<double>(*static_cast<const std::int64_t*>(t.data));
+    case Dtype::b8: return *static_cast<const bool*>(t.data) ? 1.0 : 0.0;
   }
   return 0.0;
 }
@@ -154,6 +158,10 @@ template const std::int64_t* Tensor::data<std::int64_t>() const;
 template const float* Tensor::data<const float>() const;
 template const double* Tensor::data<const double>() const;
 template const std::int64_t* Tensor::data<const std::int64_t>() const;
+template bool* Tensor::data<bool>();
+template const bool* Tensor::data<const bool>();
+template const bool* Tensor::data<bool>() const;
+template const bool* Tensor::data<const bool>() const;
 
 
 template <class T>
@@ -166,6 +174,21 @@ std::vector<T> Tensor::to_vector() const {
 template std::vector<float> Tensor::to_vector<float>() const;
 template std::vector<double> Tensor::to_vector<double>() const;
 template std::vector<std::int64_t> Tensor::to_vector<std::int64_t>() const;
+// std::vector<bool> packs bits (no data()): converted element by element.
+template <>
+std::vector<bool> Tensor::to_vector<bool>() const {
+  const TensorImpl& t = impl_of("to_vector", impl_);
+  const std::int64_t n = t.shape.numel();
+  std::vector<bool> out(static_cast<std::size_t>(n));
+  if (t.dtype == Dtype::b8) {
+    const bool* p = static_cast<const bool*>(t.data);
+    for (std::int64_t i = 0; i < n; ++i) out[static_cast<std::size_t>(i)] = p[i];
+  } else {
+    const std::vector<double> v = to_vector<double>();
+    for (std::int64_t i = 0; i < n; ++i) out[static_cast<std::size_t>(i)] = v[static_cast<std::size_t>(i)] != 0.0 || std::isnan(v[static_cast<std::size_t>(i)]);
+  }
+  return out;
+}
 
 Tensor Tensor::clone() const {
   const TensorImpl& t = impl_of("clone", impl_);
@@ -299,12 +322,27 @@ void check_defined(const char* op, const Tensor& t) {
 
 void check_floating(const char* op, const Tensor& t) {
   check_defined(op, t);
+  if (t.dtype() == Dtype::b8) {
+    throw DtypeError(fmt::format("{}: expected a float32 or float64 tensor, got bool {}: arithmetic on bool is not "
+                                 "defined (no silent promotion); convert with .to(xg::f32), or pick values with "
+                                 "where/masked_fill",
+                                 op, t.shape().str()));
+  }
   if (!is_floating(t.dtype())) {
-    throw DtypeError(fmt::format("{}: expected a float32 or float64 tensor, got int64 {}", op, t.shape().str()));
+    throw DtypeError(fmt::format("{}: expected a float32 or float64 tensor, got {} {}", op, dtype_name(t.dtype()),
+                                 t.shape().str()));
   }
 }
 
 void check_same_float(const char* op, const Tensor& a, const Tensor& b) {
+  check_defined(op, a);
+  check_defined(op, b);
+  if (a.dtype() == Dtype::b8 || b.dtype() == Dtype::b8) {
+    throw DtypeError(fmt::format("{}: {} {} and {} {}: arithmetic on bool is not defined (no silent promotion); "
+                                 "convert the bool operand with .to(xg::f32) (or .to(x.dtype())), or pick values "
+                                 "with where/masked_fill",
+                                 op, dtype_name(a.dtype()), a.shape().str(), dtype_name(b.dtype()), b.shape().str()));
+  }
   check_floating(op, a);
   check_floating(op, b);
   if (a.dtype() != b.dtype()) {

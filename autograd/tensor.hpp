@@ -208,6 +208,10 @@ class TensorImpl {
   const char* op = nullptr;  // name of that node's op (kept after the tape is cleared)
 };
 
+// Bools come back as std::vector<bool> (nonzero -> true), which has no data(): declared
+// here so no translation unit instantiates the generic one.
+template <> std::vector<bool> Tensor::to_vector<bool>() const;
+
 inline const Shape& Tensor::shape() const { return checked("shape").shape; }
 inline int Tensor::ndim() const { return checked("ndim").shape.size(); }
 inline std::int64_t Tensor::numel() const { return checked("numel").shape.numel(); }

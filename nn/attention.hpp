@@ -4,10 +4,11 @@
 // returns {context, weights}.
 //
 // Masks. AdditiveAttention and DotAttention take `mask` [B, L] with nonzero = KEEP (the
-// usual "lengths" mask of a padded batch); MultiheadAttention follows PyTorch, whose
-// key_padding_mask [B, S] has nonzero = IGNORE. Either way a masked position gets a
-// weight of exactly 0 (not exp(-1e9)) and no gradient. Masks may be float32, float64 or
-// int64 and are constants (they get no gradient).
+// usual "lengths" mask of a padded batch, e.g. nn::utils::lengths_to_mask); MultiheadAttention
+// follows PyTorch, whose key_padding_mask [B, S] has true = IGNORE. Either way a masked
+// position gets a weight of exactly 0 (not exp(-1e9)) and no gradient. Masks are bool
+// (true / false), or float32, float64 or int64 read as nonzero = true, and are constants
+// (they get no gradient).
 //
 // Lengths. Each module also takes the key lengths of a padded batch instead of a mask
 // (nn::Lengths, int64 [B]: key l of entry b is kept when l < lengths[b]), so an
@@ -176,11 +177,11 @@ struct MultiheadAttentionOptions {
 };
 
 struct MultiheadAttentionForwardOptions {
-  // [B, S]: nonzero (PyTorch's True) = ignore this key. Any dtype.
+  // [B, S]: true (bool; nonzero for other dtypes) = ignore this key, as PyTorch.
   Tensor key_padding_mask{};
   // [L, S], or [B*H, L, S] (one per batch entry and head, b major, like PyTorch).
-  // float32 / float64: ADDED to the scaled scores (-inf forbids a pair); int64: boolean,
-  // nonzero (PyTorch's True) = this pair may not attend. No gradient flows into it.
+  // float32 / float64: ADDED to the scaled scores (-inf forbids a pair); bool (or int64,
+  // nonzero = true): true = this pair may not attend, as PyTorch. No gradient flows into it.
   Tensor attn_mask{};
   bool need_weights = true;          // false: weights is undefined
   bool average_attn_weights = true;  // weights [B, L, S] averaged over heads, else [B, H, L, S]

@@ -165,7 +165,9 @@ void Module::zero_grad() {
 }
 
 void Module::to(Dtype dtype) {
-  if (!is_floating(dtype)) throw DtypeError("Module::to: modules hold float32 or float64 tensors, not int64");
+  if (!is_floating(dtype)) {
+    throw DtypeError(fmt::format("Module::to: modules hold float32 or float64 tensors, not {}", dtype_name(dtype)));
+  }
   StateDict all = named_parameters();
   StateDict bufs = named_buffers();
   all.insert(all.end(), bufs.begin(), bufs.end());

@@ -339,12 +339,15 @@ TEST_CASE("checkpoint: bad input") {
     CHECK(xgtest::has(xgtest::error_of<xg::StateError>([&] { (void)ex.get_int("absent"); }), "absent"));
     CHECK(xgtest::has(xgtest::error_of<xg::StateError>([&] { (void)ex.get_int("d"); }), "get_int"));
     CHECK(xgtest::has(xgtest::error_of<xg::StateError>([&] { (void)ex.get_double("s"); }), "get_double"));
+    // A 0-d bool is a flag, not a number: get_double refuses it as it refuses an int64.
+    ex.set_tensor("flag", xg::scalar(1.0, xg::b8));
+    CHECK(xgtest::has(xgtest::error_of<xg::StateError>([&] { (void)ex.get_double("flag"); }), "not a 0-d float"));
     CHECK(xgtest::has(xgtest::error_of<xg::StateError>([&] { (void)ex.get_string("n"); }), "get_string"));
     CHECK_THROWS_AS(ex.set_int("", 1), xg::Error);
     CHECK_THROWS_AS(ex.set_tensor("t", Tensor{}), xg::StateError);
     ex.set_int("n", 4);  // replaces
     CHECK(ex.get_int("n") == 4);
-    CHECK(ex.entries().size() == 3);
+    CHECK(ex.entries().size() == 4);
     Extras bad;
     bad.set_tensor("s", xg::from_vector(std::vector<std::int64_t>{104, 300}));
     CHECK(xgtest::has(xgtest::error_of<xg::StateError>([&] { (void)bad.get_string("s"); }), "not a byte"));

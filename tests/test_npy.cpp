@@ -302,7 +302,8 @@ TEST_CASE("npy: unsupported dtypes, big-endian and Fortran order are IOErrors th
   const std::string eight(8, '\0');
   check_io_error(forge("{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", eight), "big-endian");
   check_io_error(forge("{'descr': '>i8', 'fortran_order': False, 'shape': (1,), }", eight), "big-endian");
-  check_io_error(forge("{'descr': '|b1', 'fortran_order': False, 'shape': (8,), }", eight), "unsupported dtype '|b1'");
+  check_io_error(forge("{'descr': '|i1', 'fortran_order': False, 'shape': (8,), }", eight), "unsupported dtype '|i1'");
+  check_io_error(forge("{'descr': '<b1', 'fortran_order': False, 'shape': (8,), }", eight), "unsupported dtype '<b1'");
   check_io_error(forge("{'descr': '<u8', 'fortran_order': False, 'shape': (1,), }", eight), "unsupported dtype");
   check_io_error(forge("{'descr': '<f2', 'fortran_order': False, 'shape': (4,), }", eight), "unsupported dtype");
   check_io_error(forge("{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }", eight), "Fortran order");
@@ -313,6 +314,15 @@ TEST_CASE("npy: unsupported dtypes, big-endian and Fortran order are IOErrors th
   Tensor t = npy_from_bytes(forge("{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }", ints));
   CHECK(t.dtype() == i64);
   CHECK(t.to_vector<std::int64_t>() == std::vector<std::int64_t>{-5, 2147483647});
+  // numpy's bool '|b1' loads as bool and '|u1' widens to int64, like '<i4' (both once refused).
+  const std::string bytes("\x01\x00\xff\x07", 4);
+  Tensor b = npy_from_bytes(forge("{'descr': '|b1', 'fortran_order': False, 'shape': (4,), }", bytes));
+  CHECK(b.dtype() == b8);
+  CHECK(b.to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 0, 1, 1});
+  Tensor u = npy_from_bytes(forge("{'descr': '|u1', 'fortran_order': False, 'shape': (2, 2), }", bytes));
+  CHECK(u.dtype() == i64);
+  CHECK(u.to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 0, 255, 7});
+  check_io_error(forge("{'descr': '|u1', 'fortran_order': False, 'shape': (5,), }", bytes), "needs 5 data bytes");
 }
 
 TEST_CASE("npy: files written by numpy load with the values the generator states") {

@@ -169,7 +169,7 @@ TEST_CASE("definition: maximum + minimum == a + b, maximum == where(gt(a,b), a, 
 
 // ---- comparisons ------------------------------------------------------------------
 
-TEST_CASE("eq/gt/lt: 1/0 in a's dtype with broadcasting, matching a hand loop") {
+TEST_CASE("eq/gt/lt: bool with broadcasting, matching a hand loop") {
   for (const Pair& p : kPairs) {
     INFO(Shape(p.a).str() << " x " << Shape(p.b).str());
     // Coarse grid values so equal elements occur.
@@ -178,7 +178,7 @@ TEST_CASE("eq/gt/lt: 1/0 in a's dtype with broadcasting, matching a hand loop") 
     const Tensor e = eq(a, b), g = gt(a, b), l = lt(a, b);
     for (const Tensor& t : {e, g, l}) {
       CHECK(t.shape() == Shape(p.out));
-      CHECK(t.dtype() == f64);
+      CHECK(t.dtype() == b8);
     }
     check_values(e, ref_binary(dv(a), p.a, dv(b), p.b, p.out, [](double x, double y) { return x == y ? 1.0 : 0.0; }), 0, 0);
     check_values(g, ref_binary(dv(a), p.a, dv(b), p.b, p.out, [](double x, double y) { return x > y ? 1.0 : 0.0; }), 0, 0);
@@ -186,18 +186,20 @@ TEST_CASE("eq/gt/lt: 1/0 in a's dtype with broadcasting, matching a hand loop") 
   }
   const Tensor a = from_vector(std::vector<float>{1.0f, 2.0f, 3.0f});
   const Tensor b = from_vector(std::vector<float>{2.0f}, Shape{1});
-  CHECK(gt(a, b).dtype() == f32);
+  CHECK(gt(a, b).dtype() == b8);
   check_values(eq(a, b), {0, 1, 0});
   check_values(gt(a, b), {0, 0, 1});
   check_values(lt(a, b), {1, 0, 0});
 }
 
-TEST_CASE("eq/gt/lt: int64 tensors compare as int64 (accuracy = eq(argmax, target))") {
+TEST_CASE("eq/gt/lt: int64 tensors compare as int64 into bool (accuracy = sum(eq(argmax, target)))") {
   const Tensor pred = from_vector(std::vector<std::int64_t>{0, 2, 1, 1});
   const Tensor target = from_vector(std::vector<std::int64_t>{0, 1, 1, 3});
   const Tensor e = eq(pred, target);
-  CHECK(e.dtype() == i64);
+  CHECK(e.dtype() == b8);
   CHECK(e.to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 0, 1, 0});
+  CHECK(sum(e).dtype() == i64);
+  CHECK(sum(e).item<std::int64_t>() == 2);
   CHECK(gt(pred, target).to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 1, 0, 0});
   CHECK(lt(pred, target).to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 0, 0, 1});
   // Large int64 values that float64 could not tell apart compare exactly.
@@ -220,7 +222,8 @@ TEST_CASE("gt/lt with a scalar: values, float32 compares in float32, int64 compa
   const Tensor ids = from_vector(std::vector<std::int64_t>{0, 1, 2});
   CHECK(gt(ids, 0.5).to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 1, 1});
   CHECK(lt(ids, 1.5).to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 1, 0});
-  CHECK(gt(ids, 0.5).dtype() == i64);
+  CHECK(gt(ids, 0.5).dtype() == b8);
+  CHECK(g.dtype() == b8);
 }
 
 TEST_CASE("eq/gt/lt: NaN compares false; the result records nothing (not differentiable)") {

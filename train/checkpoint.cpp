@@ -156,7 +156,7 @@ std::int64_t Extras::get_int(const std::string& name) const {
 
 double Extras::get_double(const std::string& name) const {
   const Tensor& t = find(name, "get_double");
-  if (t.ndim() != 0 || t.dtype() == i64) {
+  if (t.ndim() != 0 || !is_floating(t.dtype())) {
     throw StateError(fmt::format("Extras::get_double: '{}' is {} {}, not a 0-d float", name, dtype_name(t.dtype()),
                                  t.shape().str()));
   }

@@ -104,7 +104,7 @@ std::vector<double> grad_norms_by_distance(Model& model, const Tensor& x, const 
 
 double accuracy(const Model& model, const Tensor& x, const Tensor& y) {
   NoGradGuard no_grad;
-  const auto hit = eq(argmax(model.forward(x), 1), y).to_vector<double>();  // int64 1/0 per example
+  const auto hit = eq(argmax(model.forward(x), 1), y).to_vector<double>();  // bool per example, read as 1/0
   double n = 0;
   for (double h : hit) n += h;
   return n / static_cast<double>(hit.size());
