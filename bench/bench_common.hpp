@@ -28,6 +28,7 @@ struct Args {
   int T = 0;            // bptt_mem: one sequence length (0: all, each in a fresh process)
   int modules = 100000; // modreg: sub-modules registered into one module
   bool malloc_tuning = true;
+  std::string lengths;  // charlstm / biglstm: "uniform" = per-row lengths in [T/2, T], masked loss
   int steps_or(int dflt) const { return steps > 0 ? steps : dflt; }
 };
 
