@@ -28,6 +28,10 @@
 // also computes dW_hh as one GEMM over all steps. Introspection keeps the per-step path
 // (it needs each step's h in the graph); both paths give the same values and gradients.
 //
+// With lengths (forward's third argument) a batch runs packed: sorted by decreasing
+// length, one input GEMM over the real tokens only, and each step on the rows of the
+// sequences still running (xg::lstm_sequence_packed / packed_step_views), as cuDNN does.
+//
 // Truncated BPTT is one line: carry `state = result.state.detach()` into the next chunk.
 // Carrying the state without detach() after a backward() is the engine's StateError.
 #include <cstdint>
@@ -254,7 +258,8 @@ class RNN : public RecurrentBase {
   // going. Wrong rank or size (B read with batch_first as set): ShapeError; a length of 0 or
   // > T: ShapeError naming it; not int64: DtypeError. With record on, a step's records are
   // [B, H] in the caller's batch order, zeros for sequences that are over; h_graph holds the
-  // running rows only, sorted by decreasing length.
+  // running rows only, sorted by decreasing length; steps past the longest length have no
+  // record (h undefined, grad_norm() NaN).
   RNNResult forward(const Tensor& x, const RNNState& state = {}, const Tensor& lengths = Tensor()) const;
   RNNResult operator()(const Tensor& x, const RNNState& state = {}, const Tensor& lengths = Tensor()) const {
     return forward(x, state, lengths);

@@ -989,6 +989,17 @@ TEST_CASE("lengths: outputs and gradients at padded positions are exactly zero")
     sum(mul(add(y, scalar(1.0, f64)), rnd(y.shape(), -1, 1, 76))).backward();
     check_padding(x, y);
   }
+  {
+    // training mode: dropout between layers and variational dropout on the packed rows
+    LSTM m(LSTMOptions{.input_size = 3, .hidden_size = 4, .num_layers = 2, .dropout = 0.5, .bidirectional = true,
+                       .variational_dropout = 0.3});
+    m.to(f64);
+    m.train();
+    Tensor x = rnd({T, B, 3}, -1, 1, 85).requires_grad_();
+    auto [y, st] = m(x, {}, i64s(lens));
+    sum(mul(y, rnd(y.shape(), -1, 1, 86))).backward();
+    check_padding(x, y);
+  }
   GRU gm(GRUOptions{.input_size = 3, .hidden_size = 4, .num_layers = 2, .bidirectional = true});
   gm.to(f64);
   Tensor x = rnd({T, B, 3}, -1, 1, 77).requires_grad_();
