@@ -551,3 +551,368 @@ std::vector<Tensor> step_views(const Tensor& x, std::int64_t T, bool reverse) {
 }
 
 }  // namespace xg
+
+// ---------------------------------------------------------------------------
+// Variable-length batches: the packed layout
+// ---------------------------------------------------------------------------
+
+namespace xg {
+
+bool PackedLayout::sorted() const {
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    if (order[i] != static_cast<std::int64_t>(i)) return false;
+  }
+  return true;
+}
+
+PackedLayout packed_layout(const std::vector<std::int64_t>& lengths, std::int64_t T) {
+  PackedLayout p;
+  p.T = T;
+  p.B = static_cast<std::int64_t>(lengths.size());
+  p.order.resize(lengths.size());
+  for (std::size_t i = 0; i < lengths.size(); ++i) p.order[i] = static_cast<std::int64_t>(i);
+  std::stable_sort(p.order.begin(), p.order.end(), [&](std::int64_t a, std::int64_t b) {
+    return lengths[static_cast<std::size_t>(a)] > lengths[static_cast<std::size_t>(b)];
+  });
+  p.batch_sizes.assign(static_cast<std::size_t>(T), 0);
+  for (std::int64_t len : lengths) {
+    for (std::int64_t t = 0; t < std::min(len, T); ++t) ++p.batch_sizes[static_cast<std::size_t>(t)];
+  }
+  p.offsets.assign(static_cast<std::size_t>(T) + 1, 0);
+  for (std::int64_t t = 0; t < T; ++t) {
+    p.offsets[static_cast<std::size_t>(t) + 1] = p.offsets[static_cast<std::size_t>(t)] + p.batch_sizes[static_cast<std::size_t>(t)];
+    if (p.batch_sizes[static_cast<std::size_t>(t)] > 0) p.steps = t + 1;
+  }
+  return p;
+}
+
+namespace {
+
+// Copies between padded [T, B, F] (or [B, T, F]) and packed [N, F] rows; to_packed picks
+// the direction. The padded side is not touched outside the real rows.
+void copy_packed(const PackedLayout& p, bool batch_first, std::size_t row_bytes, char* padded, char* packed,
+                 bool to_packed) {
+  for (std::int64_t t = 0; t < p.steps; ++t) {
+    const std::int64_t b = p.batch_sizes[static_cast<std::size_t>(t)], o = p.offsets[static_cast<std::size_t>(t)];
+    for (std::int64_t i = 0; i < b; ++i) {
+      const std::int64_t src = p.order[static_cast<std::size_t>(i)];
+      const std::int64_t prow = batch_first ? src * p.T + t : t * p.B + src;
+      char* pad = padded + static_cast<std::size_t>(prow) * row_bytes;
+      char* pk = packed + static_cast<std::size_t>(o + i) * row_bytes;
+      if (to_packed) {
+        std::memcpy(pk, pad, row_bytes);
+      } else {
+        std::memcpy(pad, pk, row_bytes);
+      }
+    }
+  }
+}
+
+void check_padded(const char* op, const Tensor& x, const PackedLayout& p, bool batch_first) {
+  detail::check_defined(op, x);
+  const Shape want = batch_first ? Shape{p.B, p.T} : Shape{p.T, p.B};
+  if (x.ndim() != 3 || x.shape()[0] != want[0] || x.shape()[1] != want[1]) {
+    throw ShapeError(fmt::format("{}: x {}: expected [{}, {}, F] ({}) for {} sequences of at most {} steps", op,
+                                 x.shape().str(), want[0], want[1], batch_first ? "[B, T, F]" : "[T, B, F]", p.B,
+                                 p.T));
+  }
+}
+
+Tensor pad_packed_impl(const Tensor& packed, const PackedLayout& p, bool batch_first);
+
+Tensor pack_padded_impl(const Tensor& x, const PackedLayout& p, bool batch_first) {
+  check_padded("pack_padded", x, p, batch_first);
+  const std::int64_t F = x.shape()[2];
+  Tensor out = Tensor::empty(Shape{p.rows(), F}, x.dtype());
+  const std::size_t row_bytes = static_cast<std::size_t>(F) * dtype_size(x.dtype());
+  if (row_bytes > 0) {
+    copy_packed(p, batch_first, row_bytes, static_cast<char*>(x.impl()->data), static_cast<char*>(out.data_ptr()),
+                true);
+  }
+  if (needs_record({&x})) {
+    record("pack_padded", out, {&x}, [p, batch_first](const Tensor& g, GradSlots& dx) {
+      dx[0] = pad_packed_impl(g, p, batch_first);
+    });
+  }
+  return out;
+}
+
+Tensor pad_packed_impl(const Tensor& packed, const PackedLayout& p, bool batch_first) {
+  detail::check_defined("pad_packed", packed);
+  if (packed.ndim() != 2 || packed.shape()[0] != p.rows()) {
+    throw ShapeError(fmt::format("pad_packed: packed {}: expected [{}, F] (one row per real step)",
+                                 packed.shape().str(), p.rows()));
+  }
+  const std::int64_t F = packed.shape()[1];
+  Tensor out = zeros(batch_first ? Shape{p.B, p.T, F} : Shape{p.T, p.B, F}, packed.dtype());
+  const std::size_t row_bytes = static_cast<std::size_t>(F) * dtype_size(packed.dtype());
+  if (row_bytes > 0) {
+    copy_packed(p, batch_first, row_bytes, static_cast<char*>(out.data_ptr()),
+                static_cast<char*>(packed.impl()->data), false);
+  }
+  if (needs_record({&packed})) {
+    record("pad_packed", out, {&packed}, [p, batch_first](const Tensor& g, GradSlots& dx) {
+      dx[0] = pack_padded_impl(g, p, batch_first);
+    });
+  }
+  return out;
+}
+
+// ---- LSTM over a packed batch ----
+
+// hn, cn [B, H] hold h0 and c0 on entry and run as the state of every sorted row; a row
+// past its last step is not touched again, so they end as every sequence's final state.
+// With C (recording): acts [N, 4H] and C [N, H] keep every step; else acts is scratch [B, 4H].
+template <class T>
+void lstm_packed_forward(const PackedLayout& p, std::int64_t H, bool reverse, bool has_h0, const T* gx, const T* W,
+                         T* y, T* hn, T* cn, T* acts, T* C) {
+  const std::int64_t G = 4 * H;
+  std::optional<detail::PackedB<T>> wt;
+  if (p.steps > 1 && detail::packed_gemm_pays(p.B, G, H)) wt.emplace(true, H, G, W, H);
+  for (std::int64_t k = 0; k < p.steps; ++k) {
+    const std::int64_t t = reverse ? p.steps - 1 - k : k;
+    const std::int64_t b = p.batch_sizes[static_cast<std::size_t>(t)], o = p.offsets[static_cast<std::size_t>(t)];
+    T* a = C ? acts + o * G : acts;
+    std::memcpy(a, gx + o * G, static_cast<std::size_t>(b * G) * sizeof(T));
+    if (k > 0 || has_h0) {
+      // gates[b, 4H] += h_prev[b, H] . W_hhᵀ: the b running rows only
+      if (wt) {
+        wt->gemm_acc(b, hn, H, a, G);
+      } else {
+        gemm<T>(false, true, b, G, H, T(1), hn, H, W, H, T(1), a, G);
+      }
+    }
+    for (std::int64_t r = 0; r < b; ++r) {
+      lstm_row_forward<T>(a + r * G, cn + r * H, hn + r * H, cn + r * H, C ? a + r * G : nullptr, H);
+    }
+    std::memcpy(y + o * H, hn, static_cast<std::size_t>(b * H) * sizeof(T));
+    if (C) std::memcpy(C + o * H, cn, static_cast<std::size_t>(b * H) * sizeof(T));
+  }
+}
+
+// g [N + 2B, H] (rows: dy, d h_n, d c_n) -> dgx [N, 4H]; dw, dh0, dc0 when not null.
+// h0 may be null (zeros); c0 is never null.
+template <class T>
+void lstm_packed_backward(const PackedLayout& p, std::int64_t H, bool reverse, const T* g, const T* acts, const T* C,
+                          const T* y, const T* W, const T* h0, const T* c0, T* dgx, T* dw, T* dh0, T* dc0) {
+  const std::int64_t B = p.B, G = 4 * H, N = p.rows();
+  std::vector<T> dh_buf(g + N * H, g + (N + B) * H), dc_buf(g + (N + B) * H, g + (N + 2 * B) * H);
+  T* dh = dh_buf.data();
+  T* dc = dc_buf.data();
+  // h_prev of every packed row, aligned with dgx, so d W_hh is one GEMM over all steps.
+  std::vector<T> hprev(dw ? static_cast<std::size_t>(N * H) : 0);
+  std::optional<detail::PackedB<T>> wp;
+  if (p.steps > 1 && detail::packed_gemm_pays(B, H, G)) wp.emplace(false, G, H, W, H);
+  auto dh_prev = [&](std::int64_t m, const T* dg, T* out) {  // out[m, H] = dg[m, 4H] . W_hh
+    if (m == 0) return;
+    if (wp) {
+      std::fill(out, out + m * H, T(0));
+      wp->gemm_acc(m, dg, G, out, H);
+    } else {
+      gemm<T>(false, false, m, H, G, T(1), dg, G, W, H, T(0), out, H);
+    }
+  };
+  if (dh0) std::fill(dh0, dh0 + B * H, T(0));
+  if (dc0) std::fill(dc0, dc0 + B * H, T(0));
+  for (std::int64_t k = p.steps - 1; k >= 0; --k) {
+    const std::int64_t t = reverse ? p.steps - 1 - k : k;
+    const std::int64_t b = p.batch_sizes[static_cast<std::size_t>(t)], o = p.offsets[static_cast<std::size_t>(t)];
+    // Rows [0, nb) continue from the step processed before this one; rows [nb, b) start
+    // here from h0 / c0 (all rows at t = 0 forward; the sequences ending at t in reverse).
+    const std::int64_t tp = reverse ? t + 1 : t - 1;
+    const std::int64_t nb = k == 0 ? 0 : std::min(b, p.batch_sizes[static_cast<std::size_t>(tp)]);
+    const std::int64_t op = k == 0 ? 0 : p.offsets[static_cast<std::size_t>(tp)];
+    for (std::int64_t j = 0; j < b * H; ++j) dh[j] += g[o * H + j];
+    T* dg = dgx + o * G;
+    for (std::int64_t r = 0; r < b; ++r) {
+      const T* cp = r < nb ? C + (op + r) * H : c0 + r * H;
+      // dc in place: the kernel reads a lane's d c before it stores d c_prev there.
+      lstm_row_backward<T>(dh + r * H, dc + r * H, acts + (o + r) * G, cp, C + (o + r) * H, dg + r * G, dc + r * H,
+                           H);
+    }
+    if (dc0 && b > nb) std::memcpy(dc0 + nb * H, dc + nb * H, static_cast<std::size_t>((b - nb) * H) * sizeof(T));
+    dh_prev(nb, dg, dh);
+    if (dh0) dh_prev(b - nb, dg + nb * G, dh0 + nb * H);
+    if (dw) {
+      T* hp = hprev.data() + o * H;
+      std::memcpy(hp, y + op * H, static_cast<std::size_t>(nb * H) * sizeof(T));
+      if (h0) {
+        std::memcpy(hp + nb * H, h0 + nb * H, static_cast<std::size_t>((b - nb) * H) * sizeof(T));
+      } else {
+        std::fill(hp + nb * H, hp + b * H, T(0));
+      }
+    }
+  }
+  if (dw) gemm<T>(true, false, G, H, N, T(1), dgx, G, hprev.data(), H, T(0), dw, H);
+}
+
+void check_packed_lstm_shapes(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
+                              const PackedLayout& p) {
+  constexpr const char* op = "lstm_sequence_packed";
+  detail::check_defined(op, gx);
+  detail::check_defined(op, w_hh);
+  detail::check_same_float(op, gx, w_hh);
+  if (h0.defined()) detail::check_same_float(op, gx, h0);
+  if (c0.defined()) detail::check_same_float(op, gx, c0);
+  const Shape& gs = gx.shape();
+  auto shapes = [&] {
+    return fmt::format("gx {}, w_hh {}, h0 {}, c0 {}, {} packed rows, batch {}", gs.str(), w_hh.shape().str(),
+                       h0.defined() ? h0.shape().str() : "(zeros)", c0.defined() ? c0.shape().str() : "(zeros)",
+                       p.rows(), p.B);
+  };
+  if (gs.size() != 2 || gs[1] % 4 != 0 || gs[0] != p.rows() || p.steps == 0) {
+    throw ShapeError(fmt::format("{}: {}: expected gx [N, 4H] with N = the packed rows > 0", op, shapes()));
+  }
+  const std::int64_t H = gs[1] / 4;
+  if (w_hh.shape() != Shape{4 * H, H}) {
+    throw ShapeError(fmt::format("{}: {}: expected w_hh {}", op, shapes(), Shape{4 * H, H}.str()));
+  }
+  if (h0.defined() != c0.defined()) {
+    throw ShapeError(fmt::format("{}: {}: give both h0 and c0, or neither (zeros)", op, shapes()));
+  }
+  if (h0.defined() && (h0.shape() != Shape{p.B, H} || c0.shape() != Shape{p.B, H})) {
+    throw ShapeError(fmt::format("{}: {}: expected h0 and c0 {}", op, shapes(), Shape{p.B, H}.str()));
+  }
+}
+
+// Rows [first, first + n) of a 2-D node output as an [n, H] tensor on its storage.
+Tensor row_block(const Tensor& packed, std::int64_t first, std::int64_t n, const char* name) {
+  const TensorImpl& t = *packed.impl();
+  const std::int64_t H = t.shape[1];
+  const std::int64_t esz = static_cast<std::int64_t>(dtype_size(t.dtype));
+  Tensor v(std::make_shared<TensorImpl>(Shape{n, H}, t.dtype, t.storage,
+                                        static_cast<char*>(t.data) + first * H * esz));
+  if (needs_record({&packed})) {
+    record(name, v, {&packed}, [first, H, esz](const Tensor& g, GradSlots& dx) {
+      const Shape& ps = dx.shape(0);
+      Tensor d = zeros(ps, g.dtype());
+      std::memcpy(static_cast<char*>(d.data_ptr()) + first * H * esz, g.data_ptr(),
+                  static_cast<std::size_t>(g.numel() * esz));
+      dx[0] = d;
+    });
+  }
+  return v;
+}
+
+}  // namespace
+
+Tensor pack_padded(const Tensor& x, const PackedLayout& p, bool batch_first) {
+  return pack_padded_impl(x, p, batch_first);
+}
+
+Tensor pad_packed(const Tensor& packed, const PackedLayout& p, bool batch_first) {
+  return pad_packed_impl(packed, p, batch_first);
+}
+
+LSTMSequenceOut lstm_sequence_packed(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
+                                     const PackedLayout& p, bool reverse) {
+  check_packed_lstm_shapes(gx, w_hh, h0, c0, p);
+  const std::int64_t N = p.rows(), B = p.B, G = gx.shape()[1], H = G / 4;
+  const Dtype dt = gx.dtype();
+  const bool rec = needs_record({&gx, &w_hh, &h0, &c0});
+  Tensor packed = Tensor::empty(Shape{N + 2 * B, H}, dt);
+  Tensor acts = Tensor::empty(rec ? Shape{N, G} : Shape{B, G}, dt);
+  Tensor cs = rec ? Tensor::empty(Shape{N, H}, dt) : Tensor();
+  const Tensor c_init = c0.defined() ? c0 : zeros(Shape{B, H}, dt);
+  if (B * H > 0) {
+    dispatch_float("lstm_sequence_packed", dt, [&](auto tag) {
+      using T_ = decltype(tag);
+      T_* y = packed.data<T_>();
+      T_* hn = y + N * H;
+      T_* cn = hn + B * H;
+      const std::size_t bh = static_cast<std::size_t>(B * H) * sizeof(T_);
+      if (h0.defined()) {
+        std::memcpy(hn, h0.data<T_>(), bh);
+      } else {
+        std::fill(hn, hn + B * H, T_(0));
+      }
+      std::memcpy(cn, c_init.data<T_>(), bh);
+      lstm_packed_forward<T_>(p, H, reverse, h0.defined(), gx.data<T_>(), w_hh.data<T_>(), y, hn, cn,
+                              acts.data<T_>(), rec ? cs.data<T_>() : nullptr);
+      return 0;
+    });
+  }
+  if (rec) {
+    // As lstm_sequence's backward, per step over its b_t rows; a sequence's d h_n / d c_n
+    // enter at its own last step, and d h0 / d c0 leave at its own first step.
+    record("lstm_sequence_packed", packed, {&gx, &w_hh, &h0, &c0},
+           [acts, cs, sw = save(w_hh, 1), sh = save(h0, 2), sc = save(c_init, 3), so = save_output(packed),
+            lay = std::make_shared<const PackedLayout>(p), reverse](const Tensor& g, GradSlots& dx) {
+             const PackedLayout& p = *lay;
+             const std::int64_t N = p.rows(), B = p.B, H = acts.shape()[1] / 4;
+             const Dtype dt = acts.dtype();
+             Tensor dgx = Tensor::empty(acts.shape(), dt);
+             Tensor dw = dx.needs(1) ? Tensor::empty(dx.shape(1), dt) : Tensor();
+             Tensor dh0 = dx.needs(2) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
+             Tensor dc0 = dx.needs(3) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
+             if (B * H == 0) {
+               if (dw.defined()) dw = zeros(dx.shape(1), dt);
+             } else {
+               const Tensor& w_hh = sw.get();
+               const Tensor& h0 = sh.get();
+               const Tensor& c_init = sc.get();
+               const Tensor& out = so.get();
+               dispatch_float("lstm_sequence_packed backward", dt, [&](auto tag) {
+                 using T_ = decltype(tag);
+                 auto ptr = [](Tensor& t) { return t.defined() ? t.data<T_>() : nullptr; };
+                 lstm_packed_backward<T_>(p, H, reverse, g.data<T_>(), acts.data<T_>(), cs.data<T_>(),
+                                          out.data<T_>(), w_hh.data<T_>(), h0.defined() ? h0.data<T_>() : nullptr,
+                                          c_init.data<T_>(), dgx.data<T_>(), ptr(dw), ptr(dh0), ptr(dc0));
+                 return 0;
+               });
+             }
+             (void)N;
+             if (dx.needs(0)) dx[0] = dgx;
+             dx[1] = dw;
+             dx[2] = dh0;
+             dx[3] = dc0;
+           });
+  }
+  LSTMSequenceOut o;
+  o.y = row_block(packed, 0, N, "lstm_sequence_packed_y");
+  o.h_n = row_block(packed, N, B, "lstm_sequence_packed_h");
+  o.c_n = row_block(packed, N + B, B, "lstm_sequence_packed_c");
+  o.packed = std::move(packed);
+  return o;
+}
+
+std::vector<Tensor> packed_step_views(const Tensor& x, const PackedLayout& p, bool reverse) {
+  detail::check_defined("packed_step_views", x);
+  if (x.ndim() != 2 || x.shape()[0] != p.rows()) {
+    throw ShapeError(fmt::format("packed_step_views: x {} must be 2-D [N, G] with N = {} packed rows",
+                                 x.shape().str(), p.rows()));
+  }
+  const TensorImpl& xi = *x.impl();
+  const std::int64_t G = xi.shape[1];
+  const std::int64_t row_bytes = G * static_cast<std::int64_t>(dtype_size(xi.dtype));
+  const bool rec = needs_record({&x});
+  auto grads = rec ? std::make_shared<StepGrads>() : nullptr;
+  const std::int64_t S = p.steps;
+  std::vector<Tensor> views;
+  views.reserve(static_cast<std::size_t>(S));
+  for (std::int64_t k = 0; k < S; ++k) {
+    const std::int64_t t = reverse ? S - 1 - k : k;
+    const std::int64_t b = p.batch_sizes[static_cast<std::size_t>(t)], o = p.offsets[static_cast<std::size_t>(t)];
+    Tensor v(std::make_shared<TensorImpl>(Shape{b, G}, xi.dtype, xi.storage, static_cast<char*>(xi.data) + o * row_bytes));
+    if (rec) {
+      // d x rows of step t = g (gathered for all steps, handed over once by k = 0)
+      const std::int64_t N = p.rows();
+      record("rnn_packed_step", v, {&x}, [grads, k, o, N, row_bytes](const Tensor& g, GradSlots& dx) {
+        StepGrads& s = *grads;
+        if (!s.buf.defined() || k >= s.last) s.buf = zeros(Shape{N, g.shape()[1]}, g.dtype());
+        s.last = k;
+        std::memcpy(static_cast<char*>(s.buf.data_ptr()) + o * row_bytes, g.data_ptr(),
+                    static_cast<std::size_t>(g.shape()[0] * row_bytes));
+        if (k == 0) {
+          dx[0] = std::move(s.buf);
+          s.buf = Tensor();
+          s.last = std::numeric_limits<std::int64_t>::max();
+        }
+      });
+    }
+    views.push_back(std::move(v));
+  }
+  return views;
+}
+
+}  // namespace xg

@@ -77,4 +77,46 @@ Tensor gru_cell_fused(const Tensor& gi, const Tensor& gh, const Tensor& h_prev);
 // x must be 2-D with T > 0 dividing its rows (ShapeError).
 std::vector<Tensor> step_views(const Tensor& x, std::int64_t T, bool reverse = false);
 
+// ---- variable-length batches ----------------------------------------------------------
+//
+// A batch of sequences of different lengths runs in cuDNN's packed layout: sequences
+// sorted by decreasing length, time-major, step t holding only the b_t sequences still
+// running (rows 0 .. b_t-1 of the sorted batch). Padding is never stored nor computed on.
+
+// The packed layout of one batch. Build it with packed_layout().
+struct PackedLayout {
+  std::int64_t T = 0, B = 0;
+  std::int64_t steps = 0;                 // the longest length: b_t = 0 from t = steps on
+  std::vector<std::int64_t> batch_sizes;  // [T]: b_t = how many lengths exceed t (non-increasing)
+  std::vector<std::int64_t> offsets;      // [T+1]: first packed row of step t; offsets[T] = N
+  std::vector<std::int64_t> order;        // [B]: the caller's batch row of sorted row i
+  std::int64_t rows() const { return offsets.back(); }
+  bool sorted() const;  // order is the identity
+};
+
+// lengths (each in [1, T], unchecked here: the modules check them with their names) ->
+// the layout; the sort is stable, so equal lengths keep the caller's order.
+PackedLayout packed_layout(const std::vector<std::int64_t>& lengths, std::int64_t T);
+
+// x [T, B, F] ([B, T, F] with batch_first) -> packed [N, F]: row offsets[t] + i is step t of
+// the caller's sequence order[i]. Backward scatters into zeros, so padding gets exactly 0.
+Tensor pack_padded(const Tensor& x, const PackedLayout& p, bool batch_first = false);
+// The inverse: packed [N, F] -> [T, B, F] ([B, T, F] with batch_first), zeros past each length.
+Tensor pad_packed(const Tensor& packed, const PackedLayout& p, bool batch_first = false);
+
+// lstm_sequence over a packed batch: step t updates rows [0, b_t) only (one GEMM of b_t
+// rows), so the cost follows the real tokens.
+//   gx [N, 4H] packed input projections with both biases; w_hh [4H, H];
+//   h0, c0 [B, H] in sorted order (undefined: zeros; both or neither).
+// The forward direction starts every sequence at t = 0 and stops it after its last step;
+// reverse starts each at its own last step (t = length - 1, from h0 / c0) and ends at t = 0.
+// -> y [N, H] packed, h_n / c_n [B, H] (sorted order): each sequence's state after its last
+// processed step. packed [N + 2B, H] is the node's output (rows: y, h_n, c_n).
+LSTMSequenceOut lstm_sequence_packed(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
+                                     const PackedLayout& p, bool reverse = false);
+
+// step_views over a packed projection x [N, G]: p.steps views, views[k] the [b_t, G] block
+// of step t = k (t = steps-1-k when reverse). Same backward contract as step_views.
+std::vector<Tensor> packed_step_views(const Tensor& x, const PackedLayout& p, bool reverse = false);
+
 }  // namespace xg

@@ -119,9 +119,11 @@ namespace {
 int usage() {
   std::fputs(
       "usage: xgrad_bench WORKLOAD [--steps S] [--warmup W] [--threads N] [--variant V] [--T N] [--ops N]\n"
-      "                   [--modules N] [--size small|medium|large] [--no-malloc-tuning]\n"
+      "                   [--modules N] [--size small|medium|large] [--no-malloc-tuning] [--lengths uniform]\n"
       "workloads: opoverhead charlstm minchar biglstm seq2seq_attn bptt_mem gemm pool modreg customcell\n"
-      "  --T N: bptt_mem at one sequence length (default: 64, 128, 256, 512, each in a fresh process)\n",
+      "  --T N: bptt_mem at one sequence length (default: 64, 128, 256, 512, each in a fresh process)\n"
+      "  --lengths uniform: charlstm / biglstm on sequences of lengths uniform in [T/2, T] per batch row\n"
+      "                     (nn::LSTM's lengths, loss on the real tokens only)\n",
       stderr);
   return 2;
 }
@@ -146,9 +148,11 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--modules")) args.modules = std::atoi(next("--modules"));
     else if (!std::strcmp(argv[i], "--size")) args.size = next("--size");
     else if (!std::strcmp(argv[i], "--no-malloc-tuning")) args.malloc_tuning = false;
+    else if (!std::strcmp(argv[i], "--lengths")) args.lengths = next("--lengths");
     else if (!std::strcmp(argv[i], "--json")) {}
     else return usage();
   }
+  if (!args.lengths.empty() && args.lengths != "uniform") return usage();
   if (args.steps < 0 || args.warmup < 0 || args.threads < 1 || args.ops < 3 || args.T < 0 || args.modules < 1) return usage();
   // bptt_mem measures memory in one forward + backward: it keeps glibc's defaults
   // (freed big blocks go back to the OS), as the reference's process does.

@@ -29,6 +29,7 @@ struct Args {
   int modules = 100000; // modreg: sub-modules registered into one module
   std::string size;     // customcell: small, medium or large
   bool malloc_tuning = true;
+  std::string lengths;  // charlstm / biglstm: "uniform" = per-row lengths in [T/2, T], masked loss
   int steps_or(int dflt) const { return steps > 0 ? steps : dflt; }
 };
 

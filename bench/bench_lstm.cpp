@@ -86,14 +86,17 @@ class CharLM : public nn::Module {
     }
     fc = register_module("fc", std::make_shared<nn::Linear>(c.H, c.V));
   }
-  // x [T, B] int64 -> logits [T*B, V] and the final state.
-  std::pair<Tensor, nn::LSTMState> forward(const Tensor& x, const nn::LSTMState& state) const {
+  // x [T, B] int64 -> logits [T*B, V] and the final state; lengths int64 [B] or undefined
+  // (nn::LSTM's lengths: the fused variants only).
+  std::pair<Tensor, nn::LSTMState> forward(const Tensor& x, const nn::LSTMState& state,
+                                           const Tensor& lengths = Tensor()) const {
     Tensor out;
     nn::LSTMState st;
     if (loop) {
+      if (lengths.defined()) throw Error("charlstm: --lengths runs nn::LSTM (the fused variant), not --variant loop");
       std::tie(out, st) = loop->forward((*emb)(x), state);
     } else {
-      auto [o, s] = (*rnn)((*emb)(x), state);
+      auto [o, s] = (*rnn)((*emb)(x), state, lengths);
       out = o;
       st = s;
     }
@@ -156,13 +159,34 @@ Result train_lm(const Args& args, const char* name, const LMConfig& c, Opt which
     opt = std::make_unique<optim::SGD>(params, optim::SGDOptions{.lr = lr});
   }
   const int steps = args.steps_or(default_steps);
-  const auto batches = lm_batches(c, args.warmup + steps, kSeed + 1);
+  auto batches = lm_batches(c, args.warmup + steps, kSeed + 1);
+  // --lengths uniform: row b of a batch is a sequence of length uniform in [T/2, T]; its
+  // targets past the length are ignore_index, so the loss (a mean) covers the real tokens.
+  const bool with_lengths = args.lengths == "uniform";
+  std::vector<Tensor> lengths(batches.size());
+  double real_tokens = 0;
+  if (with_lengths) {
+    Generator gen(kSeed + 2);
+    const std::int64_t lo = c.T / 2;
+    for (std::size_t i = 0; i < batches.size(); ++i) {
+      std::vector<std::int64_t> lv(static_cast<std::size_t>(c.B));
+      std::vector<std::int64_t> ys = batches[i].second.to_vector<std::int64_t>();
+      for (std::int64_t b = 0; b < c.B; ++b) {
+        const std::int64_t len = std::min(c.T, lo + static_cast<std::int64_t>(gen.uniform() * double(c.T - lo + 1)));
+        lv[static_cast<std::size_t>(b)] = len;
+        real_tokens += double(len);
+        for (std::int64_t t = len; t < c.T; ++t) ys[static_cast<std::size_t>(t * c.B + b)] = -100;
+      }
+      lengths[i] = from_vector(lv);
+      batches[i].second = from_vector(ys, Shape{c.T * c.B});
+    }
+  }
   nn::LSTMState state;
   Timings tm;
   for (int i = 0; i < args.warmup + steps; ++i) {
     const auto& [x, y] = batches[static_cast<std::size_t>(i)];
     const double t0 = now_ms();
-    auto [logits, st] = model.forward(x, state);
+    auto [logits, st] = model.forward(x, state, lengths[static_cast<std::size_t>(i)]);
     const Tensor loss = cross_entropy(logits, y);
     const double t1 = now_ms();
     opt->zero_grad();
@@ -177,10 +201,11 @@ Result train_lm(const Args& args, const char* name, const LMConfig& c, Opt which
   }
   Result r;
   r.workload = name;
-  r.variant = args.variant.empty() ? "fused" : args.variant;
+  r.variant = (args.variant.empty() ? std::string("fused") : args.variant) + (with_lengths ? "_lengths" : "");
   r.threads = args.threads;
   tm.fill(r);
   r.tokens_per_step = double(c.B * c.T);
+  if (with_lengths) r.extra["real_token_fraction"] = real_tokens / (double(c.B * c.T) * double(batches.size()));
   const double med = median(tm.tot);
   r.extra["gflops"] = 3 * lm_forward_flops(c) / 1e9 / (med / 1e3);
   r.extra["T"] = double(c.T);

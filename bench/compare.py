@@ -18,6 +18,9 @@ PyTorch's OpenMP threads do not spin against OpenBLAS's) and OPENBLAS_CORETYPE (
 --blas-core is given; otherwise whatever the environment has). PyTorch and numpy come
 from Debian (apt-get install -y python3-torch python3-numpy); run with /usr/bin/python3.
 bptt_mem runs every sequence length in a fresh process on both sides.
+charlstm_lengths is charlstm on lengths uniform in [T/2, T] (`xgrad_bench charlstm --lengths
+uniform`) against PyTorch's packed LSTM (bench/torch_ref_lengths.py) and against xgrad's own
+padded charlstm; it is not in the default list (--workloads charlstm_lengths).
 """
 import argparse
 import json
@@ -40,6 +43,7 @@ WORKLOADS = {
     "bptt_mem": ("fused", "peak_delta_mib"),
     "charlstm:loop": ("loop", "median_ms"),
     "charlstm:hoisted": ("loop", "median_ms"),
+    "charlstm_lengths": ("packed", "median_ms"),
 }
 BPTT_T = [64, 128, 256, 512]
 
@@ -69,7 +73,22 @@ def measure(w, args, env, xgrad_bench):
     xvariant = ["--variant", xv] if xv else []
     torch_cmd = [sys.executable, args.torch_ref, w, "--json", "--variant", tv] + th
     res = {"workload": w, "key": key, "threads": args.threads}
-    if w == "bptt_mem":
+    if w == "charlstm_lengths":
+        ref = [sys.executable, os.path.join(HERE, "torch_ref_lengths.py"), "--json", "--variant", tv] + th
+        xs, ps, ts = [], [], []
+        for _ in range(args.reps):
+            x = run_json([xgrad_bench, "charlstm", "--lengths", "uniform"] + th, env)[-1]
+            xp = run_json([xgrad_bench, "charlstm"] + th, env)[-1]
+            t = run_json(ref, env)[-1]
+            xs.append(x[key])
+            ps.append(xp[key])
+            ts.append(t[key])
+            res.update(backends(x, t))
+            res["real_token_fraction"] = x.get("real_token_fraction")
+        res["xgrad"], res["xgrad_padded"], res["torch"] = median(xs), median(ps), median(ts)
+        res["xgrad_runs"], res["xgrad_padded_runs"], res["torch_runs"] = xs, ps, ts
+        res["over_padded"] = res["xgrad"] / res["xgrad_padded"]
+    elif w == "bptt_mem":
         xs = {T: [] for T in BPTT_T}
         ts = {T: [] for T in BPTT_T}
         for _ in range(args.reps):
@@ -161,6 +180,8 @@ def target(w, r, threads):
         return ">= 85% sgemm, <= 0.9x", r["ratio"] <= 0.9 and r.get("sgemm_fraction", 0) >= 0.85
     if w == "seq2seq_attn":
         return "<= 0.5x", r["ratio"] <= 0.5
+    if w == "charlstm_lengths":
+        return "<= 0.3x, <= 0.8x padded", r["ratio"] <= 0.3 and r["over_padded"] <= 0.8
     if w == "bptt_mem":
         return "<= 0.8x at T=512, linear", r["ratio"] <= 0.8 and r["linear"]
     return "", None
@@ -218,6 +239,9 @@ def main():
                   f"sgemm {fmt_num(r['sgemm_gflops'])}: {100 * r['sgemm_fraction']:.0f}%"
                   + (f", xgrad gemm {fmt_num(r['xgrad_gemm_gflops'])}: {100 * r['best_gemm_fraction']:.0f}% of the faster"
                      if "xgrad_gemm_gflops" in r else ""))
+        if "over_padded" in r:
+            print(f"{'':14} {'padded ms':15} {fmt_num(r['xgrad_padded']):>10} {'':>10} {r['over_padded']:7.3f}  "
+                  f"lengths / padded, {100 * r['real_token_fraction']:.0f}% real tokens")
         if "per_T" in r:
             per = ", ".join(f"T={T}: {v['xgrad']:.0f} vs {v['torch']:.0f}" for T, v in r["per_T"].items())
             print(f"{'':14} {'MiB by T':15} {per}")
@@ -240,6 +264,8 @@ def main():
                     extra += (f", {100 * r['best_gemm_fraction']:.0f}% of xgrad's gemm "
                               f"{fmt_num(r['xgrad_gemm_gflops'])}" if r["xgrad_gemm_gflops"] > r["sgemm_gflops"] else "")
                 extra += ")"
+            if "over_padded" in r:
+                extra = f" ({r['over_padded']:.3f}x padded {fmt_num(r['xgrad_padded'])})"
             if "per_T" in r:
                 extra = " (" + ", ".join(f"{T}: {v['xgrad']:.0f}/{v['torch']:.0f}" for T, v in r["per_T"].items()) + ")"
             print(f"| {r['workload']} | {r['key']} | {fmt_num(r['xgrad'])}{extra} | {fmt_num(r['torch'])} | "

@@ -4,6 +4,7 @@
 // recording) runs its whole recurrence as one node instead (xg::lstm_sequence).
 #include "rnn.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -95,6 +96,49 @@ void record_step(const DirectionArgs& a, StepRecord& s, const Tensor& gates, con
   }
 }
 
+// One step of one direction over `rows` running rows: x_t the step's input projection
+// [rows, G*H], h and c the state (h undefined: zeros), h_mask [rows, H] or undefined.
+struct StepOut {
+  Tensor h, c, gates, gh;
+};
+
+StepOut cell_step(const DirectionArgs& a, const Tensor& x_t, const Tensor& h, const Tensor& c, const Tensor& h_mask,
+                  std::int64_t rows) {
+  const RecurrentWeights& w = *a.w;
+  const std::int64_t H = a.H;
+  const Dtype dt = x_t.dtype();
+  const Tensor h_in = h.defined() && h_mask.defined() ? mul(h, h_mask) : h;
+  StepOut s;
+  if (a.mode == Mode::lstm) {
+    s.gates = x_t;
+    if (h_in.defined()) {
+      Tensor hw = linear(h_in, w.weight_hh);
+      if (a.layer_norm) hw = layer_norm(hw, Shape{4 * H}, w.ln_hh_weight, w.ln_hh_bias, kLayerNormEps);
+      s.gates = add(x_t, hw);
+    }
+    LSTMGatesOut o = lstm_cell_fused(s.gates, c);
+    s.c = o.c;
+    if (a.layer_norm) {
+      // h = o ⊙ tanh(LN_c(c)): the fused node's own h (o ⊙ tanh(c)) goes unused.
+      s.h = mul(sigmoid(narrow(s.gates, 1, 3 * H, H)),
+                tanh(layer_norm(s.c, Shape{H}, w.ln_c_weight, w.ln_c_bias, kLayerNormEps)));
+    } else {
+      s.h = o.h;
+    }
+  } else if (a.mode == Mode::gru) {
+    if (h_in.defined()) {
+      s.gh = linear(h_in, w.weight_hh, w.bias_hh);
+    } else {
+      s.gh = w.bias_hh.defined() ? broadcast_to(w.bias_hh, Shape{rows, 3 * H}) : zeros(Shape{rows, 3 * H}, dt);
+    }
+    s.h = gru_cell_fused(x_t, s.gh, h.defined() ? h : zeros(Shape{rows, H}, dt));
+  } else {
+    const Tensor pre = h_in.defined() ? add(x_t, linear(h_in, w.weight_hh)) : x_t;
+    s.h = a.mode == Mode::rnn_relu ? relu(pre) : tanh(pre);
+  }
+  return s;
+}
+
 DirectionResult run_direction(const DirectionArgs& a) {
   const RecurrentWeights& w = *a.w;
   const std::int64_t T = a.T, B = a.B, H = a.H;
@@ -133,42 +177,115 @@ DirectionResult run_direction(const DirectionArgs& a) {
   for (std::int64_t k = 0; k < T; ++k) {
     const std::int64_t t = a.reverse ? T - 1 - k : k;
     const Tensor& x_t = gi[static_cast<std::size_t>(k)];
-    const Tensor h_in = h.defined() && a.h_mask.defined() ? mul(h, a.h_mask) : h;
-    Tensor gates, gh;
-    if (lstm) {
-      gates = x_t;
-      if (h_in.defined()) {
-        Tensor hw = linear(h_in, w.weight_hh);
-        if (a.layer_norm) hw = layer_norm(hw, Shape{4 * H}, w.ln_hh_weight, w.ln_hh_bias, kLayerNormEps);
-        gates = add(x_t, hw);
-      }
-      LSTMGatesOut o = lstm_cell_fused(gates, c);
-      c = o.c;
-      if (a.layer_norm) {
-        // h = o ⊙ tanh(LN_c(c)): the fused node's own h (o ⊙ tanh(c)) goes unused.
-        h = mul(sigmoid(narrow(gates, 1, 3 * H, H)),
-                tanh(layer_norm(c, Shape{H}, w.ln_c_weight, w.ln_c_bias, kLayerNormEps)));
-      } else {
-        h = o.h;
-      }
-    } else if (gru) {
-      if (h_in.defined()) {
-        gh = linear(h_in, w.weight_hh, w.bias_hh);
-      } else {
-        gh = w.bias_hh.defined() ? broadcast_to(w.bias_hh, Shape{B, 3 * H}) : zeros(Shape{B, 3 * H}, dt);
-      }
-      h = gru_cell_fused(x_t, gh, h.defined() ? h : zeros(Shape{B, H}, dt));
-    } else {
-      const Tensor pre = h_in.defined() ? add(x_t, linear(h_in, w.weight_hh)) : x_t;
-      h = a.mode == Mode::rnn_relu ? relu(pre) : tanh(pre);
-    }
+    StepOut s = cell_step(a, x_t, h, c, a.h_mask, B);
+    h = s.h;
+    c = s.c;
     r.hs[static_cast<std::size_t>(t)] = h;
     if (a.records) [[unlikely]] {
-      record_step(a, (*a.records)[static_cast<std::size_t>(t)], gates, x_t, gh, h, lstm ? c : Tensor());
+      record_step(a, (*a.records)[static_cast<std::size_t>(t)], s.gates, x_t, s.gh, h, lstm ? c : Tensor());
     }
   }
   r.h = h;
   r.c = c;
+  return r;
+}
+
+// Pads a step's [b, H] rows (length-sorted) to [B, H] in the caller's batch order, zeros
+// for the sequences that are over: what a record shows with lengths.
+Tensor caller_rows(const Tensor& x, const PackedLayout& p) {
+  if (!x.defined()) return x;
+  const std::int64_t b = x.shape()[0], H = x.shape()[1];
+  Tensor out = zeros(Shape{p.B, H}, x.dtype());
+  const std::size_t row = static_cast<std::size_t>(H) * dtype_size(x.dtype());
+  for (std::int64_t i = 0; i < b; ++i) {
+    std::memcpy(static_cast<char*>(out.data_ptr()) + static_cast<std::size_t>(p.order[static_cast<std::size_t>(i)]) * row,
+                static_cast<const char*>(x.data_ptr()) + static_cast<std::size_t>(i) * row, row);
+  }
+  return out;
+}
+
+// run_direction over a packed batch (lengths given): a.input is packed [N, I], a.h0 / a.c0 /
+// a.h_mask are in sorted order [B, H]. Step t runs its b_t rows only. Returns seq = the
+// packed output [N, H] and h, c [B, H] (sorted): every sequence's state after its last step.
+DirectionResult run_direction_packed(const DirectionArgs& a, const PackedLayout& p) {
+  const RecurrentWeights& w = *a.w;
+  const std::int64_t B = a.B, H = a.H, S = p.steps;
+  const bool lstm = a.mode == Mode::lstm, gru = a.mode == Mode::gru;
+  const Dtype dt = a.input.dtype();
+
+  Tensor gi_all;
+  if (lstm && a.layer_norm) {
+    gi_all = layer_norm(linear(a.input, w.weight_ih), Shape{4 * H}, w.ln_ih_weight, w.ln_ih_bias, kLayerNormEps);
+    if (w.bias_ih.defined()) gi_all = add(gi_all, add(w.bias_ih, w.bias_hh));
+  } else if (gru) {
+    gi_all = linear(a.input, w.weight_ih, w.bias_ih);
+  } else {
+    gi_all = linear(a.input, w.weight_ih, w.bias_ih.defined() ? add(w.bias_ih, w.bias_hh) : Tensor());
+  }
+  DirectionResult r;
+  if (lstm && !a.layer_norm && !a.h_mask.defined() && !a.records) {
+    const LSTMSequenceOut o = lstm_sequence_packed(gi_all, w.weight_hh, a.h0, a.c0, p, a.reverse);
+    r.seq = o.y;
+    r.h = o.h_n;
+    r.c = o.c_n;
+    return r;
+  }
+  const std::vector<Tensor> gi = packed_step_views(gi_all, p, a.reverse);
+  std::vector<Tensor> hs(static_cast<std::size_t>(S));
+  Tensor h_init = a.h0, c_init = a.c0;
+  if (lstm && !c_init.defined()) c_init = zeros(Shape{B, H}, dt);
+  if (lstm && a.layer_norm && !h_init.defined()) h_init = zeros(Shape{B, H}, dt);
+  // The rows [lo, hi) of the initial state (undefined h stays undefined: zeros).
+  auto init_rows = [&](const Tensor& s, std::int64_t lo, std::int64_t hi) {
+    return !s.defined() ? Tensor() : lo == 0 && hi == B ? s : narrow(s, 0, lo, hi - lo);
+  };
+  // Forward: sequences end as t grows; their final rows are cut off the running state
+  // (highest rows first) and concatenated back in row order at the end.
+  std::vector<Tensor> h_done, c_done;
+  Tensor h, c;
+  std::int64_t b_prev = 0;
+  for (std::int64_t k = 0; k < S; ++k) {
+    const std::int64_t t = a.reverse ? S - 1 - k : k;
+    const std::int64_t b = p.batch_sizes[static_cast<std::size_t>(t)];
+    if (k == 0) {
+      h = init_rows(h_init, 0, b);
+      c = init_rows(c_init, 0, b);
+    } else if (b < b_prev) {
+      h_done.push_back(narrow(h, 0, b, b_prev - b));
+      h = narrow(h, 0, 0, b);
+      if (lstm) {
+        c_done.push_back(narrow(c, 0, b, b_prev - b));
+        c = narrow(c, 0, 0, b);
+      }
+    } else if (b > b_prev) {
+      // Reverse: the sequences whose last element is t start here, from their h0 / c0.
+      const Tensor h_new = h_init.defined() ? init_rows(h_init, b_prev, b) : zeros(Shape{b - b_prev, H}, dt);
+      h = concat({h, h_new}, 0);
+      if (lstm) c = concat({c, init_rows(c_init, b_prev, b)}, 0);
+    }
+    b_prev = b;
+    const Tensor& x_t = gi[static_cast<std::size_t>(k)];
+    const Tensor mask = !a.h_mask.defined() ? Tensor() : b == B ? a.h_mask : narrow(a.h_mask, 0, 0, b);
+    StepOut s = cell_step(a, x_t, h, c, mask, b);
+    h = s.h;
+    if (lstm) c = s.c;
+    hs[static_cast<std::size_t>(t)] = h;
+    if (a.records) [[unlikely]] {
+      StepRecord& rec = (*a.records)[static_cast<std::size_t>(t)];
+      record_step(a, rec, s.gates, x_t, s.gh, h, lstm ? c : Tensor());
+      NoGradGuard no_grad;
+      for (Tensor& g : rec.gates) g = caller_rows(g, p);
+      rec.h = caller_rows(rec.h, p);
+      rec.c = caller_rows(rec.c, p);
+    }
+  }
+  h_done.push_back(h);
+  if (lstm) c_done.push_back(c);
+  std::reverse(h_done.begin(), h_done.end());
+  std::reverse(c_done.begin(), c_done.end());
+  r.seq = S == 1 ? hs[0] : concat(hs, 0);
+  r.h = h_done.size() == 1 ? h_done[0] : concat(h_done, 0);
+  if (lstm) r.c = c_done.size() == 1 ? c_done[0] : concat(c_done, 0);
   return r;
 }
 
@@ -322,8 +439,10 @@ RecurrentBase::Layout RecurrentBase::check_inputs(const Tensor& x, const Tensor&
   return lay;
 }
 
-RecurrentBase::Output RecurrentBase::run(const Tensor& x, const Tensor& h0, const Tensor& c0) const {
+RecurrentBase::Output RecurrentBase::run(const Tensor& x, const Tensor& h0, const Tensor& c0,
+                                         const Tensor& lengths) const {
   const Layout lay = check_inputs(x, h0, c0);
+  if (lengths.defined()) return run_packed(x, h0, c0, lengths, lay);
   const std::int64_t T = lay.T, B = lay.B, H = cfg_.hidden_size, D = num_directions(), L = cfg_.num_layers;
   const bool lstm = cfg_.mode == Mode::lstm;
   const Dtype dt = x.dtype();
@@ -402,6 +521,143 @@ RecurrentBase::Output RecurrentBase::run(const Tensor& x, const Tensor& h0, cons
 }
 
 // ---------------------------------------------------------------------------
+// Variable-length batches (lengths)
+// ---------------------------------------------------------------------------
+
+std::vector<std::int64_t> RecurrentBase::check_lengths(const Tensor& lengths, const Tensor& x,
+                                                        const Layout& lay) const {
+  const char* name = cfg_.name;
+  const Shape& xs = x.shape();
+  const Shape& ls = lengths.shape();
+  const char* read_as = !lay.batched ? "[T, I] (unbatched, B = 1)" : cfg_.batch_first ? "[B, T, I] (batch_first)"
+                                                                                     : "[T, B, I]";
+  if (lengths.dtype() != i64) {
+    throw DtypeError(fmt::format("{}: lengths is {} {}: expected int64 [{}], one length per sequence (convert "
+                                 "with .to(i64))",
+                                 name, dtype_name(lengths.dtype()), ls.str(), lay.B));
+  }
+  if (ls.size() != 1 || ls[0] != lay.B) {
+    std::string hint;
+    if (lay.batched && ls.size() == 1 && ls[0] == lay.T && lay.T != lay.B) {
+      hint = fmt::format(" (it has T = {} entries: is batch_first = {} right?)", lay.T, cfg_.batch_first);
+    }
+    throw ShapeError(fmt::format("{}: lengths {} for input {} read as {}: expected [{}], one length per sequence{}",
+                                 name, ls.str(), xs.str(), read_as, lay.B, hint));
+  }
+  std::vector<std::int64_t> v = lengths.to_vector<std::int64_t>();
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (v[i] < 1 || v[i] > lay.T) {
+      throw ShapeError(fmt::format("{}: lengths[{}] = {} for input {} read as {}: every length must be in [1, T = "
+                                   "{}]{}",
+                                   name, i, v[i], xs.str(), read_as, lay.T,
+                                   v[i] < 1 ? " (drop empty sequences from the batch)" : ""));
+    }
+  }
+  return v;
+}
+
+RecurrentBase::Output RecurrentBase::run_packed(const Tensor& x, const Tensor& h0, const Tensor& c0,
+                                                const Tensor& lengths, const Layout& lay) const {
+  const std::vector<std::int64_t> lens = check_lengths(lengths, x, lay);
+  if (lay.B == 0) return run(x, h0, c0);  // no sequences: nothing to pack
+  const std::int64_t T = lay.T, B = lay.B, H = cfg_.hidden_size, D = num_directions(), L = cfg_.num_layers;
+  const bool lstm = cfg_.mode == Mode::lstm;
+  const Dtype dt = x.dtype();
+  const bool training = is_training();
+  const double vdrop = training ? cfg_.variational_dropout : 0.0;
+  const PackedLayout p = packed_layout(lens, T);
+  const bool batch_first = lay.batched && cfg_.batch_first;
+
+  if (record_) {
+    intro_ = Introspection();
+    intro_.num_layers = L;
+    intro_.num_directions = D;
+    if (lstm) intro_.gate_names = {"i", "f", "g", "o"};
+    if (cfg_.mode == Mode::gru) intro_.gate_names = {"r", "z", "n"};
+    intro_.steps.assign(static_cast<std::size_t>(L * D), std::vector<StepRecord>(static_cast<std::size_t>(T)));
+  }
+
+  // The recurrence runs on sequences sorted by decreasing length: the initial state is
+  // put in that order here, and the final state put back in the caller's at the end.
+  Tensor h0b = h0.defined() && !lay.batched ? unsqueeze(h0, 1) : h0;
+  Tensor c0b = c0.defined() && !lay.batched ? unsqueeze(c0, 1) : c0;
+  const bool sorted = p.sorted();
+  const Tensor order = sorted ? Tensor() : from_vector(p.order);
+  if (!sorted && h0b.defined()) h0b = index_select(h0b, 1, order);
+  if (!sorted && c0b.defined()) c0b = index_select(c0b, 1, order);
+
+  // Variational dropout: drawn as without lengths (caller's order); the input mask goes
+  // to every packed row of its sequence, the recurrent masks into sorted order.
+  std::vector<Tensor> input_masks, h_masks;
+  Tensor row_seq;  // [N]: the caller's sequence of every packed row
+  if (vdrop > 0.0) {
+    std::vector<std::int64_t> rs;
+    rs.reserve(static_cast<std::size_t>(p.rows()));
+    for (std::int64_t t = 0; t < p.steps; ++t) {
+      for (std::int64_t i = 0; i < p.batch_sizes[static_cast<std::size_t>(t)]; ++i) {
+        rs.push_back(p.order[static_cast<std::size_t>(i)]);
+      }
+    }
+    row_seq = from_vector(rs);
+    for (std::int64_t l = 0; l < L; ++l) {
+      input_masks.push_back(index_select(keep_mask(Shape{B, l == 0 ? cfg_.input_size : D * H}, vdrop, dt), 0, row_seq));
+      for (std::int64_t d = 0; d < D; ++d) {
+        const Tensor m = keep_mask(Shape{B, H}, vdrop, dt);
+        h_masks.push_back(sorted ? m : index_select(m, 0, order));
+      }
+    }
+  }
+
+  std::vector<Tensor> h_n(static_cast<std::size_t>(L * D)), c_n(static_cast<std::size_t>(L * D));
+  Tensor layer_in = pack_padded(lay.batched ? x : unsqueeze(x, 1), p, batch_first);  // [N, I]
+  for (std::int64_t l = 0; l < L; ++l) {
+    if (vdrop > 0.0) layer_in = mul(layer_in, input_masks[static_cast<std::size_t>(l)]);
+    std::vector<Tensor> outs(static_cast<std::size_t>(D));
+    for (std::int64_t d = 0; d < D; ++d) {
+      const std::size_t idx = static_cast<std::size_t>(l * D + d);
+      DirectionArgs a{cfg_.mode,
+                      cfg_.layer_norm,
+                      &weights_[idx],
+                      layer_in,
+                      T,
+                      B,
+                      H,
+                      d == 1,
+                      h0b.defined() ? select(h0b, 0, static_cast<std::int64_t>(idx)) : Tensor(),
+                      c0b.defined() ? select(c0b, 0, static_cast<std::int64_t>(idx)) : Tensor(),
+                      vdrop > 0.0 ? h_masks[idx] : Tensor(),
+                      record_ ? &intro_.steps[idx] : nullptr,
+                      &record_opts_};
+      DirectionResult r = run_direction_packed(a, p);
+      outs[static_cast<std::size_t>(d)] = r.seq;
+      h_n[idx] = r.h;
+      c_n[idx] = r.c;
+    }
+    Tensor out = D == 1 ? outs[0] : concat(outs, 1);  // [N, D*H]
+    if (l + 1 < L && training && cfg_.dropout > 0.0) out = dropout(out, cfg_.dropout, true);
+    layer_in = out;
+  }
+
+  Output o;
+  o.output = pad_packed(layer_in, p, batch_first);
+  o.h_n = stack(h_n, 0);
+  if (lstm) o.c_n = stack(c_n, 0);
+  if (!sorted) {
+    std::vector<std::int64_t> inv(static_cast<std::size_t>(B));
+    for (std::int64_t i = 0; i < B; ++i) inv[static_cast<std::size_t>(p.order[static_cast<std::size_t>(i)])] = i;
+    const Tensor inverse = from_vector(inv);
+    o.h_n = index_select(o.h_n, 1, inverse);
+    if (lstm) o.c_n = index_select(o.c_n, 1, inverse);
+  }
+  if (!lay.batched) {
+    o.output = squeeze(o.output, 1);
+    o.h_n = squeeze(o.h_n, 1);
+    if (lstm) o.c_n = squeeze(o.c_n, 1);
+  }
+  return o;
+}
+
+// ---------------------------------------------------------------------------
 // RNN, LSTM, GRU
 // ---------------------------------------------------------------------------
 
@@ -414,8 +670,8 @@ RNN::RNN(const RNNOptions& o)
 RNN::RNN(std::int64_t input_size, std::int64_t hidden_size)
     : RNN(RNNOptions{.input_size = input_size, .hidden_size = hidden_size}) {}
 
-RNNResult RNN::forward(const Tensor& x, const RNNState& state) const {
-  Output o = run(x, state.h, Tensor());
+RNNResult RNN::forward(const Tensor& x, const RNNState& state, const Tensor& lengths) const {
+  Output o = run(x, state.h, Tensor(), lengths);
   return {o.output, {o.h_n}};
 }
 
@@ -427,8 +683,8 @@ LSTM::LSTM(const LSTMOptions& o)
 LSTM::LSTM(std::int64_t input_size, std::int64_t hidden_size)
     : LSTM(LSTMOptions{.input_size = input_size, .hidden_size = hidden_size}) {}
 
-LSTMResult LSTM::forward(const Tensor& x, const LSTMState& state) const {
-  Output o = run(x, state.h, state.c);
+LSTMResult LSTM::forward(const Tensor& x, const LSTMState& state, const Tensor& lengths) const {
+  Output o = run(x, state.h, state.c, lengths);
   return {o.output, {o.h_n, o.c_n}};
 }
 
@@ -440,8 +696,8 @@ GRU::GRU(const GRUOptions& o)
 GRU::GRU(std::int64_t input_size, std::int64_t hidden_size)
     : GRU(GRUOptions{.input_size = input_size, .hidden_size = hidden_size}) {}
 
-RNNResult GRU::forward(const Tensor& x, const RNNState& state) const {
-  Output o = run(x, state.h, Tensor());
+RNNResult GRU::forward(const Tensor& x, const RNNState& state, const Tensor& lengths) const {
+  Output o = run(x, state.h, Tensor(), lengths);
   return {o.output, {o.h_n}};
 }
 

@@ -28,6 +28,10 @@
 // also computes dW_hh as one GEMM over all steps. Introspection keeps the per-step path
 // (it needs each step's h in the graph); both paths give the same values and gradients.
 //
+// With lengths (forward's third argument) a batch runs packed: sorted by decreasing
+// length, one input GEMM over the real tokens only, and each step on the rows of the
+// sequences still running (xg::lstm_sequence_packed / packed_step_views), as cuDNN does.
+//
 // Truncated BPTT is one line: carry `state = result.state.detach()` into the next chunk.
 // Carrying the state without detach() after a backward() is the engine's StateError.
 #include <cstdint>
@@ -211,12 +215,16 @@ class RecurrentBase : public Module {
   struct Output {
     Tensor output, h_n, c_n;
   };
-  // x as documented on forward; h0 / c0 undefined = zeros (c0 only for LSTM).
-  Output run(const Tensor& x, const Tensor& h0, const Tensor& c0) const;
+  // x as documented on forward; h0 / c0 undefined = zeros (c0 only for LSTM); lengths
+  // undefined = every sequence runs all T steps.
+  Output run(const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& lengths = Tensor()) const;
 
  private:
   struct Layout;
   Layout check_inputs(const Tensor& x, const Tensor& h0, const Tensor& c0) const;
+  std::vector<std::int64_t> check_lengths(const Tensor& lengths, const Tensor& x, const Layout& lay) const;
+  Output run_packed(const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& lengths,
+                    const Layout& lay) const;
 
   Config cfg_;
   std::vector<RecurrentWeights> weights_;  // [layer * num_directions + direction]
@@ -240,8 +248,22 @@ class RNN : public RecurrentBase {
   // Wrong rank or feature size, T = 0, a state of the wrong shape or a batch that differs
   // from the input's: ShapeError naming the module and the shapes; dtype other than the
   // parameters': DtypeError.
-  RNNResult forward(const Tensor& x, const RNNState& state = {}) const;
-  RNNResult operator()(const Tensor& x, const RNNState& state = {}) const { return forward(x, state); }
+  //
+  // lengths (optional): int64 [B] ([1] unbatched), each in [1, T], in any order: sequence b
+  // is x's first lengths[b] steps, the rest padding. As PyTorch's pack_padded_sequence
+  // (enforce_sorted = false) then pad_packed_sequence: output is exactly zero past each
+  // length (the output keeps T steps); state holds each sequence's state after its own last
+  // step; the reverse direction starts at each sequence's last real element; padding gets
+  // exactly zero gradient. No compute on padding: step t runs only the sequences still
+  // going. Wrong rank or size (B read with batch_first as set): ShapeError; a length of 0 or
+  // > T: ShapeError naming it; not int64: DtypeError. With record on, a step's records are
+  // [B, H] in the caller's batch order, zeros for sequences that are over; h_graph holds the
+  // running rows only, sorted by decreasing length; steps past the longest length have no
+  // record (h undefined, grad_norm() NaN).
+  RNNResult forward(const Tensor& x, const RNNState& state = {}, const Tensor& lengths = Tensor()) const;
+  RNNResult operator()(const Tensor& x, const RNNState& state = {}, const Tensor& lengths = Tensor()) const {
+    return forward(x, state, lengths);
+  }
 
   RNNOptions options;
 };
@@ -251,10 +273,12 @@ class LSTM : public RecurrentBase {
   explicit LSTM(const LSTMOptions& options);
   LSTM(std::int64_t input_size, std::int64_t hidden_size);
 
-  // As RNN::forward, with state {h, c}, each [L*D, B, H] ([L*D, H] unbatched); give both
-  // or neither (zeros).
-  LSTMResult forward(const Tensor& x, const LSTMState& state = {}) const;
-  LSTMResult operator()(const Tensor& x, const LSTMState& state = {}) const { return forward(x, state); }
+  // As RNN::forward (lengths too), with state {h, c}, each [L*D, B, H] ([L*D, H]
+  // unbatched); give both or neither (zeros).
+  LSTMResult forward(const Tensor& x, const LSTMState& state = {}, const Tensor& lengths = Tensor()) const;
+  LSTMResult operator()(const Tensor& x, const LSTMState& state = {}, const Tensor& lengths = Tensor()) const {
+    return forward(x, state, lengths);
+  }
 
   LSTMOptions options;
 };
@@ -264,9 +288,11 @@ class GRU : public RecurrentBase {
   explicit GRU(const GRUOptions& options);
   GRU(std::int64_t input_size, std::int64_t hidden_size);
 
-  // As RNN::forward.
-  RNNResult forward(const Tensor& x, const RNNState& state = {}) const;
-  RNNResult operator()(const Tensor& x, const RNNState& state = {}) const { return forward(x, state); }
+  // As RNN::forward (lengths too).
+  RNNResult forward(const Tensor& x, const RNNState& state = {}, const Tensor& lengths = Tensor()) const;
+  RNNResult operator()(const Tensor& x, const RNNState& state = {}, const Tensor& lengths = Tensor()) const {
+    return forward(x, state, lengths);
+  }
 
   GRUOptions options;
 };

@@ -617,3 +617,151 @@ TEST_CASE("step_views: x not 2-D or T not dividing its rows is a ShapeError nami
   xgtest::check_throws_msg<ShapeError>([] { step_views(rnd({6}), 3); }, {"step_views", "[6]"});
   xgtest::check_throws_msg<ShapeError>([] { step_views(rnd({6, 2}), 0); }, {"step_views"});
 }
+
+// ---- variable-length batches: packed_layout, pack_padded / pad_packed, lstm_sequence_packed ----
+
+TEST_CASE("packed_layout: stable sort by decreasing length, batch sizes, offsets, steps") {
+  const PackedLayout p = packed_layout({3, 6, 1, 3, 4}, 7);
+  CHECK(p.order == std::vector<std::int64_t>{1, 4, 0, 3, 2});
+  CHECK(p.batch_sizes == std::vector<std::int64_t>{5, 4, 4, 2, 1, 1, 0});
+  CHECK(p.offsets == std::vector<std::int64_t>{0, 5, 9, 13, 15, 16, 17, 17});
+  CHECK(p.rows() == 17);
+  CHECK(p.steps == 6);
+  CHECK_FALSE(p.sorted());
+  CHECK(packed_layout({4, 4, 2}, 4).sorted());
+}
+
+TEST_CASE("pack_padded / pad_packed: real rows only, zeros back at the padding, each other's gradient") {
+  const PackedLayout p = packed_layout({2, 4, 1}, 4);
+  for (bool bf : {false, true}) {
+    CAPTURE(bf);
+    const Tensor x = rnd(bf ? Shape{3, 4, 2} : Shape{4, 3, 2}, -1, 1, 61);
+    const Tensor pk = pack_padded(x, p, bf);
+    REQUIRE(pk.shape() == Shape{7, 2});
+    // step 0: sequences 1, 0, 2; step 1: 1, 0; steps 2 and 3: 1
+    const std::vector<std::pair<std::int64_t, std::int64_t>> rows = {{0, 1}, {0, 0}, {0, 2}, {1, 1},
+                                                                     {1, 0}, {2, 1}, {3, 1}};
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      const auto [t, b] = rows[r];
+      check_close(select(pk, 0, static_cast<std::int64_t>(r)), bf ? select(select(x, 0, b), 0, t)
+                                                                  : select(select(x, 0, t), 0, b), 0, 0);
+    }
+    const Tensor back = pad_packed(pk, p, bf);
+    REQUIRE(back.shape() == x.shape());
+    const std::vector<std::int64_t> len = {2, 4, 1};
+    const std::vector<double> xv = x.to_vector<double>(), bv = back.to_vector<double>();
+    for (std::int64_t t = 0; t < 4; ++t) {
+      for (std::int64_t b = 0; b < 3; ++b) {
+        for (std::int64_t f = 0; f < 2; ++f) {
+          const std::size_t i = static_cast<std::size_t>(((bf ? b * 4 + t : t * 3 + b)) * 2 + f);
+          CHECK(bv[i] == (t < len[static_cast<std::size_t>(b)] ? xv[i] : 0.0));
+        }
+      }
+    }
+    gradcheck_ok([&p, bf](const std::vector<Tensor>& in) { return pack_padded(in[0], p, bf); }, {x});
+    gradcheck_ok([&p, bf](const std::vector<Tensor>& in) { return pad_packed(in[0], p, bf); }, {pk});
+  }
+  CHECK_THROWS_AS(pack_padded(zeros({4, 2, 2}), p), ShapeError);
+  CHECK_THROWS_AS(pad_packed(zeros({6, 2}), p), ShapeError);
+}
+
+namespace {
+
+// lstm_sequence_packed on a padded gx [T, B, 4H] and states in the caller's order.
+LSTMSequenceOut packed_run(const Tensor& gx, const Tensor& w, const Tensor& h0, const Tensor& c0,
+                           const PackedLayout& p, bool reverse) {
+  const Tensor order = from_vector(p.order);
+  return lstm_sequence_packed(pack_padded(gx, p), w, h0.defined() ? index_select(h0, 0, order) : Tensor(),
+                              c0.defined() ? index_select(c0, 0, order) : Tensor(), p, reverse);
+}
+
+}  // namespace
+
+TEST_CASE("lstm_sequence_packed: each sequence equals lstm_sequence over its own steps, both directions") {
+  const std::int64_t T = 6, H = 3;
+  const std::vector<std::int64_t> lens = {3, 6, 1, 3, 5};
+  const std::int64_t B = static_cast<std::int64_t>(lens.size());
+  const PackedLayout p = packed_layout(lens, T);
+  const Tensor gx = rnd({T, B, 4 * H}, -1.5, 1.5, 62), w = rnd({4 * H, H}, -0.6, 0.6, 63);
+  const Tensor h0 = rnd({B, H}, -1, 1, 64), c0 = rnd({B, H}, -1, 1, 65);
+  for (bool reverse : {false, true}) {
+    for (bool with_state : {true, false}) {
+      CAPTURE(reverse);
+      CAPTURE(with_state);
+      const LSTMSequenceOut o = packed_run(gx, w, with_state ? h0 : Tensor(), with_state ? c0 : Tensor(), p, reverse);
+      const Tensor y = pad_packed(o.y, p);
+      for (std::int64_t i = 0; i < B; ++i) {
+        // sorted row i is sequence p.order[i]
+        const std::int64_t b = p.order[static_cast<std::size_t>(i)], len = lens[static_cast<std::size_t>(b)];
+        const LSTMSequenceOut one =
+            lstm_sequence(narrow(narrow(gx, 1, b, 1), 0, 0, len), w, with_state ? narrow(h0, 0, b, 1) : Tensor(),
+                          with_state ? narrow(c0, 0, b, 1) : Tensor(), reverse);
+        check_close(narrow(narrow(y, 1, b, 1), 0, 0, len), one.y, 1e-14, 1e-14);
+        check_close(narrow(o.h_n, 0, i, 1), one.h_n, 1e-14, 1e-14);
+        check_close(narrow(o.c_n, 0, i, 1), one.c_n, 1e-14, 1e-14);
+      }
+    }
+  }
+}
+
+TEST_CASE("lstm_sequence_packed: float64 gradcheck over several layouts, both directions, through y, h_n and c_n") {
+  const std::int64_t H = 2;
+  for (const auto& [lens, T] : std::vector<std::pair<std::vector<std::int64_t>, std::int64_t>>{
+           {{1}, 1}, {{1, 1}, 3}, {{2, 3, 1}, 3}, {{4, 1, 2, 3}, 5}}) {
+    const std::int64_t B = static_cast<std::int64_t>(lens.size());
+    const PackedLayout p = packed_layout(lens, T);
+    for (bool reverse : {false, true}) {
+      CAPTURE(B);
+      CAPTURE(reverse);
+      const Tensor gx = pack_padded(rnd({T, B, 4 * H}, -1.5, 1.5, 66), p), w = rnd({4 * H, H}, -0.6, 0.6, 67);
+      const Tensor h0 = rnd({B, H}, -1, 1, 68), c0 = rnd({B, H}, -1, 1, 69);
+      gradcheck_ok([&p, reverse](const std::vector<Tensor>& in) {
+        return lstm_sequence_packed(in[0], in[1], in[2], in[3], p, reverse).packed;
+      }, {gx, w, h0, c0});
+      gradcheck_ok([&p, reverse](const std::vector<Tensor>& in) {
+        return lstm_sequence_packed(in[0], in[1], in[2], in[3], p, reverse).h_n;
+      }, {gx, w, h0, c0});
+      gradcheck_ok([&p, reverse](const std::vector<Tensor>& in) {
+        return lstm_sequence_packed(in[0], in[1], in[2], in[3], p, reverse).c_n;
+      }, {gx, w, h0, c0});
+      gradcheck_ok([&p, reverse](const std::vector<Tensor>& in) {
+        return lstm_sequence_packed(in[0], in[1], {}, {}, p, reverse).y;
+      }, {gx, w});
+    }
+  }
+}
+
+TEST_CASE("lstm_sequence_packed: every length T gives lstm_sequence's values and gradients") {
+  const std::int64_t T = 4, B = 3, H = 3;
+  const PackedLayout p = packed_layout({T, T, T}, T);
+  for (bool reverse : {false, true}) {
+    CAPTURE(reverse);
+    Tensor gx = rnd({T, B, 4 * H}, -1, 1, 70).requires_grad_(), w = rnd({4 * H, H}, -0.5, 0.5, 71).requires_grad_();
+    const LSTMSequenceOut a = lstm_sequence(gx, w, {}, {}, reverse);
+    sum(mul(a.y, a.y)).backward();
+    const Tensor ggx = gx.grad().clone(), gw = w.grad().clone();
+    gx.zero_grad();
+    w.zero_grad();
+    const LSTMSequenceOut b = lstm_sequence_packed(reshape(gx, Shape{T * B, 4 * H}), w, {}, {}, p, reverse);
+    check_close(reshape(b.y, Shape{T, B, H}), a.y, 1e-15, 1e-15);
+    check_close(b.h_n, a.h_n, 1e-15, 1e-15);
+    check_close(b.c_n, a.c_n, 1e-15, 1e-15);
+    sum(mul(b.y, b.y)).backward();
+    check_close(gx.grad(), ggx, 1e-14, 1e-14);
+    check_close(w.grad(), gw, 1e-14, 1e-14);
+  }
+}
+
+TEST_CASE("lstm_sequence_packed: bad inputs throw errors naming the op and the shapes") {
+  const PackedLayout p = packed_layout({2, 1}, 2);  // 3 packed rows
+  auto msg_has = [](auto&& fn, const std::string& what) {
+    xgtest::check_throws_msg<Error>(fn, {"lstm_sequence_packed", what});
+  };
+  CHECK_THROWS_AS(lstm_sequence_packed(zeros({4, 8}), zeros({8, 2}), {}, {}, p), ShapeError);
+  msg_has([&] { lstm_sequence_packed(zeros({4, 8}), zeros({8, 2}), {}, {}, p); }, "3 packed rows");
+  CHECK_THROWS_AS(lstm_sequence_packed(zeros({3, 8}), zeros({8, 3}), {}, {}, p), ShapeError);
+  CHECK_THROWS_AS(lstm_sequence_packed(zeros({3, 8}), zeros({8, 2}), zeros({2, 2}), {}, p), ShapeError);
+  msg_has([&] { lstm_sequence_packed(zeros({3, 8}), zeros({8, 2}), zeros({3, 2}), zeros({3, 2}), p); },
+          "expected h0 and c0 [2,2]");
+  CHECK_THROWS_AS(lstm_sequence_packed(zeros({3, 8}, f32), zeros({8, 2}, f64), {}, {}, p), DtypeError);
+}

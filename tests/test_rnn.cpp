@@ -781,3 +781,351 @@ TEST_CASE("PyTorch agreement: GRU batch_first with h0 (gru.npz), float64 and flo
   }
 }
 
+
+// ---------------------------------------------------------------------------
+// Variable-length batches: forward(x, state, lengths)
+// ---------------------------------------------------------------------------
+
+namespace {
+
+struct Ran {
+  Tensor y, h, c;  // y time-major [T, B, D*H]; h, c [L*D, B, H] (c undefined for RNN / GRU)
+};
+// Runs a module on time-major x [T, B, I] with an optional state and lengths (undefined: none).
+using RunFn = std::function<Ran(const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& lengths)>;
+
+Tensor i64s(const std::vector<std::int64_t>& v) { return from_vector(v); }
+
+// The batch with lengths against each sequence run alone on its real steps: outputs, final
+// states, and zeros past every length.
+void check_against_single_runs(const RunFn& run, const Tensor& x, const Tensor& h0, const Tensor& c0,
+                               const std::vector<std::int64_t>& lengths, double tol) {
+  const Ran all = run(x, h0, c0, i64s(lengths));
+  const std::int64_t T = x.shape()[0];
+  for (std::size_t b = 0; b < lengths.size(); ++b) {
+    INFO("sequence " << b << ", length " << lengths[b]);
+    const std::int64_t len = lengths[b], bi = static_cast<std::int64_t>(b);
+    const Tensor xb = narrow(narrow(x, 1, bi, 1), 0, 0, len);
+    const Ran one = run(xb, h0.defined() ? narrow(h0, 1, bi, 1) : Tensor(), c0.defined() ? narrow(c0, 1, bi, 1) : Tensor(),
+                        Tensor());
+    const Tensor yb = narrow(all.y, 1, bi, 1);
+    check_close(narrow(yb, 0, 0, len), one.y, tol, tol);
+    if (len < T) {
+      for (double v : narrow(yb, 0, len, T - len).to_vector<double>()) REQUIRE(v == 0.0);
+    }
+    check_close(narrow(all.h, 1, bi, 1), one.h, tol, tol);
+    if (all.c.defined()) check_close(narrow(all.c, 1, bi, 1), one.c, tol, tol);
+  }
+}
+
+RunFn lstm_runner(const LSTM& m) {
+  return [&m](const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& lengths) {
+    const bool bf = m.options.batch_first;
+    auto [y, st] = m(bf ? transpose(x, 0, 1) : x, {h0, c0}, lengths);
+    return Ran{bf ? transpose(y, 0, 1) : y, st.h, st.c};
+  };
+}
+
+template <class M>
+RunFn h_runner(const M& m) {
+  return [&m](const Tensor& x, const Tensor& h0, const Tensor&, const Tensor& lengths) {
+    const bool bf = m.options.batch_first;
+    auto [y, st] = m(bf ? transpose(x, 0, 1) : x, {h0}, lengths);
+    return Ran{bf ? transpose(y, 0, 1) : y, st.h, Tensor()};
+  };
+}
+
+// The lengths entry of a fixture, as int64 (Agreement converts its entries to the test dtype).
+Tensor fixture_lengths(const std::string& name) {
+  for (auto& [k, v] : load_npz(std::string(XGRAD_FIXTURES_DIR) + "/nn/" + name + ".npz")) {
+    if (k == "in.lengths") return v;
+  }
+  FAIL("no in.lengths in " << name);
+  return Tensor();
+}
+
+}  // namespace
+
+TEST_CASE("PyTorch agreement with lengths: LSTM 2 layers bidirectional, unsorted (lstm_2l_bi_lengths.npz)") {
+  for (const Precision& pr : kPrecisions) {
+    INFO(dtype_name(pr.dt));
+    DefaultDtypeGuard g(pr.dt);
+    Agreement a("lstm_2l_bi_lengths", pr.dt, pr.tol);
+    LSTM m(LSTMOptions{.input_size = 4, .hidden_size = 5, .num_layers = 2, .bidirectional = true});
+    a.load(m);
+    Tensor x = a.input("x"), h0 = a.input("h0"), c0 = a.input("c0");
+    auto [y, st] = m(x, {h0, c0}, fixture_lengths("lstm_2l_bi_lengths"));
+    a.check(m, {{"y", y}, {"h_n", st.h}, {"c_n", st.c}});
+  }
+}
+
+TEST_CASE("PyTorch agreement with lengths: the LSTM's per-step path (record on) gives the same") {
+  for (const Precision& pr : kPrecisions) {
+    INFO(dtype_name(pr.dt));
+    DefaultDtypeGuard g(pr.dt);
+    Agreement a("lstm_2l_bi_lengths", pr.dt, pr.tol);
+    LSTM m(LSTMOptions{.input_size = 4, .hidden_size = 5, .num_layers = 2, .bidirectional = true});
+    a.load(m);
+    m.set_record(true);
+    Tensor x = a.input("x"), h0 = a.input("h0"), c0 = a.input("c0");
+    auto [y, st] = m(x, {h0, c0}, fixture_lengths("lstm_2l_bi_lengths"));
+    a.check(m, {{"y", y}, {"h_n", st.h}, {"c_n", st.c}});
+  }
+}
+
+TEST_CASE("PyTorch agreement with lengths: GRU 2 layers bidirectional batch_first (gru_2l_bi_lengths.npz)") {
+  for (const Precision& pr : kPrecisions) {
+    INFO(dtype_name(pr.dt));
+    DefaultDtypeGuard g(pr.dt);
+    Agreement a("gru_2l_bi_lengths", pr.dt, pr.tol);
+    GRU m(GRUOptions{.input_size = 4, .hidden_size = 5, .num_layers = 2, .batch_first = true, .bidirectional = true});
+    a.load(m);
+    Tensor x = a.input("x"), h0 = a.input("h0");
+    auto [y, st] = m(x, {h0}, fixture_lengths("gru_2l_bi_lengths"));
+    a.check(m, {{"y", y}, {"h_n", st.h}});
+  }
+}
+
+TEST_CASE("PyTorch agreement with lengths: RNN tanh (rnn_lengths.npz)") {
+  for (const Precision& pr : kPrecisions) {
+    INFO(dtype_name(pr.dt));
+    DefaultDtypeGuard g(pr.dt);
+    Agreement a("rnn_lengths", pr.dt, pr.tol);
+    RNN m(RNNOptions{.input_size = 4, .hidden_size = 5});
+    a.load(m);
+    Tensor x = a.input("x"), h0 = a.input("h0");
+    auto [y, st] = m(x, {h0}, fixture_lengths("rnn_lengths"));
+    a.check(m, {{"y", y}, {"h_n", st.h}});
+  }
+}
+
+TEST_CASE("lengths: every module and option equals running each sequence alone on its real steps") {
+  DefaultDtypeGuard g(f64);
+  const std::int64_t T = 6, I = 3, Hd = 4;
+  const std::vector<std::vector<std::int64_t>> cases = {{3, 6, 1, 4}, {1, 1, 1}, {6, 6, 6}, {2, 5, 5, 1, 3}};
+  for (const auto& lens : cases) {
+    const std::int64_t B = static_cast<std::int64_t>(lens.size());
+    INFO("B " << B << ", first length " << lens[0]);
+    const Tensor x = rnd({T, B, I}, -1, 1, 71);
+    for (bool bf : {false, true}) {
+      INFO("batch_first " << bf);
+      manual_seed(3);
+      LSTM lstm(LSTMOptions{.input_size = I, .hidden_size = Hd, .num_layers = 2, .batch_first = bf, .bidirectional = true});
+      lstm.to(f64);
+      const Tensor h0 = rnd({4, B, Hd}, -1, 1, 72), c0 = rnd({4, B, Hd}, -1, 1, 73);
+      check_against_single_runs(lstm_runner(lstm), x, h0, c0, lens, 1e-12);
+      check_against_single_runs(lstm_runner(lstm), x, Tensor(), Tensor(), lens, 1e-12);
+      lstm.set_record(true);  // the per-step path
+      check_against_single_runs(lstm_runner(lstm), x, h0, c0, lens, 1e-12);
+
+      // layer norm, forget bias, variational dropout (eval: identity) take the per-step path
+      LSTM ln(LSTMOptions{.input_size = I, .hidden_size = Hd, .num_layers = 2, .batch_first = bf,
+                          .bidirectional = true, .forget_bias = 1.0, .variational_dropout = 0.3, .layer_norm = true});
+      ln.to(f64);
+      ln.eval();
+      check_against_single_runs(lstm_runner(ln), x, h0, c0, lens, 1e-12);
+      check_against_single_runs(lstm_runner(ln), x, Tensor(), Tensor(), lens, 1e-12);
+
+      GRU gru(GRUOptions{.input_size = I, .hidden_size = Hd, .num_layers = 2, .batch_first = bf, .bidirectional = true});
+      gru.to(f64);
+      check_against_single_runs(h_runner(gru), x, h0, Tensor(), lens, 1e-12);
+      check_against_single_runs(h_runner(gru), x, Tensor(), Tensor(), lens, 1e-12);
+      for (RNNNonlinearity nl : {RNNNonlinearity::tanh, RNNNonlinearity::relu}) {
+        RNN rnn(RNNOptions{.input_size = I, .hidden_size = Hd, .num_layers = 2, .nonlinearity = nl,
+                           .batch_first = bf, .bidirectional = true});
+        rnn.to(f64);
+        check_against_single_runs(h_runner(rnn), x, h0, Tensor(), lens, 1e-12);
+        check_against_single_runs(h_runner(rnn), x, Tensor(), Tensor(), lens, 1e-12);
+      }
+    }
+  }
+}
+
+TEST_CASE("lengths: unbatched input takes lengths [1]") {
+  DefaultDtypeGuard g(f64);
+  LSTM m(LSTMOptions{.input_size = 2, .hidden_size = 3, .bidirectional = true});
+  m.to(f64);
+  const Tensor x = rnd({5, 2}, -1, 1, 74);
+  auto [y, st] = m(x, {}, i64s({3}));
+  CHECK(y.shape() == Shape{5, 6});
+  CHECK(st.h.shape() == Shape{2, 3});
+  auto [y3, st3] = m(narrow(x, 0, 0, 3));
+  check_close(narrow(y, 0, 0, 3), y3, 1e-14, 1e-14);
+  check_close(st.c, st3.c, 1e-14, 1e-14);
+  for (double v : narrow(y, 0, 3, 2).to_vector<double>()) CHECK(v == 0.0);
+}
+
+TEST_CASE("lengths: outputs and gradients at padded positions are exactly zero") {
+  DefaultDtypeGuard g(f64);
+  const std::vector<std::int64_t> lens = {2, 5, 1, 4};
+  const std::int64_t T = 5, B = 4;
+  auto check_padding = [&](const Tensor& x, const Tensor& y) {
+    const std::vector<double> xg = x.grad().to_vector<double>(), yv = y.to_vector<double>();
+    const std::int64_t I = x.shape()[2], O = y.shape()[2];
+    bool any_real_grad = false;
+    for (std::int64_t t = 0; t < T; ++t) {
+      for (std::int64_t b = 0; b < B; ++b) {
+        const bool pad = t >= lens[static_cast<std::size_t>(b)];
+        for (std::int64_t i = 0; i < I; ++i) {
+          const double v = xg[static_cast<std::size_t>((t * B + b) * I + i)];
+          if (pad) REQUIRE(v == 0.0);
+          any_real_grad = any_real_grad || v != 0.0;
+        }
+        for (std::int64_t o = 0; o < O; ++o) {
+          if (pad) REQUIRE(yv[static_cast<std::size_t>((t * B + b) * O + o)] == 0.0);
+        }
+      }
+    }
+    CHECK(any_real_grad);
+  };
+  for (bool record : {false, true}) {
+    INFO("record " << record);
+    LSTM m(LSTMOptions{.input_size = 3, .hidden_size = 4, .num_layers = 2, .bidirectional = true});
+    m.to(f64);
+    m.set_record(record);
+    Tensor x = rnd({T, B, 3}, -1, 1, 75).requires_grad_();
+    auto [y, st] = m(x, {}, i64s(lens));
+    // the loss weighs padded outputs too: they must not send gradient anywhere
+    sum(mul(add(y, scalar(1.0, f64)), rnd(y.shape(), -1, 1, 76))).backward();
+    check_padding(x, y);
+  }
+  {
+    // training mode: dropout between layers and variational dropout on the packed rows
+    LSTM m(LSTMOptions{.input_size = 3, .hidden_size = 4, .num_layers = 2, .dropout = 0.5, .bidirectional = true,
+                       .variational_dropout = 0.3});
+    m.to(f64);
+    m.train();
+    Tensor x = rnd({T, B, 3}, -1, 1, 85).requires_grad_();
+    auto [y, st] = m(x, {}, i64s(lens));
+    sum(mul(y, rnd(y.shape(), -1, 1, 86))).backward();
+    check_padding(x, y);
+  }
+  GRU gm(GRUOptions{.input_size = 3, .hidden_size = 4, .num_layers = 2, .bidirectional = true});
+  gm.to(f64);
+  Tensor x = rnd({T, B, 3}, -1, 1, 77).requires_grad_();
+  auto [y, st] = gm(x, {}, i64s(lens));
+  add(sum(mul(y, rnd(y.shape(), -1, 1, 78))), sum(st.h)).backward();
+  check_padding(x, y);
+}
+
+TEST_CASE("lengths: introspection records are [B, H] in the caller's order, zeros past the end") {
+  DefaultDtypeGuard g(f64);
+  LSTM m(LSTMOptions{.input_size = 2, .hidden_size = 3, .bidirectional = true});
+  m.to(f64);
+  m.set_record(true);
+  const Tensor x = rnd({4, 3, 2}, -1, 1, 79).requires_grad_();
+  auto [y, st] = m(x, {}, i64s({2, 4, 1}));
+  sum(y).backward();
+  const Introspection& in = m.introspection();
+  REQUIRE(in.seq_len() == 4);
+  for (std::int64_t d = 0; d < 2; ++d) {
+    for (std::int64_t t = 0; t < 4; ++t) {
+      const StepRecord& r = in.at(0, t, d);
+      REQUIRE(r.h.shape() == Shape{3, 3});
+      REQUIRE(r.gates.size() == 4);
+      CHECK(r.gates[1].shape() == Shape{3, 3});
+      // the step's h equals the output rows of this direction
+      check_close(r.h, narrow(select(y, 0, t), 1, 3 * d, 3), 1e-15, 1e-15);
+      CHECK(std::isfinite(r.grad_norm()));
+    }
+  }
+  for (double v : select(in.at(0, 2, 0).h, 0, 0).to_vector<double>()) CHECK(v == 0.0);  // length 2, t = 2
+  CHECK(in.at(0, 1, 0).h_graph.shape() == Shape{2, 3});  // two sequences still running at t = 1
+}
+
+TEST_CASE("lengths: variational dropout in training draws the masks as without lengths") {
+  DefaultDtypeGuard g(f64);
+  // Forward-only outputs at real steps do not depend on the padding, so with the same
+  // seed the run with lengths matches the one without there: the masks follow their sequences.
+  LSTM m(LSTMOptions{.input_size = 3, .hidden_size = 4, .num_layers = 2, .dropout = 0.0,
+                     .variational_dropout = 0.4});
+  m.to(f64);
+  const std::vector<std::int64_t> lens = {2, 5, 3};
+  const Tensor x = rnd({5, 3, 3}, -1, 1, 80);
+  manual_seed(11);
+  const Tensor y_len = m(x, {}, i64s(lens)).output;
+  manual_seed(11);
+  const Tensor y_pad = m(x).output;
+  for (std::size_t b = 0; b < lens.size(); ++b) {
+    const std::int64_t bi = static_cast<std::int64_t>(b);
+    check_close(narrow(narrow(y_len, 1, bi, 1), 0, 0, lens[b]), narrow(narrow(y_pad, 1, bi, 1), 0, 0, lens[b]), 1e-14,
+                1e-14);
+  }
+}
+
+TEST_CASE("gradcheck with lengths: LSTM, GRU, RNN (length-1 sequences, every length different)") {
+  DefaultDtypeGuard g(f64);
+  for (const std::vector<std::int64_t>& lv : std::vector<std::vector<std::int64_t>>{{1, 3, 2}, {1, 1}, {2, 4, 1, 3}}) {
+    const std::int64_t B = static_cast<std::int64_t>(lv.size());
+    INFO("B " << B);
+    const Tensor lens = i64s(lv);
+    Tensor x = rnd({4, B, 2}, -1, 1, 81), h0 = rnd({4, B, 2}, -1, 1, 82), c0 = rnd({4, B, 2}, -1, 1, 83);
+    LSTM lm(LSTMOptions{.input_size = 2, .hidden_size = 2, .num_layers = 2, .bidirectional = true});
+    lm.to(f64);
+    gradcheck_module(lm, {x, h0, c0}, [&] {
+      auto [y, st] = lm(x, {h0, c0}, lens);
+      return flat_all({y, st.h, st.c});
+    });
+    LSTM ln(LSTMOptions{.input_size = 2, .hidden_size = 2, .num_layers = 2, .bidirectional = true, .layer_norm = true});
+    ln.to(f64);
+    gradcheck_module(ln, {x, h0, c0}, [&] {
+      auto [y, st] = ln(x, {h0, c0}, lens);
+      return flat_all({y, st.h, st.c});
+    });
+    GRU gm(GRUOptions{.input_size = 2, .hidden_size = 2, .num_layers = 2, .bidirectional = true});
+    gm.to(f64);
+    gradcheck_module(gm, {x, h0}, [&] {
+      auto [y, st] = gm(x, {h0}, lens);
+      return flat_all({y, st.h});
+    });
+    RNN rm(RNNOptions{.input_size = 2, .hidden_size = 2, .num_layers = 2, .bidirectional = true});
+    rm.to(f64);
+    gradcheck_module(rm, {x, h0}, [&] {
+      auto [y, st] = rm(x, {h0}, lens);
+      return flat_all({y, st.h});
+    });
+    LSTM bf(LSTMOptions{.input_size = 2, .hidden_size = 3, .batch_first = true});
+    bf.to(f64);
+    Tensor xb = rnd({B, 4, 2}, -1, 1, 84);
+    gradcheck_module(bf, {xb}, [&] {
+      auto [y, st] = bf(xb, {}, lens);
+      return flat_all({y, st.h, st.c});
+    });
+  }
+}
+
+TEST_CASE("lengths: bad lengths are errors naming the module, the shapes and the length") {
+  LSTM m(LSTMOptions{.input_size = 2, .hidden_size = 3, .num_layers = 2});
+  const Tensor x = zeros({5, 3, 2});
+  std::string s = message_of([&] { m(x, {}, i64s({2, 0, 5})); });
+  CHECK(has(s, "LSTM: lengths[1] = 0 for input [5,3,2]"));
+  CHECK(has(s, "[1, T = 5]"));
+  CHECK_THROWS_AS(m(x, {}, i64s({2, 0, 5})), ShapeError);
+  s = message_of([&] { m(x, {}, i64s({2, 6, 5})); });
+  CHECK(has(s, "lengths[1] = 6"));
+  CHECK_THROWS_AS(m(x, {}, i64s({2, 6, 5})), ShapeError);
+  CHECK_THROWS_AS(m(x, {}, i64s({2, -1, 5})), ShapeError);
+  s = message_of([&] { m(x, {}, i64s({2, 3})); });
+  CHECK(has(s, "LSTM: lengths [2] for input [5,3,2] read as [T, B, I]: expected [3]"));
+  CHECK_THROWS_AS(m(x, {}, i64s({2, 3})), ShapeError);
+  CHECK_THROWS_AS(m(x, {}, from_vector(std::vector<std::int64_t>{2, 3, 1}, Shape{1, 3})), ShapeError);
+  CHECK_THROWS_AS(m(x, {}, scalar(2.0).to(i64)), ShapeError);
+  s = message_of([&] { m(x, {}, from_vector(std::vector<double>{2, 3, 1})); });
+  CHECK(has(s, "LSTM: lengths is float"));
+  CHECK(has(s, "int64"));
+  CHECK_THROWS_AS(m(x, {}, from_vector(std::vector<double>{2, 3, 1})), DtypeError);
+  // lengths written for the other layout: [B, T, I] read as [T, B, I] or the reverse
+  s = message_of([&] { m(x, {}, i64s({2, 3, 1, 4, 5})); });
+  CHECK(has(s, "is batch_first = false right?"));
+  GRU bf(GRUOptions{.input_size = 2, .hidden_size = 3, .batch_first = true});
+  s = message_of([&] { bf(zeros({3, 5, 2}), {}, i64s({2, 3, 1, 4, 5})); });
+  CHECK(has(s, "GRU: lengths [5] for input [3,5,2] read as [B, T, I] (batch_first): expected [3]"));
+  CHECK(has(s, "is batch_first = true right?"));
+  CHECK(has(message_of([&] { bf(zeros({3, 5, 2}), {}, i64s({2, 6, 1})); }), "GRU: lengths[1] = 6"));
+  RNN rm(2, 3);
+  CHECK(has(message_of([&] { rm(zeros({4, 2}), {}, i64s({2, 2})); }), "RNN: lengths [2] for input [4,2] read as [T, I]"));
+  // the input's own checks come first
+  CHECK(has(message_of([&] { m(zeros({5, 3, 4}), {}, i64s({2, 6, 5})); }), "expected feature size 2"));
+  // empty batch with lengths [0]
+  CHECK(m(zeros({5, 0, 2}), {}, i64s({})).output.shape() == Shape{5, 0, 3});
+}
