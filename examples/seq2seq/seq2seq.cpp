@@ -423,7 +423,9 @@ int main(int argc, char** argv) {
       const std::size_t rows = std::min<std::size_t>(got.size() + 1, w[0].size());  // the characters and </s>
       for (std::size_t t = 0; t < rows; ++t) {
         map.row_labels.push_back(t < got.size() ? std::string(1, got[t]) : "</s>");
-        map.values.insert(map.values.end(), w[0][t].begin(), w[0][t].end());
+        // Only the real characters: --fixed-width pads even a batch of one.
+        const auto n = static_cast<std::ptrdiff_t>(shown_examples[i].source.size());
+        map.values.insert(map.values.end(), w[0][t].begin(), w[0][t].begin() + n);
       }
       map.vmin = 0.0;
       map.vmax = 1.0;
