@@ -120,13 +120,15 @@ std::string words(const std::vector<std::int64_t>& tokens) {
 }
 
 // A teacher-forcing batch: at step t the decoder reads inputs[t] and must predict
-// targets[t]; captions shorter than T are padded (the loss ignores kPad).
+// targets[:, t]; captions shorter than T are padded, and the loss counts only each
+// caption's own lengths[b] tokens.
 struct Batch {
   std::vector<Scene> scenes;
   std::vector<Caption> captions;
   Tensor images;                // [B, 3, 32, 32]
   std::vector<Tensor> inputs;   // T x [B] int64: <bos>, then the caption shifted right
-  Tensor targets;               // [T * B] int64, time-major (row t * B + b)
+  Tensor targets;               // [B, T] int64, kPad past each caption's end
+  Tensor lengths;               // [B] int64: caption b's tokens, <eos> included
 };
 
 Batch make_batch(std::vector<Scene> scenes) {
@@ -138,20 +140,22 @@ Batch make_batch(std::vector<Scene> scenes) {
     b.captions.push_back(describe(s));
     T = std::max(T, b.captions.back().tokens.size());
   }
-  std::vector<std::int64_t> targets(T * B, kPad);
+  std::vector<std::int64_t> targets(T * B, kPad), lengths(B);
+  for (std::size_t i = 0; i < B; ++i) lengths[i] = static_cast<std::int64_t>(b.captions[i].tokens.size());
   for (std::size_t t = 0; t < T; ++t) {
     std::vector<std::int64_t> in(B, kPad);
     for (std::size_t i = 0; i < B; ++i) {
       const auto& tok = b.captions[i].tokens;
       if (t < tok.size()) {
         in[i] = t == 0 ? kBos : tok[t - 1];
-        targets[t * B + i] = tok[t];
+        targets[i * T + t] = tok[t];
       }
     }
     b.inputs.push_back(from_vector(in));
   }
   b.images = vision::image_batch(b.scenes);
-  b.targets = from_vector(targets);
+  b.targets = from_vector(targets, {static_cast<std::int64_t>(B), static_cast<std::int64_t>(T)});
+  b.lengths = from_vector(lengths);
   return b;
 }
 
@@ -252,7 +256,7 @@ struct Captioner : nn::Module {
     return {logits, a.weights};
   }
 
-  // Teacher forcing: logits [T * B, V] (time-major) and the weights of every step.
+  // Teacher forcing: logits [B, T, V] and the weights of every step.
   std::pair<Tensor, std::vector<Tensor>> forward(const Batch& batch) const {
     Decoder d = start(batch.images);
     std::vector<Tensor> logits, weights;
@@ -261,7 +265,7 @@ struct Captioner : nn::Module {
       logits.push_back(o.logits);
       weights.push_back(o.weights);
     }
-    return {concat(logits, 0), weights};
+    return {stack(logits, 1), weights};
   }
 
   // Greedy decoding: tokens[b] (up to and including <eos>) and weights[b][t] (16 values).
@@ -307,6 +311,12 @@ struct Evaluation {
   double shape_mass = 0;
 };
 
+// Cross-entropy per caption token (<eos> included), the padding after each caption not
+// counted: logits [B, T, V].
+Tensor caption_loss(const Tensor& logits, const Batch& b) {
+  return nn::temporal_cross_entropy(logits, b.targets, nn::Lengths(b.lengths));
+}
+
 Evaluation evaluate(const Captioner& model, const std::vector<Batch>& test) {
   NoGradGuard no_grad;
   Evaluation e;
@@ -316,7 +326,7 @@ Evaluation evaluate(const Captioner& model, const std::vector<Batch>& test) {
     auto [logits, weights] = model.forward(b);
     double n_tok = 0;
     for (const Caption& c : b.captions) n_tok += static_cast<double>(c.tokens.size());
-    loss += cross_entropy(logits, b.targets, {.ignore_index = kPad}).item() * n_tok;
+    loss += caption_loss(logits, b).item() * n_tok;
     const std::size_t B = b.scenes.size();
     if (model.attention) {  // teacher-forced weights: step t predicts word t
       for (std::size_t t = 0; t < weights.size(); ++t) {
@@ -412,7 +422,7 @@ Result train_and_evaluate(Mode mode, const Config& cfg, const std::vector<Batch>
   Result r;
   for (int step = 1; step <= cfg.steps; ++step) {
     const Batch b = make_batch(make_scenes(scenes, cfg.batch));
-    const Tensor loss = cross_entropy(model.forward(b).first, b.targets, {.ignore_index = kPad});
+    const Tensor loss = caption_loss(model.forward(b).first, b);
     opt.zero_grad();
     loss.backward();
     optim::clip_grad_norm(model, cfg.clip);
