@@ -111,6 +111,17 @@ class CharRNN : public xg::nn::Module {
     return {logits, next};
   }
 
+  // A padded batch: ids int64 [B, T], lengths int64 [B] (each in [1, T]) -> logits
+  // [B, T, V] (rows past a length are the head's bias: the LSTM's outputs there are zero),
+  // and the state after each row's last real step (--documents).
+  std::pair<xg::Tensor, xg::nn::LSTMState> forward(const xg::Tensor& ids, const xg::nn::LSTMState& state,
+                                                   const xg::Tensor& lengths) const {
+    const std::int64_t B = ids.size(0), T = ids.size(1);
+    auto [out, next] = (*lstm)((*embedding)(ids), state, lengths);  // out [B, T, H]
+    xg::Tensor logits = (*head)(xg::reshape(out, {B * T, lstm->hidden_size()}));
+    return {xg::reshape(logits, {B, T, -1}), next};
+  }
+
   std::shared_ptr<xg::nn::Embedding> embedding;
   std::shared_ptr<xg::nn::LSTM> lstm;
   std::shared_ptr<xg::nn::Linear> head;

@@ -9,6 +9,11 @@
 //   ./build/examples/char_rnn/char_rnn --data my_novel.txt --hidden 512 --steps 100000 --time-budget 600
 //   ./build/examples/char_rnn/char_rnn --load out/char_rnn/best.npz --sample 2000 --temperature 0.6
 //   ./build/examples/char_rnn/char_rnn --resume out/char_rnn/checkpoint_step500.npz --steps 2000
+//   ./build/examples/char_rnn/char_rnn --documents --data my_letters/ --seq-len 128
+//
+// --documents trains on a directory's files as separate documents, each a sequence of its
+// own in padded batches with lengths, the state never carried from one into another (see
+// documents.hpp).
 //
 // What it shows: Embedding -> nn::LSTM -> Linear over B parallel streams of the corpus,
 // truncated BPTT with xg::training::tbptt_chunk (the carried state detached between chunks),
@@ -52,6 +57,7 @@
 
 #include "../common/cli.hpp"
 #include "char_model.hpp"
+#include "documents.hpp"
 
 using namespace xg;
 namespace cli = examples::cli;
@@ -90,6 +96,7 @@ struct Options {
   bool check = false;
   double check_bpc = 4.0;
   bool distributed = false;
+  bool documents = false;
 };
 
 // The data-parallel layer, or its one-process stand-in when xgrad was built without MPI.
@@ -614,6 +621,174 @@ int run(const Options& o_in, const CLI::App& app) {
   return 0;
 }
 
+// --documents (see documents.hpp): bits per character of the held-out documents, each
+// scored from a zero state in windows of 256 chars carrying the state along it.
+double evaluate_documents_bpc(CharRNN& model, const std::vector<Tensor>& docs, std::int64_t max_chars,
+                              std::int64_t* chars_scored) {
+  NoGradGuard no_grad;
+  model.eval();
+  double total_nats = 0.0;
+  std::int64_t count = 0;
+  for (const Tensor& doc : docs) {
+    nn::LSTMState state;  // every document from zeros, as in training
+    for (std::int64_t pos = 0; pos + 1 < doc.numel(); pos += 256) {
+      std::int64_t len = std::min<std::int64_t>(256, doc.numel() - 1 - pos);
+      if (max_chars > 0) len = std::min(len, max_chars - count);
+      if (len <= 0) break;
+      const Tensor in = reshape(slice(doc, 0, pos, pos + len), {1, len});
+      auto [logits, next] = model.forward(in, state);  // [len, V]
+      total_nats += cross_entropy(logits, slice(doc, 0, pos + 1, pos + 1 + len), {.reduction = Reduction::sum}).item();
+      count += len;
+      state = next;
+    }
+    if (max_chars > 0 && count >= max_chars) break;
+  }
+  model.train();
+  if (chars_scored) *chars_scored = count;
+  return total_nats / static_cast<double>(count) / char_rnn::kLn2;
+}
+
+// The isolation half of --check's boundary audit: every row of the padded batch, rerun
+// alone from its own state row, must give the batch's logits over its real steps.
+double isolation_gap(CharRNN& model, const char_rnn::DocumentBatcher::Batch& b, const nn::LSTMState& state) {
+  NoGradGuard no_grad;
+  model.eval();
+  const Tensor full = model.forward(b.inputs, state, b.lengths).first;  // [B, T, V]
+  double gap = 0.0;
+  for (std::size_t r = 0; r < b.rows.size(); ++r) {
+    const auto row = static_cast<std::int64_t>(r);
+    const std::int64_t len = b.rows[r].length;
+    nn::LSTMState own;
+    if (state.h.defined()) own = {slice(state.h, 1, row, row + 1), slice(state.c, 1, row, row + 1)};
+    const Tensor alone = model.forward(reshape(slice(select(b.inputs, 0, row), 0, 0, len), {1, len}), own).first;  // [len, V]
+    gap = std::max(gap, max(abs(alone - slice(select(full, 0, row), 0, 0, len))).item());
+  }
+  model.train();
+  return gap;
+}
+
+int run_documents(const Options& o) {
+  set_num_threads(o.threads);
+  manual_seed(o.seed);
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::vector<char_rnn::Document> docs = char_rnn::read_documents(o.data, o.extensions);
+  const auto n_docs = static_cast<std::int64_t>(docs.size());
+  // The held-out part is whole documents (the last ones in path order): a document the
+  // model never saw any part of.
+  const std::int64_t n_valid = std::max<std::int64_t>(1, n_docs - training::split_point(n_docs, o.valid_fraction));
+  if (n_docs < 2)
+    throw Error(fmt::format("char_rnn --documents: {} has {} usable document; need 2 or more (one is held out for "
+                            "validation)", o.data, n_docs));
+  std::string all;
+  for (const auto& d : docs) all += d.text;
+  ModelConfig cfg;
+  cfg.vocab = training::CharVocab(all);
+  cfg.embed = o.embed;
+  cfg.hidden = o.hidden;
+  cfg.layers = o.layers;
+  cfg.dropout = o.dropout;
+  cfg.validate();
+  if (!o.prime.empty()) {
+    try {
+      (void)cfg.vocab.encode(o.prime);
+    } catch (const IndexError& e) {
+      throw CLI::ValidationError("--prime", fmt::format("{} ({}); use characters of the training text", e.what(), o.data));
+    }
+  }
+  std::vector<Tensor> train_docs, valid_docs;
+  std::int64_t train_chars = 0, valid_chars = 0;
+  for (std::int64_t i = 0; i < n_docs; ++i) {
+    Tensor ids = cfg.vocab.encode(docs[static_cast<std::size_t>(i)].text);
+    (i < n_docs - n_valid ? train_chars : valid_chars) += ids.numel();
+    (i < n_docs - n_valid ? train_docs : valid_docs).push_back(ids);
+  }
+
+  CharRNN model(cfg);
+  const std::vector<Tensor> params = model.parameters();
+  std::unique_ptr<optim::Optimizer> opt;
+  if (o.optim == "adam") {
+    opt = std::make_unique<optim::Adam>(params, optim::AdamOptions{.lr = o.lr});
+  } else {
+    opt = std::make_unique<optim::RMSprop>(params, optim::RMSpropOptions{.lr = o.lr, .alpha = 0.95});
+  }
+  fmt::print("documents: {}: {} train documents ({} chars), {} held out ({} chars); {} distinct chars\n", o.data,
+             train_docs.size(), train_chars, valid_docs.size(), valid_chars, cfg.vocab.size());
+  fmt::print("model: Embedding({}, {}) -> LSTM {}x{} -> Linear({}, {}): {} parameters; {} B={} T<={} lr={}\n",
+             cfg.vocab.size(), cfg.embed, cfg.layers, cfg.hidden, cfg.hidden, cfg.vocab.size(), model.num_parameters(),
+             o.optim, o.batch, o.seq_len, o.lr);
+  const double start_bpc = evaluate_documents_bpc(model, valid_docs, o.valid_chars, nullptr);
+  fmt::print("untrained model: {:.2f} bits per char on the held-out documents (uniform: log2 {} = {:.2f})\n", start_bpc,
+             cfg.vocab.size(), std::log2(cfg.vocab.size()));
+  std::fflush(stdout);
+
+  char_rnn::DocumentBatcher batcher(train_docs, o.batch, o.seq_len, o.seed + 2);
+  const Dtype dtype = params.front().dtype();
+  nn::LSTMState state;  // undefined: zeros
+  std::vector<char_rnn::RowSource> prev;
+  std::int64_t step = 0, fresh_rows = 0, carried_rows = 0, isolation_steps = 0;
+  double worst_gap = 0.0, recent_bpc = 0.0;
+  std::string stop_reason = fmt::format("--steps {} done", o.steps);
+  while (step < o.steps) {
+    if (o.time_budget > 0 && seconds_since(t0) >= o.time_budget) {
+      stop_reason = fmt::format("time budget of {} s reached", o.time_budget);
+      break;
+    }
+    const char_rnn::DocumentBatcher::Batch b = batcher.next(dtype);
+    // A slot that took a new document starts it from zeros: its row of the carried state
+    // is multiplied by 0, the others by 1.
+    if (state.h.defined()) state = {state.h * b.keep, state.c * b.keep};
+    if (o.check) {
+      char_rnn::audit_rows(b.rows, prev, train_docs, b.inputs, state.h, step + 1);
+      for (const auto& r : b.rows) ++(r.carried ? carried_rows : fresh_rows);
+      if (step < 3) {
+        worst_gap = std::max(worst_gap, isolation_gap(model, b, state));
+        ++isolation_steps;
+      }
+    }
+    auto [logits, next] = model.forward(b.inputs, state, b.lengths);  // [B, T, V]
+    Tensor loss = nn::temporal_cross_entropy(logits, b.targets, nn::Lengths(b.lengths));  // mean nats per real char
+    loss.backward();
+    const double grad_norm = optim::clip_grad_norm(params, o.clip);
+    opt->step();
+    opt->zero_grad();
+    state = next.detach();
+    prev = b.rows;
+    ++step;
+    const double bpc = loss.item() / char_rnn::kLn2;
+    recent_bpc = step == 1 ? bpc : 0.9 * recent_bpc + 0.1 * bpc;
+    if (o.eval_every > 0 && step % o.eval_every == 0 && step < o.steps) {
+      fmt::print("step {} (epoch {}): train {:.3f} bpc (mean), grad norm {:.2f}, validation {:.3f} bpc\n", step,
+                 batcher.epoch(), recent_bpc, grad_norm,
+                 evaluate_documents_bpc(model, valid_docs, o.valid_chars, nullptr));
+      std::fflush(stdout);
+    }
+  }
+  std::int64_t scored = 0;
+  const double valid_bpc = evaluate_documents_bpc(model, valid_docs, o.valid_chars, &scored);
+  fmt::print("{}: {} steps in {:.1f} s; validation: {:.3f} bits per character ({} held-out chars)\n", stop_reason, step,
+             seconds_since(t0), valid_bpc, scored);
+  if (o.sample > 0) {
+    Generator sample_gen(o.seed + 1);
+    fmt::print("---- sample: {} chars, temperature {} ----\n{}\n---- end of sample ----\n", o.sample, o.temperature,
+               sample_text(model, cfg.vocab, o, sample_gen));
+  }
+  if (!o.check) return 0;
+  if (isolation_steps > 0 && !(worst_gap <= 1e-4)) {
+    fmt::print(stderr, "check FAILED: a row rerun alone differs from the padded batch by {:.3g} (above 1e-4): another "
+                       "row or the padding reached it\n", worst_gap);
+    return 1;
+  }
+  if (!(valid_bpc < o.check_bpc)) {
+    fmt::print(stderr, "check FAILED: validation {:.3f} bits per char is not below {} (untrained: {:.2f})\n", valid_bpc,
+               o.check_bpc, start_bpc);
+    return 1;
+  }
+  fmt::print("check passed: validation {:.3f} < {} bits per char; boundaries: {} steps audited, {} rows started a "
+             "document from a zero state, {} continued their own; rows alone vs batched (first {} steps): max gap {:.3g}\n",
+             valid_bpc, o.check_bpc, step, fresh_rows, carried_rows, isolation_steps, worst_gap);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -681,7 +856,15 @@ int main(int argc, char** argv) {
   app.add_option("--check-bpc", o.check_bpc, "threshold for --check")->capture_default_str()->check(cli::positive());
   app.add_flag("--distributed", o.distributed, "data-parallel over MPI: run under mpirun; --batch streams are split "
                                                "between the ranks");
+  app.add_flag("--documents", o.documents, "with a --data directory: each file is a document, trained as a sequence of "
+                                           "its own (padded batches with lengths; the state never crosses documents)");
   return cli::run(app, "char_rnn", argc, argv, [&] {
+    if (o.documents) {
+      cli::require(!o.data.empty() && fs::is_directory(o.data), "--documents", "needs --data DIR, a directory with one document per file");
+      cli::require(o.resume.empty() && o.load.empty() && !o.distributed, "--documents",
+                   "trains from scratch on one process: --resume, --load and --distributed are not supported with it");
+      return run_documents(o);
+    }
 #ifdef XGRAD_WITH_MPI
     if (o.distributed) {
       cli::require(o.load.empty(), "--distributed", "trains; --load only samples: give one of them");
