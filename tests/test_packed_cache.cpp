@@ -175,7 +175,9 @@ TEST_CASE("packed parameters: a from_blob parameter is never packed, so writes i
 TEST_CASE("packed parameters: linear packs Wᵀ for forward and W for backward, and agrees with the plain GEMM") {
   Packed guard;
   xg::manual_seed(5);
-  for (const auto& [n, in, out] : std::vector<std::array<std::int64_t, 3>>{{1, 7, 5}, {3, 16, 33}, {17, 31, 9}}) {
+  // Not a structured binding: CAPTURE's lambda cannot capture one under clang 14.
+  for (const auto& s : std::vector<std::array<std::int64_t, 3>>{{1, 7, 5}, {3, 16, 33}, {17, 31, 9}}) {
+    const std::int64_t n = s[0], in = s[1], out = s[2];
     CAPTURE(n);
     Tensor W = xg::uniform({out, in}, -1, 1, xg::f64).requires_grad_();
     Tensor b = xg::uniform({out}, -1, 1, xg::f64).requires_grad_();
@@ -195,7 +197,8 @@ TEST_CASE("packed parameters: linear packs Wᵀ for forward and W for backward, 
 TEST_CASE("packed parameters: gradcheck of matmul and linear on packed weights (f64, several shapes)") {
   Packed guard;
   xg::manual_seed(8);
-  for (const auto& [m, k, n] : std::vector<std::array<std::int64_t, 3>>{{1, 1, 1}, {2, 3, 4}, {5, 17, 33}, {3, 40, 7}}) {
+  for (const auto& s : std::vector<std::array<std::int64_t, 3>>{{1, 1, 1}, {2, 3, 4}, {5, 17, 33}, {3, 40, 7}}) {
+    const std::int64_t m = s[0], k = s[1], n = s[2];
     CAPTURE(k);
     Tensor W = xg::randn({k, n}, xg::f64).requires_grad_();
     Tensor L = xg::randn({n, k}, xg::f64).requires_grad_();
