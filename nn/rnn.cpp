@@ -139,23 +139,27 @@ StepOut cell_step(const DirectionArgs& a, const Tensor& x_t, const Tensor& h, co
   return s;
 }
 
+// The input projections of every step in one GEMM (dense [T*B] or packed [N] rows). RNN and
+// LSTM fold b_hh in as well (it is added at every step); GRU cannot: b_hn sits inside
+// r ⊙ (W_hn h + b_hn).
+Tensor input_projection(const DirectionArgs& a) {
+  const RecurrentWeights& w = *a.w;
+  const std::int64_t H = a.H;
+  if (a.mode == Mode::lstm && a.layer_norm) {
+    Tensor gi = layer_norm(linear(a.input, w.weight_ih), Shape{4 * H}, w.ln_ih_weight, w.ln_ih_bias, kLayerNormEps);
+    return w.bias_ih.defined() ? add(gi, add(w.bias_ih, w.bias_hh)) : gi;
+  }
+  if (a.mode == Mode::gru) return linear(a.input, w.weight_ih, w.bias_ih);
+  return linear(a.input, w.weight_ih, w.bias_ih.defined() ? add(w.bias_ih, w.bias_hh) : Tensor());
+}
+
 DirectionResult run_direction(const DirectionArgs& a) {
   const RecurrentWeights& w = *a.w;
   const std::int64_t T = a.T, B = a.B, H = a.H;
-  const bool lstm = a.mode == Mode::lstm, gru = a.mode == Mode::gru;
+  const bool lstm = a.mode == Mode::lstm;
   const Dtype dt = a.input.dtype();
 
-  // The input projections of all T steps in one GEMM. RNN and LSTM fold b_hh in as well
-  // (it is added at every step); GRU cannot: b_hn sits inside r ⊙ (W_hn h + b_hn).
-  Tensor gi_all;
-  if (lstm && a.layer_norm) {
-    gi_all = layer_norm(linear(a.input, w.weight_ih), Shape{4 * H}, w.ln_ih_weight, w.ln_ih_bias, kLayerNormEps);
-    if (w.bias_ih.defined()) gi_all = add(gi_all, add(w.bias_ih, w.bias_hh));
-  } else if (gru) {
-    gi_all = linear(a.input, w.weight_ih, w.bias_ih);
-  } else {
-    gi_all = linear(a.input, w.weight_ih, w.bias_ih.defined() ? add(w.bias_ih, w.bias_hh) : Tensor());
-  }
+  Tensor gi_all = input_projection(a);
   DirectionResult r;
   if (lstm && !a.layer_norm && !a.h_mask.defined() && !a.records) {
     // The whole recurrence as one node: dW_hh becomes one GEMM over all steps in backward.
@@ -210,18 +214,10 @@ Tensor caller_rows(const Tensor& x, const PackedLayout& p) {
 DirectionResult run_direction_packed(const DirectionArgs& a, const PackedLayout& p) {
   const RecurrentWeights& w = *a.w;
   const std::int64_t B = a.B, H = a.H, S = p.steps;
-  const bool lstm = a.mode == Mode::lstm, gru = a.mode == Mode::gru;
+  const bool lstm = a.mode == Mode::lstm;
   const Dtype dt = a.input.dtype();
 
-  Tensor gi_all;
-  if (lstm && a.layer_norm) {
-    gi_all = layer_norm(linear(a.input, w.weight_ih), Shape{4 * H}, w.ln_ih_weight, w.ln_ih_bias, kLayerNormEps);
-    if (w.bias_ih.defined()) gi_all = add(gi_all, add(w.bias_ih, w.bias_hh));
-  } else if (gru) {
-    gi_all = linear(a.input, w.weight_ih, w.bias_ih);
-  } else {
-    gi_all = linear(a.input, w.weight_ih, w.bias_ih.defined() ? add(w.bias_ih, w.bias_hh) : Tensor());
-  }
+  Tensor gi_all = input_projection(a);
   DirectionResult r;
   if (lstm && !a.layer_norm && !a.h_mask.defined() && !a.records) {
     const LSTMSequenceOut o = lstm_sequence_packed(gi_all, w.weight_hh, a.h0, a.c0, p, a.reverse);
