@@ -140,12 +140,13 @@ def measure_customcell(args, env, xgrad_bench):
     """Per size and cell: xgrad's median ms, its ratio to xgrad's built-in module of the
     same family, and PyTorch's eager and TorchScript medians, over alternating reps."""
     th = ["--threads", str(args.threads)]
-    table = {}
+    table, backend = {}, {}
     for size in args.sizes.split(","):
         xs, ts = {}, {}
         for _ in range(args.reps):
             for x in run_json([xgrad_bench, "customcell", "--size", size] + th, env):
                 xs.setdefault(x["variant"], []).append(x["median_ms"])
+                backend = {k: x.get(k) for k in ("blas", "blas_core", "gemm", "recurrent_gemm")}
             for t in run_json([sys.executable, args.torch_customcell, "--size", size] + th, env):
                 ts.setdefault((t["variant"], t["mode"]), []).append(t["median_ms"])
         rows = {}
@@ -160,7 +161,7 @@ def measure_customcell(args, env, xgrad_bench):
             rows[cell] = r
         table[size] = rows
     ok = all(r["met"] for rows in table.values() for r in rows.values())
-    return {"workload": "customcell", "key": "median_ms", "threads": args.threads, "sizes": table,
+    return {**backend, "workload": "customcell", "key": "median_ms", "threads": args.threads, "sizes": table,
             "xgrad": float("nan"), "torch": float("nan"), "ratio": float("nan"),
             "target": "loop/hoisted <= 1.15x, others <= 1.2x the built-in", "met": ok}
 
