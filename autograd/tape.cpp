@@ -295,6 +295,18 @@ bool exclusively_held(const Tensor& g) {
   return g.impl_ptr().use_count() == 1 && g.impl()->storage.use_count() == 1;
 }
 
+// exclusively_held for a leaf's grad, which other threads may have read through grad()
+// and dropped since: use_count() is a relaxed load, so seeing 1 does not order our write
+// after their reads. Taking a reference does: the increment is an acquire-release
+// read-modify-write, which reads the count's latest value and synchronizes with the
+// release of every handle dropped before it. Called under the leaf's grad lock, so no
+// new handle can appear meanwhile.
+bool leaf_grad_exclusive(const Tensor& acc) {
+  const std::shared_ptr<TensorImpl> impl = acc.impl_ptr();
+  const std::shared_ptr<void> storage = acc.impl()->storage;
+  return impl.use_count() == 2 && storage.use_count() == 2;
+}
+
 Tensor copy_of(const Tensor& g) {
   Tensor c = Tensor::empty(g.shape(), g.dtype());
   std::memcpy(c.data_ptr(), g.data_ptr(), static_cast<std::size_t>(g.numel()) * dtype_size(g.dtype()));
@@ -312,7 +324,7 @@ void accumulate_leaf(TensorImpl& leaf, Tensor&& g) {
   Tensor& acc = leaf.grad;
   if (!acc.defined()) {
     acc = exclusively_held(g) ? std::move(g) : copy_of(g);
-  } else if (exclusively_held(acc)) {
+  } else if (leaf_grad_exclusive(acc)) {
     detail::add_into(acc, g);
   } else {
     Tensor sum = copy_of(acc);
@@ -354,7 +366,7 @@ void accumulate_leaf_range(TensorImpl& leaf, const Tensor& g, const GradRange& r
   Tensor& acc = leaf.grad;
   if (!acc.defined()) {
     acc = zeros(leaf.shape, g.dtype());
-  } else if (!exclusively_held(acc)) {
+  } else if (!leaf_grad_exclusive(acc)) {
     acc = copy_of(acc);
   }
   add_ranged(acc, g, r);

@@ -57,7 +57,9 @@ TEST_CASE("a sampling loop without NoGradGuard that detaches its state keeps the
   CHECK(max_tape < 4096);
   if (rss_warm > 0) {
     INFO("RSS after 10k steps " << rss_warm / 1024 << " KiB, after 100k " << rss_end / 1024 << " KiB");
-    CHECK(std::labs(rss_end - rss_warm) <= 2 * kMiB);
+    // Growth is what a leak makes; RSS may also fall, as when ThreadSanitizer's runtime
+    // returns its own memory mid-run (-2.3 MiB once), which is no leak.
+    CHECK(rss_end - rss_warm <= 2 * kMiB);
   }
   // The kept tensor's graph is intact: it still backpropagates.
   sum(keep).backward();
@@ -85,7 +87,9 @@ TEST_CASE("a prediction kept across training steps does not make the loop grow" 
   CHECK(max_tape < 4096);
   if (rss_warm > 0) {
     INFO("RSS after 10k steps " << rss_warm / 1024 << " KiB, after 100k " << rss_end / 1024 << " KiB");
-    CHECK(std::labs(rss_end - rss_warm) <= 2 * kMiB);
+    // Growth is what a leak makes; RSS may also fall, as when ThreadSanitizer's runtime
+    // returns its own memory mid-run (-2.3 MiB once), which is no leak.
+    CHECK(rss_end - rss_warm <= 2 * kMiB);
   }
   // The kept prediction's graph is intact after 100k compactions. Its gradient w.r.t. W
   // reads only x and the saved sigmoid output (not W, which the optimizer changed):
