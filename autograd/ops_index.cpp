@@ -67,6 +67,29 @@ void gather_walk(const Shape& is, const std::int64_t* xst, int dim, const std::i
   }
 }
 
+using Strides = std::array<std::int64_t, Shape::kMaxDims>;
+
+// Zeros of shape xs with g scatter-added at the positions gather(x, d, index) read
+// (repeats accumulate): gather's backward. When g has history (create_graph) it is
+// recorded, its own backward being gather again, so it is differentiable to any order.
+Tensor gather_backward(const Tensor& g, const Shape& xs, int d, const SavedTensor& si, const Strides& strides) {
+  const Tensor& index = si.get();
+  Tensor z = zeros(xs, g.dtype());
+  dispatch_any(g.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* gp = g.data<T>();
+    T* zp = z.data<T>();
+    gather_walk(index.shape(), strides.data(), d, index.data<std::int64_t>(),
+                [&](std::int64_t pos, std::int64_t off) { zp[off] += gp[pos]; });
+    return 0;
+  });
+  if (needs_record({&g})) {
+    // d scatter_add(g) = gather of the incoming gradient at the same positions
+    record("gather_backward", z, {&g}, [d, si](const Tensor& gg, GradSlots& dx) { dx[0] = gather(gg, d, si.get()); });
+  }
+  return z;
+}
+
 }  // namespace
 
 Tensor index_select(const Tensor& x, int dim, const Tensor& index) {
@@ -167,22 +190,13 @@ Tensor gather(const Tensor& x, int dim, const Tensor& index) {
     return 0;
   });
   if (needs_record({&x})) {
-    std::array<std::int64_t, Shape::kMaxDims> strides{};
+    Strides strides{};
     std::copy_n(xst, Shape::kMaxDims, strides.begin());
     // d gather(x, index) = g scatter-added at the gathered positions of zeros of x's shape
+    // (the index is gather's second tensor argument: its values route g)
     record("gather", y, {&x}, [d, si = save(index, 1), strides](const Tensor& g, GradSlots& dx) {
       if (!dx.needs(0)) return;
-      const Tensor& index = si.get();  // gather's second tensor argument: its values route g
-      Tensor z = zeros(dx.shape(0), g.dtype());
-      dispatch_any(g.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        const T* gp = g.data<T>();
-        T* zp = z.data<T>();
-        gather_walk(index.shape(), strides.data(), d, index.data<std::int64_t>(),
-                    [&](std::int64_t pos, std::int64_t off) { zp[off] += gp[pos]; });
-        return 0;
-      });
-      dx[0] = z;
+      dx[0] = gather_backward(g, dx.shape(0), d, si, strides);
     });
   }
   return y;
@@ -246,6 +260,16 @@ Tensor embedding(const Tensor& ids, const Tensor& weight, std::optional<std::int
     // d weight[ids] = rows of g scatter-added at ids (repeats accumulate), none at padding_idx
     record("embedding", y, {&weight, &ids}, [sid = save(ids, 1), pad, V, D](const Tensor& g, GradSlots& dx) {
       const Tensor& ids = sid.get();  // input 1 of the node: its values pick the rows
+      if (is_grad_enabled()) {
+        // create_graph: the same scatter-add as the engine's recorded row add, g's rows at
+        // padding_idx zeroed by a recorded masked_fill (its backward zeroes them again).
+        const std::int64_t k = ids.numel();
+        Tensor gk = reshape(g, Shape{k, D});
+        const Tensor flat_ids = reshape(ids, Shape{k});
+        if (pad >= 0) gk = masked_fill(gk, unsqueeze(eq(flat_ids, static_cast<double>(pad)), 1), 0.0);
+        dx.set_index_add(0, gk, 0, flat_ids);
+        return;
+      }
       Tensor d = zeros(Shape{V, D}, g.dtype());
       auto scatter = [&](auto tag) {
         using T = decltype(tag);

@@ -100,6 +100,20 @@ bool by_packed(const Tensor& w, bool trans, std::int64_t M, std::int64_t K, std:
   return true;
 }
 
+// matmul's backward as recorded matmuls on views (create_graph): every rank pair is
+// [nb, M, K] x [nb, K, N] after a reshape, as in the forward, and the reshapes and
+// transposes are recorded too, so the gradients are differentiable again.
+void matmul_backward_recorded(const Tensor& a, const Tensor& b, const Tensor& g, const Mm& p, GradSlots& dx) {
+  const bool batched = p.nb > 1;
+  auto as3 = [&](const Tensor& t, std::int64_t r, std::int64_t c) {
+    return batched ? reshape(t, Shape{p.nb, r, c}) : reshape(t, Shape{r, c});
+  };
+  auto tr = [&](const Tensor& t) { return batched ? transpose(t, 1, 2) : transpose(t, 0, 1); };
+  const Tensor g3 = as3(g, p.M, p.N);
+  if (dx.needs(0)) dx[0] = reshape(matmul(g3, tr(as3(b, p.K, p.N))), dx.shape(0));  // g . bᵀ
+  if (dx.needs(1)) dx[1] = reshape(matmul(tr(as3(a, p.M, p.K)), g3), dx.shape(1));  // aᵀ . g
+}
+
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
@@ -117,6 +131,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   if (needs_record({&a, &b})) {
     // d(a . b) = g . bᵀ, aᵀ . g   (per batch entry; [B,M,K]x[K,N] is one [B*M,K] product)
     record("matmul", y, {&a, &b}, [a = save(a, 0), b = save(b, 1), p](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {
+        matmul_backward_recorded(a.get(), b.get(), g, p, dx);
+        return;
+      }
       const std::int64_t nb = p.nb, M = p.M, K = p.K, N = p.N;  // not a structured binding: clang 14 cannot capture those
       dispatch_float("matmul backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
@@ -188,6 +206,14 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   if (needs_record({&x, &weight, &bias})) {
     // d(x Wᵀ + b) = g W, gᵀ x, Σ_rows g
     record("linear", y, {&x, &weight, &bias}, [x = save(x, 0), weight = save(weight, 1), n, in, out](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {
+        // create_graph: the same three products as recorded ops on [n, *] views
+        const Tensor g2 = reshape(g, Shape{n, out});
+        if (dx.needs(0)) dx[0] = reshape(matmul(g2, weight.get()), dx.shape(0));
+        if (dx.needs(1)) dx[1] = matmul(transpose(g2, 0, 1), reshape(x.get(), Shape{n, in}));
+        if (dx.needs(2)) dx[2] = sum(g2, {0});
+        return;
+      }
       dispatch_float("linear backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const T* gp = g.data<T>();

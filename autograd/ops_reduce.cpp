@@ -140,10 +140,13 @@ std::int64_t reduced_count(const Shape& s, DimMask m) {
 }
 
 // g (the gradient of a reduction's output) viewed with the reduced dims as size 1, so it
-// broadcasts against x. The gradient is contiguous, so this is a free view.
+// broadcasts against x. The gradient is contiguous, so this is a free view. Under
+// create_graph (grad mode on inside backward) g has history, which a bare alias would
+// drop: the recorded reshape keeps it.
 Tensor grad_keep(const Tensor& g, const Shape& xs, DimMask m) {
   const Shape k = keep_shape(xs, m);
-  return g.shape() == k ? g : detail::alias(g, k);
+  if (g.shape() == k) return g;
+  return is_grad_enabled() ? reshape(g, k) : detail::alias(g, k);
 }
 
 // ---- kernels over [outer, len, inner] ------------------------------------------------
@@ -586,6 +589,12 @@ Tensor logsumexp(const Tensor& x, const std::vector<int>& dims, bool keepdim) {
       const Tensor& y = sy.get();
       const Shape& xs = dx.shape(0);
       const Tensor yk = grad_keep(y, xs, m);
+      if (is_grad_enabled()) {
+        // create_graph: softmax recomputed by recorded ops from x and the re-attached y,
+        // so its own dependence on x (d softmax = softmax (dx - <softmax, dx>)) is kept.
+        dx[0] = mul(grad_keep(g, xs, m), exp(sub(x, yk)));
+        return;
+      }
       // softmax = exp(x - y): the broadcast difference, then exp in place.
       Tensor softmax = Tensor::empty(xs, x.dtype());
       dispatch_float("logsumexp", x.dtype(), [&](auto tag) {

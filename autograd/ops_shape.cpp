@@ -506,6 +506,10 @@ Tensor row_block(const Tensor& w, std::int64_t r0, std::int64_t n) {
   if (needs_record({&w})) {
     // d w = g in rows [r0, r0 + n), zeros elsewhere
     record("row_block", y, {&w}, [r0, row](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {  // create_graph: the engine's range add is recorded, the memcpy is not
+        dx.set_range(0, g, 0, r0);
+        return;
+      }
       Tensor d = zeros(dx.shape(0), g.dtype());
       const std::size_t bytes = dtype_size(g.dtype());
       std::memcpy(static_cast<char*>(d.data_ptr()) + r0 * row * static_cast<std::int64_t>(bytes), g.data_ptr(),

@@ -5,8 +5,9 @@
 // time while it sits in L1 (max, exp-sum, write), with the exp done by xsimd batches.
 // Every softmax subtracts the row max first, so exp never overflows and the sum is >= 1
 // (its log is finite) for finite logits of any size. Backward functions are fused kernels
-// too, not compositions of ops: they are exact, one pass, and allocate only the gradient
-// (so they are not twice-differentiable).
+// too, not compositions of ops: they are exact, one pass, and allocate only the gradient.
+// Under create_graph the same formulas run as recorded ops on the re-attached output, so
+// the gradient is differentiable again.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -156,6 +157,19 @@ void softmax_backward(const T* y, const T* g, T* dx, const Lanes& l) {
   }
 }
 
+// The backward as recorded ops (create_graph): y is the re-attached output, so its
+// dependence on x is differentiated too.
+template <bool Log>
+Tensor recorded_backward(const Tensor& y, const Tensor& g, int dim) {
+  // A 0-d tensor is one row of one element: its own sum, and sum() takes no dim there.
+  auto row_sum = [&](const Tensor& t) { return y.ndim() == 0 ? t : sum(t, {dim}, true); };
+  if constexpr (Log) {
+    return sub(g, mul(exp(y), row_sum(g)));
+  } else {
+    return mul(y, sub(g, row_sum(mul(g, y))));
+  }
+}
+
 template <bool Log>
 Tensor softmax_impl(const char* op, const Tensor& x, int dim) {
   detail::check_floating(op, x);
@@ -170,8 +184,12 @@ Tensor softmax_impl(const char* op, const Tensor& x, int dim) {
   }
   if (needs_record({&x})) {
     // log_softmax: dx = g - softmax * sum(g, dim); softmax: dx = y * (g - sum(g * y, dim))
-    record(op, y, {&x}, [ys = save_output(y), l](const Tensor& g, GradSlots& dx) {
+    record(op, y, {&x}, [ys = save_output(y), l, dim = wrap_dim(op, dim, x.ndim())](const Tensor& g, GradSlots& dx) {
       const Tensor& y = ys.get();
+      if (is_grad_enabled()) {
+        dx[0] = recorded_backward<Log>(y, g, dim);
+        return;
+      }
       Tensor d = Tensor::empty(y.shape(), y.dtype());
       if (y.numel() > 0) {
         dispatch_float(Log ? "log_softmax backward" : "softmax backward", y.dtype(), [&](auto tag) {

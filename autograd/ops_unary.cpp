@@ -125,6 +125,10 @@ Tensor sqrt(const Tensor& x) {
   if (needs_record({&x})) {
     // d sqrt(x) = g / (2 y)   (inf at x == 0, NaN below: as PyTorch)
     record("sqrt", y, {&x}, [y = save_output(y)](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {  // create_graph: recorded, d/dx of it is -g / (4 y^3)
+        dx[0] = div(mul(g, 0.5), y.get());
+        return;
+      }
       dx[0] = detail::zip_new("sqrt", g, y.get(), [](auto gi, auto yi) { return gi * decltype(gi)(0.5) / yi; });
     });
   }
@@ -136,6 +140,10 @@ Tensor exp(const Tensor& x) {
   if (needs_record({&x})) {
     // d exp(x) = g * y
     record("exp", y, {&x}, [y = save_output(y)](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {  // create_graph: recorded, so d/dx of it is g * y again
+        dx[0] = mul(g, y.get());
+        return;
+      }
       dx[0] = detail::zip_new("exp", g, y.get(), [](auto gi, auto yi) { return gi * yi; });
     });
   }
@@ -147,6 +155,10 @@ Tensor log(const Tensor& x) {
   if (needs_record({&x})) {
     // d log(x) = g / x
     record("log", y, {&x}, [x = save(x, 0)](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {  // create_graph: recorded, d/dx of it is -g / x^2
+        dx[0] = div(g, x.get());
+        return;
+      }
       dx[0] = detail::zip_new("log", g, x.get(), [](auto gi, auto xi) { return gi / xi; });
     });
   }
@@ -168,6 +180,11 @@ Tensor tanh(const Tensor& x) {
   if (needs_record({&x})) {
     // d tanh(x) = g * (1 - y^2)
     record("tanh", y, {&x}, [y = save_output(y)](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {  // create_graph: recorded, d/dx of it is -2 g y (1 - y^2)
+        const Tensor& yv = y.get();
+        dx[0] = mul(g, rsub(1.0, mul(yv, yv)));
+        return;
+      }
       dx[0] = detail::zip_new("tanh", g, y.get(), [](auto gi, auto yi) { return gi * (decltype(gi)(1) - yi * yi); });
     });
   }
@@ -188,6 +205,11 @@ Tensor sigmoid(const Tensor& x) {
   if (needs_record({&x})) {
     // d sigmoid(x) = g * y * (1 - y)
     record("sigmoid", y, {&x}, [y = save_output(y)](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {  // create_graph: recorded, d/dx of it is g y (1 - y) (1 - 2y)
+        const Tensor& yv = y.get();
+        dx[0] = mul(g, mul(yv, rsub(1.0, yv)));
+        return;
+      }
       dx[0] = detail::zip_new("sigmoid", g, y.get(), [](auto gi, auto yi) { return gi * yi * (decltype(gi)(1) - yi); });
     });
   }
@@ -204,6 +226,10 @@ Tensor relu(const Tensor& x) {
     // d relu(x) = g * [y > 0]
     // NOTE kink: relu'(0) = 0, as PyTorch.
     record("relu", y, {&x}, [y = save_output(y)](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {  // create_graph: the mask is a constant, g is routed by a recorded where
+        dx[0] = where(gt(y.get(), 0.0), g, scalar(0.0, g.dtype()));
+        return;
+      }
       dx[0] = detail::zip_new("relu", g, y.get(), [](auto gi, auto yi) { return yi > 0 ? gi : decltype(gi)(0); });
     });
   }
