@@ -9,6 +9,7 @@
 #include <xtensor/xoperation.hpp>
 
 #include "detail/kernels.hpp"
+#include "detail/mask_values.hpp"
 #include "factory.hpp"
 #include "ops.hpp"
 #include "tape.hpp"
@@ -168,8 +169,8 @@ Tensor maximum(const Tensor& a, const Tensor& b) {
   if (needs_record({&a, &b})) {
     // d max(a, b) = g * [a > b], g * [b > a]; a tie splits g evenly
     record("maximum", y, {&a, &b}, [a = save(a, 0), b = save(b, 1)](const Tensor& g, GradSlots& dx) {
-      if (dx.needs(0)) dx[0] = sum_to(mul(g, win_share(a.get(), b.get())), dx.shape(0));
-      if (dx.needs(1)) dx[1] = sum_to(mul(g, win_share(b.get(), a.get())), dx.shape(1));
+      if (dx.needs(0)) dx[0] = sum_to(mul(g, win_share(detail::mask_values(a), detail::mask_values(b))), dx.shape(0));
+      if (dx.needs(1)) dx[1] = sum_to(mul(g, win_share(detail::mask_values(b), detail::mask_values(a))), dx.shape(1));
     });
   }
   return y;
@@ -182,8 +183,8 @@ Tensor minimum(const Tensor& a, const Tensor& b) {
   if (needs_record({&a, &b})) {
     // d min(a, b) = g * [a < b], g * [b < a]; a tie splits g evenly
     record("minimum", y, {&a, &b}, [a = save(a, 0), b = save(b, 1)](const Tensor& g, GradSlots& dx) {
-      if (dx.needs(0)) dx[0] = sum_to(mul(g, win_share(b.get(), a.get())), dx.shape(0));
-      if (dx.needs(1)) dx[1] = sum_to(mul(g, win_share(a.get(), b.get())), dx.shape(1));
+      if (dx.needs(0)) dx[0] = sum_to(mul(g, win_share(detail::mask_values(b), detail::mask_values(a))), dx.shape(0));
+      if (dx.needs(1)) dx[1] = sum_to(mul(g, win_share(detail::mask_values(a), detail::mask_values(b))), dx.shape(1));
     });
   }
   return y;
@@ -309,7 +310,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
     record("where", y, {&a, &b}, [sc = save(cond, 2)](const Tensor& g, GradSlots& dx) {
       // cond is not an input of the node but its values route g: saved, numbered after
       // the node's inputs a (0) and b (1).
-      const Tensor& cond = sc.get();
+      const Tensor& cond = detail::mask_values(sc);
       const Tensor zero = scalar(0.0, g.dtype());
       if (dx.needs(0)) dx[0] = sum_to(where(cond, g, zero), dx.shape(0));
       if (dx.needs(1)) dx[1] = sum_to(where(cond, zero, g), dx.shape(1));
@@ -355,7 +356,7 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
   if (needs_record({&x})) {
     // d masked_fill(x, m, v) = g with zeros where m
     record("masked_fill", y, {&x}, [mask = save(mask, 1)](const Tensor& g, GradSlots& dx) {
-      dx[0] = masked_fill(g, mask.get(), 0.0);
+      dx[0] = masked_fill(g, detail::mask_values(mask), 0.0);
     });
   }
   return y;

@@ -12,6 +12,7 @@
 
 #include "detail/kernels.hpp"
 #include "detail/lanes.hpp"
+#include "detail/mask_values.hpp"
 #include "factory.hpp"
 #include "ops.hpp"
 #include "tape.hpp"
@@ -59,7 +60,7 @@ Tensor clamp_impl(const char* op, const Tensor& x, double lo, double hi) {
     // NOTE kink: at x == lo or x == hi the gradient passes (PyTorch's choice); with
     // lo > hi no x is in range, so no gradient flows (again as PyTorch).
     record(op, y, {&x}, [x = save(x, 0), lo, hi](const Tensor& g, GradSlots& dx) {
-      dx[0] = mul(g, range_mask(x.get(), lo, hi));
+      dx[0] = mul(g, range_mask(detail::mask_values(x), lo, hi));
     });
   }
   return y;
@@ -111,7 +112,9 @@ Tensor pow(const Tensor& x, double exponent) {
     // d x^e = g * e * x^(e-1)   (e == 0: zero, even at x == 0 where x^-1 is inf)
     record("pow", y, {&x}, [x = save(x, 0), e](const Tensor& g, GradSlots& dx) {
       if (e == 0.0) {
-        dx[0] = zeros_like(g);  // g has x's shape and dtype; x's values are not needed
+        // g has x's shape and dtype; x's values are not needed. Under create_graph a
+        // recorded fill keeps the result's (zero) dependence on g, which fresh zeros lack.
+        dx[0] = is_grad_enabled() ? masked_fill(g, from_vector({true}, Shape{}), 0.0) : zeros_like(g);
       } else {
         dx[0] = mul(g, mul(pow(x.get(), e - 1.0), e));
       }
@@ -170,7 +173,7 @@ Tensor abs(const Tensor& x) {
   if (needs_record({&x})) {
     // d |x| = g * sign(x)
     // NOTE kink: abs'(0) = 0 (the subgradient PyTorch picks).
-    record("abs", y, {&x}, [x = save(x, 0)](const Tensor& g, GradSlots& dx) { dx[0] = mul(g, sign_of(x.get())); });
+    record("abs", y, {&x}, [x = save(x, 0)](const Tensor& g, GradSlots& dx) { dx[0] = mul(g, sign_of(detail::mask_values(x))); });
   }
   return y;
 }
@@ -227,7 +230,7 @@ Tensor relu(const Tensor& x) {
     // NOTE kink: relu'(0) = 0, as PyTorch.
     record("relu", y, {&x}, [y = save_output(y)](const Tensor& g, GradSlots& dx) {
       if (is_grad_enabled()) {  // create_graph: the mask is a constant, g is routed by a recorded where
-        dx[0] = where(gt(y.get(), 0.0), g, scalar(0.0, g.dtype()));
+        dx[0] = where(gt(detail::mask_values(y), 0.0), g, scalar(0.0, g.dtype()));
         return;
       }
       dx[0] = detail::zip_new("relu", g, y.get(), [](auto gi, auto yi) { return yi > 0 ? gi : decltype(gi)(0); });
