@@ -1,6 +1,7 @@
 #pragma once
-// Reading a saved tensor only for a mask, a sign or a winner (relu, abs, clamp,
-// maximum, minimum): their gradient is g times a piecewise-constant function of it.
+// Reading a saved tensor only for a mask, a sign or a winner (relu, abs, clamp, maximum,
+// minimum, where, masked_fill): their gradient is g times a piecewise-constant function
+// of it.
 #include "../tape.hpp"
 
 namespace xg::detail {
