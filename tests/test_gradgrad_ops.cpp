@@ -499,6 +499,14 @@ TEST_CASE("gradgradcheck: linear with and without bias, 1-D to 3-D input") {
   }
 }
 
+TEST_CASE("linear's create_graph backward on an empty batch: exactly zero weight and bias gradients") {
+  Tensor x = leaf(zeros({0, 3}, f64)), w = leaf(rnd({2, 3}, -1, 1, 93)), b = leaf(rnd({2}, -1, 1, 94));
+  const std::vector<Tensor> g = xg::grad({sum(linear(x, w, b))}, {x, w, b}, {}, create_graph());
+  CHECK(g[0].shape() == Shape{0, 3});
+  check_values(g[1], Vec(6, 0.0), 0.0, 0.0);
+  check_values(g[2], Vec(2, 0.0), 0.0, 0.0);
+}
+
 TEST_CASE("mixed second derivatives of matmul and linear match the formulas") {
   // L = sum(A B), A [M,K], B [K,N]: dL/dA[i,k] = sum_n B[k,n], so d/dB sum(dL/dA) = M everywhere.
   Tensor a = leaf(rnd({3, 2}, -1, 1, 95)), b = leaf(rnd({2, 4}, -1, 1, 96));
