@@ -360,7 +360,7 @@ LSTMGatesOut lstm_cell_fused(const Tensor& gates, const Tensor& c_prev) {
            [acts, gates = save(gates, 0), c_prev = save(c_prev, 1), out = save_output(hc)](const Tensor& g, GradSlots& dx) {
              if (is_grad_enabled()) {
                // create_graph: composite_backward through lstm_cell_composite (sigmoid, tanh, mul, add).
-               composite_backward({gates.get(), c_prev.get()}, g, dx, [](const std::vector<Tensor>& in) {
+               detail::composite_grad({gates.get(), c_prev.get()}, g, dx, [](const std::vector<Tensor>& in) {
                  return detail::lstm_cell_composite(in[0], in[1]);
                });
                return;
@@ -428,7 +428,7 @@ LSTMSequenceOut lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor
              if (is_grad_enabled()) {
                // create_graph: composite_backward through lstm_sequence_composite, the recurrence
                // as T steps of linear, sigmoid, tanh, mul and add.
-               composite_backward({sg.get(), sw.get(), sh.get(), sc.get()}, g, dx,
+               detail::composite_grad({sg.get(), sw.get(), sh.get(), sc.get()}, g, dx,
                                   [reverse](const std::vector<Tensor>& in) {
                                     return detail::lstm_sequence_composite(in[0], in[1], in[2], in[3], reverse);
                                   });
@@ -498,7 +498,7 @@ Tensor gru_cell_fused(const Tensor& gi, const Tensor& gh, const Tensor& h_prev) 
     record("gru_cell_fused", h, {&gi, &gh, &h_prev}, [acts, gi = save(gi, 0), gh = save(gh, 1), h_prev = save(h_prev, 2)](const Tensor& g, GradSlots& dx) {
       if (is_grad_enabled()) {
         // create_graph: composite_backward through gru_cell_composite.
-        composite_backward({gi.get(), gh.get(), h_prev.get()}, g, dx, [](const std::vector<Tensor>& in) {
+        detail::composite_grad({gi.get(), gh.get(), h_prev.get()}, g, dx, [](const std::vector<Tensor>& in) {
           return detail::gru_cell_composite(in[0], in[1], in[2]);
         });
         return;
@@ -890,7 +890,7 @@ LSTMSequenceOut lstm_sequence_packed(const Tensor& gx, const Tensor& w_hh, const
              if (is_grad_enabled()) {
                // create_graph: composite_backward through lstm_packed_composite (per step the b_t
                // running rows, as the fused kernel).
-               composite_backward({sg.get(), sw.get(), sh.get(), sc.get()}, g, dx,
+               detail::composite_grad({sg.get(), sw.get(), sh.get(), sc.get()}, g, dx,
                                   [lay, reverse](const std::vector<Tensor>& in) {
                                     return detail::lstm_packed_composite(in[0], in[1], in[2], in[3], *lay, reverse);
                                   });
@@ -986,6 +986,21 @@ std::vector<Tensor> packed_step_views(const Tensor& x, const PackedLayout& p, bo
 
 namespace xg::detail {
 
+void composite_grad(const std::vector<Tensor>& inputs, const Tensor& g, GradSlots& dx,
+                    const std::function<Tensor(const std::vector<Tensor>&)>& forward) {
+  std::vector<Tensor> xs = inputs;
+  for (std::size_t j = 0; j < xs.size(); ++j) {
+    Tensor& x = xs[j];
+    if (!dx.needs(j) || !x.defined() || !x.requires_grad()) continue;
+    const TensorImpl& t = *x.impl();
+    Tensor v(std::make_shared<TensorImpl>(t.shape, t.dtype, t.storage, t.data));
+    // d identity = g
+    record("composite_input", v, {&x}, [](const Tensor& gv, GradSlots& d) { d[0] = gv; });
+    x = std::move(v);
+  }
+  composite_backward(xs, g, dx, forward);
+}
+
 namespace {
 
 // One LSTM step from gates [b, 4H] and c_prev [b, H] in recorded ops: c = f c_prev + i g,
@@ -1011,11 +1026,13 @@ Tensor lstm_sequence_composite(const Tensor& gx, const Tensor& w_hh, const Tenso
                                bool reverse) {
   const std::int64_t T = gx.shape()[0], H = gx.shape()[2] / 4;
   std::vector<Tensor> hs(static_cast<std::size_t>(T));
-  Tensor h = h0, c = c0;
+  // An undefined h0 is zeros, multiplied like any h: with T = 1, W_hh's (zero) gradient
+  // then still comes from a recorded product, not a constant.
+  Tensor h = h0.defined() ? h0 : zeros(Shape{gx.shape()[1], H}, gx.dtype());
+  Tensor c = c0;
   for (std::int64_t k = 0; k < T; ++k) {
     const std::int64_t t = reverse ? T - 1 - k : k;
-    Tensor gates = select(gx, 0, t);
-    if (h.defined()) gates = add(gates, linear(h, w_hh));  // an undefined h0 is zeros
+    const Tensor gates = add(select(gx, 0, t), linear(h, w_hh));
     lstm_step_ops(gates, c, H, h, c);
     hs[static_cast<std::size_t>(t)] = h;
   }
@@ -1026,9 +1043,10 @@ Tensor lstm_packed_composite(const Tensor& gx, const Tensor& w_hh, const Tensor&
                              const PackedLayout& p, bool reverse) {
   const std::int64_t B = p.B, S = p.steps, H = gx.shape()[1] / 4;
   const Dtype dt = gx.dtype();
-  // Rows [lo, hi) of an initial state (undefined stays undefined: zeros).
-  auto rows = [B](const Tensor& s, std::int64_t lo, std::int64_t hi) {
-    return !s.defined() ? Tensor() : lo == 0 && hi == B ? s : narrow(s, 0, lo, hi - lo);
+  // Rows [lo, hi) of an initial state (undefined: zeros, multiplied like any h, as in
+  // lstm_sequence_composite).
+  auto rows = [B, H, dt](const Tensor& s, std::int64_t lo, std::int64_t hi) {
+    return !s.defined() ? zeros(Shape{hi - lo, H}, dt) : lo == 0 && hi == B ? s : narrow(s, 0, lo, hi - lo);
   };
   std::vector<Tensor> hs(static_cast<std::size_t>(S)), h_done, c_done;
   Tensor h, c;
@@ -1047,12 +1065,11 @@ Tensor lstm_packed_composite(const Tensor& gx, const Tensor& w_hh, const Tensor&
       c = narrow(c, 0, 0, b);
     } else if (b > b_prev) {
       // Reverse: the sequences whose last step is t join from h0 / c0.
-      h = concat({h, h0.defined() ? rows(h0, b_prev, b) : zeros(Shape{b - b_prev, H}, dt)}, 0);
+      h = concat({h, rows(h0, b_prev, b)}, 0);
       c = concat({c, rows(c0, b_prev, b)}, 0);
     }
     b_prev = b;
-    Tensor gates = narrow(gx, 0, o, b);
-    if (h.defined()) gates = add(gates, linear(h, w_hh));
+    const Tensor gates = add(narrow(gx, 0, o, b), linear(h, w_hh));
     lstm_step_ops(gates, c, H, h, c);
     hs[static_cast<std::size_t>(t)] = h;
   }
