@@ -540,7 +540,31 @@ namespace {
 struct StepGrads {
   Tensor buf;  // [T*B, G]
   std::int64_t last = std::numeric_limits<std::int64_t>::max();  // order index of the last step written
+  // Under create_graph: each step's gradient (with history) by time index, and each step's
+  // row count (packed_step_views; empty: every step has g's rows).
+  std::vector<Tensor> parts;
+  std::vector<std::int64_t> rows;
 };
+
+// The create_graph form of the shared buffer: step t's g is kept as it is (a range write
+// would be a constant), and the view processed first (k = 0) hands x the steps joined in
+// time order by one recorded concat, zeros for steps the backward did not reach. A
+// recorded range per step instead would cost a full-size [T*B, G] tensor per step: O(T²).
+void keep_step_grad(StepGrads& s, std::int64_t k, std::int64_t t, std::size_t steps, const Tensor& g,
+                    GradSlots& dx) {
+  if (s.parts.empty() || k >= s.last) s.parts.assign(steps, Tensor());
+  s.last = k;
+  s.parts[static_cast<std::size_t>(t)] = g;
+  if (k != 0) return;
+  for (std::size_t j = 0; j < steps; ++j) {
+    if (s.parts[j].defined()) continue;
+    const std::int64_t n = s.rows.empty() ? g.shape()[0] : s.rows[j];
+    s.parts[j] = zeros(Shape{n, g.shape()[1]}, g.dtype());
+  }
+  dx[0] = steps == 1 ? s.parts[0] : concat(s.parts, 0);
+  s.parts.clear();
+  s.last = std::numeric_limits<std::int64_t>::max();
+}
 
 }  // namespace
 
@@ -571,8 +595,7 @@ std::vector<Tensor> step_views(const Tensor& x, std::int64_t T, bool reverse) {
       // d x[t] = g in rows of step t (gathered for all steps, handed over once by k = 0)
       record("rnn_step", v, {&x}, [grads, k, t, T, step_bytes](const Tensor& g, GradSlots& dx) {
         if (is_grad_enabled()) {
-          // create_graph: each step a recorded range of x (the shared buffer would be a constant).
-          dx.set_range(0, g, 0, t * g.shape()[0]);
+          keep_step_grad(*grads, k, t, static_cast<std::size_t>(T), g, dx);
           return;
         }
         StepGrads& s = *grads;
@@ -946,6 +969,7 @@ std::vector<Tensor> packed_step_views(const Tensor& x, const PackedLayout& p, bo
   const bool rec = needs_record({&x});
   auto grads = rec ? std::make_shared<StepGrads>() : nullptr;
   const std::int64_t S = p.steps;
+  if (rec) grads->rows.assign(p.batch_sizes.begin(), p.batch_sizes.begin() + S);
   std::vector<Tensor> views;
   views.reserve(static_cast<std::size_t>(S));
   for (std::int64_t k = 0; k < S; ++k) {
@@ -955,10 +979,9 @@ std::vector<Tensor> packed_step_views(const Tensor& x, const PackedLayout& p, bo
     if (rec) {
       // d x rows of step t = g (gathered for all steps, handed over once by k = 0)
       const std::int64_t N = p.rows();
-      record("rnn_packed_step", v, {&x}, [grads, k, o, N, row_bytes](const Tensor& g, GradSlots& dx) {
+      record("rnn_packed_step", v, {&x}, [grads, k, t, S, o, N, row_bytes](const Tensor& g, GradSlots& dx) {
         if (is_grad_enabled()) {
-          // create_graph: each step a recorded range of x (the shared buffer would be a constant).
-          dx.set_range(0, g, 0, o);
+          keep_step_grad(*grads, k, t, static_cast<std::size_t>(S), g, dx);
           return;
         }
         StepGrads& s = *grads;
