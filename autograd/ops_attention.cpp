@@ -324,7 +324,8 @@ Tensor additive_scores(const Tensor& keys_proj, const Tensor& query_proj, const 
   if (needs_record({&keys_proj, &query_proj, &v})) {
     // with d = g ⊙ v ⊙ (1 - t²): dkeys_proj = d, dquery_proj = Σ_l d, dv = tᵀ g
     // keys_proj and query_proj are kept for create_graph only: t is a constant.
-    record(op, s, {&keys_proj, &query_proj, &v}, [t, kp = save(keys_proj, 0), qp = save(query_proj, 1), v = save(v, 2)](const Tensor& g, GradSlots& dx) {
+    record(op, s, {&keys_proj, &query_proj, &v},
+           [t, kp = save(keys_proj, 0), qp = save(query_proj, 1), v = save(v, 2)](const Tensor& g, GradSlots& dx) {
       if (is_grad_enabled()) {
         // create_graph: composite_backward through additive_scores_composite (add, tanh, matmul).
         detail::composite_grad({kp.get(), qp.get(), v.get()}, g, dx, [](const std::vector<Tensor>& in) {
@@ -416,7 +417,9 @@ Tensor attention_probs(const Tensor& q, const Tensor& k, const AttentionHeads& h
       if (is_grad_enabled()) {
         // create_graph: the formulas above in recorded ops over [B*H, L, d] heads (P re-attached).
         const Tensor dS = softmax_backward_ops(reshape(p, Shape{B * H, Lq, S}), reshape(g, Shape{B * H, Lq, S}), scale);
-        if (dx.needs(0)) dx[0] = from_heads(matmul(dS, to_heads(k.get(), B, S, H, dk, ks)), B, Lq, H, dk, qs, dx.shape(0));
+        if (dx.needs(0)) {
+          dx[0] = from_heads(matmul(dS, to_heads(k.get(), B, S, H, dk, ks)), B, Lq, H, dk, qs, dx.shape(0));
+        }
         if (dx.needs(1)) {
           dx[1] = from_heads(matmul(transpose(dS, 1, 2), to_heads(q.get(), B, Lq, H, dk, qs)), B, S, H, dk, ks,
                              dx.shape(1));

@@ -95,7 +95,9 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
     // xhat = (x - mean) rstd, gh = g w: dx = rstd (gh - mean(gh) - xhat mean(gh xhat)), dw = Σ g xhat, db = Σ g
     // bias is kept for create_graph only (the composite's output includes it); the stats are
     // constants there, recomputed by the composite.
-    record("layer_norm", y, {&x, &weight, &bias}, [x = save(x, 0), weight = save(weight, 1), bias = save(bias, 2), stats, eps](const Tensor& g, GradSlots& dx) {
+    record("layer_norm", y, {&x, &weight, &bias},
+           [x = save(x, 0), weight = save(weight, 1), bias = save(bias, 2), stats, eps](const Tensor& g,
+                                                                                      GradSlots& dx) {
       // D is not captured (the closure then fits BackwardFn's inline room): g holds M rows of
       // D, or with no rows the affine parameters' size.
       const std::int64_t M = stats.shape()[0];
