@@ -328,7 +328,7 @@ Tensor additive_scores(const Tensor& keys_proj, const Tensor& query_proj, const 
            [t, kp = save(keys_proj, 0), qp = save(query_proj, 1), v = save(v, 2)](const Tensor& g, GradSlots& dx) {
       if (is_grad_enabled()) {
         // create_graph: composite_backward through additive_scores_composite (add, tanh, matmul).
-        detail::composite_grad({kp.get(), qp.get(), v.get()}, g, dx, [](const std::vector<Tensor>& in) {
+        composite_backward({kp.get(), qp.get(), v.get()}, g, dx, [](const std::vector<Tensor>& in) {
           return detail::additive_scores_composite(in[0], in[1], in[2]);
         });
         return;

@@ -239,7 +239,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
                o.reduction = red;
                o.label_smoothing = eps;
                if (!wc.empty()) o.weight = from_vector(wc, Shape{c}, logits.dtype());
-               detail::composite_grad({logits}, g, dx, [&target, &o](const std::vector<Tensor>& in) {
+               composite_backward({logits}, g, dx, [&target, &o](const std::vector<Tensor>& in) {
                  return detail::cross_entropy_composite(in[0], target, o);
                });
                return;

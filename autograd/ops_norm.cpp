@@ -108,7 +108,7 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
       if (is_grad_enabled()) {
         // create_graph: composite_backward through layer_norm_composite (mean, sub, mul, pow)
         // over the rows flattened to [M, D]: the same statistics.
-        detail::composite_grad({x.get(), weight.get(), bias.get()}, g, dx, [D, eps](const std::vector<Tensor>& in) {
+        composite_backward({x.get(), weight.get(), bias.get()}, g, dx, [D, eps](const std::vector<Tensor>& in) {
           return detail::layer_norm_composite(in[0], Shape{D}, in[1], in[2], eps);
         });
         return;

@@ -360,7 +360,7 @@ LSTMGatesOut lstm_cell_fused(const Tensor& gates, const Tensor& c_prev) {
            [acts, gates = save(gates, 0), c_prev = save(c_prev, 1), out = save_output(hc)](const Tensor& g, GradSlots& dx) {
              if (is_grad_enabled()) {
                // create_graph: composite_backward through lstm_cell_composite (sigmoid, tanh, mul, add).
-               detail::composite_grad({gates.get(), c_prev.get()}, g, dx, [](const std::vector<Tensor>& in) {
+               composite_backward({gates.get(), c_prev.get()}, g, dx, [](const std::vector<Tensor>& in) {
                  return detail::lstm_cell_composite(in[0], in[1]);
                });
                return;
@@ -428,7 +428,7 @@ LSTMSequenceOut lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor
              if (is_grad_enabled()) {
                // create_graph: composite_backward through lstm_sequence_composite, the recurrence
                // as T steps of linear, sigmoid, tanh, mul and add.
-               detail::composite_grad({sg.get(), sw.get(), sh.get(), sc.get()}, g, dx,
+               composite_backward({sg.get(), sw.get(), sh.get(), sc.get()}, g, dx,
                                   [reverse](const std::vector<Tensor>& in) {
                                     return detail::lstm_sequence_composite(in[0], in[1], in[2], in[3], reverse);
                                   });
@@ -498,7 +498,7 @@ Tensor gru_cell_fused(const Tensor& gi, const Tensor& gh, const Tensor& h_prev) 
     record("gru_cell_fused", h, {&gi, &gh, &h_prev}, [acts, gi = save(gi, 0), gh = save(gh, 1), h_prev = save(h_prev, 2)](const Tensor& g, GradSlots& dx) {
       if (is_grad_enabled()) {
         // create_graph: composite_backward through gru_cell_composite.
-        detail::composite_grad({gi.get(), gh.get(), h_prev.get()}, g, dx, [](const std::vector<Tensor>& in) {
+        composite_backward({gi.get(), gh.get(), h_prev.get()}, g, dx, [](const std::vector<Tensor>& in) {
           return detail::gru_cell_composite(in[0], in[1], in[2]);
         });
         return;
@@ -913,7 +913,7 @@ LSTMSequenceOut lstm_sequence_packed(const Tensor& gx, const Tensor& w_hh, const
              if (is_grad_enabled()) {
                // create_graph: composite_backward through lstm_packed_composite (per step the b_t
                // running rows, as the fused kernel).
-               detail::composite_grad({sg.get(), sw.get(), sh.get(), sc.get()}, g, dx,
+               composite_backward({sg.get(), sw.get(), sh.get(), sc.get()}, g, dx,
                                   [lay, reverse](const std::vector<Tensor>& in) {
                                     return detail::lstm_packed_composite(in[0], in[1], in[2], in[3], *lay, reverse);
                                   });
@@ -1008,21 +1008,6 @@ std::vector<Tensor> packed_step_views(const Tensor& x, const PackedLayout& p, bo
 // ---------------------------------------------------------------------------
 
 namespace xg::detail {
-
-void composite_grad(const std::vector<Tensor>& inputs, const Tensor& g, GradSlots& dx,
-                    const std::function<Tensor(const std::vector<Tensor>&)>& forward) {
-  std::vector<Tensor> xs = inputs;
-  for (std::size_t j = 0; j < xs.size(); ++j) {
-    Tensor& x = xs[j];
-    if (!dx.needs(j) || !x.defined() || !x.requires_grad()) continue;
-    const TensorImpl& t = *x.impl();
-    Tensor v(std::make_shared<TensorImpl>(t.shape, t.dtype, t.storage, t.data));
-    // d identity = g
-    record("composite_input", v, {&x}, [](const Tensor& gv, GradSlots& d) { d[0] = gv; });
-    x = std::move(v);
-  }
-  composite_backward(xs, g, dx, forward);
-}
 
 namespace {
 

@@ -6,25 +6,14 @@
 // tensor (same shape and layout: the packed [T+1, B, H] of lstm_sequence, for one), so the
 // gradient the engine hands the node seeds it unchanged. Not installed: the tests read it.
 #include <cstdint>
-#include <functional>
-#include <vector>
 
 #include "../ops.hpp"
 #include "../ops_conv.hpp"
 #include "../ops_rnn.hpp"
 #include "../shape.hpp"
-#include "../tape.hpp"
 #include "../tensor.hpp"
 
 namespace xg::detail {
-
-// composite_backward, with each input that needs a gradient first passed through an
-// identity recorded inside the running walk (a view: no copy). composite_backward's
-// inner walk refuses to look past its alias of a tensor recorded before the walk (the
-// gx a forward's linear made), which every fused op inside a model has; an identity
-// recorded during the walk is where that inner walk stops instead.
-void composite_grad(const std::vector<Tensor>& inputs, const Tensor& g, GradSlots& dx,
-                    const std::function<Tensor(const std::vector<Tensor>&)>& forward);
 
 // lstm_cell_fused's node output hc [2, B, H] (hc[0] = h, hc[1] = c).
 Tensor lstm_cell_composite(const Tensor& gates, const Tensor& c_prev);
