@@ -15,9 +15,11 @@
 #include <xtensor/xmath.hpp>
 
 #include "../backend/detail/blas.hpp"
+#include "detail/composite.hpp"
 #include "detail/kernels.hpp"
 #include "detail/softmax_kernels.hpp"
 #include "factory.hpp"
+#include "ops.hpp"
 #include "tape.hpp"
 
 namespace xg {
@@ -177,6 +179,35 @@ void check_apply_inputs(const Tensor& p, const Tensor& v, const AttentionHeads& 
   check_layout(op, "result", shape, hd.B, hd.Lq, hd.H * hd.dv, hd.o);
 }
 
+// The create_graph paths below are the backward formulas written in recorded ops: the
+// probabilities P come from save_output, which the engine re-attaches to this node under
+// create_graph, so P is a differentiable function of the inputs there, not a constant.
+
+// x laid out by `s` (L rows of H heads of width d per batch entry) as [B*H, L, d], in
+// recorded ops. check_layout admits exactly two layouts: batch-major [B, L, H*d] and
+// time-major [L, B, H*d] (identical in memory when B or L is 1).
+bool time_major(std::int64_t B, std::int64_t L, std::int64_t W, HeadStrides s) {
+  return B > 1 && L > 1 && s.sb == W;
+}
+
+Tensor to_heads(const Tensor& x, std::int64_t B, std::int64_t L, std::int64_t H, std::int64_t d, HeadStrides s) {
+  if (time_major(B, L, H * d, s)) return reshape(permute(reshape(x, Shape{L, B, H, d}), {1, 2, 0, 3}), Shape{B * H, L, d});
+  return reshape(permute(reshape(x, Shape{B, L, H, d}), {0, 2, 1, 3}), Shape{B * H, L, d});
+}
+
+// The inverse of to_heads: y [B*H, L, d] -> `shape`, laid out by s.
+Tensor from_heads(const Tensor& y, std::int64_t B, std::int64_t L, std::int64_t H, std::int64_t d, HeadStrides s,
+                  const Shape& shape) {
+  const Tensor y4 = reshape(y, Shape{B, H, L, d});
+  if (time_major(B, L, H * d, s)) return reshape(permute(y4, {2, 0, 1, 3}), shape);
+  return reshape(permute(y4, {0, 2, 1, 3}), shape);
+}
+
+// d softmax: scale * y ⊙ (g - rowsum(g ⊙ y)) over the last dim, in recorded ops.
+Tensor softmax_backward_ops(const Tensor& y, const Tensor& g, double scale) {
+  return mul(mul(y, sub(g, sum(mul(g, y), {-1}, true))), scale);
+}
+
 // y = softmax(scale * x) over the last dim of x, rows masked by `masks`: the one node
 // behind masked_softmax() and AdditiveAttention (which names itself in the errors).
 Tensor softmax_node(const char* op, const Tensor& x, const Masks& masks, double scale) {
@@ -202,6 +233,11 @@ Tensor softmax_node(const char* op, const Tensor& x, const Masks& masks, double 
     // d x = scale * y ⊙ (g - rowsum(g ⊙ y))
     record("masked_softmax", y, {&x}, [sy = save_output(y), S, scale](const Tensor& g, GradSlots& dx) {
       const Tensor& y = sy.get();
+      if (is_grad_enabled()) {
+        // create_graph: the formula above in recorded ops (y re-attached; masked entries are 0 in y).
+        dx[0] = softmax_backward_ops(y, g, scale);
+        return;
+      }
       Tensor d = Tensor::empty(y.shape(), y.dtype());
       dispatch_float("masked_softmax backward", y.dtype(), [&](auto tag) {
         using T = decltype(tag);
@@ -287,7 +323,17 @@ Tensor additive_scores(const Tensor& keys_proj, const Tensor& query_proj, const 
   });
   if (needs_record({&keys_proj, &query_proj, &v})) {
     // with d = g ⊙ v ⊙ (1 - t²): dkeys_proj = d, dquery_proj = Σ_l d, dv = tᵀ g
-    record(op, s, {&keys_proj, &query_proj, &v}, [t, v = save(v, 2), B, L, A](const Tensor& g, GradSlots& dx) {
+    // keys_proj and query_proj are kept for create_graph only: t is a constant.
+    record(op, s, {&keys_proj, &query_proj, &v},
+           [t, kp = save(keys_proj, 0), qp = save(query_proj, 1), v = save(v, 2)](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {
+        // create_graph: composite_backward through additive_scores_composite (add, tanh, matmul).
+        composite_backward({kp.get(), qp.get(), v.get()}, g, dx, [](const std::vector<Tensor>& in) {
+          return detail::additive_scores_composite(in[0], in[1], in[2]);
+        });
+        return;
+      }
+      const std::int64_t B = t.shape()[0], L = t.shape()[1], A = t.shape()[2];
       dispatch_float("additive_scores backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const T* TT = t.data<T>();
@@ -368,6 +414,18 @@ Tensor attention_probs(const Tensor& q, const Tensor& k, const AttentionHeads& h
       const Tensor& p = sp.get();
       [[maybe_unused]] const std::int64_t B = hd.B, H = hd.H, Lq = hd.Lq, S = hd.S, dk = hd.dk, dv = hd.dv;
       [[maybe_unused]] const HeadStrides qs = hd.q, ks = hd.k, vs = hd.v, os = hd.o;
+      if (is_grad_enabled()) {
+        // create_graph: the formulas above in recorded ops over [B*H, L, d] heads (P re-attached).
+        const Tensor dS = softmax_backward_ops(reshape(p, Shape{B * H, Lq, S}), reshape(g, Shape{B * H, Lq, S}), scale);
+        if (dx.needs(0)) {
+          dx[0] = from_heads(matmul(dS, to_heads(k.get(), B, S, H, dk, ks)), B, Lq, H, dk, qs, dx.shape(0));
+        }
+        if (dx.needs(1)) {
+          dx[1] = from_heads(matmul(transpose(dS, 1, 2), to_heads(q.get(), B, Lq, H, dk, qs)), B, S, H, dk, ks,
+                             dx.shape(1));
+        }
+        return;
+      }
       Tensor ds = Tensor::empty(p.shape(), p.dtype());
       dispatch_float("attention_probs backward", p.dtype(), [&](auto tag) {
         using T = decltype(tag);
@@ -437,6 +495,16 @@ Tensor attention_apply(const Tensor& p, const Tensor& v, const AttentionHeads& h
     record("attention_apply", o, {&p, &v}, [p = save(p, 0), v = save(v, 1), hd](const Tensor& g, GradSlots& dx) {
       [[maybe_unused]] const std::int64_t B = hd.B, H = hd.H, Lq = hd.Lq, S = hd.S, dk = hd.dk, dv = hd.dv;
       [[maybe_unused]] const HeadStrides qs = hd.q, ks = hd.k, vs = hd.v, os = hd.o;
+      if (is_grad_enabled()) {
+        // create_graph: the formulas above in recorded ops over [B*H, L, d] heads.
+        const Tensor g3 = to_heads(g, B, Lq, H, dv, os);
+        if (dx.needs(0)) dx[0] = reshape(matmul(g3, transpose(to_heads(v.get(), B, S, H, dv, vs), 1, 2)), dx.shape(0));
+        if (dx.needs(1)) {
+          dx[1] = from_heads(matmul(transpose(reshape(p.get(), Shape{B * H, Lq, S}), 1, 2), g3), B, S, H, dv, vs,
+                             dx.shape(1));
+        }
+        return;
+      }
       dispatch_float("attention_apply backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const T* G = g.data<T>();
@@ -474,3 +542,13 @@ Tensor attention_apply(const Tensor& p, const Tensor& v, const AttentionHeads& h
 }
 
 }  // namespace xg
+
+namespace xg::detail {
+
+Tensor additive_scores_composite(const Tensor& keys_proj, const Tensor& query_proj, const Tensor& v) {
+  const std::int64_t B = keys_proj.shape()[0], L = keys_proj.shape()[1], A = keys_proj.shape()[2];
+  const Tensor t = tanh(add(keys_proj, unsqueeze(query_proj, 1)));
+  return reshape(matmul(reshape(t, Shape{B * L, A}), v), Shape{B, L});
+}
+
+}  // namespace xg::detail

@@ -18,8 +18,11 @@
 #include <fmt/format.h>
 
 #include "../backend/detail/blas.hpp"
+#include "detail/composite.hpp"
 #include "detail/kernels.hpp"
 #include "../backend/error.hpp"
+#include "factory.hpp"
+#include "ops.hpp"
 #include "tape.hpp"
 
 namespace xg {
@@ -183,6 +186,49 @@ void col2im(const T* cols, const Geo& g, T* dx) {
   }
 }
 
+// max_pool2d's create_graph path: scatter g to the saved argmax positions, and its
+// adjoint, gather at them. Each op's backward is the other, so both are twice (and more)
+// differentiable; the positions are constants (piecewise constant in x).
+Tensor pool_gather(const Tensor& x, const Tensor& idx);
+
+// idx [B, C, Ho, Wo] (positions within each H·W plane); g idx-shaped -> x_shape, summed where
+// windows share a maximum.
+Tensor pool_scatter(const Tensor& g, const Tensor& idx, const Shape& x_shape) {
+  Tensor d = zeros(x_shape, g.dtype());
+  const std::int64_t HW = x_shape[2] * x_shape[3], per = idx.shape()[2] * idx.shape()[3];
+  dispatch_float("max_pool2d backward", g.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* dp = d.data<T>();
+    const T* gp = g.data<T>();
+    const std::int64_t* ip = idx.data<std::int64_t>();
+    for (std::int64_t k = 0; k < g.numel(); ++k) dp[(k / per) * HW + ip[k]] += gp[k];
+    return 0;
+  });
+  if (needs_record({&g})) {
+    record("max_pool2d_scatter", d, {&g}, [idx](const Tensor& gg, GradSlots& dx) { dx[0] = pool_gather(gg, idx); });
+  }
+  return d;
+}
+
+Tensor pool_gather(const Tensor& x, const Tensor& idx) {
+  Tensor y = Tensor::empty(idx.shape(), x.dtype());
+  const std::int64_t HW = x.shape()[2] * x.shape()[3], per = idx.shape()[2] * idx.shape()[3];
+  dispatch_float("max_pool2d backward", x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = x.data<T>();
+    T* yp = y.data<T>();
+    const std::int64_t* ip = idx.data<std::int64_t>();
+    for (std::int64_t k = 0; k < y.numel(); ++k) yp[k] = xp[(k / per) * HW + ip[k]];
+    return 0;
+  });
+  if (needs_record({&x})) {
+    record("max_pool2d_gather", y, {&x}, [idx](const Tensor& g, GradSlots& dx) {
+      dx[0] = pool_scatter(g, idx, dx.shape(0));
+    });
+  }
+  return y;
+}
+
 }  // namespace
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 stride, Size2 padding) {
@@ -213,6 +259,27 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 s
   if (needs_record({&x, &weight, &bias})) {
     // d conv2d: dW = Σ_b g_b · cols_bᵀ, dx_b = col2im(Wᵀ · g_b), db = Σ_{b,i,j} g
     record("conv2d", y, {&x, &weight, &bias}, [x = save(x, 0), weight = save(weight, 1), stride, padding](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {
+        // create_graph: the formulas above in recorded ops, with conv_unfold / conv_fold (a
+        // recorded adjoint pair) for im2col / col2im and batched matmuls for the GEMMs.
+        const Shape& gs = g.shape();
+        const std::int64_t B = gs[0], O = gs[1], P = gs[2] * gs[3];
+        const Tensor& w = weight.get();
+        const Shape& ws = w.shape();
+        const std::int64_t K = ws[1] * ws[2] * ws[3];
+        const Tensor g3 = reshape(g, Shape{B, O, P});
+        if (dx.needs(0)) {
+          // dcols_b [K, P] = Wᵀ g_b, formed as (g_bᵀ W)ᵀ: matmul broadcasts the right operand only.
+          const Tensor dcols = transpose(matmul(transpose(g3, 1, 2), reshape(w, Shape{O, K})), 1, 2);
+          dx[0] = detail::conv_fold(dcols, dx.shape(0), ws[2], ws[3], stride, padding);
+        }
+        if (dx.needs(1)) {
+          const Tensor cols = detail::conv_unfold(x.get(), ws[2], ws[3], stride, padding);
+          dx[1] = reshape(sum(matmul(g3, transpose(cols, 1, 2)), {0}), ws);
+        }
+        if (dx.needs(2)) dx[2] = sum(g, {0, 2, 3});
+        return;
+      }
       const bool need_x = dx.needs(0), need_w = dx.needs(1);
       // dx reads the weight's values, dW the input's, db neither: each is checked only where
       // it is read, shapes come from the grad slots (and g: [B, O, Ho, Wo]) otherwise.
@@ -355,6 +422,11 @@ Tensor max_pool2d(const Tensor& x, Size2 kernel, Size2 stride) {
     // d max_pool2d: dx[argmax of each window] += g (windows may share a maximum)
     record("max_pool2d", y, {&x}, [idx, HW = H * W, per = Ho * Wo](const Tensor& g, GradSlots& dx) {
       if (!dx.needs(0)) return;
+      if (is_grad_enabled()) {
+        // create_graph: the same scatter as a recorded op (its backward gathers at idx).
+        dx[0] = pool_scatter(g, idx, dx.shape(0));
+        return;
+      }
       Tensor dxt = Tensor::empty(dx.shape(0), g.dtype());
       dispatch_float("max_pool2d backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
@@ -376,3 +448,77 @@ Tensor max_pool2d(const Tensor& x, Size2 kernel, Size2 stride) {
 }
 
 }  // namespace xg
+
+namespace xg::detail {
+
+namespace {
+
+// The sizes of a conv2d of a kernel kh x kw over images of x_shape.
+Geo unfold_geometry(const char* op, const Shape& xs, std::int64_t kh, std::int64_t kw, Size2 stride, Size2 padding) {
+  if (xs.size() != 4) throw ShapeError(fmt::format("{}: input {} must be 4-D [B, C, H, W]", op, xs.str()));
+  Geo g{xs[0], xs[1], xs[2], xs[3], 0, kh, kw, stride.h, stride.w, padding.h, padding.w, 0, 0};
+  g.Ho = out_size(g.H, kh, stride.h, padding.h);
+  g.Wo = out_size(g.W, kw, stride.w, padding.w);
+  if (kh < 1 || kw < 1 || stride.h < 1 || stride.w < 1 || padding.h < 0 || padding.w < 0 || g.Ho < 1 || g.Wo < 1) {
+    throw ShapeError(fmt::format("{}: input {}, kernel {}x{}, stride {}, padding {}: no valid window", op, xs.str(),
+                                 kh, kw, pair_str(stride), pair_str(padding)));
+  }
+  return g;
+}
+
+}  // namespace
+
+Tensor conv_unfold(const Tensor& x, std::int64_t kh, std::int64_t kw, Size2 stride, Size2 padding) {
+  detail::check_floating("conv_unfold", x);
+  const Geo g = unfold_geometry("conv_unfold", x.shape(), kh, kw, stride, padding);
+  const std::int64_t K = g.K(), P = g.P();
+  Tensor cols = Tensor::empty(Shape{g.B, K, P}, x.dtype());
+  dispatch_float("conv_unfold", x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    for (std::int64_t b = 0; b < g.B; ++b) im2col(x.data<T>() + b * g.C * g.H * g.W, g, cols.data<T>() + b * K * P);
+    return 0;
+  });
+  if (needs_record({&x})) {
+    // d unfold = fold (col2im), its adjoint
+    record("conv_unfold", cols, {&x}, [kh, kw, stride, padding](const Tensor& gc, GradSlots& dx) {
+      dx[0] = conv_fold(gc, dx.shape(0), kh, kw, stride, padding);
+    });
+  }
+  return cols;
+}
+
+Tensor conv_fold(const Tensor& cols, const Shape& x_shape, std::int64_t kh, std::int64_t kw, Size2 stride,
+                 Size2 padding) {
+  detail::check_floating("conv_fold", cols);
+  const Geo g = unfold_geometry("conv_fold", x_shape, kh, kw, stride, padding);
+  const std::int64_t K = g.K(), P = g.P();
+  if (cols.shape() != Shape{g.B, K, P}) {
+    throw ShapeError(fmt::format("conv_fold: cols {}: expected {} for images {}", cols.shape().str(),
+                                 Shape{g.B, K, P}.str(), x_shape.str()));
+  }
+  Tensor x = zeros(x_shape, cols.dtype());
+  dispatch_float("conv_fold", cols.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    for (std::int64_t b = 0; b < g.B; ++b) col2im(cols.data<T>() + b * K * P, g, x.data<T>() + b * g.C * g.H * g.W);
+    return 0;
+  });
+  if (needs_record({&cols})) {
+    // d fold = unfold (im2col), its adjoint
+    record("conv_fold", x, {&cols}, [kh, kw, stride, padding](const Tensor& gx, GradSlots& dx) {
+      dx[0] = conv_unfold(gx, kh, kw, stride, padding);
+    });
+  }
+  return x;
+}
+
+Tensor conv2d_composite(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 stride, Size2 padding) {
+  const Shape& ws = weight.shape();
+  const Tensor cols = conv_unfold(x, ws[2], ws[3], stride, padding);  // [B, K, P]
+  const Shape& cs = cols.shape();
+  // y_b [O, P] = W [O, K] cols_b [K, P], formed as (cols_bᵀ Wᵀ)ᵀ with the bias by linear.
+  const Tensor yt = linear(transpose(cols, 1, 2), reshape(weight, Shape{ws[0], cs[1]}), bias);  // [B, P, O]
+  const std::int64_t B = x.shape()[0], Ho = out_size(x.shape()[2], ws[2], stride.h, padding.h);
+  return reshape(transpose(yt, 1, 2), Shape{B, ws[0], Ho, cs[2] / Ho});
+}
+
+}  // namespace xg::detail

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "detail/composite.hpp"
 #include "detail/kernels.hpp"
 #include "detail/softmax_kernels.hpp"
 #include "factory.hpp"
@@ -230,6 +231,19 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
              // saved as cross_entropy's argument 1, so writing into it is caught too.
              const Tensor& logits = sl.get();
              const Tensor& target = st.get();
+             if (is_grad_enabled()) {
+               // create_graph: composite_backward through cross_entropy_composite (where,
+               // log_softmax, gather, mul, sum); the stats are constants.
+               CrossEntropyOptions o;
+               o.ignore_index = ig;
+               o.reduction = red;
+               o.label_smoothing = eps;
+               if (!wc.empty()) o.weight = from_vector(wc, Shape{c}, logits.dtype());
+               composite_backward({logits}, g, dx, [&target, &o](const std::vector<Tensor>& in) {
+                 return detail::cross_entropy_composite(in[0], target, o);
+               });
+               return;
+             }
              Tensor d = Tensor::empty(logits.shape(), logits.dtype());
              dispatch_float("cross_entropy backward", logits.dtype(), [&](auto tag) {
                using T = decltype(tag);
@@ -308,6 +322,20 @@ Tensor nll_loss(const Tensor& log_probs, const Tensor& target, const CrossEntrop
            [st = save(target, 1), ig, red, count, n, c, wc](const Tensor& g, GradSlots& dx) {
              if (!dx.needs(0)) return;
              const Tensor& target = st.get();  // nll_loss's argument 1: its values pick the entries
+             if (is_grad_enabled()) {
+               // create_graph: the gradient is linear in g alone, written as g (per row for none)
+               // times a constant [N, C] matrix m, m[i, target[i]] = -w[target[i]] (/ count).
+               const std::int64_t* t = target.data<std::int64_t>();
+               std::vector<double> m(static_cast<std::size_t>(n * c), 0.0);
+               for (std::int64_t i = 0; i < n; ++i) {
+                 if (t[i] == ig) continue;
+                 const double wt = wc.empty() ? 1.0 : wc[static_cast<std::size_t>(t[i])];
+                 m[static_cast<std::size_t>(i * c + t[i])] = -wt / (red == Reduction::mean ? count : 1.0);
+               }
+               const Tensor mt = from_vector(m, dx.shape(0), g.dtype());
+               dx[0] = mul(red == Reduction::none && dx.shape(0).size() == 2 ? unsqueeze(g, 1) : g, mt);
+               return;
+             }
              Tensor d = zeros(dx.shape(0), g.dtype());
              dispatch_float("nll_loss backward", g.dtype(), [&](auto tag) {
                using T = decltype(tag);
@@ -368,3 +396,47 @@ Tensor mse_loss(const Tensor& a, const Tensor& b, Reduction reduction) {
 }
 
 }  // namespace xg
+
+namespace xg::detail {
+
+Tensor cross_entropy_composite(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& opts) {
+  const bool one = logits.ndim() == 1;
+  const std::int64_t c = logits.shape().back(), n = one ? 1 : logits.shape()[0];
+  const Dtype dt = logits.dtype();
+  const Tensor x = one ? reshape(logits, Shape{1, c}) : logits;
+  const std::int64_t* t = target.data<std::int64_t>();
+  const std::vector<double> wc = opts.weight.defined() ? opts.weight.to_vector<double>() : std::vector<double>{};
+  // Constants per row: kept or not, the picked class (0 on ignored rows, so gather stays in
+  // range), its weight (0 on ignored rows).
+  std::vector<bool> keep(static_cast<std::size_t>(n));
+  std::vector<std::int64_t> pick(static_cast<std::size_t>(n), 0);
+  std::vector<double> wrow(static_cast<std::size_t>(n), 0.0), krow(static_cast<std::size_t>(n), 0.0);
+  double count = 0.0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const auto k = static_cast<std::size_t>(i);
+    keep[k] = t[i] != opts.ignore_index;
+    if (!keep[k]) continue;
+    pick[k] = t[i];
+    wrow[k] = wc.empty() ? 1.0 : wc[static_cast<std::size_t>(t[i])];
+    krow[k] = 1.0;
+    count += wrow[k];
+  }
+  const double eps = opts.label_smoothing;
+  // Ignored rows' logits are replaced by 0 before the softmax, so their (unused) values,
+  // even non-finite ones, reach neither the loss nor the gradient.
+  const Tensor lp = log_softmax(where(from_vector(keep, Shape{n, 1}), x, zeros(Shape{}, dt)), 1);
+  const Tensor picked = reshape(gather(lp, 1, from_vector(pick, Shape{n, 1})), Shape{n});
+  for (double& w : wrow) w *= -(1.0 - eps);
+  Tensor rows = mul(picked, from_vector(wrow, Shape{n}, dt));
+  if (eps > 0.0) {
+    // - eps / C sum_c w[c] log p[c]
+    const Tensor u = wc.empty() ? sum(lp, {1}) : sum(mul(lp, from_vector(wc, Shape{c}, dt)), {1});
+    for (double& k : krow) k *= -eps / static_cast<double>(c);
+    rows = add(rows, mul(u, from_vector(krow, Shape{n}, dt)));
+  }
+  if (opts.reduction == Reduction::none) return reshape(rows, target.shape());
+  const Tensor total = sum(rows);
+  return opts.reduction == Reduction::sum ? total : div(total, count);
+}
+
+}  // namespace xg::detail

@@ -8,9 +8,11 @@
 
 #include <fmt/format.h>
 
+#include "detail/composite.hpp"
 #include "detail/dispatch.hpp"
 #include "detail/tensor_impl.hpp"
 #include "factory.hpp"
+#include "ops.hpp"
 #include "tape.hpp"
 
 namespace xg {
@@ -91,8 +93,26 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   });
   if (rec) {
     // xhat = (x - mean) rstd, gh = g w: dx = rstd (gh - mean(gh) - xhat mean(gh xhat)), dw = Σ g xhat, db = Σ g
-    record("layer_norm", y, {&x, &weight, &bias}, [x = save(x, 0), weight = save(weight, 1), stats, D](const Tensor& g, GradSlots& dx) {
+    // bias is kept for create_graph only (the composite's output includes it); the stats are
+    // constants there, recomputed by the composite.
+    record("layer_norm", y, {&x, &weight, &bias},
+           [x = save(x, 0), weight = save(weight, 1), bias = save(bias, 2), stats, eps](const Tensor& g,
+                                                                                      GradSlots& dx) {
+      // D is not captured (the closure then fits BackwardFn's inline room): g holds M rows of
+      // D, or with no rows the affine parameters' size.
       const std::int64_t M = stats.shape()[0];
+      const std::int64_t D = M > 0 ? g.numel() / M
+                             : dx.needs(1)  ? dx.shape(1).numel()
+                             : dx.needs(2)  ? dx.shape(2).numel()
+                                            : 0;
+      if (is_grad_enabled()) {
+        // create_graph: composite_backward through layer_norm_composite (mean, sub, mul, pow)
+        // over the rows flattened to [M, D]: the same statistics.
+        composite_backward({x.get(), weight.get(), bias.get()}, g, dx, [D, eps](const std::vector<Tensor>& in) {
+          return detail::layer_norm_composite(in[0], Shape{D}, in[1], in[2], eps);
+        });
+        return;
+      }
       const bool need_x = dx.needs(0), need_w = dx.needs(1), need_b = dx.needs(2);
       dispatch_float("layer_norm backward", g.dtype(), [&](auto tag) {
         using T = decltype(tag);
@@ -148,3 +168,19 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
 }
 
 }  // namespace xg
+
+namespace xg::detail {
+
+Tensor layer_norm_composite(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
+                            double eps) {
+  // Rows of D = numel(normalized_shape), so any normalized_shape of that size means the same.
+  const std::int64_t D = normalized_shape.numel();
+  const Tensor x2 = reshape(x, Shape{D > 0 ? x.numel() / D : 0, D});
+  const Tensor xc = sub(x2, mean(x2, {1}, true));
+  Tensor y = mul(xc, pow(add(mean(mul(xc, xc), {1}, true), eps), -0.5));
+  if (weight.defined()) y = mul(y, reshape(weight, Shape{D}));
+  if (bias.defined()) y = add(y, reshape(bias, Shape{D}));
+  return reshape(y, x.shape());
+}
+
+}  // namespace xg::detail

@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 
 #include "../backend/detail/blas.hpp"
+#include "detail/composite.hpp"
 #include "detail/kernels.hpp"
 #include "detail/lanes.hpp"
 #include "../backend/detail/packed_gemm.hpp"
@@ -105,6 +106,10 @@ Tensor half_of(const Tensor& hc, int k) {
   if (needs_record({&hc})) {
     // d hc[k] = g in half k of [2, B, H], zeros in the other half
     record(k == 0 ? "lstm_h" : "lstm_c", v, {&hc}, [k](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {  // create_graph: a recorded range, so the gradient keeps g's history
+        dx.set_range(0, g, 0, k);
+        return;
+      }
       const std::int64_t n = g.numel();
       Tensor d = Tensor::empty(Shape{2, g.shape()[0], g.shape()[1]}, g.dtype());
       const std::size_t bytes = static_cast<std::size_t>(n) * dtype_size(g.dtype());
@@ -245,6 +250,10 @@ Tensor packed_rows(const Tensor& packed, std::int64_t first, const Shape& shape,
   if (needs_record({&packed})) {
     // d packed = g in rows [first, first + n), zeros elsewhere
     record(name, v, {&packed}, [first, row, esz](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {  // create_graph: a recorded range, so the gradient keeps g's history
+        dx.set_range(0, g, 0, first);
+        return;
+      }
       const Shape& ps = dx.shape(0);
       Tensor d = Tensor::empty(ps, g.dtype());
       char* p = static_cast<char*>(d.data_ptr());
@@ -346,7 +355,17 @@ LSTMGatesOut lstm_cell_fused(const Tensor& gates, const Tensor& c_prev) {
     // d c = g_c + g_h ⊙ o ⊙ (1 - tanh²c);  d gates = [dc ⊙ g ⊙ σ'i, dc ⊙ c_prev ⊙ σ'f, dc ⊙ i ⊙ tanh'g,
     // g_h ⊙ tanh c ⊙ σ'o];  d c_prev = dc ⊙ f
     record("lstm_cell_fused", hc, {&gates, &c_prev},
-           [acts, c_prev = save(c_prev, 1), out = save_output(hc), B, H](const Tensor& g, GradSlots& dx) {
+           // gates is kept for create_graph only: the activations are constants, so that path
+           // recomputes them from gates with recorded ops.
+           [acts, gates = save(gates, 0), c_prev = save(c_prev, 1), out = save_output(hc)](const Tensor& g, GradSlots& dx) {
+             if (is_grad_enabled()) {
+               // create_graph: composite_backward through lstm_cell_composite (sigmoid, tanh, mul, add).
+               composite_backward({gates.get(), c_prev.get()}, g, dx, [](const std::vector<Tensor>& in) {
+                 return detail::lstm_cell_composite(in[0], in[1]);
+               });
+               return;
+             }
+             const std::int64_t B = acts.shape()[0], H = acts.shape()[1] / 4;
              Tensor dg = dx.needs(0) ? Tensor::empty(acts.shape(), acts.dtype()) : Tensor();
              Tensor dcp = dx.needs(1) ? Tensor::empty(dx.shape(1), g.dtype()) : Tensor();
              dispatch_float("lstm_cell_fused backward", g.dtype(), [&](auto tag) {
@@ -403,8 +422,18 @@ LSTMSequenceOut lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor
     record("lstm_sequence", packed, {&gx, &w_hh, &h0, &c0},
            // Four SavedTensors and two buffers: over BackwardFn's inline room, so this closure
            // is allocated, once per sequence.
-           [acts, cs, sw = save(w_hh, 1), sh = save(h0, 2), sc = save(c_init, 3), so = save_output(packed),
-            reverse](const Tensor& g, GradSlots& dx) {
+           // gx is kept for create_graph only (the saved gates are activated constants).
+           [acts, cs, sg = save(gx, 0), sw = save(w_hh, 1), sh = save(h0, 2), sc = save(c_init, 3),
+            so = save_output(packed), reverse](const Tensor& g, GradSlots& dx) {
+             if (is_grad_enabled()) {
+               // create_graph: composite_backward through lstm_sequence_composite, the recurrence
+               // as T steps of linear, sigmoid, tanh, mul and add.
+               composite_backward({sg.get(), sw.get(), sh.get(), sc.get()}, g, dx,
+                                  [reverse](const std::vector<Tensor>& in) {
+                                    return detail::lstm_sequence_composite(in[0], in[1], in[2], in[3], reverse);
+                                  });
+               return;
+             }
              const std::int64_t T = acts.shape()[0], B = acts.shape()[1], H = acts.shape()[2] / 4;
              const Dtype dt = acts.dtype();
              Tensor dgx = Tensor::empty(acts.shape(), dt);
@@ -465,7 +494,16 @@ Tensor gru_cell_fused(const Tensor& gi, const Tensor& gh, const Tensor& h_prev) 
   if (rec) {
     // dz = g ⊙ (h_prev - n) ⊙ σ'z,  dn = g ⊙ (1 - z) ⊙ tanh'n,  dr = dn ⊙ gh_n ⊙ σ'r;
     // d gi = [dr, dz, dn],  d gh = [dr, dz, dn ⊙ r],  d h_prev = g ⊙ z
-    record("gru_cell_fused", h, {&gi, &gh, &h_prev}, [acts, gh = save(gh, 1), h_prev = save(h_prev, 2), B, H](const Tensor& g, GradSlots& dx) {
+    // gi is kept for create_graph only: r, z, n are saved as constants.
+    record("gru_cell_fused", h, {&gi, &gh, &h_prev}, [acts, gi = save(gi, 0), gh = save(gh, 1), h_prev = save(h_prev, 2)](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {
+        // create_graph: composite_backward through gru_cell_composite.
+        composite_backward({gi.get(), gh.get(), h_prev.get()}, g, dx, [](const std::vector<Tensor>& in) {
+          return detail::gru_cell_composite(in[0], in[1], in[2]);
+        });
+        return;
+      }
+      const std::int64_t B = acts.shape()[0], H = acts.shape()[1] / 3;
       Tensor dgi = dx.needs(0) ? Tensor::empty(acts.shape(), acts.dtype()) : Tensor();
       Tensor dgh = dx.needs(1) ? Tensor::empty(acts.shape(), acts.dtype()) : Tensor();
       Tensor dhp = dx.needs(2) ? Tensor::empty(dx.shape(2), g.dtype()) : Tensor();
@@ -502,7 +540,31 @@ namespace {
 struct StepGrads {
   Tensor buf;  // [T*B, G]
   std::int64_t last = std::numeric_limits<std::int64_t>::max();  // order index of the last step written
+  // Under create_graph: each step's gradient (with history) by time index, and each step's
+  // row count (packed_step_views; empty: every step has g's rows).
+  std::vector<Tensor> parts;
+  std::vector<std::int64_t> rows;
 };
+
+// The create_graph form of the shared buffer: step t's g is kept as it is (a range write
+// would be a constant), and the view processed first (k = 0) hands x the steps joined in
+// time order by one recorded concat, zeros for steps the backward did not reach. A
+// recorded range per step instead would cost a full-size [T*B, G] tensor per step: O(T²).
+void keep_step_grad(StepGrads& s, std::int64_t k, std::int64_t t, std::size_t steps, const Tensor& g,
+                    GradSlots& dx) {
+  if (s.parts.empty() || k >= s.last) s.parts.assign(steps, Tensor());
+  s.last = k;
+  s.parts[static_cast<std::size_t>(t)] = g;
+  if (k != 0) return;
+  for (std::size_t j = 0; j < steps; ++j) {
+    if (s.parts[j].defined()) continue;
+    const std::int64_t n = s.rows.empty() ? g.shape()[0] : s.rows[j];
+    s.parts[j] = zeros(Shape{n, g.shape()[1]}, g.dtype());
+  }
+  dx[0] = steps == 1 ? s.parts[0] : concat(s.parts, 0);
+  s.parts.clear();
+  s.last = std::numeric_limits<std::int64_t>::max();
+}
 
 }  // namespace
 
@@ -532,6 +594,10 @@ std::vector<Tensor> step_views(const Tensor& x, std::int64_t T, bool reverse) {
     if (rec) {
       // d x[t] = g in rows of step t (gathered for all steps, handed over once by k = 0)
       record("rnn_step", v, {&x}, [grads, k, t, T, step_bytes](const Tensor& g, GradSlots& dx) {
+        if (is_grad_enabled()) {
+          keep_step_grad(*grads, k, t, static_cast<std::size_t>(T), g, dx);
+          return;
+        }
         StepGrads& s = *grads;
         // Steps are walked in decreasing k, so k >= last means a new backward pass.
         if (!s.buf.defined() || k >= s.last) s.buf = zeros(Shape{T * g.shape()[0], g.shape()[1]}, g.dtype());
@@ -784,6 +850,10 @@ Tensor row_block(const Tensor& packed, std::int64_t first, std::int64_t n, const
                                         static_cast<char*>(t.data) + first * H * esz));
   if (needs_record({&packed})) {
     record(name, v, {&packed}, [first, H, esz](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {  // create_graph: a recorded range, so the gradient keeps g's history
+        dx.set_range(0, g, 0, first);
+        return;
+      }
       const Shape& ps = dx.shape(0);
       Tensor d = zeros(ps, g.dtype());
       std::memcpy(static_cast<char*>(d.data_ptr()) + first * H * esz, g.data_ptr(),
@@ -836,8 +906,19 @@ LSTMSequenceOut lstm_sequence_packed(const Tensor& gx, const Tensor& w_hh, const
     // As lstm_sequence's backward, per step over its b_t rows; a sequence's d h_n / d c_n
     // enter at its own last step, and d h0 / d c0 leave at its own first step.
     record("lstm_sequence_packed", packed, {&gx, &w_hh, &h0, &c0},
-           [acts, cs, sw = save(w_hh, 1), sh = save(h0, 2), sc = save(c_init, 3), so = save_output(packed),
-            lay = std::make_shared<const PackedLayout>(p), reverse](const Tensor& g, GradSlots& dx) {
+           // gx is kept for create_graph only (the saved gates are activated constants).
+           [acts, cs, sg = save(gx, 0), sw = save(w_hh, 1), sh = save(h0, 2), sc = save(c_init, 3),
+            so = save_output(packed), lay = std::make_shared<const PackedLayout>(p), reverse](const Tensor& g,
+                                                                                              GradSlots& dx) {
+             if (is_grad_enabled()) {
+               // create_graph: composite_backward through lstm_packed_composite (per step the b_t
+               // running rows, as the fused kernel).
+               composite_backward({sg.get(), sw.get(), sh.get(), sc.get()}, g, dx,
+                                  [lay, reverse](const std::vector<Tensor>& in) {
+                                    return detail::lstm_packed_composite(in[0], in[1], in[2], in[3], *lay, reverse);
+                                  });
+               return;
+             }
              const PackedLayout& p = *lay;
              const std::int64_t N = p.rows(), B = p.B, H = acts.shape()[1] / 4;
              const Dtype dt = acts.dtype();
@@ -888,6 +969,7 @@ std::vector<Tensor> packed_step_views(const Tensor& x, const PackedLayout& p, bo
   const bool rec = needs_record({&x});
   auto grads = rec ? std::make_shared<StepGrads>() : nullptr;
   const std::int64_t S = p.steps;
+  if (rec) grads->rows.assign(p.batch_sizes.begin(), p.batch_sizes.begin() + S);
   std::vector<Tensor> views;
   views.reserve(static_cast<std::size_t>(S));
   for (std::int64_t k = 0; k < S; ++k) {
@@ -897,7 +979,11 @@ std::vector<Tensor> packed_step_views(const Tensor& x, const PackedLayout& p, bo
     if (rec) {
       // d x rows of step t = g (gathered for all steps, handed over once by k = 0)
       const std::int64_t N = p.rows();
-      record("rnn_packed_step", v, {&x}, [grads, k, o, N, row_bytes](const Tensor& g, GradSlots& dx) {
+      record("rnn_packed_step", v, {&x}, [grads, k, t, S, o, N, row_bytes](const Tensor& g, GradSlots& dx) {
+        if (is_grad_enabled()) {
+          keep_step_grad(*grads, k, t, static_cast<std::size_t>(S), g, dx);
+          return;
+        }
         StepGrads& s = *grads;
         if (!s.buf.defined() || k >= s.last) s.buf = zeros(Shape{N, g.shape()[1]}, g.dtype());
         s.last = k;
@@ -916,3 +1002,101 @@ std::vector<Tensor> packed_step_views(const Tensor& x, const PackedLayout& p, bo
 }
 
 }  // namespace xg
+
+// ---------------------------------------------------------------------------
+// The composite forms (detail/composite.hpp): the create_graph paths of the fused nodes
+// ---------------------------------------------------------------------------
+
+namespace xg::detail {
+
+namespace {
+
+// One LSTM step from gates [b, 4H] and c_prev [b, H] in recorded ops: c = f c_prev + i g,
+// h = o tanh(c).
+void lstm_step_ops(const Tensor& gates, const Tensor& c_prev, std::int64_t H, Tensor& h, Tensor& c) {
+  const Tensor i = sigmoid(narrow(gates, 1, 0, H));
+  const Tensor f = sigmoid(narrow(gates, 1, H, H));
+  const Tensor g = tanh(narrow(gates, 1, 2 * H, H));
+  const Tensor o = sigmoid(narrow(gates, 1, 3 * H, H));
+  c = add(mul(f, c_prev), mul(i, g));
+  h = mul(o, tanh(c));
+}
+
+}  // namespace
+
+Tensor lstm_cell_composite(const Tensor& gates, const Tensor& c_prev) {
+  Tensor h, c;
+  lstm_step_ops(gates, c_prev, gates.shape()[1] / 4, h, c);
+  return stack({h, c}, 0);
+}
+
+Tensor lstm_sequence_composite(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
+                               bool reverse) {
+  const std::int64_t T = gx.shape()[0], H = gx.shape()[2] / 4;
+  std::vector<Tensor> hs(static_cast<std::size_t>(T));
+  // An undefined h0 is zeros, multiplied like any h: with T = 1, W_hh's (zero) gradient
+  // then still comes from a recorded product, not a constant.
+  Tensor h = h0.defined() ? h0 : zeros(Shape{gx.shape()[1], H}, gx.dtype());
+  Tensor c = c0;
+  for (std::int64_t k = 0; k < T; ++k) {
+    const std::int64_t t = reverse ? T - 1 - k : k;
+    const Tensor gates = add(select(gx, 0, t), linear(h, w_hh));
+    lstm_step_ops(gates, c, H, h, c);
+    hs[static_cast<std::size_t>(t)] = h;
+  }
+  return concat({stack(hs, 0), unsqueeze(c, 0)}, 0);
+}
+
+Tensor lstm_packed_composite(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
+                             const PackedLayout& p, bool reverse) {
+  const std::int64_t B = p.B, S = p.steps, H = gx.shape()[1] / 4;
+  const Dtype dt = gx.dtype();
+  // Rows [lo, hi) of an initial state (undefined: zeros, multiplied like any h, as in
+  // lstm_sequence_composite).
+  auto rows = [B, H, dt](const Tensor& s, std::int64_t lo, std::int64_t hi) {
+    return !s.defined() ? zeros(Shape{hi - lo, H}, dt) : lo == 0 && hi == B ? s : narrow(s, 0, lo, hi - lo);
+  };
+  std::vector<Tensor> hs(static_cast<std::size_t>(S)), h_done, c_done;
+  Tensor h, c;
+  std::int64_t b_prev = 0;
+  for (std::int64_t k = 0; k < S; ++k) {
+    const std::int64_t t = reverse ? S - 1 - k : k;
+    const std::int64_t b = p.batch_sizes[static_cast<std::size_t>(t)], o = p.offsets[static_cast<std::size_t>(t)];
+    if (k == 0) {
+      h = rows(h0, 0, b);
+      c = rows(c0, 0, b);
+    } else if (b < b_prev) {
+      // Forward: the sequences ending at the previous step leave the running rows.
+      h_done.push_back(narrow(h, 0, b, b_prev - b));
+      c_done.push_back(narrow(c, 0, b, b_prev - b));
+      h = narrow(h, 0, 0, b);
+      c = narrow(c, 0, 0, b);
+    } else if (b > b_prev) {
+      // Reverse: the sequences whose last step is t join from h0 / c0.
+      h = concat({h, rows(h0, b_prev, b)}, 0);
+      c = concat({c, rows(c0, b_prev, b)}, 0);
+    }
+    b_prev = b;
+    const Tensor gates = add(narrow(gx, 0, o, b), linear(h, w_hh));
+    lstm_step_ops(gates, c, H, h, c);
+    hs[static_cast<std::size_t>(t)] = h;
+  }
+  h_done.push_back(h);
+  c_done.push_back(c);
+  std::reverse(h_done.begin(), h_done.end());
+  std::reverse(c_done.begin(), c_done.end());
+  std::vector<Tensor> parts = std::move(hs);
+  parts.insert(parts.end(), h_done.begin(), h_done.end());
+  parts.insert(parts.end(), c_done.begin(), c_done.end());
+  return concat(parts, 0);
+}
+
+Tensor gru_cell_composite(const Tensor& gi, const Tensor& gh, const Tensor& h_prev) {
+  const std::int64_t H = gi.shape()[1] / 3;
+  const Tensor r = sigmoid(add(narrow(gi, 1, 0, H), narrow(gh, 1, 0, H)));
+  const Tensor z = sigmoid(add(narrow(gi, 1, H, H), narrow(gh, 1, H, H)));
+  const Tensor n = tanh(add(narrow(gi, 1, 2 * H, H), mul(r, narrow(gh, 1, 2 * H, H))));
+  return add(n, mul(z, sub(h_prev, n)));  // (1 - z) n + z h_prev, grouped as the kernel
+}
+
+}  // namespace xg::detail
