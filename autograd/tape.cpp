@@ -855,7 +855,10 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
     } else if (!t.nodes[k].grad.defined()) {
       t.nodes[k].grad = std::move(g);
     } else {
-      Tensor s = add(t.nodes[k].grad, g);  // records: t.nodes may move
+      // add records, and t.nodes may reallocate under it: pass it a copy, not a reference
+      // into the vector.
+      const Tensor acc = t.nodes[k].grad;
+      Tensor s = add(acc, g);
       t.nodes[k].grad = std::move(s);
     }
   };
@@ -897,8 +900,9 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
   // The lowest node the walk may need: everything below the lowest target node leads
   // nowhere useful, unless a target is a leaf (a leaf can hang off any node).
   std::uint32_t lo = floor;
+  bool all_nodes = false;
   if (capture) {
-    bool all_nodes = nt > 0;
+    all_nodes = nt > 0;
     std::uint32_t m = L;
     for (std::size_t k = 0; k < nt; ++k) {
       if (tnode[k] == kNoNode) {
@@ -941,7 +945,11 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
       const char* freed_op = e.stale_op;
       if (e.node != kNoNode) {
         if (e.node < lo) {
-          if (capture && e.node >= floor) continue;  // below every target: leads nowhere
+          // Below every target: leads nowhere. That holds below the floor too when every target
+          // is a node (composite_backward's aliases over inputs with history): a node is reached
+          // only from nodes recorded after it. A leaf target could hang off any node, so then an
+          // edge below the floor is refused rather than silently cut.
+          if (capture && (e.node >= floor || all_nodes)) continue;
           clear_marks();
           throw StateError(fmt::format(
               "{}: inside a backward function, only what that backward recorded can be differentiated "
