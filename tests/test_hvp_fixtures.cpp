@@ -12,6 +12,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -207,12 +208,6 @@ class OpsLSTM : public nn::Module {
 // recording introspection), or OpsLSTM: the three ways an LSTM is built in xgrad.
 enum class LstmPath { sequence, per_step, ops };
 
-const char* path_name(LstmPath p) {
-  return p == LstmPath::sequence ? "nn::LSTM, fused sequence op"
-         : p == LstmPath::per_step ? "nn::LSTM, per-step cell op"
-                                   : "LSTM from public ops";
-}
-
 // The recurrent part of the fixtures' models (parameters under "rnn.").
 struct Recurrent {
   std::shared_ptr<nn::LSTM> fused;
@@ -235,34 +230,44 @@ struct Recurrent {
   }
 };
 
-const LstmPath kPaths[] = {LstmPath::sequence, LstmPath::per_step, LstmPath::ops};
+}  // namespace
+
+namespace {
+
+// Embedding(7, 4) -> LSTM(4, 5, 2 layers) from h0 / c0 -> Linear(5, 7) -> cross_entropy (mean),
+// T=4, B=3; H v over every parameter.
+void lstm_lm_case(LstmPath p) {
+  DefaultDtypeGuard dg(f64);
+  const Fixture f("lstm_lm");
+  nn::Embedding emb(7, 4);
+  Recurrent rnn(p, 4, 5, 2);
+  nn::Linear fc(5, 7);
+  f.load(emb, "emb.");
+  f.load(rnn.module(), "rnn.");
+  f.load(fc, "fc.");
+  const Tensor ids = f.entry("in.ids"), target = f.entry("in.target");
+  const Tensor h0 = f.entry("in.h0"), c0 = f.entry("in.c0");
+  Wrt w;
+  w.add_module(emb, "emb.");
+  w.add_module(rnn.module(), "rnn.");
+  w.add_module(fc, "fc.");
+  check_hvp(f, w, [&] {
+    const Tensor out = rnn(emb(ids), h0, c0);                      // [4, 3, 5]
+    return cross_entropy(fc(reshape(out, Shape{12, 5})), target);  // [12, 7] logits
+  });
+}
 
 }  // namespace
 
-TEST_CASE("PyTorch second derivatives: H v of a 2-layer LSTM language model (hvp/lstm_lm.npz)") {
-  // Embedding(7, 4) -> LSTM(4, 5, 2 layers) from h0 / c0 -> Linear(5, 7) -> cross_entropy (mean),
-  // T=4, B=3; H v over every parameter.
-  DefaultDtypeGuard dg(f64);
-  const Fixture f("lstm_lm");
-  for (LstmPath p : kPaths) {
-    INFO(std::string(path_name(p)));
-    nn::Embedding emb(7, 4);
-    Recurrent rnn(p, 4, 5, 2);
-    nn::Linear fc(5, 7);
-    f.load(emb, "emb.");
-    f.load(rnn.module(), "rnn.");
-    f.load(fc, "fc.");
-    const Tensor ids = f.entry("in.ids"), target = f.entry("in.target");
-    const Tensor h0 = f.entry("in.h0"), c0 = f.entry("in.c0");
-    Wrt w;
-    w.add_module(emb, "emb.");
-    w.add_module(rnn.module(), "rnn.");
-    w.add_module(fc, "fc.");
-    check_hvp(f, w, [&] {
-      const Tensor out = rnn(emb(ids), h0, c0);                    // [4, 3, 5]
-      return cross_entropy(fc(reshape(out, Shape{12, 5})), target);  // [12, 7] logits
-    });
-  }
+// A test case per way of building the LSTM, so that one which throws does not hide the others.
+TEST_CASE("PyTorch second derivatives: H v of a 2-layer LSTM language model, nn::LSTM's sequence op (hvp/lstm_lm.npz)") {
+  lstm_lm_case(LstmPath::sequence);
+}
+TEST_CASE("PyTorch second derivatives: H v of a 2-layer LSTM language model, nn::LSTM's per-step op (hvp/lstm_lm.npz)") {
+  lstm_lm_case(LstmPath::per_step);
+}
+TEST_CASE("PyTorch second derivatives: H v of a 2-layer LSTM language model, LSTM from ops (hvp/lstm_lm.npz)") {
+  lstm_lm_case(LstmPath::ops);
 }
 
 TEST_CASE("PyTorch second derivatives: H v of MultiheadAttention with a key_padding_mask and a bool attn_mask "
@@ -363,68 +368,166 @@ TEST_CASE("PyTorch second derivatives: H v of conv2d + max_pool2d (hvp/conv_pool
   }
 }
 
-TEST_CASE("PyTorch second derivatives: gradient penalty d/dθ ||∂L/∂x||² through a 2-layer LSTM, and its H v "
-          "(hvp/lstm_gradient_penalty.npz)") {
-  // x [4, 2, 3] -> LSTM(3, 4, 2 layers) -> Linear(4, 5) -> cross_entropy (mean) = L;
-  // P = ||∂L/∂x||²; ∂P/∂θ over every parameter and x.
+namespace {
+
+// x [4, 2, 3] -> LSTM(3, 4, 2 layers) -> Linear(4, 5) -> cross_entropy (mean) = L;
+// P = ||∂L/∂x||²; ∂P/∂θ over every parameter and x. A fresh model and x in each SUBCASE
+// (backward accumulates into .grad()).
+struct PenaltyModel {
+  Recurrent rnn;
+  nn::Linear fc{4, 5};
+  Tensor x, target;
+  Wrt w;
+  PenaltyModel(const Fixture& f, LstmPath p) : rnn(p, 3, 4, 2) {
+    f.load(rnn.module(), "rnn.");
+    f.load(fc, "fc.");
+    x = f.leaf("in.x");
+    target = f.entry("in.target");
+    w.add_module(rnn.module(), "rnn.");
+    w.add_module(fc, "fc.");
+    w.add("in.x", x);
+    require_same_set(f, w);
+  }
+  Tensor loss() const { return cross_entropy(fc(reshape(rnn(x), Shape{8, 4})), target); }
+};
+
+void penalty_case(LstmPath p) {
   DefaultDtypeGuard dg(f64);
   const Fixture f("lstm_gradient_penalty");
-  // A fresh model and x for each spelling (backward accumulates into .grad()).
-  struct Model {
-    Recurrent rnn;
-    nn::Linear fc{4, 5};
-    Tensor x, target;
-    Wrt w;
-    Model(const Fixture& f, LstmPath p) : rnn(p, 3, 4, 2) {
-      f.load(rnn.module(), "rnn.");
-      f.load(fc, "fc.");
-      x = f.leaf("in.x");
-      target = f.entry("in.target");
-      w.add_module(rnn.module(), "rnn.");
-      w.add_module(fc, "fc.");
-      w.add("in.x", x);
-      require_same_set(f, w);
+  SUBCASE("xg::grad(create_graph) for ∂L/∂x, xg::grad of the penalty") {
+    const PenaltyModel m(f, p);
+    const Tensor gx = grad({m.loss()}, {m.x}, {}, {.create_graph = true}).at(0);
+    f.close(gx, "grad.in.x");
+    const Tensor penalty = sum(mul(gx, gx));
+    f.close(penalty, "out.penalty");
+    const std::vector<Tensor> gp = grad({penalty}, m.w.tensors, {}, {.allow_unused = true});
+    REQUIRE(gp.size() == m.w.tensors.size());
+    for (std::size_t i = 0; i < gp.size(); ++i) f.close(or_zeros(gp[i], m.w.tensors[i]), "gp." + m.w.names[i]);
+  }
+  SUBCASE("backward(create_graph), then the penalty's backward: each .grad() is ∂L/∂θ + ∂P/∂θ") {
+    const PenaltyModel m(f, p);
+    m.loss().backward({.create_graph = true});
+    const Tensor penalty = sum(mul(m.x.grad(), m.x.grad()));
+    f.close(penalty, "out.penalty");
+    penalty.backward();
+    for (std::size_t i = 0; i < m.w.tensors.size(); ++i) {
+      const std::string& n = m.w.names[i];
+      INFO(n);
+      const Tensor want = add(f.entry("grad." + n), f.entry("gp." + n));
+      const Tensor got = m.w.tensors[i].grad();
+      REQUIRE(got.defined());
+      double scale = 0.0;
+      for (double e : want.to_vector<double>()) scale = std::max(scale, std::fabs(e));
+      check_values(got, want.to_vector<double>(), kTol * scale, kTol);
     }
-    Tensor loss() const { return cross_entropy(fc(reshape(rnn(x), Shape{8, 4})), target); }
-  };
-  for (LstmPath p : kPaths) {
-    INFO(std::string(path_name(p)));
-    {
-      INFO("xg::grad(create_graph) for ∂L/∂x, xg::grad of the penalty");
-      const Model m(f, p);
-      const Tensor gx = grad({m.loss()}, {m.x}, {}, {.create_graph = true}).at(0);
-      f.close(gx, "grad.in.x");
-      const Tensor penalty = sum(mul(gx, gx));
-      f.close(penalty, "out.penalty");
-      const std::vector<Tensor> gp = grad({penalty}, m.w.tensors, {}, {.allow_unused = true});
-      REQUIRE(gp.size() == m.w.tensors.size());
-      for (std::size_t i = 0; i < gp.size(); ++i) f.close(or_zeros(gp[i], m.w.tensors[i]), "gp." + m.w.names[i]);
-    }
-    {
-      INFO("backward(create_graph), then the penalty's backward: each .grad() is ∂L/∂θ + ∂P/∂θ");
-      const Model m(f, p);
-      m.loss().backward({.create_graph = true});
-      const Tensor penalty = sum(mul(m.x.grad(), m.x.grad()));
-      f.close(penalty, "out.penalty");
-      penalty.backward();
-      for (std::size_t i = 0; i < m.w.tensors.size(); ++i) {
-        const std::string& n = m.w.names[i];
-        INFO(n);
-        const Tensor want = add(f.entry("grad." + n), f.entry("gp." + n));
-        const Tensor got = m.w.tensors[i].grad();
-        REQUIRE(got.defined());
-        double scale = 0.0;
-        for (double e : want.to_vector<double>()) scale = std::max(scale, std::fabs(e));
-        check_values(got, want.to_vector<double>(), kTol * scale, kTol);
+    // A .grad() made with create_graph reaches its own leaf through its history: dropping it
+    // breaks that cycle (PyTorch gives the same advice), or the model would never be freed.
+    for (Tensor t : m.w.tensors) t.zero_grad();
+  }
+  SUBCASE("H v of L") {
+    const PenaltyModel m(f, p);
+    check_hvp(f, m.w, [&] { return m.loss(); });
+  }
+}
+
+}  // namespace
+
+TEST_CASE("PyTorch second derivatives: gradient penalty d/dθ ||∂L/∂x||² and H v, 2-layer nn::LSTM's sequence op "
+          "(hvp/lstm_gradient_penalty.npz)") {
+  penalty_case(LstmPath::sequence);
+}
+TEST_CASE("PyTorch second derivatives: gradient penalty d/dθ ||∂L/∂x||² and H v, 2-layer nn::LSTM's per-step op "
+          "(hvp/lstm_gradient_penalty.npz)") {
+  penalty_case(LstmPath::per_step);
+}
+TEST_CASE("PyTorch second derivatives: gradient penalty d/dθ ||∂L/∂x||² and H v, 2-layer LSTM from ops "
+          "(hvp/lstm_gradient_penalty.npz)") {
+  penalty_case(LstmPath::ops);
+}
+
+// ---------------------------------------------------------------------------------------
+// Two engine faults the fixtures above ran into, each pinned by a case of its own.
+// ---------------------------------------------------------------------------------------
+
+namespace {
+
+// y = x³ as a fused op: a constant value and a raw backward, composite_backward under
+// create_graph, as the built-in fused ops (cross_entropy, the LSTM nodes) are written.
+Tensor fused_cube(const Tensor& x) {
+  const Tensor xd = x.detach();
+  Tensor y = mul(xd, mul(xd, xd));
+  if (needs_record({&x})) {
+    record("fused_cube", y, {&x}, [sx = save(x, 0)](const Tensor& g, GradSlots& dx) {
+      if (is_grad_enabled()) {
+        composite_backward({sx.get()}, g, dx, [](const std::vector<Tensor>& in) { return mul(in[0], mul(in[0], in[0])); });
+      } else {
+        const Tensor& xv = sx.get();
+        dx[0] = mul(mul(g, mul(xv, xv)), 3.0);  // d x³ = 3x² g
       }
-      // A .grad() made with create_graph reaches its own leaf through its history: dropping it
-      // breaks that cycle (PyTorch gives the same advice), or the model would never be freed.
-      for (Tensor t : m.w.tensors) t.zero_grad();
-    }
-    {
-      INFO("H v of L");
-      const Model m(f, p);
-      check_hvp(f, m.w, [&] { return m.loss(); });
+    });
+  }
+  return y;
+}
+
+}  // namespace
+
+TEST_CASE("create_graph: composite_backward over an input that has history (a fused op after another op)") {
+  // Every fused op of a model sits on other ops' outputs: cross_entropy on a Linear's logits,
+  // the LSTM on an embedding. L = Σ (a²)³: ∂L/∂a = 6a⁵, H v = 30a⁴ v.
+  DefaultDtypeGuard dg(f64);
+  const Tensor a = from_vector(std::vector<double>{-1.3, -0.4, 0.1, 0.7, 1.9}).requires_grad_();
+  const Tensor v = from_vector(std::vector<double>{0.5, -1.0, 2.0, 0.25, -0.75});
+  const std::vector<Tensor> g = grad({sum(fused_cube(mul(a, a)))}, {a}, {}, {.create_graph = true});
+  const std::vector<Tensor> hv = grad({sum(mul(g[0], v))}, {a});
+  const std::vector<double> av = a.to_vector<double>(), vv = v.to_vector<double>();
+  std::vector<double> want_g, want_hv;
+  for (std::size_t i = 0; i < av.size(); ++i) {
+    want_g.push_back(6 * std::pow(av[i], 5));
+    want_hv.push_back(30 * std::pow(av[i], 4) * vv[i]);
+  }
+  check_values(g[0], want_g, 1e-14, 1e-12);
+  check_values(hv[0], want_hv, 1e-14, 1e-12);
+}
+
+TEST_CASE("create_graph: a node whose gradient is summed from many consumers (the sums record new nodes)") {
+  // y = a² read by K ops: under create_graph each of the K - 1 sums into y's gradient is a
+  // recorded add, which may move the tape's nodes (it outgrows its capacity) while the sum
+  // reads y's gradient. L = Σ_k sum(c_k y), C = Σ_k c_k: ∂L/∂a = 2C a, H v = 2C v.
+  // Each K on a thread of its own: a fresh tape, whose capacity doubles from nothing, so over
+  // the K the moves fall on one of the sums (the fault read a moved-from node there: a crash,
+  // or with AddressSanitizer a use after free).
+  const std::vector<double> av{-0.9, 0.2, 1.1}, vv{1.0, -2.0, 0.5};
+  for (int K = 2; K <= 200; ++K) {
+    INFO("K = " << K);
+    std::vector<double> got_g, got_hv;
+    std::string error;
+    double C = 0;
+    std::thread worker([&] {
+      try {
+        DefaultDtypeGuard dg(f64);
+        const Tensor a = from_vector(av).requires_grad_();
+        const Tensor y = mul(a, a);
+        Tensor loss;
+        for (int k = 1; k <= K; ++k) {
+          const Tensor term = sum(mul(y, 0.001 * k));
+          C += 0.001 * k;
+          loss = loss.defined() ? add(loss, term) : term;
+        }
+        const std::vector<Tensor> g = grad({loss}, {a}, {}, {.create_graph = true});
+        const std::vector<Tensor> hv = grad({sum(mul(g[0], from_vector(vv)))}, {a});
+        got_g = g[0].to_vector<double>();
+        got_hv = hv[0].to_vector<double>();
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+    });
+    worker.join();
+    REQUIRE(error.empty());
+    REQUIRE(got_g.size() == av.size());
+    REQUIRE(got_hv.size() == av.size());
+    for (std::size_t i = 0; i < av.size(); ++i) {
+      CHECK(std::fabs(got_g[i] - 2 * C * av[i]) <= 1e-12 * (1 + std::fabs(2 * C * av[i])));
+      CHECK(std::fabs(got_hv[i] - 2 * C * vv[i]) <= 1e-12 * (1 + std::fabs(2 * C * vv[i])));
     }
   }
 }
