@@ -65,6 +65,17 @@ def build(torch, variant):
     return emb, rnn, fc
 
 
+def openblas_core():
+    """OpenBLAS's kernel (compare.py shows it beside xgrad's), or None."""
+    try:
+        import ctypes
+        lib = ctypes.CDLL("libopenblas.so.0")
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        return lib.openblas_get_corename().decode()
+    except (OSError, AttributeError):
+        return None
+
+
 def run(torch, variant, steps, warmup):
     F = torch.nn.functional
     torch.manual_seed(SEED)
@@ -110,7 +121,7 @@ def run(torch, variant, steps, warmup):
             "hvp_over_grad_cpu": med(hvp_cpu) / med(grad_cpu),
             "loss_first": loss_first, "vhv_first": vhv_first,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-            "torch": torch.__version__}
+            "openblas_core": openblas_core(), "torch": torch.__version__}
 
 
 def main():
