@@ -6,7 +6,8 @@
 // workloads' GEMM shapes on cblas_sgemm and on xgrad's own kernel; pool, what a split costs;
 // modreg, registering --modules N one-parameter sub-modules into one module (a model built
 // from many small blocks, or a generated one): each step builds the module afresh;
-// customcell --size S, a user's own LSTM / GRU cells from ops against nn::LSTM / nn::GRU.
+// customcell --size S, a user's own LSTM / GRU cells from ops against nn::LSTM / nn::GRU;
+// hvp --variant fused|loop, one gradient and one Hessian-vector product of the charlstm loss.
 #include <malloc.h>
 
 #include <cstring>
@@ -120,7 +121,7 @@ int usage() {
   std::fputs(
       "usage: xgrad_bench WORKLOAD [--steps S] [--warmup W] [--threads N] [--variant V] [--T N] [--ops N]\n"
       "                   [--modules N] [--size small|medium|large] [--no-malloc-tuning] [--lengths uniform]\n"
-      "workloads: opoverhead charlstm minchar biglstm seq2seq_attn bptt_mem gemm pool modreg customcell\n"
+      "workloads: opoverhead charlstm minchar biglstm seq2seq_attn bptt_mem gemm pool modreg customcell hvp\n"
       "  --T N: bptt_mem at one sequence length (default: 64, 128, 256, 512, each in a fresh process)\n"
       "  --lengths uniform: charlstm / biglstm on sequences of lengths uniform in [T/2, T] per batch row\n"
       "                     (nn::LSTM's lengths, loss on the real tokens only)\n",
@@ -173,6 +174,7 @@ int main(int argc, char** argv) {
         {"seq2seq_attn", bench::seq2seq_attn}, {"bptt_mem", bench::bptt_mem},
         {"gemm", bench::gemm},             {"pool", bench::pool},
         {"modreg", bench::modreg},         {"customcell", bench::customcell},
+        {"hvp", bench::hvp},
     };
     const auto it = workloads.find(args.workload);
     if (it == workloads.end()) return usage();

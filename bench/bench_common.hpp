@@ -1,6 +1,7 @@
 #pragma once
 // Shared by the benchmark workloads: timing, peak RSS, the JSON line.
 #include <sys/resource.h>
+#include <time.h>
 
 #include <algorithm>
 #include <chrono>
@@ -54,6 +55,13 @@ inline double now_ms() {
   return std::chrono::duration<double, std::milli>(clock::now().time_since_epoch()).count();
 }
 
+// CPU time of the whole process (every thread), ms.
+inline double cpu_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) * 1e3 + double(ts.tv_nsec) / 1e6;
+}
+
 inline double peak_rss_mib() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
@@ -105,6 +113,7 @@ Result gemm(const Args& args);  // per-shape GEMM rates, its own JSON lines
 Result pool(const Args& args);  // the cost of one split: pool against a thread per call
 Result modreg(const Args& args);  // registering many sub-modules into one module
 Result customcell(const Args& args);  // a user's own cells from ops against nn::LSTM / nn::GRU
+Result hvp(const Args& args);  // charlstm: one gradient and one Hessian-vector product
 
 // Per-step timings of a training loop: warm-up steps, then timed ones.
 struct Timings {

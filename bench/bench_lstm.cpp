@@ -324,6 +324,67 @@ Result bptt_mem_one(const Args& args, std::int64_t T) {
   return r;
 }
 
+// The charlstm model's loss (state from zeros, no optimizer) differentiated twice per step:
+// one gradient (forward + xg::grad) and one Hessian-vector product H v = ∂/∂θ <∂L/∂θ, v>
+// (forward + xg::grad with create_graph + xg::grad of <g, v>, through xg::hvp) on the same
+// batch, one after the other so both see the same machine load. v is a fixed N(0, 1)
+// direction per parameter. The JSON's median_ms is the H v's; grad_ms beside it, and the
+// process CPU time of each (the machine is shared: wall time includes waiting).
+Result hvp(const Args& args) {
+  const LMConfig c{96, 64, 256, 2, 32, 64};
+  const std::string variant = args.variant.empty() ? "fused" : args.variant;
+  manual_seed(kSeed);
+  CharLM model(c, variant);
+  if (variant == "perstep") model.rnn->set_record(true, nn::RecordOptions{false, false, false});
+  const std::vector<Tensor> params = model.parameters();
+  Generator vgen(kSeed + 4);
+  std::vector<Tensor> v;
+  for (const Tensor& p : params) v.push_back(randn(p.shape(), p.dtype(), &vgen));
+  const int steps = args.steps_or(10);
+  const auto batches = lm_batches(c, args.warmup + steps, kSeed + 1);
+  std::vector<double> grad_ms, hvp_ms, grad_cpu, hvp_cpu;
+  double loss_first = 0, vhv_first = 0;
+  for (int i = 0; i < args.warmup + steps; ++i) {
+    const Tensor& x = batches[static_cast<std::size_t>(i)].first;
+    const Tensor& y = batches[static_cast<std::size_t>(i)].second;
+    const auto loss_fn = [&] { return cross_entropy(model.forward(x, nn::LSTMState{}).first, y); };
+    const double t0 = now_ms(), c0 = cpu_ms();
+    const std::vector<Tensor> g = grad({loss_fn()}, params);
+    const double t1 = now_ms(), c1 = cpu_ms();
+    const HvpResult h = xg::hvp(loss_fn, params, v);
+    const double t2 = now_ms(), c2 = cpu_ms();
+    if (g.size() != params.size() || h.hvp.size() != params.size()) throw Error("hvp: wrong number of results");
+    if (i == 0) {
+      loss_first = h.value.item();
+      for (std::size_t k = 0; k < v.size(); ++k) {
+        if (h.hvp[k].defined()) vhv_first += sum(mul(v[k], h.hvp[k])).item();
+      }
+    }
+    if (i >= args.warmup) {
+      grad_ms.push_back(t1 - t0);
+      hvp_ms.push_back(t2 - t1);
+      grad_cpu.push_back(c1 - c0);
+      hvp_cpu.push_back(c2 - c1);
+    }
+  }
+  Result r;
+  r.workload = "hvp";
+  r.variant = variant;
+  r.threads = args.threads;
+  r.ms = hvp_ms;
+  r.tokens_per_step = double(c.B * c.T);
+  r.extra["T"] = double(c.T);
+  r.extra["grad_ms"] = median(grad_ms);
+  r.extra["hvp_ms"] = median(hvp_ms);
+  r.extra["hvp_over_grad"] = median(hvp_ms) / median(grad_ms);
+  r.extra["grad_cpu_ms"] = median(grad_cpu);
+  r.extra["hvp_cpu_ms"] = median(hvp_cpu);
+  r.extra["hvp_over_grad_cpu"] = median(hvp_cpu) / median(grad_cpu);
+  r.extra["loss_first"] = loss_first;
+  r.extra["vhv_first"] = vhv_first;  // <v, H v> on the first batch: a sanity figure
+  return r;
+}
+
 Result bptt_mem(const Args& args) {
   if (args.T > 0) return bptt_mem_one(args, args.T);
   // Every T in a fresh process, so each peak RSS is clean.

@@ -21,6 +21,10 @@ bptt_mem runs every sequence length in a fresh process on both sides.
 charlstm_lengths is charlstm on lengths uniform in [T/2, T] (`xgrad_bench charlstm --lengths
 uniform`) against PyTorch's packed LSTM (bench/torch_ref_lengths.py) and against xgrad's own
 padded charlstm; it is not in the default list (--workloads charlstm_lengths).
+hvp and hvp:loop are one gradient and one Hessian-vector product of the charlstm loss
+(`xgrad_bench hvp`, nn::LSTM / the LSTM from ops) against bench/torch_hvp.py's double backward
+(nn.LSTM / torch_ref's LoopLSTM); the H v times are compared, each side's H v / gradient ratio
+shown beside them (wall and CPU time); not in the default list (--workloads hvp,hvp:loop).
 """
 import argparse
 import json
@@ -44,6 +48,8 @@ WORKLOADS = {
     "charlstm:loop": ("loop", "median_ms"),
     "charlstm:hoisted": ("loop", "median_ms"),
     "charlstm_lengths": ("packed", "median_ms"),
+    "hvp": ("fused", "median_ms"),
+    "hvp:loop": ("loop", "median_ms"),
 }
 BPTT_T = [64, 128, 256, 512]
 
@@ -88,6 +94,27 @@ def measure(w, args, env, xgrad_bench):
         res["xgrad"], res["xgrad_padded"], res["torch"] = median(xs), median(ps), median(ts)
         res["xgrad_runs"], res["xgrad_padded_runs"], res["torch_runs"] = xs, ps, ts
         res["over_padded"] = res["xgrad"] / res["xgrad_padded"]
+    elif w == "hvp":
+        ref = [sys.executable, os.path.join(HERE, "torch_hvp.py"), "--json", "--variant", tv] + th
+        runs = {k: [] for k in ("xgrad", "xgrad_grad", "xgrad_cpu", "xgrad_grad_cpu",
+                                "torch", "torch_grad", "torch_cpu", "torch_grad_cpu")}
+        for _ in range(args.reps):
+            x = run_json([xgrad_bench, "hvp"] + xvariant + th, env)[-1]
+            t = run_json(ref, env)[-1]
+            for side, r in (("xgrad", x), ("torch", t)):
+                runs[side].append(r["hvp_ms"])
+                runs[side + "_grad"].append(r["grad_ms"])
+                runs[side + "_cpu"].append(r["hvp_cpu_ms"])
+                runs[side + "_grad_cpu"].append(r["grad_cpu_ms"])
+            res.update(backends(x, t))
+        for k, v in runs.items():
+            res[k] = median(v)
+        res["xgrad_runs"], res["torch_runs"] = runs["xgrad"], runs["torch"]
+        res["xgrad_over_grad"] = res["xgrad"] / res["xgrad_grad"]
+        res["torch_over_grad"] = res["torch"] / res["torch_grad"]
+        res["xgrad_over_grad_cpu"] = res["xgrad_cpu"] / res["xgrad_grad_cpu"]
+        res["torch_over_grad_cpu"] = res["torch_cpu"] / res["torch_grad_cpu"]
+        res["cpu_ratio"] = res["xgrad_cpu"] / res["torch_cpu"]
     elif w == "bptt_mem":
         xs = {T: [] for T in BPTT_T}
         ts = {T: [] for T in BPTT_T}
@@ -183,6 +210,8 @@ def target(w, r, threads):
         return "<= 0.5x", r["ratio"] <= 0.5
     if w == "charlstm_lengths":
         return "<= 0.3x, <= 0.8x padded", r["ratio"] <= 0.3 and r["over_padded"] <= 0.8
+    if w in ("hvp", "hvp:loop"):
+        return "<= 0.5x torch H v, <= 2.5x own grad", r["ratio"] <= 0.5 and r["xgrad_over_grad"] <= 2.5
     if w == "bptt_mem":
         return "<= 0.8x at T=512, linear", r["ratio"] <= 0.8 and r["linear"]
     return "", None
@@ -243,6 +272,12 @@ def main():
         if "over_padded" in r:
             print(f"{'':14} {'padded ms':15} {fmt_num(r['xgrad_padded']):>10} {'':>10} {r['over_padded']:7.3f}  "
                   f"lengths / padded, {100 * r['real_token_fraction']:.0f}% real tokens")
+        if "xgrad_over_grad" in r:
+            print(f"{'':14} {'grad ms':15} {fmt_num(r['xgrad_grad']):>10} {fmt_num(r['torch_grad']):>10}  "
+                  f"H v / grad: xgrad {r['xgrad_over_grad']:.2f}x, torch {r['torch_over_grad']:.2f}x")
+            print(f"{'':14} {'CPU H v ms':15} {fmt_num(r['xgrad_cpu']):>10} {fmt_num(r['torch_cpu']):>10} "
+                  f"{r['cpu_ratio']:7.3f}  CPU H v / grad: xgrad {r['xgrad_over_grad_cpu']:.2f}x, "
+                  f"torch {r['torch_over_grad_cpu']:.2f}x")
         if "per_T" in r:
             per = ", ".join(f"T={T}: {v['xgrad']:.0f} vs {v['torch']:.0f}" for T, v in r["per_T"].items())
             print(f"{'':14} {'MiB by T':15} {per}")
@@ -267,6 +302,9 @@ def main():
                 extra += ")"
             if "over_padded" in r:
                 extra = f" ({r['over_padded']:.3f}x padded {fmt_num(r['xgrad_padded'])})"
+            if "xgrad_over_grad" in r:
+                extra = (f" ({r['xgrad_over_grad']:.2f}x its grad {fmt_num(r['xgrad_grad'])}; torch "
+                         f"{r['torch_over_grad']:.2f}x its grad {fmt_num(r['torch_grad'])}; CPU ratio {r['cpu_ratio']:.3f})")
             if "per_T" in r:
                 extra = " (" + ", ".join(f"{T}: {v['xgrad']:.0f}/{v['torch']:.0f}" for T, v in r["per_T"].items()) + ")"
             print(f"| {r['workload']} | {r['key']} | {fmt_num(r['xgrad'])}{extra} | {fmt_num(r['torch'])} | "
