@@ -8,6 +8,7 @@
 #include "backend/error.hpp"
 #include "autograd/factory.hpp"
 #include "autograd/format.hpp"
+#include "autograd/grad.hpp"
 #include "autograd/gradcheck.hpp"
 #include "autograd/io.hpp"
 #include "autograd/memory.hpp"

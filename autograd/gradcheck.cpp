@@ -6,25 +6,28 @@
 #include <fmt/format.h>
 
 #include "factory.hpp"
+#include "grad.hpp"
 #include "ops.hpp"
 #include "tape.hpp"
 
 namespace xg {
 
 std::string GradcheckReport::str() const {
-  if (checked == 0) return "gradcheck: nothing to check (no float64 input)";
+  if (checked == 0) return kind + ": nothing to check (no float64 input)";
   return fmt::format(
-      "gradcheck {}: {} comparisons, max abs error {:.3e}, max rel error {:.3e}; worst: input {} {} "
+      "{} {}: {} comparisons, max abs error {:.3e}, max rel error {:.3e}; worst: input {} {} "
       "(analytic {:.9g}, numeric {:.9g})",
-      passed ? "PASSED" : "FAILED", checked, max_abs_err, max_rel_err, worst_input,
+      kind, passed ? "PASSED" : "FAILED", checked, max_abs_err, max_rel_err, worst_input,
       worst_element >= 0 ? fmt::format("element {}", worst_element) : std::string("random direction"), analytic,
       numeric);
 }
 
 namespace {
 
+// records: the objective itself differentiates (gradgradcheck), so it runs with grad
+// mode on, and its graph is dropped with it.
 GradcheckReport check_core(const std::function<Tensor()>& fn, const std::vector<Tensor>& wrt,
-                           const GradcheckOptions& opts) {
+                           const GradcheckOptions& opts, bool records = false) {
   for (std::size_t k = 0; k < wrt.size(); ++k) {
     const Tensor& p = wrt[k];
     if (!p.defined() || p.dtype() != Dtype::f64 || !p.is_leaf()) {
@@ -85,6 +88,7 @@ GradcheckReport check_core(const std::function<Tensor()>& fn, const std::vector<
     }
   }
   auto objective = [&]() {
+    if (records) return sum(mul(fn(), w)).item();
     NoGradGuard no_grad;
     return sum(mul(fn(), w)).item();
   };
@@ -159,13 +163,12 @@ GradcheckReport check_core(const std::function<Tensor()>& fn, const std::vector<
 
 }  // namespace
 
-GradcheckReport gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn,
-                          const std::vector<Tensor>& inputs, const GradcheckOptions& opts) {
-  std::vector<Tensor> xs;
-  std::vector<Tensor> wrt;
+namespace {
+// gradcheck's inputs: float ones become float64 leaves of their own (wrt), the rest pass.
+void f64_leaves(const char* what, const std::vector<Tensor>& inputs, std::vector<Tensor>& xs, std::vector<Tensor>& wrt) {
   for (std::size_t k = 0; k < inputs.size(); ++k) {
     const Tensor& in = inputs[k];
-    if (!in.defined()) throw StateError(fmt::format("gradcheck: input {} is undefined", k));
+    if (!in.defined()) throw StateError(fmt::format("{}: input {} is undefined", what, k));
     if (is_floating(in.dtype())) {
       Tensor x = in.detach().to(Dtype::f64);
       if (x.is_same(in) || in.dtype() == Dtype::f64) x = in.detach().clone();
@@ -175,6 +178,85 @@ GradcheckReport gradcheck(const std::function<Tensor(const std::vector<Tensor>&)
       xs.push_back(in);
     }
   }
+}
+
+// The second-order check: the first derivative grad(fn(), wrt, gy) (with create_graph),
+// flattened into one vector, is checked as a function of wrt and of gy, a random seed
+// that is itself a checked input (the backward's dependence on g is what a double
+// backward differentiates too).
+GradcheckReport second_order(const std::function<Tensor()>& fn, const std::vector<Tensor>& wrt,
+                             const GradcheckOptions& opts) {
+  DefaultDtypeGuard dtype_guard(Dtype::f64);
+  Shape ys;
+  {
+    NoGradGuard no_grad;
+    const Tensor y = fn();
+    if (!y.defined() || y.dtype() != Dtype::f64) {
+      throw DtypeError(fmt::format("gradgradcheck: fn returned {}; it runs in float64",
+                                   y.defined() ? std::string(dtype_name(y.dtype())) + " " + y.shape().str()
+                                               : std::string("undefined")));
+    }
+    ys = y.shape();
+  }
+  Generator gen(opts.seed ^ 0x5eedULL);
+  Tensor gy = uniform(ys, -1.0, 1.0, Dtype::f64, &gen);
+  std::vector<Tensor> all = wrt;
+  all.push_back(gy);
+  auto first = [&]() -> Tensor {
+    Tensor y = fn();
+    std::vector<Tensor> parts;
+    std::vector<Tensor> g;
+    if (y.requires_grad()) g = grad({y}, wrt, {gy}, {.create_graph = true, .allow_unused = true});
+    for (std::size_t k = 0; k < wrt.size(); ++k) {
+      parts.push_back(k < g.size() && g[k].defined() ? reshape(g[k], Shape{wrt[k].numel()})
+                                                      : zeros(Shape{wrt[k].numel()}, Dtype::f64));
+    }
+    return parts.empty() ? zeros(Shape{0}, Dtype::f64) : concat(parts, 0);
+  };
+  GradcheckReport rep = check_core(first, all, opts, true);
+  rep.kind = "gradgradcheck";
+  return rep;
+}
+}  // namespace
+
+GradcheckReport gradgradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn,
+                              const std::vector<Tensor>& inputs, const GradcheckOptions& opts) {
+  std::vector<Tensor> xs;
+  std::vector<Tensor> wrt;
+  f64_leaves("gradgradcheck", inputs, xs, wrt);
+  for (Tensor& x : wrt) x.requires_grad_(true);
+  return second_order([&] { return fn(xs); }, wrt, opts);
+}
+
+GradcheckReport gradgradcheck(const std::function<Tensor()>& fn, const std::vector<Tensor>& wrt,
+                              const GradcheckOptions& opts) {
+  for (std::size_t k = 0; k < wrt.size(); ++k) {
+    const Tensor& p = wrt[k];
+    if (!p.defined() || p.dtype() != Dtype::f64 || !p.is_leaf()) {
+      throw DtypeError(fmt::format("gradgradcheck: tensor {} to check must be a float64 leaf", k));
+    }
+  }
+  std::vector<bool> flags;
+  std::vector<Tensor> ps = wrt;
+  for (Tensor& p : ps) {
+    flags.push_back(p.requires_grad());
+    p.requires_grad_(true);
+  }
+  struct Restore {
+    std::vector<Tensor>& ps;
+    std::vector<bool>& fs;
+    ~Restore() {
+      for (std::size_t k = 0; k < ps.size(); ++k) ps[k].requires_grad_(fs[k]);
+    }
+  } restore{ps, flags};
+  return second_order(fn, ps, opts);
+}
+
+GradcheckReport gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn,
+                          const std::vector<Tensor>& inputs, const GradcheckOptions& opts) {
+  std::vector<Tensor> xs;
+  std::vector<Tensor> wrt;
+  f64_leaves("gradcheck", inputs, xs, wrt);
   return check_core([&] { return fn(xs); }, wrt, opts);
 }
 

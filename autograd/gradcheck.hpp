@@ -30,6 +30,7 @@ struct GradcheckReport {
   double analytic = 0.0;
   double numeric = 0.0;
   std::int64_t checked = 0;  // number of comparisons made
+  std::string kind = "gradcheck";
   std::string str() const;
   explicit operator bool() const { return passed; }
 };
@@ -46,5 +47,15 @@ GradcheckReport gradcheck(const std::function<Tensor(const std::vector<Tensor>&)
 // and their grad() is restored too.
 GradcheckReport gradcheck(const std::function<Tensor()>& fn, const std::vector<Tensor>& wrt,
                           const GradcheckOptions& opts = {});
+
+// Second derivatives, as PyTorch's gradgradcheck: the gradient grad(fn(inputs), inputs, gy)
+// computed with create_graph, for a fixed random seed gradient gy, is itself checked by
+// finite differences in the inputs and in gy. Float64 as gradcheck; the report reads
+// "gradgradcheck PASSED/FAILED".
+GradcheckReport gradgradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn,
+                              const std::vector<Tensor>& inputs, const GradcheckOptions& opts = {});
+// The same for tensors fn reads itself (a module's parameters after model.to(f64)).
+GradcheckReport gradgradcheck(const std::function<Tensor()>& fn, const std::vector<Tensor>& wrt,
+                              const GradcheckOptions& opts = {});
 
 }  // namespace xg

@@ -2,11 +2,13 @@
 #include "tape.hpp"
 
 #include "factory.hpp"
+#include "ops.hpp"
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <unordered_map>
 #include <utility>
@@ -111,6 +113,16 @@ thread_local const char* t_running_op = nullptr;
 thread_local std::uint32_t t_running_node = kNoNode;
 
 thread_local bool t_grad_enabled = true;
+// The innermost walk runs backward functions under create_graph.
+thread_local bool t_create_graph = false;
+// A walk nested in a create_graph backward may reach only nodes from this index up
+// (what was recorded during the outer walk).
+thread_local std::uint32_t t_walk_floor = 0;
+// Saved outputs handed out attached while a backward function runs (SavedTensor::get
+// returns a reference): dropped when it returns. A deque: references stay valid.
+thread_local std::deque<Tensor> t_attached;
+// The running backward function read a saved value with history (under create_graph).
+thread_local bool t_read_history = false;
 thread_local bool t_anomaly = false;
 thread_local bool t_tape_alive = false;
 thread_local std::uint32_t t_tape_id = 0;  // this thread's tape, 0 before it exists
@@ -319,12 +331,24 @@ Tensor copy_of(const Tensor& g) {
 // Leaves can be shared by graphs on several threads (Hogwild), so this holds the leaf's
 // grad lock, and adds in place only into a grad nobody else holds: a grad() handed out
 // earlier (an optimizer step reading it) keeps its values, and the sum goes to a copy.
-void accumulate_leaf(TensorImpl& leaf, Tensor&& g) {
+//
+// Under create_graph the grad carries history: the sum is a recorded add, never an
+// in-place write, and a constant result is a true constant (not marked as a grad value).
+void accumulate_leaf(TensorImpl& leaf, Tensor&& g, bool create_graph = false) {
   std::lock_guard lock(detail::grad_lock(&leaf));
   Tensor& acc = leaf.grad;
+  if (create_graph) {
+    if (!acc.defined()) {
+      acc = exclusively_held(g) ? std::move(g) : g.clone();
+    } else {
+      Tensor s = add(acc, g);
+      acc = std::move(s);
+    }
+    return;
+  }
   if (!acc.defined()) {
     acc = exclusively_held(g) ? std::move(g) : copy_of(g);
-  } else if (leaf_grad_exclusive(acc)) {
+  } else if (!acc.requires_grad() && leaf_grad_exclusive(acc)) {  // never into a grad with history
     detail::add_into(acc, g);
   } else {
     Tensor sum = copy_of(acc);
@@ -366,7 +390,7 @@ void accumulate_leaf_range(TensorImpl& leaf, const Tensor& g, const GradRange& r
   Tensor& acc = leaf.grad;
   if (!acc.defined()) {
     acc = zeros(leaf.shape, g.dtype());
-  } else if (!leaf_grad_exclusive(acc)) {
+  } else if (acc.requires_grad() || !leaf_grad_exclusive(acc)) {
     acc = copy_of(acc);
   }
   add_ranged(acc, g, r);
@@ -456,10 +480,10 @@ template <class Inputs>
 void record_impl(const char* name, Tensor& out, const Inputs& inputs, std::size_t n, BackwardFn fn) {
   if (!t_grad_enabled) return;  // NoGradGuard: nothing is recorded, out stays a constant
   Tape& t = tape();
-  if (t.in_backward) {
+  if (t.in_backward && !t_create_graph) {
     throw StateError(fmt::format(
         "record '{}': called from inside a backward function (while '{}' runs); backward functions "
-        "compute with recording off, and higher-order gradients are not supported yet",
+        "compute with recording off unless the backward was asked to create_graph",
         name, t_running_op ? t_running_op : "?"));
   }
   if (!out.defined()) throw StateError(fmt::format("record '{}': the output tensor is undefined", name));
@@ -523,6 +547,38 @@ void record_impl(const char* name, Tensor& out, const Inputs& inputs, std::size_
 
 SavedTensor::SavedTensor(const Tensor& t, int input)
     : t_(t), version_(t.defined() ? t.version() : 0), input_(input) {}
+
+namespace detail {
+thread_local bool t_reattach_outputs = false;
+}  // namespace detail
+
+// The saved output, attached to the node whose backward is running (it is that node's
+// output): a new handle that holds a reference to the node like any output handle.
+const Tensor& SavedTensor::get_create_graph() const {
+  if (input_ != kOutput || t_running_node == kNoNode) {
+    if (t_.requires_grad()) t_read_history = true;
+    return t_;
+  }
+  t_read_history = true;
+  Tape& t = tape();
+  Node& n = t.nodes[t_running_node];
+  if (n.out_shape != t_.shape() || n.out_dtype != t_.dtype()) {
+    throw StateError(fmt::format(
+        "'{}' (tape node #{}) saved as its output a {} {} but its output is {} {}: under create_graph a saved "
+        "output is attached to its node, so it must be that output",
+        n.name, t_running_node, dtype_name(t_.dtype()), t_.shape().str(), dtype_name(n.out_dtype),
+        n.out_shape.str()));
+  }
+  Tensor a = t_.detach();
+  TensorImpl& ai = *a.impl();
+  ai.requires_grad = true;
+  ai.stamp = n.stamp;
+  ai.node = t_running_node;
+  ai.op = n.name;
+  ++n.refs;
+  t_attached.push_back(std::move(a));
+  return t_attached.back();
+}
 
 void SavedTensor::throw_modified() const {
   const std::string what = input_ == kOutput ? fmt::format("its output {}", t_.shape().str())
@@ -650,193 +706,561 @@ void release_output(std::uint64_t stamp, std::uint32_t node) {
   q.any.store(true, std::memory_order_relaxed);
 }
 
-void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) {
-  Tape& t = tape();
-  TensorImpl& r = *root.impl();
-  if (!r.requires_grad) {
-    throw StateError(fmt::format(
-        "backward: the tensor {} does not require grad: none of the inputs of the ops that made it "
-        "requires grad (call requires_grad_() on the parameters), or it was computed under NoGradGuard",
-        r.shape.str()));
-  }
-  Tensor seed = seed_in;
-  if (seed.defined()) {
-    if (seed.shape() != r.shape || seed.dtype() != r.dtype) {
-      throw ShapeError(fmt::format("backward: seed {} {} does not match the output {} {}", dtype_name(seed.dtype()),
-                                   seed.shape().str(), dtype_name(r.dtype), r.shape.str()));
+namespace {
+
+// The seed of a root: the given one (checked), or 1 for a scalar.
+Tensor root_seed(const TensorImpl& r, const Tensor& seed_in, const char* where) {
+  if (seed_in.defined()) {
+    if (seed_in.shape() != r.shape || seed_in.dtype() != r.dtype) {
+      throw ShapeError(fmt::format("{}: seed {} {} does not match the output {} {}", where, dtype_name(seed_in.dtype()),
+                                   seed_in.shape().str(), dtype_name(r.dtype), r.shape.str()));
     }
+    return seed_in;
+  }
+  if (r.shape.numel() != 1) {
+    throw StateError(fmt::format(
+        "{}: the output has shape {} ({} elements); without a seed it must be a scalar. "
+        "Reduce it (sum, mean) or pass the seed gradient d(loss)/d(output) of shape {}",
+        where, r.shape.str(), r.shape.numel(), r.shape.str()));
+  }
+  Tensor seed = Tensor::empty(r.shape, r.dtype);
+  if (r.dtype == Dtype::f32) {
+    *seed.data<float>() = 1.0f;
   } else {
-    if (r.shape.numel() != 1) {
-      throw StateError(fmt::format(
-          "backward: the output has shape {} ({} elements); backward() without a seed needs a scalar. "
-          "Reduce it (sum, mean) or pass the seed gradient d(loss)/d(output) of shape {}",
-          r.shape.str(), r.shape.numel(), r.shape.str()));
-    }
-    seed = Tensor::empty(r.shape, r.dtype);
-    if (r.dtype == Dtype::f32) {
-      *seed.data<float>() = 1.0f;
-    } else {
-      *seed.data<double>() = 1.0;
-    }
+    *seed.data<double>() = 1.0;
   }
+  return seed;
+}
 
-  if (r.node == kNoNode) {  // a leaf: d(leaf)/d(leaf) = seed
-    accumulate_leaf(r, copy_of(seed));
-    return;
+// Under create_graph a backward's result must carry history when the gradient it was
+// given does: every gradient is linear in g, so a nonzero result without history is a
+// raw kernel's constant, and its second derivative would be silently missing.
+bool nonzero(const Tensor& x) {
+  const std::int64_t n = x.numel();
+  if (x.dtype() == Dtype::f32) {
+    const float* p = x.data<float>();
+    for (std::int64_t i = 0; i < n; ++i) {
+      if (p[i] != 0.0f) return true;
+    }
+  } else if (x.dtype() == Dtype::f64) {
+    const double* p = x.data<double>();
+    for (std::int64_t i = 0; i < n; ++i) {
+      if (p[i] != 0.0) return true;
+    }
   }
-  if (t.in_backward) throw StateError("backward: called from inside another backward (not supported)");
-  if (owner_of(r.stamp) != t.id) {
-    throw_foreign("backward", fmt::format("the tensor {} (made by '{}')", r.shape.str(), r.op ? r.op : "?"),
-                  r.stamp);
-  }
-  drain(t);
-  const std::uint32_t L = find_node(t, r.stamp, r.node);
-  if (L == kNoNode || t.nodes[L].state != NodeState::pending) {
+  return false;
+}
+
+[[noreturn]] void throw_not_twice(const char* op, std::uint32_t i, std::size_t j, const char* why) {
+  throw StateError(fmt::format(
+      "backward of '{}' (tape node #{}) under create_graph: {} is a constant although {}, so a second "
+      "derivative through it would be silently missing: this op's backward is not twice differentiable "
+      "(a custom op: build its backward from recorded ops, or call composite_backward when is_grad_enabled())",
+      op, i, j < 1000 ? fmt::format("the gradient for input {}", j) : std::string("every gradient it returned"), why));
+}
+
+// The state a walk replaces and restores: walks nest (composite_backward differentiates
+// a recomputation from inside a create_graph backward).
+struct WalkScope {
+  bool in_backward, create_graph, reattach, grad_enabled;
+  std::uint32_t floor;
+  const char* running_op;
+  std::uint32_t running_node;
+};
+
+// One backward walk from `roots`. Without targets: gradients go into the leaves' grad()
+// (Tensor::backward). With targets (xg::grad): only what leads to a target runs, and
+// the targets' gradients are returned in order instead.
+std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Tensor>& seeds_in,
+                         const std::vector<Tensor>* targets, bool retain_graph, bool create_graph, const char* where) {
+  Tape& t = tape();
+  const bool nested = t.in_backward;
+  if (nested && !t_create_graph) {
     throw StateError(fmt::format(
-        "backward: the graph that produced this tensor (op '{}') was already freed by a previous backward(); "
-        "pass retain_graph=true to the first backward() to walk a graph twice",
-        r.op ? r.op : "?"));
+        "{}: called from inside a backward function; only a create_graph backward may differentiate "
+        "what it records itself (composite_backward)",
+        where));
   }
-
-  auto clear_marks = [&t, L] {
-    for (std::uint32_t i = 0; i <= L; ++i) t.nodes[i].mark = false;
+  const bool capture = targets != nullptr;
+  const std::size_t nt = capture ? targets->size() : 0;
+  std::vector<Tensor> out(nt);
+  std::vector<char> owned(nt, 0);
+  // The first target with the same tensor: duplicates get its result at the end.
+  std::vector<std::size_t> first(nt);
+  std::vector<std::uint32_t> tnode(nt, kNoNode);
+  for (std::size_t k = 0; k < nt; ++k) {
+    const Tensor& x = (*targets)[k];
+    first[k] = k;
+    for (std::size_t q = 0; q < k; ++q) {
+      if ((*targets)[q].is_same(x)) {
+        first[k] = q;
+        break;
+      }
+    }
+    const TensorImpl& xi = *x.impl();
+    if (xi.node == kNoNode) continue;
+    if (owner_of(xi.stamp) != t.id) throw_foreign(where, fmt::format("input {} {}", k, xi.shape.str()), xi.stamp);
+    const std::uint32_t idx = find_node(t, xi.stamp, xi.node);
+    if (idx == kNoNode || t.nodes[idx].state != NodeState::pending) {
+      throw StateError(fmt::format(
+          "{}: input {} {} (made by '{}') belongs to a graph already freed by a previous backward; keep the "
+          "graph with retain_graph=true, or differentiate with respect to tensors of the current graph",
+          where, k, xi.shape.str(), xi.op ? xi.op : "?"));
+    }
+    tnode[k] = idx;
+  }
+  auto leaf_target = [&](const TensorImpl* leaf) -> std::size_t {
+    for (std::size_t k = 0; k < nt; ++k) {
+      if (first[k] == k && tnode[k] == kNoNode && (*targets)[k].impl() == leaf) return k;
+    }
+    return nt;
   };
 
-  // Phase 1: mark what the root reaches, and refuse before touching anything if that
+  // Accumulation: under create_graph sums are recorded adds (no in-place write into a
+  // tensor with history); otherwise the in-place forms that copy an aliased first term.
+  auto add_value = [create_graph](Tensor& acc, char& own, Tensor&& g) {
+    if (create_graph) {
+      if (!acc.defined()) {
+        acc = std::move(g);
+      } else {
+        Tensor s = add(acc, g);
+        acc = std::move(s);
+      }
+      return;
+    }
+    if (!acc.defined()) {
+      own = exclusively_held(g);
+      acc = std::move(g);
+    } else {
+      if (!own) {
+        acc = copy_of(acc);
+        own = 1;
+      }
+      detail::add_into(acc, g);
+    }
+  };
+  auto add_value_range = [](Tensor& acc, char& own, const Tensor& g, const GradRange& r, const Shape& s) {
+    if (!acc.defined()) {
+      acc = zeros(s, g.dtype());
+      own = 1;
+    } else if (!own) {
+      acc = copy_of(acc);
+      own = 1;
+    }
+    add_ranged(acc, g, r);
+  };
+  auto add_node = [&t, create_graph](std::uint32_t k, Tensor&& g) {
+    if (!create_graph) {
+      accumulate_node(t.nodes[k], std::move(g));
+    } else if (!t.nodes[k].grad.defined()) {
+      t.nodes[k].grad = std::move(g);
+    } else {
+      Tensor s = add(t.nodes[k].grad, g);  // records: t.nodes may move
+      t.nodes[k].grad = std::move(s);
+    }
+  };
+
+  // Roots: leaves take their seed at once; nodes are checked before anything changes.
+  std::vector<Tensor> seeds(roots.size());
+  std::vector<std::uint32_t> ridx(roots.size(), kNoNode);
+  for (std::size_t q = 0; q < roots.size(); ++q) {
+    const TensorImpl& r = *roots[q].impl();
+    seeds[q] = root_seed(r, seeds_in.size() > q ? seeds_in[q] : Tensor(), where);
+    if (r.node == kNoNode) continue;
+    if (owner_of(r.stamp) != t.id) {
+      throw_foreign(where, fmt::format("the tensor {} (made by '{}')", r.shape.str(), r.op ? r.op : "?"), r.stamp);
+    }
+    if (!nested) drain(t);
+    const std::uint32_t idx = find_node(t, r.stamp, r.node);
+    if (idx == kNoNode || t.nodes[idx].state != NodeState::pending) {
+      throw StateError(fmt::format(
+          "{}: the graph that produced this tensor (op '{}') was already freed by a previous backward(); "
+          "pass retain_graph=true to the first backward() to walk a graph twice",
+          where, r.op ? r.op : "?"));
+    }
+    ridx[q] = idx;
+  }
+  const std::uint32_t floor = nested ? t_walk_floor : 0;
+  std::uint32_t L = 0;
+  bool any_node = false;
+  for (std::uint32_t idx : ridx) {
+    if (idx == kNoNode) continue;
+    if (idx < floor) {
+      throw StateError(fmt::format(
+          "{}: inside a backward function, only what that backward recorded can be differentiated "
+          "(the output reaches tape node #{}, recorded before the walk)",
+          where, idx));
+    }
+    L = any_node ? std::max(L, idx) : idx;
+    any_node = true;
+  }
+  // The lowest node the walk may need: everything below the lowest target node leads
+  // nowhere useful, unless a target is a leaf (a leaf can hang off any node).
+  std::uint32_t lo = floor;
+  if (capture) {
+    bool all_nodes = nt > 0;
+    std::uint32_t m = L;
+    for (std::size_t k = 0; k < nt; ++k) {
+      if (tnode[k] == kNoNode) {
+        all_nodes = false;
+      } else {
+        m = std::min(m, tnode[k]);
+      }
+    }
+    if (all_nodes) lo = std::max(lo, m);
+  }
+
+  for (std::size_t q = 0; q < roots.size(); ++q) {
+    if (ridx[q] != kNoNode) continue;
+    TensorImpl& r = *roots[q].impl();
+    if (!capture) {
+      accumulate_leaf(r, copy_of(seeds[q]), create_graph);
+    } else if (const std::size_t k = leaf_target(&r); k < nt) {
+      add_value(out[k], owned[k], copy_of(seeds[q]));
+    }
+  }
+  if (!any_node || (capture && L < lo)) {
+    for (std::size_t k = 0; k < nt; ++k) out[k] = out[first[k]];
+    return out;
+  }
+
+  auto clear_marks = [&t, lo, L] {
+    for (std::uint32_t i = lo; i <= L; ++i) t.nodes[i].mark = false;
+  };
+
+  // Phase 1: mark what the roots reach, and refuse before touching anything if that
   // includes a node (or an input) from a freed graph.
-  t.nodes[L].mark = true;
-  for (std::uint32_t i = L + 1; i-- > 0;) {
+  for (std::uint32_t idx : ridx) {
+    if (idx != kNoNode) t.nodes[idx].mark = true;
+  }
+  for (std::uint32_t i = L + 1; i-- > lo;) {
     Node& n = t.nodes[i];
     if (!n.mark) continue;
     for (std::size_t j = 0; j < n.inputs.size(); ++j) {
       Edge& e = n.inputs[j];
       const char* freed_op = e.stale_op;
       if (e.node != kNoNode) {
+        if (e.node < lo) {
+          if (capture && e.node >= floor) continue;  // below every target: leads nowhere
+          clear_marks();
+          throw StateError(fmt::format(
+              "{}: inside a backward function, only what that backward recorded can be differentiated "
+              "('{}', tape node #{}, reads tape node #{}, recorded before the walk)",
+              where, n.name, i, e.node));
+        }
         if (t.nodes[e.node].state != NodeState::pending) freed_op = t.nodes[e.node].name;
         t.nodes[e.node].mark = true;
       }
       if (freed_op == kGradValue) {
         clear_marks();
         throw StateError(fmt::format(
-            "backward: '{}' (tape node #{}) uses, as input {}, a value computed from a .grad(): gradients are "
-            "constants (backward records no history), so the derivative of that term would be silently "
-            "missing. Higher-order gradients need create_graph, which xgrad does not have yet; to use the "
-            "gradient as a constant on purpose, take .grad().detach()",
-            n.name, i, j));
+            "{}: '{}' (tape node #{}) uses, as input {}, a value computed from a gradient made without "
+            "create_graph: that gradient is a constant (its backward recorded no history), so the derivative "
+            "of that term would be silently missing. Compute the gradient with create_graph "
+            "(loss.backward({{.create_graph = true}}) or xg::grad(..., {{.create_graph = true}})); to use it as a "
+            "constant on purpose, take .detach() of it",
+            where, n.name, i, j));
       }
       if (freed_op) {
         clear_marks();
         throw StateError(fmt::format(
-            "backward: '{}' (tape node #{}) uses a tensor produced by '{}' in a graph already freed by an "
+            "{}: '{}' (tape node #{}) uses a tensor produced by '{}' in a graph already freed by an "
             "earlier backward(). A state carried from one chunk to the next (truncated BPTT) must be "
             "detach()ed after each backward(): retain_graph=true would keep every earlier chunk alive and "
             "walk it again, so memory and time would grow with each chunk. retain_graph=true on the earlier "
             "backward() is only for walking one graph twice (two losses over one forward)",
-            n.name, i, freed_op));
+            where, n.name, i, freed_op));
       }
     }
   }
 
+  // xg::grad: which marked nodes lead to a target (ascending: inputs come first).
+  std::vector<char> reach;
+  std::vector<char> is_tnode;
+  if (capture) {
+    reach.assign(L - lo + 1, 0);
+    is_tnode.assign(L - lo + 1, 0);
+    for (std::size_t k = 0; k < nt; ++k) {
+      if (tnode[k] != kNoNode && tnode[k] >= lo && tnode[k] <= L) is_tnode[tnode[k] - lo] = 1;
+    }
+    for (std::uint32_t i = lo; i <= L; ++i) {
+      Node& n = t.nodes[i];
+      if (!n.mark) continue;
+      char r = is_tnode[i - lo];
+      for (std::size_t j = 0; j < n.inputs.size() && !r; ++j) {
+        const Edge& e = n.inputs[j];
+        if (e.node != kNoNode) {
+          r = e.node >= lo && reach[e.node - lo];
+        } else if (e.leaf) {
+          r = leaf_target(e.leaf.get()) < nt;
+        }
+      }
+      reach[i - lo] = r;
+    }
+  }
+  auto edge_wanted = [&](const Edge& e) -> bool {
+    if (!capture) return e.needs();
+    if (e.node != kNoNode) return e.node >= lo && reach[e.node - lo];
+    return e.leaf && leaf_target(e.leaf.get()) < nt;
+  };
+
   // Phase 2: the reverse walk.
-  NoGradGuard no_grad;  // backward functions call ops; those must not record
+  const WalkScope prev{t.in_backward, t_create_graph, detail::t_reattach_outputs, t_grad_enabled,
+                       t_walk_floor,  t_running_op,   t_running_node};
+  auto restore = [&prev, &t] {
+    t.in_backward = prev.in_backward;
+    t_create_graph = prev.create_graph;
+    detail::t_reattach_outputs = prev.reattach;
+    t_grad_enabled = prev.grad_enabled;
+    t_walk_floor = prev.floor;
+    t_running_op = prev.running_op;
+    t_running_node = prev.running_node;
+  };
+  // Backward functions call ops: without create_graph those must not record; with it,
+  // they must (that is the second-order graph).
+  t_grad_enabled = create_graph;
+  t_create_graph = create_graph;
+  detail::t_reattach_outputs = create_graph;
   t.in_backward = true;
-  t.nodes[L].grad = seed;
+  // What a backward records lands past L; a walk nested in it may touch only that.
+  t_walk_floor = L + 1;
   std::vector<Tensor> slots;
   std::unique_ptr<bool[]> needs;  // not vector<bool>: GradSlots wants a bool*
   std::size_t needs_cap = 0;
   std::vector<const Shape*> shapes;
+  std::vector<Shape> shape_copies;  // create_graph: node shapes may move while fn runs
   std::vector<GradRange> ranges;
   std::uint32_t i = L + 1;
   try {
-    while (i-- > 0) {
+    for (std::size_t q = 0; q < roots.size(); ++q) {
+      if (ridx[q] != kNoNode) add_node(ridx[q], Tensor(seeds[q]));
+    }
+    while (i-- > lo) {
+      if (!t.nodes[i].mark) continue;
+      t.nodes[i].mark = false;
+      if (capture && !reach[i - lo]) {
+        t.nodes[i].grad = Tensor();
+        continue;
+      }
+      if (capture && is_tnode[i - lo]) {
+        for (std::size_t k = 0; k < nt; ++k) {
+          if (tnode[k] == i && first[k] == k) {
+            out[k] = t.nodes[i].grad;
+            owned[k] = 0;
+          }
+        }
+      }
       Node& n = t.nodes[i];
-      if (!n.mark) continue;
-      n.mark = false;
+      const std::size_t k = n.inputs.size();
+      bool wanted = false;
       if (n.grad.defined() && n.fn) {
-        const std::size_t k = n.inputs.size();
-        slots.assign(k, Tensor());
         if (k > needs_cap) {
           needs = std::make_unique<bool[]>(k);
           needs_cap = k;
         }
+        for (std::size_t j = 0; j < k; ++j) {
+          needs[j] = edge_wanted(n.inputs[j]);
+          wanted |= needs[j];
+        }
+      }
+      if (wanted) {
+        slots.assign(k, Tensor());
         shapes.assign(k, nullptr);
         ranges.assign(k, GradRange{});
+        if (create_graph) shape_copies.assign(k, Shape());
         for (std::size_t j = 0; j < k; ++j) {
           const Edge& e = n.inputs[j];
-          needs[j] = e.needs();
-          if (e.node != kNoNode) shapes[j] = &t.nodes[e.node].out_shape;
-          if (e.leaf) shapes[j] = &e.leaf->shape;
+          const Shape* s = e.node != kNoNode ? &t.nodes[e.node].out_shape : e.leaf ? &e.leaf->shape : nullptr;
+          if (create_graph && s) {
+            shape_copies[j] = *s;
+            s = &shape_copies[j];
+          }
+          shapes[j] = s;
         }
-        GradSlots gs(slots.data(), needs.get(), shapes.data(), k, ranges.data());
+        // create_graph: ranged gradients come full size, through the recorded embedding.
+        GradSlots gs(slots.data(), needs.get(), shapes.data(), k, create_graph ? nullptr : ranges.data());
         t_running_op = n.name;
         t_running_node = i;
-        n.fn(n.grad, gs);
-        t_running_op = nullptr;
+        if (!create_graph) {
+          n.fn(n.grad, gs);
+        } else {
+          // The function records, so the node vector may reallocate under it: call it from
+          // here, with its own copy of the gradient, and put it back (even on a throw).
+          const Tensor g = n.grad;
+          struct PutBack {
+            Tape& t;
+            std::uint32_t i;
+            BackwardFn fn;
+            std::size_t attached;
+            ~PutBack() {
+              t.nodes[i].fn = std::move(fn);
+              t_attached.resize(attached);
+            }
+          } call{t, i, std::move(n.fn), t_attached.size()};
+          const bool read_before = t_read_history;
+          t_read_history = false;
+          call.fn(g, gs);
+          const bool read = t_read_history;
+          t_read_history = read_before;
+          // A gradient is linear in g, and depends on the saved values it was computed
+          // from: a constant result when g has history, or only constant (nonzero)
+          // results after reading a saved value with history, is a raw kernel's value (a fused op
+          // without a create_graph path), and its second derivative would be silently
+          // missing.
+          bool any_history = false, any_nonzero_const = false;
+          for (std::size_t j = 0; j < k; ++j) {
+            if (!needs[j] || !slots[j].defined()) continue;
+            if (slots[j].requires_grad()) {
+              any_history = true;
+            } else {
+              // Even a zero result: J^T g = 0 at this g says nothing of d/dg = J^T.
+              if (g.requires_grad()) throw_not_twice(t.nodes[i].name, i, j, "the incoming gradient has history");
+              any_nonzero_const |= nonzero(slots[j]);
+            }
+          }
+          if (read && !any_history && any_nonzero_const) {
+            throw_not_twice(t.nodes[i].name, i, 1000, "it read a saved value that has history");
+          }
+        }
+        t_running_op = prev.running_op;
+        t_running_node = prev.running_node;
         for (std::size_t j = 0; j < k; ++j) {
           if (!needs[j] || !slots[j].defined()) continue;
-          Edge& e = n.inputs[j];
-          const Shape& want = e.node != kNoNode ? t.nodes[e.node].out_shape : e.leaf->shape;
-          const Dtype want_dt = e.node != kNoNode ? t.nodes[e.node].out_dtype : e.leaf->dtype;
+          // By index, not by reference: under create_graph the adds below record.
+          const Edge& e = t.nodes[i].inputs[j];
+          const std::uint32_t en = e.node;
+          TensorImpl* leaf = e.leaf.get();
+          const Shape want = en != kNoNode ? t.nodes[en].out_shape : leaf->shape;
+          const Dtype want_dt = en != kNoNode ? t.nodes[en].out_dtype : leaf->dtype;
           const GradRange& r = ranges[j];
           if (r.dim >= 0) {
-            check_range_grad(n.name, i, j, slots[j], want, want_dt, r);
+            check_range_grad(t.nodes[i].name, i, j, slots[j], want, want_dt, r);
           } else if (slots[j].shape() != want || slots[j].dtype() != want_dt) {
             throw StateError(fmt::format(
                 "backward of '{}' (tape node #{}): the gradient for input {} is {} {} but the input is {} {}",
-                n.name, i, j, dtype_name(slots[j].dtype()), slots[j].shape().str(), dtype_name(want_dt),
+                t.nodes[i].name, i, j, dtype_name(slots[j].dtype()), slots[j].shape().str(), dtype_name(want_dt),
                 want.str()));
           }
           if (t_anomaly && !all_finite(slots[j])) {
             throw AnomalyError(fmt::format(
                 "anomaly: the backward of '{}' (tape node #{}, output {} {}) produced NaN or Inf in the "
                 "gradient for input {} {}",
-                n.name, i, dtype_name(n.out_dtype), n.out_shape.str(), j, want.str()));
+                t.nodes[i].name, i, dtype_name(t.nodes[i].out_dtype), t.nodes[i].out_shape.str(), j, want.str()));
           }
+          const std::size_t tk = capture && leaf ? leaf_target(leaf) : nt;
           if (r.dim >= 0) {
-            if (e.node != kNoNode) {
-              accumulate_node_range(t.nodes[e.node], slots[j], r);
+            if (en != kNoNode) {
+              accumulate_node_range(t.nodes[en], slots[j], r);
+            } else if (capture) {
+              add_value_range(out[tk], owned[tk], slots[j], r, want);
             } else {
-              accumulate_leaf_range(*e.leaf, slots[j], r);
+              accumulate_leaf_range(*leaf, slots[j], r);
             }
-          } else if (e.node != kNoNode) {
-            accumulate_node(t.nodes[e.node], std::move(slots[j]));
+          } else if (en != kNoNode) {
+            add_node(en, std::move(slots[j]));
+          } else if (capture) {
+            add_value(out[tk], owned[tk], std::move(slots[j]));
           } else {
-            accumulate_leaf(*e.leaf, std::move(slots[j]));
+            accumulate_leaf(*leaf, std::move(slots[j]), create_graph);
           }
         }
       }
-      if (n.retain && n.grad.defined()) {
-        for (const auto& [stamp, weak] : t.retained) {
-          if (stamp != n.stamp) continue;
-          if (std::shared_ptr<TensorImpl> o = weak.lock()) accumulate_leaf(*o, copy_of(n.grad));
+      if (!capture && t.nodes[i].retain && t.nodes[i].grad.defined()) {
+        const std::uint64_t stamp = t.nodes[i].stamp;
+        const Tensor g = t.nodes[i].grad;
+        for (std::size_t q = 0; q < t.retained.size(); ++q) {
+          if (t.retained[q].first != stamp) continue;
+          if (std::shared_ptr<TensorImpl> o = t.retained[q].second.lock()) {
+            accumulate_leaf(*o, create_graph ? Tensor(g) : copy_of(g), create_graph);
+          }
         }
       }
-      if (retain_graph) {
-        n.grad = Tensor();
+      if (retain_graph || (capture && !wanted)) {
+        t.nodes[i].grad = Tensor();
       } else {
         slots.clear();
         // The inputs lose this reader. Normally the walk frees them too; if it stops
         // early (an exception), end_walk kills the ones nobody else holds.
-        free_node(t, i, NodeState::freed, [&t](std::uint32_t k) { t.deferred.push_back(k); });
+        free_node(t, i, NodeState::freed, [&t](std::uint32_t q) { t.deferred.push_back(q); });
       }
     }
   } catch (...) {
-    t_running_op = nullptr;
-    for (std::uint32_t j = 0; j <= i && j <= L; ++j) {
+    for (std::uint32_t j = lo; j <= i && j <= L; ++j) {
       t.nodes[j].mark = false;
       t.nodes[j].grad = Tensor();
     }
-    end_walk(t);
+    restore();
+    if (!nested) end_walk(t);
     throw;
   }
-  end_walk(t);
+  restore();
+  if (!nested) end_walk(t);
+  for (std::size_t q = 0; q < nt; ++q) {
+    if (first[q] != q) {
+      out[q] = out[first[q]];
+      continue;
+    }
+    // Ours to keep: a result still aliased elsewhere (a seed passed straight through)
+    // is copied, so that marking it below never marks the caller's tensor.
+    if (!create_graph && out[q].defined() && !exclusively_held(out[q])) out[q] = copy_of(out[q]);
+  }
+  return out;
+}
+
+}  // namespace
+
+void run_backward(const Tensor& root, const Tensor& seed, bool retain_graph, bool create_graph) {
+  const TensorImpl& r = *root.impl();
+  if (!r.requires_grad) {
+    throw StateError(fmt::format(
+        "backward: the tensor {} does not require grad: none of the inputs of the ops that made it "
+        "requires grad (call requires_grad_() on the parameters), or it was computed under NoGradGuard",
+        r.shape.str()));
+  }
+  if (tape().in_backward && !t_create_graph) {
+    throw StateError("backward: called from inside another backward (not supported)");
+  }
+  walk({root}, {seed}, nullptr, retain_graph, create_graph, "backward");
+}
+
+std::vector<Tensor> run_grad(const std::vector<Tensor>& roots, const std::vector<Tensor>& seeds,
+                             const std::vector<Tensor>& targets, bool retain_graph, bool create_graph) {
+  return walk(roots, seeds, &targets, retain_graph, create_graph, "grad");
 }
 
 }  // namespace detail
 
+namespace {
+// The full-size forms of the ranged gradients, recorded under create_graph (both are
+// linear: their backward reads the range back out).
+Tensor embed_range_op(const Tensor& g, const Shape& xs, int d, std::int64_t start) {
+  Tensor y = detail::embed_range(g, xs, d, start);
+  if (needs_record({&g})) {
+    // d embed(g) = the range of gg, in g's shape
+    const std::int64_t len = xs.numel() == 0 ? 0 : g.numel() * xs[d] / xs.numel();
+    record("embed_range", y, {&g}, [d, start, len, gs = g.shape()](const Tensor& gg, GradSlots& dx) {
+      dx[0] = reshape(narrow(gg, d, start, len), gs);
+    });
+  }
+  return y;
+}
+
+Tensor index_add_op(const Tensor& g, const Shape& xs, int d, const Tensor& index) {
+  Tensor y = zeros(xs, g.dtype());
+  detail::add_index_into(y, g, d, index);
+  if (needs_record({&g})) {
+    // d index_add(g) = rows index of gg
+    record("index_add", y, {&g}, [d, index, gs = g.shape()](const Tensor& gg, GradSlots& dx) {
+      dx[0] = reshape(index_select(gg, d, index), gs);
+    });
+  }
+  return y;
+}
+}  // namespace
+
 void GradSlots::set_range(std::size_t i, Tensor g, int d, std::int64_t start) {
   if (ranges_ == nullptr) {  // a caller that cannot take a range: the full-size form
-    s_[i] = detail::embed_range(g, *shapes_[i], d, start);
+    s_[i] = embed_range_op(g, *shapes_[i], d, start);
     return;
   }
   s_[i] = std::move(g);
@@ -845,9 +1269,7 @@ void GradSlots::set_range(std::size_t i, Tensor g, int d, std::int64_t start) {
 
 void GradSlots::set_index_add(std::size_t i, Tensor g, int d, Tensor index) {
   if (ranges_ == nullptr) {
-    Tensor z = zeros(*shapes_[i], g.dtype());
-    detail::add_index_into(z, g, d, index);
-    s_[i] = std::move(z);
+    s_[i] = index_add_op(g, *shapes_[i], d, index);
     return;
   }
   s_[i] = std::move(g);

@@ -29,21 +29,30 @@
 // backward that finds a saved value changed throws StateError instead of computing a
 // wrong gradient. A tensor that outlives its graph (the hidden state carried to the next
 // chunk of truncated BPTT) still names its old node: recording on it is allowed; a
-// backward that reaches it throws StateError explaining detach(). Backward runs with
-// recording off, so a .grad() is a constant: values computed from one are marked, and a
-// backward that reaches the mark refuses rather than silently dropping that term.
+// backward that reaches it throws StateError explaining detach().
+//
+// Higher order: backward normally runs with recording off, so a .grad() is a constant:
+// values computed from one are marked, and a backward that reaches the mark refuses
+// rather than silently dropping that term. With create_graph the walk runs every backward
+// function with recording on: the ops they call append nodes past the walked ones (the
+// walk holds no reference into the node vector across a call), sums of contributions are
+// recorded adds, and a saved output is handed back attached to its own node, so each
+// gradient carries history and a second walk differentiates it. A fused op whose backward
+// is a raw kernel takes a recorded path then (composite_backward). xg::grad is the same
+// walk with the results returned instead of accumulated, pruned to what reaches them.
 //
 // Threads: the tape is thread_local. A tensor with history belongs to the thread that
 // recorded it; using it on another thread is a StateError (detach() hands it over), and
 // destroying it there queues the release to its owner. Leaves may be shared: gradient
 // accumulation into a leaf takes a per-leaf lock (Hogwild loses nothing).
 #include <cstddef>
-#include <cstddef>
+#include <functional>
 #include <new>
 #include <type_traits>
 #include <initializer_list>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "tensor.hpp"
 
@@ -171,6 +180,13 @@ class BackwardFn {
 // be computed from values the forward never saw. Capture SavedTensors, not Tensors,
 // for everything a user can reach (inputs, outputs and views of them); intermediates
 // only the closure holds need no check.
+namespace detail {
+// True while a create_graph walk runs a backward function: saved outputs come back
+// attached to their node, and reading a saved value with history is noted (a backward
+// that read one and still returned only constants is refused: see tape.cpp).
+extern thread_local bool t_reattach_outputs;
+}  // namespace detail
+
 class SavedTensor {
  public:
   static constexpr int kOutput = -1;
@@ -181,6 +197,10 @@ class SavedTensor {
   // version moved. Cheap (one load and compare): call it where the value is used.
   const Tensor& get() const {
     if (t_.defined() && t_.version() != version_) [[unlikely]] throw_modified();
+    // Under create_graph an output must carry its own history (a backward written with
+    // y, like tanh's g * (1 - y^2), is then differentiable again); the closure keeps it
+    // detached so that it does not pin its own node.
+    if (detail::t_reattach_outputs && t_.defined()) [[unlikely]] return get_create_graph();
     return t_;
   }
   operator const Tensor&() const { return get(); }  // NOLINT: use it where a Tensor goes
@@ -188,6 +208,7 @@ class SavedTensor {
 
  private:
   [[noreturn]] void throw_modified() const;
+  const Tensor& get_create_graph() const;
   Tensor t_;
   std::uint32_t version_ = 0;
   std::int32_t input_ = kOutput;
@@ -206,10 +227,21 @@ bool needs_record(std::span<const Tensor> inputs);
 // Appends a node producing `out` from `inputs` (`name` must be a string literal).
 // Marks `out` as requiring grad. Public so users can write their own differentiable ops:
 // guard it with needs_record() as the built-in ops do. Under NoGradGuard it records
-// nothing; called from inside a backward function it throws StateError (higher-order
-// gradients are not supported yet).
+// nothing; inside a backward function it records only under create_graph (elsewhere it
+// throws StateError). A user's op whose backward is built from recorded ops is twice
+// differentiable as it stands; one whose backward is a raw kernel should branch on
+// is_grad_enabled() (true inside a backward exactly under create_graph) to
+// composite_backward or to recorded ops.
 void record(const char* name, Tensor& out, std::initializer_list<const Tensor*> inputs, BackwardFn fn);
 void record(const char* name, Tensor& out, std::span<const Tensor> inputs, BackwardFn fn);
+
+// For a fused op's backward under create_graph: fills dx[j], for every j with
+// dx.needs(j), with d(forward(inputs))/d(inputs[j]) seeded by g, by running `forward`
+// (built from recorded ops; it must compute the op's output exactly) on inputs and
+// differentiating that with create_graph. The result is differentiable again, in the
+// inputs and in g: the fast kernel serves first order, the composite second.
+void composite_backward(const std::vector<Tensor>& inputs, const Tensor& g, GradSlots& dx,
+                        const std::function<Tensor(const std::vector<Tensor>&)>& forward);
 
 bool is_grad_enabled();
 void set_grad_enabled(bool on);

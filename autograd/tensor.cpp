@@ -306,7 +306,14 @@ Tensor& Tensor::retain_grad() {
 
 void Tensor::backward(const Tensor& seed, bool retain_graph) const {
   impl_of("backward", impl_);
-  detail::run_backward(*this, seed, retain_graph);
+  detail::run_backward(*this, seed, retain_graph, false);
+}
+
+void Tensor::backward(const BackwardOptions& opts) const { backward(Tensor(), opts); }
+
+void Tensor::backward(const Tensor& seed, const BackwardOptions& opts) const {
+  impl_of("backward", impl_);
+  detail::run_backward(*this, seed, opts.retain_graph.value_or(opts.create_graph), opts.create_graph);
 }
 
 std::string Tensor::op_name() const {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,14 @@
 namespace xg {
 
 class TensorImpl;
+
+// Options of Tensor::backward, as PyTorch's: create_graph records the backward itself (so
+// gradients can be differentiated again); retain_graph keeps the walked graph for another
+// backward and defaults to create_graph.
+struct BackwardOptions {
+  std::optional<bool> retain_graph;
+  bool create_graph = false;
+};
 
 class Tensor {
  public:
@@ -145,6 +154,10 @@ class Tensor {
   // Backpropagates from this tensor. A tensor of more than one element needs `seed`
   // (d(loss)/d(this), same shape). The walked graph is freed unless retain_graph.
   void backward(const Tensor& seed = Tensor(), bool retain_graph = false) const;
+  // loss.backward({.create_graph = true}): the backward functions record, so each grad()
+  // carries history and can be differentiated again (higher-order gradients).
+  void backward(const BackwardOptions& opts) const;
+  void backward(const Tensor& seed, const BackwardOptions& opts) const;
 
   // Name of the op that produced this tensor ("leaf" otherwise).
   std::string op_name() const;

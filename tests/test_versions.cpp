@@ -158,7 +158,7 @@ TEST_CASE("a .grad() used as a value in a loss is refused at backward; detach() 
   Tensor penalty = sum(mul(w.grad(), w.grad()));
   CHECK(penalty.requires_grad());  // it carries the mark
   Tensor loss = add(sum(mul(w, 3.0)), penalty);
-  check_throws_msg<StateError>([&] { loss.backward(); }, {"gradients are", "constants", "create_graph", "detach()"});
+  check_throws_msg<StateError>([&] { loss.backward(); }, {"gradient made without create_graph", "constant", "detach()"});
   check_throws_msg<StateError>([&] { penalty.backward(); }, {"create_graph"});
   // On purpose, as a constant: detach() it.
   w.zero_grad();
