@@ -163,6 +163,50 @@ double sem_of(const std::vector<double>& v) {
   return std::sqrt(s / static_cast<double>(v.size() - 1) / static_cast<double>(v.size()));
 }
 
+// ---- is the meta-gradient right? ----------------------------------------------------------
+
+// The meta-loss of one task, L_query(adapt(theta)), against central differences along a
+// random direction d, in float64 at the weights of `model`: <grad, d> of second-order MAML
+// must match (d L / d theta, Hessian term included) and first-order's must not (it drops
+// -alpha H_support grad L_query). A second derivative that silently came out as zero, or
+// a constant, would show here as second-order agreeing no better than first-order.
+struct MetaGradientCheck {
+  double finite_difference = 0, second = 0, first = 0;
+  double second_error() const { return std::abs(second - finite_difference) / std::abs(finite_difference); }
+  double first_error() const { return std::abs(first - finite_difference) / std::abs(finite_difference); }
+};
+
+MetaGradientCheck check_meta_gradient(const Learner& model, int inner_steps, double alpha, std::uint64_t seed) {
+  Generator gen(seed);
+  const Sine task = draw_task(gen);
+  auto [xs, ys] = draw_points(task, 10, gen);
+  auto [xq, yq] = draw_points(task, 10, gen);
+  xs = xs.to(f64), ys = ys.to(f64), xq = xq.to(f64), yq = yq.to(f64);
+  std::vector<Tensor> theta, d;
+  for (const Tensor& w : model.weights()) {
+    theta.push_back(w.detach().to(f64).requires_grad_());
+    d.push_back(randn(w.shape(), f64, &gen));
+  }
+  const auto meta_loss = [&](const std::vector<Tensor>& th, Order order) {
+    return mse_loss(Learner::forward(xq, adapt(th, xs, ys, inner_steps, alpha, order)), yq);
+  };
+  MetaGradientCheck c;
+  const double eps = 1e-6;
+  std::vector<Tensor> plus, minus;
+  for (std::size_t i = 0; i < theta.size(); ++i) {
+    plus.push_back((theta[i] + d[i] * eps).detach().requires_grad_());
+    minus.push_back((theta[i] - d[i] * eps).detach().requires_grad_());
+  }
+  c.finite_difference = (meta_loss(plus, Order::first).item() - meta_loss(minus, Order::first).item()) / (2 * eps);
+  for (const Order order : {Order::second, Order::first}) {
+    const std::vector<Tensor> g = grad({meta_loss(theta, order)}, theta);
+    double dot = 0;
+    for (std::size_t i = 0; i < g.size(); ++i) dot += sum(g[i] * d[i]).item();
+    (order == Order::second ? c.second : c.first) = dot;
+  }
+  return c;
+}
+
 // ---- the figure -------------------------------------------------------------------------
 
 std::vector<double> grid(std::int64_t n) {
@@ -277,6 +321,16 @@ int run(const Options& o) {
     std::vector<std::vector<double>> mse;  // [0]: before, [1]: after inner_steps, [2]: after eval_steps
   };
   std::vector<Result> results;
+  MetaGradientCheck gradient_check;
+  {
+    manual_seed(o.seed);
+    const Learner initial;  // the weights both orders start from
+    gradient_check = check_meta_gradient(initial, o.inner_steps, o.inner_lr, o.seed + 17);
+    fmt::print("meta-gradient along a random direction (float64, one task, the initial weights): central differences "
+               "{:.10g}; second-order {:.10g} (relative error {:.1e}); first-order {:.10g} ({:.1e})\n",
+               gradient_check.finite_difference, gradient_check.second, gradient_check.second_error(),
+               gradient_check.first, gradient_check.first_error());
+  }
   for (const Order order : orders) {
     const auto model = meta_train(o, order);
     results.push_back({order, evaluate(*model, held_out, steps_list, o.inner_lr)});
@@ -312,7 +366,10 @@ int run(const Options& o) {
     }
   }
   if (!o.check) return 0;
-  bool ok = true;
+  bool ok = gradient_check.second_error() < 1e-6 && gradient_check.first_error() > 1e-4;
+  fmt::print("check {}: the second-order meta-gradient matches central differences ({:.1e} < 1e-6) and the first-order "
+             "one, without the Hessian term, does not ({:.1e} > 1e-4)\n",
+             ok ? "ok" : "FAILED", gradient_check.second_error(), gradient_check.first_error());
   for (const Result& r : results) {
     const double before = mean_of(r.mse[0]), after = mean_of(r.mse[1]), after_more = mean_of(r.mse[2]);
     // An untrained theta gains nothing from 10 steps at alpha 0.01 (4.64 after vs 4.55
