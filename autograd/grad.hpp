@@ -12,7 +12,7 @@ struct GradOptions {
   // Record the backward, so the results carry history and can be differentiated again.
   bool create_graph = false;
   // Keep the walked graph for another walk; defaults to create_graph (as PyTorch).
-  std::optional<bool> retain_graph;
+  std::optional<bool> retain_graph = std::nullopt;
   // An input the outputs do not depend on gets an undefined Tensor instead of a StateError.
   bool allow_unused = false;
 };

@@ -22,7 +22,7 @@ class TensorImpl;
 // gradients can be differentiated again); retain_graph keeps the walked graph for another
 // backward and defaults to create_graph.
 struct BackwardOptions {
-  std::optional<bool> retain_graph;
+  std::optional<bool> retain_graph = std::nullopt;
   bool create_graph = false;
 };
 
