@@ -855,7 +855,8 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
     } else if (!t.nodes[k].grad.defined()) {
       t.nodes[k].grad = std::move(g);
     } else {
-      Tensor s = add(t.nodes[k].grad, g);  // records: t.nodes may move
+      const Tensor prev = t.nodes[k].grad;  // a copy: add() records, and t.nodes may move under a reference
+      Tensor s = add(prev, g);
       t.nodes[k].grad = std::move(s);
     }
   };
