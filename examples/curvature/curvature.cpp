@@ -22,6 +22,7 @@
 //   ./curvature --torch on --check       # and agrees with PyTorch (exit 77: no python3/torch)
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -223,6 +224,18 @@ int run(const Options& o) {
     opt.step();
   }
   measure("trained");
+  {
+    // What a product costs: the power iteration's time is almost all in them.
+    const auto t0 = std::chrono::steady_clock::now();
+    const int n = 20;
+    for (int i = 0; i < n; ++i) (void)grad({f()}, params);
+    const auto t1 = std::chrono::steady_clock::now();
+    for (int i = 0; i < n; ++i) (void)hvp(f, params, v0);
+    const auto t2 = std::chrono::steady_clock::now();
+    const double g_ms = std::chrono::duration<double, std::milli>(t1 - t0).count() / n;
+    const double h_ms = std::chrono::duration<double, std::milli>(t2 - t1).count() / n;
+    fmt::print("one gradient {:.2f} ms, one Hessian-vector product {:.2f} ms ({:.1f}x)\n", g_ms, h_ms, h_ms / g_ms);
+  }
 
   fmt::print("\n{:>8}  {:>10}  {:>22}  {:>22}  {:>10}\n", "weights", "loss", "lambda_max (xgrad)", "lambda_max (PyTorch)",
              "rel. diff");
