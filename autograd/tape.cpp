@@ -898,8 +898,8 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
   // The lowest node the walk may need: everything below the lowest target node leads
   // nowhere useful, unless a target is a leaf (a leaf can hang off any node).
   std::uint32_t lo = floor;
+  bool all_nodes = capture && nt > 0;
   if (capture) {
-    bool all_nodes = nt > 0;
     std::uint32_t m = L;
     for (std::size_t k = 0; k < nt; ++k) {
       if (tnode[k] == kNoNode) {
@@ -942,7 +942,9 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
       const char* freed_op = e.stale_op;
       if (e.node != kNoNode) {
         if (e.node < lo) {
-          if (capture && e.node >= floor) continue;  // below every target: leads nowhere
+          // Below every target, all of them nodes: it leads nowhere this walk needs (and
+          // a nested walk's targets, composite_backward's aliases, read the outer graph).
+          if (all_nodes) continue;
           clear_marks();
           throw StateError(fmt::format(
               "{}: inside a backward function, only what that backward recorded can be differentiated "

@@ -36,6 +36,7 @@ MPI_Datatype mpi_type(Dtype d) {
     case f32: return MPI_FLOAT;
     case f64: return MPI_DOUBLE;
     case i64: return MPI_INT64_T;
+    case b8: return MPI_C_BOOL;
   }
   return MPI_BYTE;
 }
