@@ -751,6 +751,50 @@ bool nonzero(const Tensor& x) {
   return false;
 }
 
+struct RangedPiece {
+  Tensor g;
+  GradRange r;
+};
+
+// The sum of ranged gradients into a zero tensor of shape s, as one recorded op: its
+// backward reads each piece's range back out (narrow, or index_select), so it is linear
+// and differentiable again. One pass over the pieces, whatever their number.
+Tensor ranged_sum(const std::vector<RangedPiece>& ps, const Shape& s) {
+  Tensor y = zeros(s, ps.front().g.dtype());
+  std::vector<Tensor> ins;
+  ins.reserve(ps.size());
+  for (const RangedPiece& p : ps) {
+    add_ranged(y, p.g, p.r);
+    ins.push_back(p.g);
+  }
+  if (needs_record(std::span<const Tensor>(ins))) {
+    std::vector<GradRange> rs;
+    std::vector<Shape> shapes;
+    for (const RangedPiece& p : ps) {
+      rs.push_back(p.r);
+      shapes.push_back(p.g.shape());
+    }
+    // d sum_j embed_j(g_j) = (range_j of gg)_j
+    record("ranged_sum", y, std::span<const Tensor>(ins),
+           [rs = std::move(rs), shapes = std::move(shapes), s](const Tensor& gg, GradSlots& dx) {
+             for (std::size_t j = 0; j < rs.size(); ++j) {
+               if (!dx.needs(j)) continue;
+               const GradRange& r = rs[j];
+               if (r.index.defined()) {
+                 dx[j] = reshape(index_select(gg, r.dim, r.index), shapes[j]);
+               } else {
+                 std::int64_t per = 1;
+                 for (int a = 0; a < s.size(); ++a) {
+                   if (a != r.dim) per *= s[a];
+                 }
+                 dx[j] = reshape(narrow(gg, r.dim, r.start, per == 0 ? 0 : shapes[j].numel() / per), shapes[j]);
+               }
+             }
+           });
+  }
+  return y;
+}
+
 [[noreturn]] void throw_not_twice(const char* op, std::uint32_t i, std::size_t j, const char* why) {
   throw StateError(fmt::format(
       "backward of '{}' (tape node #{}) under create_graph: {} is a constant although {}, so a second "
@@ -855,10 +899,27 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
     } else if (!t.nodes[k].grad.defined()) {
       t.nodes[k].grad = std::move(g);
     } else {
-      const Tensor prev = t.nodes[k].grad;  // a copy: add() records, and t.nodes may move under a reference
-      Tensor s = add(prev, g);
+      // add records, and t.nodes may reallocate under it: pass it a copy, not a reference
+      // into the vector.
+      const Tensor acc = t.nodes[k].grad;
+      Tensor s = add(acc, g);
       t.nodes[k].grad = std::move(s);
     }
+  };
+
+  // create_graph: ranged gradients (select/narrow/index_select per step) are kept as
+  // pieces and summed by one recorded op when their destination is reached, so a T-step
+  // loop costs O(T) there too, not T full-size adds.
+  std::unordered_map<std::uint32_t, std::vector<RangedPiece>> node_pieces;
+  std::vector<std::pair<std::shared_ptr<TensorImpl>, std::vector<RangedPiece>>> leaf_pieces;
+  std::vector<std::vector<RangedPiece>> target_pieces(nt);
+  auto flush_node = [&](std::uint32_t k) {
+    auto it = node_pieces.find(k);
+    if (it == node_pieces.end()) return;
+    std::vector<RangedPiece> ps = std::move(it->second);
+    node_pieces.erase(it);
+    const Shape s = t.nodes[k].out_shape;
+    add_node(k, ranged_sum(ps, s));
   };
 
   // Roots: leaves take their seed at once; nodes are checked before anything changes.
@@ -1045,6 +1106,7 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
         t.nodes[i].grad = Tensor();
         continue;
       }
+      if (create_graph) flush_node(i);
       if (capture && is_tnode[i - lo]) {
         for (std::size_t k = 0; k < nt; ++k) {
           if (tnode[k] == i && first[k] == k) {
@@ -1081,7 +1143,7 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
           shapes[j] = s;
         }
         // create_graph: ranged gradients come full size, through the recorded embedding.
-        GradSlots gs(slots.data(), needs.get(), shapes.data(), k, create_graph ? nullptr : ranges.data());
+        GradSlots gs(slots.data(), needs.get(), shapes.data(), k, ranges.data());
         t_running_op = n.name;
         t_running_node = i;
         if (!create_graph) {
@@ -1151,7 +1213,22 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
                 t.nodes[i].name, i, dtype_name(t.nodes[i].out_dtype), t.nodes[i].out_shape.str(), j, want.str()));
           }
           const std::size_t tk = capture && leaf ? leaf_target(leaf) : nt;
-          if (r.dim >= 0) {
+          if (r.dim >= 0 && create_graph) {
+            RangedPiece piece{std::move(slots[j]), r};
+            if (en != kNoNode) {
+              node_pieces[en].push_back(std::move(piece));
+            } else if (capture) {
+              target_pieces[tk].push_back(std::move(piece));
+            } else {
+              auto lp = std::find_if(leaf_pieces.begin(), leaf_pieces.end(),
+                                     [leaf](const auto& e) { return e.first.get() == leaf; });
+              if (lp == leaf_pieces.end()) {
+                leaf_pieces.emplace_back(t.nodes[i].inputs[j].leaf, std::vector<RangedPiece>{});
+                lp = leaf_pieces.end() - 1;
+              }
+              lp->second.push_back(std::move(piece));
+            }
+          } else if (r.dim >= 0) {
             if (en != kNoNode) {
               accumulate_node_range(t.nodes[en], slots[j], r);
             } else if (capture) {
@@ -1185,6 +1262,13 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
         // The inputs lose this reader. Normally the walk frees them too; if it stops
         // early (an exception), end_walk kills the ones nobody else holds.
         free_node(t, i, NodeState::freed, [&t](std::uint32_t q) { t.deferred.push_back(q); });
+      }
+    }
+    // The leaves' (and xg::grad's leaf targets') ranged pieces, while still recording.
+    for (auto& [leaf, ps] : leaf_pieces) accumulate_leaf(*leaf, ranged_sum(ps, leaf->shape), true);
+    for (std::size_t q = 0; q < nt; ++q) {
+      if (!target_pieces[q].empty()) {
+        add_value(out[q], owned[q], ranged_sum(target_pieces[q], (*targets)[q].shape()));
       }
     }
   } catch (...) {

@@ -36,7 +36,8 @@
 // rather than silently dropping that term. With create_graph the walk runs every backward
 // function with recording on: the ops they call append nodes past the walked ones (the
 // walk holds no reference into the node vector across a call), sums of contributions are
-// recorded adds, and a saved output is handed back attached to its own node, so each
+// recorded adds (ranged ones kept as pieces and summed by one recorded op, so a per-step
+// select loop stays O(T)), and a saved output is handed back attached to its own node, so each
 // gradient carries history and a second walk differentiates it. A fused op whose backward
 // is a raw kernel takes a recorded path then (composite_backward). xg::grad is the same
 // walk with the results returned instead of accumulated, pruned to what reaches them.

@@ -293,3 +293,28 @@ TEST_CASE("memory: after grad with create_graph and a second backward the tape i
   if (tape_pending() != 0) MESSAGE(tape_dump());
   CHECK(tape_pending() == 0);
 }
+
+TEST_CASE("create_graph through a per-step select loop: pieces summed once, into a leaf and into a node") {
+  {
+    const std::vector<double> v = {0.5, -1.0, 2.0, 0.25, -0.75, 1.5};
+    for (bool through_node : {false, true}) {
+      CAPTURE(through_node);
+      Tensor x = from_vector(v, Shape{3, 2}).requires_grad_();
+      Tensor xs = through_node ? mul(x, 1.0) : x;
+      Tensor loss;
+      for (int t = 0; t < 3; ++t) {
+        Tensor s = select(xs, 0, t);
+        Tensor c = sum(mul(mul(s, s), s));
+        loss = loss.defined() ? add(loss, c) : c;
+      }
+      loss.backward({.create_graph = true});
+      Tensor g = x.grad();  // 3 x^2
+      REQUIRE(g.requires_grad());
+      for (std::size_t i = 0; i < v.size(); ++i) CHECK(g.to_vector<double>()[i] == doctest::Approx(3 * v[i] * v[i]));
+      x.zero_grad();
+      sum(g).backward();  // 6 x
+      for (std::size_t i = 0; i < v.size(); ++i) CHECK(x.grad().to_vector<double>()[i] == doctest::Approx(6 * v[i]));
+    }
+  }
+  CHECK(tape_pending() == 0);
+}
