@@ -104,9 +104,13 @@ class CharRNN : public xg::nn::Module {
   // ids int64 [B, T], state {h, c} each [L, B, H] (undefined: zeros)
   // -> logits [B*T, V] (row b*T + t predicts the char after ids[b, t]), state after step T.
   std::pair<xg::Tensor, xg::nn::LSTMState> forward(const xg::Tensor& ids, const xg::nn::LSTMState& state) const {
-    const std::int64_t B = ids.size(0), T = ids.size(1);
-    xg::Tensor x = (*embedding)(ids);                      // [B, T, E]
-    auto [out, next] = (*lstm)(x, state);                  // out [B, T, H]
+    return forward_embedded((*embedding)(ids), state);
+  }
+  // The same from the embedded ids x [B, T, E] (--grad-penalty differentiates the loss
+  // with respect to them).
+  std::pair<xg::Tensor, xg::nn::LSTMState> forward_embedded(const xg::Tensor& x, const xg::nn::LSTMState& state) const {
+    const std::int64_t B = x.size(0), T = x.size(1);
+    auto [out, next] = (*lstm)(x, state);  // out [B, T, H]
     xg::Tensor logits = (*head)(xg::reshape(out, {B * T, lstm->hidden_size()}));  // [B*T, V]
     return {logits, next};
   }

@@ -97,6 +97,7 @@ struct Options {
   double check_bpc = 4.0;
   bool distributed = false;
   bool documents = false;
+  double grad_penalty = 0.0;
 };
 
 // The data-parallel layer, or its one-process stand-in when xgrad was built without MPI.
@@ -267,6 +268,46 @@ void truncate_log(const std::string& path, const std::vector<std::string>& colum
     }
     log.log(row);
   }
+}
+
+// One chunk's training objective: the mean cross-entropy L, plus with --grad-penalty
+// lambda * ||dL/de||^2 over the input embeddings e [B, T, E]. dL/de is taken with
+// create_graph, so it is a function of the weights and the objective's backward
+// differentiates through it (a double backward through the LSTM).
+struct ChunkLoss {
+  Tensor loss, objective;
+  nn::LSTMState next;
+  double penalty = 0;  // ||dL/de||^2
+};
+ChunkLoss chunk_loss(const CharRNN& model, const Tensor& inputs, const Tensor& targets, const nn::LSTMState& state,
+                     double lambda) {
+  const Tensor e = (*model.embedding)(inputs);  // [B, T, E]
+  auto [logits, next] = model.forward_embedded(e, state);
+  ChunkLoss r;
+  r.loss = cross_entropy(logits, reshape(targets, {-1}));
+  r.next = next;
+  r.objective = r.loss;
+  if (lambda > 0) {
+    const Tensor ge = grad({r.loss}, {e}, {}, {.create_graph = true})[0];
+    const Tensor p = sum(ge * ge);
+    r.penalty = p.item();
+    r.objective = r.loss + p * lambda;
+  }
+  return r;
+}
+
+// ||a - b.grad()|| / ||a|| over the parameters (an undefined a[i] counts as zeros).
+double relative_change(const std::vector<Tensor>& a, const std::vector<Tensor>& params) {
+  NoGradGuard no_grad;
+  double diff = 0, base = 0;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const Tensor g = params[i].grad();
+    if (!g.defined()) continue;
+    const Tensor d = a[i].defined() ? g - a[i] : g;
+    diff += sum(d * d).item();
+    if (a[i].defined()) base += sum(a[i] * a[i]).item();
+  }
+  return std::sqrt(diff / base);
 }
 
 int run(const Options& o_in, const CLI::App& app) {
@@ -495,6 +536,12 @@ int run(const Options& o_in, const CLI::App& app) {
     double valid_bpc = std::numeric_limits<double>::quiet_NaN();
     std::int64_t valid_scored = 0, valid_step = -1;
     std::string stop_reason = fmt::format("--steps {} done", o.steps);
+    struct {
+      std::vector<Tensor> plain;     // first step: the gradient of the loss alone
+      double relative_change = -1;   // ||g(loss + penalty) - g(loss)|| / ||g(loss)||
+      double penalty = 0;
+    } penalty_check;
+    double penalty_sum = 0;
     while (step < o.steps) {
       const double elapsed = seconds_since(train_t0);
       if (par.any(o.time_budget > 0 && elapsed >= o.time_budget)) {
@@ -502,14 +549,24 @@ int run(const Options& o_in, const CLI::App& app) {
         break;
       }
       const training::TBPTTChunk c = training::tbptt_chunk(streams, o.seq_len, chunk);
-      auto [logits, next] = model.forward(c.inputs, state);           // [B*T, V]
-      Tensor loss = cross_entropy(logits, reshape(c.targets, {-1}));  // mean nats per char
-      loss.backward();
+      const ChunkLoss cl = chunk_loss(model, c.inputs, c.targets, state, o.grad_penalty);
+      const Tensor& loss = cl.loss;  // mean nats per char, what the bpc reports
+      if (o.check && o.grad_penalty > 0 && step == first_step) {
+        // The penalty's gradient must reach the weights: the gradient of the loss alone,
+        // taken from the same graph, has to differ from the one backward leaves below.
+        penalty_check.plain = grad({loss}, params, {}, {.retain_graph = true, .allow_unused = true});
+      }
+      cl.objective.backward();
+      if (!penalty_check.plain.empty() && penalty_check.relative_change < 0) {
+        penalty_check.relative_change = relative_change(penalty_check.plain, params);
+        penalty_check.penalty = cl.penalty;
+      }
+      if (o.grad_penalty > 0) penalty_sum += cl.penalty;
       par.average_gradients();  // data-parallel: every rank now holds the mean gradient
       const double grad_norm = optim::clip_grad_norm(params, o.clip);
       opt->step();
       opt->zero_grad();
-      state = next.detach();
+      state = cl.next.detach();
       ++step;
       if (++chunk == chunks_per_epoch) {  // the streams are used up: start them again from zeros
         chunk = 0;
@@ -578,6 +635,9 @@ int run(const Options& o_in, const CLI::App& app) {
     fmt::print("{}: {} steps ({} this run) in {:.1f} s, {:.2f}M chars = {:.2f} epochs this run\n", stop_reason, step,
                step - first_step, train_seconds, static_cast<double>(chars_seen) / 1e6,
                static_cast<double>(chars_seen) / static_cast<double>(all_streams.numel()));
+    if (o.grad_penalty > 0 && step > first_step)
+      fmt::print("gradient penalty: {} * ||dL/d(embeddings)||^2, mean ||dL/d(embeddings)||^2 {:.4g} over the run's steps\n",
+                 o.grad_penalty, penalty_sum / static_cast<double>(step - first_step));
     fmt::print("validation: {:.3f} bits per character ({} held-out chars)", valid_bpc, valid_scored);
     if (restored) {
       fmt::print(", the best model: step {} (the last, step {}, had {:.3f})\n", best.step, step, last_bpc);
@@ -607,6 +667,18 @@ int run(const Options& o_in, const CLI::App& app) {
       fmt::print(stderr, "check FAILED: the final validation {:.17g} is not the best seen, {:.17g} at step {}\n", valid_bpc,
                  best.bpc, best.step);
       return 1;
+    }
+    if (o.check && o.grad_penalty > 0) {
+      // Measured on the smoke test's model: the change is 4.7e-5 x LAMBDA (4.7e-3 at 100),
+      // and exactly 0 at 1e-12, where the penalty is below float32 rounding.
+      if (!(penalty_check.relative_change > 1e-4)) {
+        fmt::print(stderr, "check FAILED: with --grad-penalty {} the first step's gradient changed by {:.3g} (relative) "
+                           "from the loss's alone: the penalty term does not reach the weights\n",
+                   o.grad_penalty, penalty_check.relative_change);
+        return 1;
+      }
+      fmt::print("check passed: the gradient penalty ({:.4g} at step 1) changed the first gradient by {:.3g} (relative)\n",
+                 penalty_check.penalty, penalty_check.relative_change);
     }
     if (o.check)
       fmt::print("check passed: validation {:.3f} < {} bits per char, the best of the run (step {})\n", valid_bpc,
@@ -858,8 +930,13 @@ int main(int argc, char** argv) {
                                                "between the ranks");
   app.add_flag("--documents", o.documents, "with a --data directory: each file is a document, trained as a sequence of "
                                            "its own (padded batches with lengths; the state never crosses documents)");
+  app.add_option("--grad-penalty", o.grad_penalty, "add LAMBDA * ||dL/d(input embeddings)||^2 to each chunk's loss L "
+                                                   "(mean nats per char); its gradient is a double backward (0: off)")
+      ->capture_default_str()
+      ->check(cli::non_negative());
   return cli::run(app, "char_rnn", argc, argv, [&] {
     if (o.documents) {
+      cli::require(o.grad_penalty == 0, "--grad-penalty", "is not supported with --documents");
       cli::require(!o.data.empty() && fs::is_directory(o.data), "--documents", "needs --data DIR, a directory with one document per file");
       cli::require(o.resume.empty() && o.load.empty() && !o.distributed, "--documents",
                    "trains from scratch on one process: --resume, --load and --distributed are not supported with it");
