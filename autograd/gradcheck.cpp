@@ -189,7 +189,7 @@ GradcheckReport second_order(const std::function<Tensor()>& fn, const std::vecto
   DefaultDtypeGuard dtype_guard(Dtype::f64);
   Shape ys;
   {
-    NoGradGuard no_grad;
+    // With recording on: fn may itself differentiate (a third-order check).
     const Tensor y = fn();
     if (!y.defined() || y.dtype() != Dtype::f64) {
       throw DtypeError(fmt::format("gradgradcheck: fn returned {}; it runs in float64",
