@@ -394,7 +394,32 @@ LSTMGatesOut lstm_cell_fused(const Tensor& gates, const Tensor& c_prev) {
   return out;
 }
 
+namespace {
+// gx for a create_graph backward: kept itself, or recomputed from its projection (recorded,
+// so its history reaches x, w_ih and b exactly as gx's did).
+struct SavedGx {
+  SavedTensor gx, x, w, b;
+  Shape shape;
+  bool projected = false;
+  SavedGx(const Tensor& g, const detail::GxProjection* proj) : shape(g.shape()), projected(proj != nullptr) {
+    if (proj) {
+      x = save(proj->x, 0);
+      w = save(proj->w_ih, 0);
+      b = save(proj->b, 0);
+    } else {
+      gx = save(g, 0);
+    }
+  }
+  Tensor get() const { return projected ? reshape(linear(x.get(), w.get(), b.get()), shape) : gx.get(); }
+};
+}  // namespace
+
 LSTMSequenceOut lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0, bool reverse) {
+  return detail::lstm_sequence(gx, w_hh, h0, c0, reverse, nullptr);
+}
+
+LSTMSequenceOut detail::lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
+                                      bool reverse, const GxProjection* proj) {
   check_lstm_sequence_shapes(gx, w_hh, h0, c0);
   const std::int64_t T = gx.shape()[0], B = gx.shape()[1], G = gx.shape()[2], H = G / 4;
   const Dtype dt = gx.dtype();
@@ -422,13 +447,14 @@ LSTMSequenceOut lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor
     record("lstm_sequence", packed, {&gx, &w_hh, &h0, &c0},
            // Four SavedTensors and two buffers: over BackwardFn's inline room, so this closure
            // is allocated, once per sequence.
-           // gx is kept for create_graph only (the saved gates are activated constants).
-           [acts, cs, sg = save(gx, 0), sw = save(w_hh, 1), sh = save(h0, 2), sc = save(c_init, 3),
+           // gx (or how it was made) is kept for create_graph only: the saved gates are activated
+           // constants.
+           [acts, cs, sg = std::make_shared<const SavedGx>(gx, proj), sw = save(w_hh, 1), sh = save(h0, 2), sc = save(c_init, 3),
             so = save_output(packed), reverse](const Tensor& g, GradSlots& dx) {
              if (is_grad_enabled()) {
                // create_graph: composite_backward through lstm_sequence_composite, the recurrence
                // as T steps of linear, sigmoid, tanh, mul and add.
-               composite_backward({sg.get(), sw.get(), sh.get(), sc.get()}, g, dx,
+               composite_backward({sg->get(), sw.get(), sh.get(), sc.get()}, g, dx,
                                   [reverse](const std::vector<Tensor>& in) {
                                     return detail::lstm_sequence_composite(in[0], in[1], in[2], in[3], reverse);
                                   });
@@ -876,6 +902,11 @@ Tensor pad_packed(const Tensor& packed, const PackedLayout& p, bool batch_first)
 
 LSTMSequenceOut lstm_sequence_packed(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
                                      const PackedLayout& p, bool reverse) {
+  return detail::lstm_sequence_packed(gx, w_hh, h0, c0, p, reverse, nullptr);
+}
+
+LSTMSequenceOut detail::lstm_sequence_packed(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
+                                             const PackedLayout& p, bool reverse, const GxProjection* proj) {
   check_packed_lstm_shapes(gx, w_hh, h0, c0, p);
   const std::int64_t N = p.rows(), B = p.B, G = gx.shape()[1], H = G / 4;
   const Dtype dt = gx.dtype();
@@ -906,14 +937,15 @@ LSTMSequenceOut lstm_sequence_packed(const Tensor& gx, const Tensor& w_hh, const
     // As lstm_sequence's backward, per step over its b_t rows; a sequence's d h_n / d c_n
     // enter at its own last step, and d h0 / d c0 leave at its own first step.
     record("lstm_sequence_packed", packed, {&gx, &w_hh, &h0, &c0},
-           // gx is kept for create_graph only (the saved gates are activated constants).
-           [acts, cs, sg = save(gx, 0), sw = save(w_hh, 1), sh = save(h0, 2), sc = save(c_init, 3),
+           // gx (or how it was made) is kept for create_graph only: the saved gates are activated
+           // constants.
+           [acts, cs, sg = std::make_shared<const SavedGx>(gx, proj), sw = save(w_hh, 1), sh = save(h0, 2), sc = save(c_init, 3),
             so = save_output(packed), lay = std::make_shared<const PackedLayout>(p), reverse](const Tensor& g,
                                                                                               GradSlots& dx) {
              if (is_grad_enabled()) {
                // create_graph: composite_backward through lstm_packed_composite (per step the b_t
                // running rows, as the fused kernel).
-               composite_backward({sg.get(), sw.get(), sh.get(), sc.get()}, g, dx,
+               composite_backward({sg->get(), sw.get(), sh.get(), sc.get()}, g, dx,
                                   [lay, reverse](const std::vector<Tensor>& in) {
                                     return detail::lstm_packed_composite(in[0], in[1], in[2], in[3], *lay, reverse);
                                   });

@@ -58,6 +58,18 @@ struct LSTMSequenceOut {
 LSTMSequenceOut lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor& h0 = Tensor(),
                               const Tensor& c0 = Tensor(), bool reverse = false);
 
+namespace detail {
+// How gx was made, when it is linear(x, w_ih, b) (reshaped), as nn::LSTM makes it. Given to
+// lstm_sequence(_packed), the node keeps x, w_ih and b (linear's backward keeps them anyway)
+// instead of gx for a create_graph backward, which recomputes gx from them: first order
+// holds no T·B·4H input projection beyond what it always held.
+struct GxProjection {
+  Tensor x, w_ih, b;
+};
+LSTMSequenceOut lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0, bool reverse,
+                              const GxProjection* proj);
+}  // namespace detail
+
 // One GRU step (PyTorch's GRU, with the reset gate applied after the hidden product):
 //   gi [B, 3H] = x·W_ihᵀ + b_ih,  gh [B, 3H] = h_prev·W_hhᵀ + b_hh  (order r, z, n),
 //   h_prev [B, H].
@@ -114,6 +126,10 @@ Tensor pad_packed(const Tensor& packed, const PackedLayout& p, bool batch_first 
 // processed step. packed [N + 2B, H] is the node's output (rows: y, h_n, c_n).
 LSTMSequenceOut lstm_sequence_packed(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
                                      const PackedLayout& p, bool reverse = false);
+namespace detail {
+LSTMSequenceOut lstm_sequence_packed(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
+                                     const PackedLayout& p, bool reverse, const GxProjection* proj);
+}  // namespace detail
 
 // step_views over a packed projection x [N, G]: p.steps views, views[k] the [b_t, G] block
 // of step t = k (t = steps-1-k when reverse). Same backward contract as step_views.

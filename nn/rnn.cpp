@@ -142,7 +142,9 @@ StepOut cell_step(const DirectionArgs& a, const Tensor& x_t, const Tensor& h, co
 // The input projections of every step in one GEMM (dense [T*B] or packed [N] rows). RNN and
 // LSTM fold b_hh in as well (it is added at every step); GRU cannot: b_hn sits inside
 // r ⊙ (W_hn h + b_hn).
-Tensor input_projection(const DirectionArgs& a) {
+// proj (plain LSTM only): how the result was made, for lstm_sequence(_packed) to keep
+// instead of the result itself.
+Tensor input_projection(const DirectionArgs& a, xg::detail::GxProjection* proj = nullptr) {
   const RecurrentWeights& w = *a.w;
   const std::int64_t H = a.H;
   if (a.mode == Mode::lstm && a.layer_norm) {
@@ -150,7 +152,9 @@ Tensor input_projection(const DirectionArgs& a) {
     return w.bias_ih.defined() ? add(gi, add(w.bias_ih, w.bias_hh)) : gi;
   }
   if (a.mode == Mode::gru) return linear(a.input, w.weight_ih, w.bias_ih);
-  return linear(a.input, w.weight_ih, w.bias_ih.defined() ? add(w.bias_ih, w.bias_hh) : Tensor());
+  const Tensor b = w.bias_ih.defined() ? add(w.bias_ih, w.bias_hh) : Tensor();
+  if (proj) *proj = xg::detail::GxProjection{a.input, w.weight_ih, b};
+  return linear(a.input, w.weight_ih, b);
 }
 
 DirectionResult run_direction(const DirectionArgs& a) {
@@ -159,11 +163,13 @@ DirectionResult run_direction(const DirectionArgs& a) {
   const bool lstm = a.mode == Mode::lstm;
   const Dtype dt = a.input.dtype();
 
-  Tensor gi_all = input_projection(a);
+  xg::detail::GxProjection proj;
+  Tensor gi_all = input_projection(a, &proj);
   DirectionResult r;
   if (lstm && !a.layer_norm && !a.h_mask.defined() && !a.records) {
     // The whole recurrence as one node: dW_hh becomes one GEMM over all steps in backward.
-    const LSTMSequenceOut o = lstm_sequence(reshape(gi_all, Shape{T, B, 4 * H}), w.weight_hh, a.h0, a.c0, a.reverse);
+    const LSTMSequenceOut o =
+        xg::detail::lstm_sequence(reshape(gi_all, Shape{T, B, 4 * H}), w.weight_hh, a.h0, a.c0, a.reverse, &proj);
     r.seq = o.y;
     r.h = o.h_n;
     r.c = o.c_n;
@@ -217,10 +223,11 @@ DirectionResult run_direction_packed(const DirectionArgs& a, const PackedLayout&
   const bool lstm = a.mode == Mode::lstm;
   const Dtype dt = a.input.dtype();
 
-  Tensor gi_all = input_projection(a);
+  xg::detail::GxProjection proj;
+  Tensor gi_all = input_projection(a, &proj);
   DirectionResult r;
   if (lstm && !a.layer_norm && !a.h_mask.defined() && !a.records) {
-    const LSTMSequenceOut o = lstm_sequence_packed(gi_all, w.weight_hh, a.h0, a.c0, p, a.reverse);
+    const LSTMSequenceOut o = xg::detail::lstm_sequence_packed(gi_all, w.weight_hh, a.h0, a.c0, p, a.reverse, &proj);
     r.seq = o.y;
     r.h = o.h_n;
     r.c = o.c_n;
