@@ -7,6 +7,7 @@
 #include <functional>
 #include <vector>
 
+#include "attention_heads.hpp"
 #include "helpers.hpp"
 #include "xgrad/autograd/detail/composite.hpp"
 
@@ -227,24 +228,8 @@ TEST_CASE("gradgradcheck step_views, packed_step_views, pack_padded and pad_pack
 
 namespace {
 
-// The heads layout of a [L, B, H*d] (time-major) or [B, L, H*d] (batch_first) tensor.
-AttentionHeads heads(bool bf, std::int64_t B, std::int64_t H, std::int64_t L, std::int64_t S, std::int64_t dk,
-                     std::int64_t dv) {
-  AttentionHeads hd;
-  hd.B = B;
-  hd.H = H;
-  hd.Lq = L;
-  hd.S = S;
-  hd.dk = dk;
-  hd.dv = dv;
-  hd.q = head_strides(bf, B, L, H * dk);
-  hd.k = head_strides(bf, B, S, H * dk);
-  hd.v = head_strides(bf, B, S, H * dv);
-  hd.o = head_strides(bf, B, L, H * dv);
-  return hd;
-}
-
-Shape seq(bool bf, std::int64_t B, std::int64_t L, std::int64_t W) { return bf ? Shape{B, L, W} : Shape{L, B, W}; }
+using xgtest::heads;
+using xgtest::seq;
 
 }  // namespace
 

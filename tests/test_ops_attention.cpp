@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "attention_heads.hpp"
 #include "helpers.hpp"
 #include "softmax_reference.hpp"
 
@@ -39,23 +40,8 @@ Tensor merge_heads(const Tensor& o, bool batch_first, std::int64_t B, std::int64
   return batch_first ? bt : transpose(bt, 0, 1);
 }
 
-AttentionHeads heads(bool bf, std::int64_t B, std::int64_t H, std::int64_t L, std::int64_t S, std::int64_t dk,
-                     std::int64_t dv) {
-  AttentionHeads hd;
-  hd.B = B;
-  hd.H = H;
-  hd.Lq = L;
-  hd.S = S;
-  hd.dk = dk;
-  hd.dv = dv;
-  hd.q = head_strides(bf, B, L, H * dk);
-  hd.k = head_strides(bf, B, S, H * dk);
-  hd.v = head_strides(bf, B, S, H * dv);
-  hd.o = head_strides(bf, B, L, H * dv);
-  return hd;
-}
-
-Shape seq(bool bf, std::int64_t B, std::int64_t T, std::int64_t W) { return bf ? Shape{B, T, W} : Shape{T, B, W}; }
+using xgtest::heads;
+using xgtest::seq;
 
 }  // namespace
 
