@@ -270,6 +270,22 @@ TEST_CASE("PyTorch second derivatives: H v of a 2-layer LSTM language model, LST
   lstm_lm_case(LstmPath::ops);
 }
 
+namespace {
+// H v over the module's parameters and q, k, v of sum(context * w_y) + sum(weights * w_a).
+void check_mha_hvp(const Fixture& f, nn::MultiheadAttention& m, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const Tensor& kpm, const Tensor& am, const Tensor& w_y, const Tensor& w_a) {
+  Wrt w;
+  w.add_module(m);
+  w.add("in.query", q);
+  w.add("in.key", k);
+  w.add("in.value", v);
+  check_hvp(f, w, [&] {
+    const nn::AttentionOutput o = m(q, k, v, {.key_padding_mask = kpm, .attn_mask = am});
+    return add(sum(mul(o.context, w_y)), sum(mul(o.weights, w_a)));
+  });
+}
+}  // namespace
+
 TEST_CASE("PyTorch second derivatives: H v of MultiheadAttention with a key_padding_mask and a bool attn_mask "
           "(hvp/mha_masks.npz)") {
   // MultiheadAttention(8, 2), query [3, 2, 8], key / value [4, 2, 8]; L = sum(y * w_y) +
@@ -283,15 +299,7 @@ TEST_CASE("PyTorch second derivatives: H v of MultiheadAttention with a key_padd
   // (nonzero = may not attend, as PyTorch's bool mask).
   const Tensor kpm = f.entry("in.key_padding_mask").to(i64), am = f.entry("in.attn_mask").to(i64);
   const Tensor w_y = f.entry("in.w_y"), w_a = f.entry("in.w_attn_weights");
-  Wrt w;
-  w.add_module(m);
-  w.add("in.query", q);
-  w.add("in.key", k);
-  w.add("in.value", v);
-  check_hvp(f, w, [&] {
-    const nn::AttentionOutput o = m(q, k, v, {.key_padding_mask = kpm, .attn_mask = am});
-    return add(sum(mul(o.context, w_y)), sum(mul(o.weights, w_a)));
-  });
+  check_mha_hvp(f, m, q, k, v, kpm, am, w_y, w_a);
 }
 
 TEST_CASE("PyTorch second derivatives: H v of batch_first MultiheadAttention with a key_padding_mask and a "
@@ -303,15 +311,7 @@ TEST_CASE("PyTorch second derivatives: H v of batch_first MultiheadAttention wit
   const Tensor q = f.leaf("in.query"), k = f.leaf("in.key"), v = f.leaf("in.value");
   const Tensor kpm = f.entry("in.key_padding_mask").to(i64), am = f.entry("in.attn_mask");  // am: added
   const Tensor w_y = f.entry("in.w_y"), w_a = f.entry("in.w_attn_weights");
-  Wrt w;
-  w.add_module(m);
-  w.add("in.query", q);
-  w.add("in.key", k);
-  w.add("in.value", v);
-  check_hvp(f, w, [&] {
-    const nn::AttentionOutput o = m(q, k, v, {.key_padding_mask = kpm, .attn_mask = am});
-    return add(sum(mul(o.context, w_y)), sum(mul(o.weights, w_a)));
-  });
+  check_mha_hvp(f, m, q, k, v, kpm, am, w_y, w_a);
 }
 
 TEST_CASE("PyTorch second derivatives: H v of cross_entropy with ignore_index w.r.t. the logits "
