@@ -10,6 +10,7 @@
 
 #include "bench_common.hpp"
 #include "xgrad/backend/detail/blas.hpp"  // detail::gemm, timed next to cblas_sgemm
+#include "xgrad/backend/detail/packed_gemm.hpp"
 
 namespace bench {
 
@@ -212,11 +213,11 @@ Result train_lm(const Args& args, const char* name, const LMConfig& c, Opt which
   return r;
 }
 
-// GFLOP/s of a GEMM alone on the GEMMs one training step of the LSTM LM needs at best (one
-// input-projection GEMM per layer, T recurrent GEMMs, the output layer, and their backward
-// products with dW_ih and dW_hh as one GEMM each over all steps): cblas_sgemm, and
-// xgrad's own dispatcher (detail::gemm: its tiled kernel where that beats the BLAS).
-// Returns the time of one pass over all of them, ms, and their FLOPs (= 3x the forward's).
+// GFLOP/s of a GEMM alone on the GEMMs one training step of the LSTM LM needs at best (per
+// layer one input-projection GEMM, T recurrent GEMMs, and their backward products with dW_ih
+// and dW_hh as one GEMM each over all steps; the output layer): cblas_sgemm, and xgrad's own
+// dispatcher (detail::gemm: its tiled kernel where that beats the BLAS; the per-step
+// products on a once-packed W_hh). Returns the time of one pass over all of them, ms, and their FLOPs (= 3x the forward's).
 struct SgemmPass {
   double ms, flops;
 };
@@ -227,17 +228,22 @@ SgemmPass sgemm_pass(const LMConfig& c, bool xgrad_gemm = false) {
   };
   const int TB = int(c.T * c.B), B = int(c.B), H = int(c.H), G4 = int(4 * c.H), E = int(c.E), V = int(c.V);
   const int T = int(c.T);
-  const std::vector<G> shapes = {
-      {false, true, TB, G4, E, 1},    // x · W_ihᵀ
-      {false, true, B, G4, H, T},     // h · W_hhᵀ per step
+  std::vector<G> shapes = {
       {false, true, TB, V, H, 1},     // out · W_fcᵀ
       {false, false, TB, H, V, 1},    // d out = g · W_fc
       {true, false, V, H, TB, 1},     // d W_fc
-      {false, false, B, H, G4, T},    // d h per step
-      {true, false, G4, H, TB, 1},    // d W_hh over all steps
-      {true, false, G4, E, TB, 1},    // d W_ih
-      {false, false, TB, E, G4, 1},   // d x
   };
+  for (std::int64_t l = 0; l < c.layers; ++l) {
+    const int I = l == 0 ? E : H;
+    shapes.insert(shapes.end(), {
+        {false, true, TB, G4, I, 1},    // x · W_ihᵀ
+        {false, true, B, G4, H, T},     // h · W_hhᵀ per step
+        {false, false, B, H, G4, T},    // d h per step
+        {true, false, G4, H, TB, 1},    // d W_hh over all steps
+        {true, false, G4, I, TB, 1},    // d W_ih
+        {false, false, TB, I, G4, 1},   // d x
+    });
+  }
   std::vector<float> a(std::size_t(std::max(TB, G4)) * std::max({E, H, G4, TB}), 0.01f);
   std::vector<float> b(a.size(), 0.02f), cc(a.size(), 0.0f);
   double flops = 0;
@@ -245,6 +251,12 @@ SgemmPass sgemm_pass(const LMConfig& c, bool xgrad_gemm = false) {
   const double t0 = now_ms();
   for (const G& g : shapes) {
     const int lda = g.ta ? g.M : g.K, ldb = g.tb ? g.K : g.N;
+    if (xgrad_gemm && g.count > 1 && !g.ta) {
+      // The recurrences' per-step products: W_hh packed once, as lstm_sequence does.
+      const xg::detail::PackedB<float> pb(g.tb, g.K, g.N, b.data(), ldb);
+      for (int k = 0; k < g.count; ++k) pb.gemm_acc(g.M, a.data(), lda, cc.data(), g.N);
+      continue;
+    }
     for (int k = 0; k < g.count; ++k) {
       if (xgrad_gemm) {
         xg::detail::gemm<float>(g.ta, g.tb, g.M, g.N, g.K, 1.0f, a.data(), lda, b.data(), ldb, 0.0f, cc.data(), g.N);
@@ -342,8 +354,10 @@ Result hvp(const Args& args) {
   for (const Tensor& p : params) v.push_back(randn(p.shape(), p.dtype(), &vgen));
   const int steps = args.steps_or(10);
   const auto batches = lm_batches(c, args.warmup + steps, kSeed + 1);
-  std::vector<double> grad_ms, hvp_ms, grad_cpu, hvp_cpu;
+  std::vector<double> grad_ms, hvp_ms, grad_cpu, hvp_cpu, gemm_ms;
   double loss_first = 0, vhv_first = 0;
+  sgemm_pass(c);  // warm-up
+  sgemm_pass(c, true);
   for (int i = 0; i < args.warmup + steps; ++i) {
     const Tensor& x = batches[static_cast<std::size_t>(i)].first;
     const Tensor& y = batches[static_cast<std::size_t>(i)].second;
@@ -365,6 +379,8 @@ Result hvp(const Args& args) {
       hvp_ms.push_back(t2 - t1);
       grad_cpu.push_back(c1 - c0);
       hvp_cpu.push_back(c2 - c1);
+      // The gradient's GEMMs alone, best of the BLAS and xgrad's dispatcher, at the same moment.
+      gemm_ms.push_back(std::min(sgemm_pass(c).ms, sgemm_pass(c, true).ms));
     }
   }
   Result r;
@@ -380,6 +396,12 @@ Result hvp(const Args& args) {
   r.extra["grad_cpu_ms"] = median(grad_cpu);
   r.extra["hvp_cpu_ms"] = median(hvp_cpu);
   r.extra["hvp_over_grad_cpu"] = median(hvp_cpu) / median(grad_cpu);
+  // The GEMM floor. Every GEMM of the gradient, C = A·B, has a directional derivative
+  // A'·B + A·B' that an exact H v needs as well (forward-over-reverse, or reverse-over-reverse
+  // in the other order: the same products), so H v's GEMMs are at least 3x the gradient's.
+  r.extra["grad_gemm_ms"] = median(gemm_ms);
+  r.extra["hvp_gemm_floor_ms"] = 3 * median(gemm_ms);
+  r.extra["hvp_floor_over_grad"] = 3 * median(gemm_ms) / median(grad_ms);
   r.extra["loss_first"] = loss_first;
   r.extra["vhv_first"] = vhv_first;  // <v, H v> on the first batch: a sanity figure
   return r;
