@@ -217,7 +217,8 @@ Result train_lm(const Args& args, const char* name, const LMConfig& c, Opt which
 // layer one input-projection GEMM, T recurrent GEMMs, and their backward products with dW_ih
 // and dW_hh as one GEMM each over all steps; the output layer): cblas_sgemm, and xgrad's own
 // dispatcher (detail::gemm: its tiled kernel where that beats the BLAS; the per-step
-// products on a once-packed W_hh). Returns the time of one pass over all of them, ms, and their FLOPs (= 3x the forward's).
+// products on a once-packed W_hh). Returns the time of one pass over all of them, ms, and
+// their FLOPs (= 3x the forward's).
 struct SgemmPass {
   double ms, flops;
 };
