@@ -106,6 +106,7 @@ def measure(w, args, env, xgrad_bench):
                 runs[side + "_grad"].append(r["grad_ms"])
                 runs[side + "_cpu"].append(r["hvp_cpu_ms"])
                 runs[side + "_grad_cpu"].append(r["grad_cpu_ms"])
+            runs.setdefault("xgrad_floor", []).append(x["hvp_gemm_floor_ms"])
             res.update(backends(x, t))
         for k, v in runs.items():
             res[k] = median(v)
@@ -278,6 +279,9 @@ def main():
             print(f"{'':14} {'CPU H v ms':15} {fmt_num(r['xgrad_cpu']):>10} {fmt_num(r['torch_cpu']):>10} "
                   f"{r['cpu_ratio']:7.3f}  CPU H v / grad: xgrad {r['xgrad_over_grad_cpu']:.2f}x, "
                   f"torch {r['torch_over_grad_cpu']:.2f}x")
+            print(f"{'':14} {'H v GEMM floor':15} {fmt_num(r['xgrad_floor']):>10} {'':>10} "
+                  f"{r['xgrad_floor'] / r['torch']:7.3f}  3x the gradient's GEMMs alone = "
+                  f"{r['xgrad_floor'] / r['xgrad_grad']:.2f}x xgrad's grad")
         if "per_T" in r:
             per = ", ".join(f"T={T}: {v['xgrad']:.0f} vs {v['torch']:.0f}" for T, v in r["per_T"].items())
             print(f"{'':14} {'MiB by T':15} {per}")
