@@ -148,7 +148,7 @@ Tensor from_blob(void* data, const Shape& shape, Dtype dtype) {
   auto header = std::make_shared<StorageHeader>();
   header->external = true;
   std::shared_ptr<void> storage = std::move(header);
-  return Tensor(std::make_shared<TensorImpl>(shape, dtype, std::move(storage), data));
+  return Tensor(detail::make_impl(shape, dtype, std::move(storage), data));
 }
 
 Tensor rand(const Shape& shape, Dtype dtype, Generator* gen) { return uniform_impl("rand", shape, 0.0, 1.0, dtype, gen); }

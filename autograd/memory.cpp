@@ -5,10 +5,14 @@
 // back to the system. Each thread keeps one free list per class, touched only by that
 // thread, so the hot path has no lock and no atomic read-modify-write: empty_cache()
 // reaches other threads through an epoch they compare at their next call.
+//
+// Handles' blocks (detail::object_alloc) have their own lists in the same per-thread cache,
+// in 16-byte classes up to 512 bytes: one class serves every TensorImpl.
 #include "memory.hpp"
 
 #include <atomic>
 #include <string>
+#include <algorithm>
 #include <bit>
 #include <cstdlib>
 #include <vector>
@@ -41,6 +45,14 @@ std::size_t class_size(int k) {
   return static_cast<std::size_t>(8 + sub + 1) << (e - 3);
 }
 
+constexpr int kObjectClasses = 32;                 // 16, 32, ..., 512 bytes
+constexpr std::size_t kLargestObject = 16 * kObjectClasses;
+// A thread keeps at most this many bytes of handles' blocks (and no more than the cache
+// limit): bounded even when one thread only frees what another makes.
+constexpr std::int64_t kObjectLimit = std::int64_t{16} << 20;
+
+int object_class(std::size_t bytes) { return bytes == 0 ? 0 : static_cast<int>((bytes - 1) >> 4); }
+
 std::atomic<std::uint64_t> g_epoch{0};
 std::atomic<std::int64_t> g_limit{std::int64_t{1} << 30};
 
@@ -52,6 +64,9 @@ constinit thread_local int tl_state = 0;
 struct ThreadCache {
   std::vector<void*> lists[kClasses];
   std::int64_t cached = 0;
+  std::vector<void*> objects[kObjectClasses];
+  std::int64_t object_bytes = 0;   // held in `objects`
+  std::int64_t object_count = 0;
   std::uint64_t epoch = g_epoch.load(std::memory_order_relaxed);
   MemoryStats stats;
 
@@ -74,6 +89,15 @@ struct ThreadCache {
       lists[k].shrink_to_fit();
     }
     cached = 0;
+    for (int k = 0; k < kObjectClasses; ++k) {
+      for (void* p : objects[k]) {
+        detail::unpoison(p, static_cast<std::ptrdiff_t>(16 * (k + 1)));
+        std::free(p);
+      }
+      objects[k].clear();
+      objects[k].shrink_to_fit();
+    }
+    object_bytes = object_count = 0;
   }
   void sync_epoch() noexcept {
     const std::uint64_t e = g_epoch.load(std::memory_order_relaxed);
@@ -100,7 +124,10 @@ void* system_alloc(std::size_t bytes) {
 namespace detail {
 
 void* storage_alloc(std::size_t bytes) {
-  if (tl_state == 2) return system_alloc(bytes);
+  if (tl_state == 2) {  // the class's full size: another thread may cache the block when it is freed
+    const int k = size_class(bytes);
+    return system_alloc(k < 0 ? bytes : class_size(k));
+  }
   ThreadCache& c = cache();
   c.sync_epoch();
   const int k = size_class(bytes);
@@ -152,6 +179,52 @@ void storage_free(void* p, std::size_t bytes) noexcept {
   poison(p, static_cast<std::ptrdiff_t>(size));
 }
 
+void* object_alloc(std::size_t bytes) {
+  if (bytes > kLargestObject) return system_alloc(bytes);
+  // Always the class's full size: the block may be freed on a thread that caches it.
+  if (tl_state == 2) return system_alloc(static_cast<std::size_t>(16 * (object_class(bytes) + 1)));
+  ThreadCache& c = cache();
+  c.sync_epoch();
+  const int k = object_class(bytes);
+  ++c.stats.object_requests;
+  std::vector<void*>& list = c.objects[k];
+  if (!list.empty()) {
+    void* p = list.back();
+    list.pop_back();
+    c.object_bytes -= 16 * (k + 1);
+    --c.object_count;
+    ++c.stats.object_reuses;
+    unpoison(p, 16 * (k + 1));
+    return p;
+  }
+  // The class's full size, so that any request of the class can reuse the block.
+  return system_alloc(static_cast<std::size_t>(16 * (k + 1)));
+}
+
+void object_free(void* p, std::size_t bytes) noexcept {
+  if (tl_state == 2 || bytes > kLargestObject) {
+    std::free(p);
+    return;
+  }
+  ThreadCache& c = cache();
+  c.sync_epoch();
+  const int k = object_class(bytes);
+  const std::int64_t size = 16 * (k + 1);
+  if (c.object_bytes + size > std::min(kObjectLimit, g_limit.load(std::memory_order_relaxed))) {
+    std::free(p);
+    return;
+  }
+  try {
+    c.objects[k].push_back(p);
+  } catch (...) {
+    std::free(p);
+    return;
+  }
+  c.object_bytes += size;
+  ++c.object_count;
+  poison(p, size);
+}
+
 }  // namespace detail
 
 std::uint64_t detail::memory_epoch() { return g_epoch.load(std::memory_order_relaxed); }
@@ -163,6 +236,7 @@ MemoryStats memory_stats() {
     c.sync_epoch();
     s = c.stats;
     s.cached_bytes = c.cached;
+    s.cached_objects = c.object_count;
   }
   const detail::PackedCacheCounts p = detail::packed_cache_counts();
   s.packed_bytes = p.bytes;
@@ -177,6 +251,7 @@ void reset_memory_stats() {
   MemoryStats& s = cache().stats;
   s.peak_allocated_bytes = s.allocated_bytes;
   s.requests = s.requested_bytes = s.system_allocations = 0;
+  s.object_requests = s.object_reuses = 0;
 }
 
 void empty_cache() {

@@ -20,13 +20,27 @@ namespace {
 template <class F>
 Tensor binary(const char* op, const Tensor& a, const Tensor& b, F&& f) {
   detail::check_same_float(op, a, b);
-  const Shape s = broadcast_shapes(op, a.shape(), b.shape());
-  Tensor y = Tensor::empty(s, a.dtype());
+  Tensor y = a.shape() == b.shape() ? Tensor::empty(a.shape(), a.dtype())
+                                    : Tensor::empty(broadcast_shapes(op, a.shape(), b.shape()), a.dtype());
   dispatch_float(op, a.dtype(), [&](auto tag) {
     detail::arith_kernel<decltype(tag)>(a, b, y, f);
     return 0;
   });
   return y;
+}
+
+// g summed back to an input's shape; g itself when the shapes match (no call, no check:
+// the engine compares the result with the input's shape anyway).
+Tensor grad_to(const Tensor& g, const Shape& shape) { return g.shape() == shape ? g : sum_to(g, shape); }
+
+// d(a * b)/da = g * b, summed back to a's shape. A plain backward (nothing recorded) of
+// same-shaped operands is one pass into a new tensor: the recorded op's checks,
+// broadcasting and sum_to would cost more than the product of a small tensor.
+Tensor grad_product(const Tensor& g, const Tensor& v, const Shape& shape) {
+  if (!is_grad_enabled() && g.shape() == shape && v.shape() == shape && g.dtype() == v.dtype()) {
+    return detail::zip_new("mul", g, v, [](auto gi, auto vi) { return gi * vi; });
+  }
+  return sum_to(mul(g, v), shape);
 }
 
 }  // namespace
@@ -36,8 +50,8 @@ Tensor add(const Tensor& a, const Tensor& b) {
   if (needs_record({&a, &b})) {
     // d(a + b) = g, g (summed back over broadcast dims)
     record("add", y, {&a, &b}, [](const Tensor& g, GradSlots& dx) {
-      if (dx.needs(0)) dx[0] = sum_to(g, dx.shape(0));
-      if (dx.needs(1)) dx[1] = sum_to(g, dx.shape(1));
+      if (dx.needs(0)) dx[0] = grad_to(g, dx.shape(0));
+      if (dx.needs(1)) dx[1] = grad_to(g, dx.shape(1));
     });
   }
   return y;
@@ -48,7 +62,7 @@ Tensor sub(const Tensor& a, const Tensor& b) {
   if (needs_record({&a, &b})) {
     // d(a - b) = g, -g
     record("sub", y, {&a, &b}, [](const Tensor& g, GradSlots& dx) {
-      if (dx.needs(0)) dx[0] = sum_to(g, dx.shape(0));
+      if (dx.needs(0)) dx[0] = grad_to(g, dx.shape(0));
       if (dx.needs(1)) dx[1] = sum_to(neg(g), dx.shape(1));
     });
   }
@@ -60,8 +74,8 @@ Tensor mul(const Tensor& a, const Tensor& b) {
   if (needs_record({&a, &b})) {
     // d(a * b) = g * b, g * a
     record("mul", y, {&a, &b}, [a = save(a, 0), b = save(b, 1)](const Tensor& g, GradSlots& dx) {
-      if (dx.needs(0)) dx[0] = sum_to(mul(g, b.get()), dx.shape(0));
-      if (dx.needs(1)) dx[1] = sum_to(mul(g, a.get()), dx.shape(1));
+      if (dx.needs(0)) dx[0] = grad_product(g, b.get(), dx.shape(0));
+      if (dx.needs(1)) dx[1] = grad_product(g, a.get(), dx.shape(1));
     });
   }
   return y;

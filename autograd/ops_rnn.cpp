@@ -102,7 +102,7 @@ Tensor half_of(const Tensor& hc, int k) {
   const TensorImpl& t = *hc.impl();
   const Shape s{t.shape[1], t.shape[2]};
   void* first = static_cast<char*>(t.data) + k * s.numel() * static_cast<std::int64_t>(dtype_size(t.dtype));
-  Tensor v(std::make_shared<TensorImpl>(s, t.dtype, t.storage, first));
+  Tensor v(detail::make_impl(s, t.dtype, t.storage, first));
   if (needs_record({&hc})) {
     // d hc[k] = g in half k of [2, B, H], zeros in the other half
     record(k == 0 ? "lstm_h" : "lstm_c", v, {&hc}, [k](const Tensor& g, GradSlots& dx) {
@@ -246,7 +246,7 @@ Tensor packed_rows(const Tensor& packed, std::int64_t first, const Shape& shape,
   const TensorImpl& t = *packed.impl();
   const std::int64_t row = t.shape[1] * t.shape[2];
   const std::int64_t esz = static_cast<std::int64_t>(dtype_size(t.dtype));
-  Tensor v(std::make_shared<TensorImpl>(shape, t.dtype, t.storage, static_cast<char*>(t.data) + first * row * esz));
+  Tensor v(detail::make_impl(shape, t.dtype, t.storage, static_cast<char*>(t.data) + first * row * esz));
   if (needs_record({&packed})) {
     // d packed = g in rows [first, first + n), zeros elsewhere
     record(name, v, {&packed}, [first, row, esz](const Tensor& g, GradSlots& dx) {
@@ -616,7 +616,7 @@ std::vector<Tensor> step_views(const Tensor& x, std::int64_t T, bool reverse) {
   for (std::int64_t k = 0; k < T; ++k) {
     const std::int64_t t = reverse ? T - 1 - k : k;
     void* first = static_cast<char*>(xi.data) + t * step_bytes;
-    Tensor v(std::make_shared<TensorImpl>(Shape{B, G}, xi.dtype, xi.storage, first));
+    Tensor v(detail::make_impl(Shape{B, G}, xi.dtype, xi.storage, first));
     if (rec) {
       // d x[t] = g in rows of step t (gathered for all steps, handed over once by k = 0)
       record("rnn_step", v, {&x}, [grads, k, t, T, step_bytes](const Tensor& g, GradSlots& dx) {
@@ -872,7 +872,7 @@ Tensor row_block(const Tensor& packed, std::int64_t first, std::int64_t n, const
   const TensorImpl& t = *packed.impl();
   const std::int64_t H = t.shape[1];
   const std::int64_t esz = static_cast<std::int64_t>(dtype_size(t.dtype));
-  Tensor v(std::make_shared<TensorImpl>(Shape{n, H}, t.dtype, t.storage,
+  Tensor v(detail::make_impl(Shape{n, H}, t.dtype, t.storage,
                                         static_cast<char*>(t.data) + first * H * esz));
   if (needs_record({&packed})) {
     record(name, v, {&packed}, [first, H, esz](const Tensor& g, GradSlots& dx) {
@@ -1007,7 +1007,7 @@ std::vector<Tensor> packed_step_views(const Tensor& x, const PackedLayout& p, bo
   for (std::int64_t k = 0; k < S; ++k) {
     const std::int64_t t = reverse ? S - 1 - k : k;
     const std::int64_t b = p.batch_sizes[static_cast<std::size_t>(t)], o = p.offsets[static_cast<std::size_t>(t)];
-    Tensor v(std::make_shared<TensorImpl>(Shape{b, G}, xi.dtype, xi.storage, static_cast<char*>(xi.data) + o * row_bytes));
+    Tensor v(detail::make_impl(Shape{b, G}, xi.dtype, xi.storage, static_cast<char*>(xi.data) + o * row_bytes));
     if (rec) {
       // d x rows of step t = g (gathered for all steps, handed over once by k = 0)
       const std::int64_t N = p.rows();

@@ -502,7 +502,7 @@ Tensor row_block(const Tensor& w, std::int64_t r0, std::int64_t n) {
   s[0] = n;
   TensorImpl* impl = w.impl();
   void* first = static_cast<char*>(impl->data) + r0 * row * static_cast<std::int64_t>(dtype_size(w.dtype()));
-  Tensor y(std::make_shared<TensorImpl>(s, w.dtype(), impl->storage, first));
+  Tensor y(detail::make_impl(s, w.dtype(), impl->storage, first));
   if (needs_record({&w})) {
     // d w = g in rows [r0, r0 + n), zeros elsewhere
     record("row_block", y, {&w}, [r0, row](const Tensor& g, GradSlots& dx) {

@@ -202,21 +202,21 @@ void free_node(Tape& t, std::uint32_t i, NodeState state, F&& orphaned) {
   Node& n = t.nodes[i];
   n.state = state;
   --t.pending;
-  // Moved out so their destructors (which may release more handles, and so reach
-  // release_output) run after the node's bookkeeping is consistent.
-  BackwardFn fn = std::move(n.fn);
-  n.fn = nullptr;
-  EdgeList inputs = std::move(n.inputs);
-  n.inputs = EdgeList();
-  n.grad = Tensor();
   if (n.retain) {
     n.retain = false;
     std::erase_if(t.retained, [&n](const auto& r) { return r.first == n.stamp; });
   }
-  for (std::size_t j = 0; j < inputs.size(); ++j) {
-    const std::uint32_t k = inputs[j].node;
+  for (std::size_t j = 0; j < n.inputs.size(); ++j) {
+    const std::uint32_t k = n.inputs[j].node;
     if (k != kNoNode && --t.nodes[k].refs == 0) orphaned(k);
   }
+  // Destroyed in place, after the bookkeeping above: what they release may reach
+  // release_output, which only queues (the walk and kill() run with in_backward or
+  // killing set) and never frees this node twice (it is no longer pending), and no node
+  // is added meanwhile, so `n` stays valid.
+  n.fn = nullptr;
+  n.inputs = EdgeList();
+  n.grad = Tensor();
 }
 
 // A node nobody can reach any more: free it, and cascade to its inputs. Iterative
@@ -454,7 +454,7 @@ void end_walk(Tape& t) {
   std::vector<std::uint32_t> deferred;
   deferred.swap(t.deferred);
   for (std::uint32_t k : deferred) {
-    if (k >= t.nodes.size()) break;  // a kill emptied the tape: nothing left to do
+    if (k >= t.nodes.size()) continue;  // dropped with the freed end of the tape, or a kill emptied it
     Node& n = t.nodes[k];
     if (n.refs == 0 && n.state == NodeState::pending) kill(t, k);
   }
@@ -477,7 +477,7 @@ std::string describe_input(std::size_t j, const TensorImpl& x) {
 }
 
 template <class Inputs>
-void record_impl(const char* name, Tensor& out, const Inputs& inputs, std::size_t n, BackwardFn fn) {
+void record_impl(const char* name, Tensor& out, const Inputs& inputs, std::size_t n, BackwardFn&& fn) {
   if (!t_grad_enabled) return;  // NoGradGuard: nothing is recorded, out stays a constant
   Tape& t = tape();
   if (t.in_backward && !t_create_graph) {
@@ -1100,7 +1100,8 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
       if (ridx[q] != kNoNode) add_node(ridx[q], Tensor(seeds[q]));
     }
     while (i-- > lo) {
-      if (!t.nodes[i].mark) continue;
+      // Past the end: a node already freed, dropped below with the tape's freed end.
+      if (i >= t.nodes.size() || !t.nodes[i].mark) continue;
       t.nodes[i].mark = false;
       if (capture && !reach[i - lo]) {
         t.nodes[i].grad = Tensor();
@@ -1195,7 +1196,9 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
           const Edge& e = t.nodes[i].inputs[j];
           const std::uint32_t en = e.node;
           TensorImpl* leaf = e.leaf.get();
-          const Shape want = en != kNoNode ? t.nodes[en].out_shape : leaf->shape;
+          // shapes[j]: the node's shape, or under create_graph (where the adds below record
+          // and the node vector may move) a copy of it.
+          const Shape& want = *shapes[j];
           const Dtype want_dt = en != kNoNode ? t.nodes[en].out_dtype : leaf->dtype;
           const GradRange& r = ranges[j];
           if (r.dim >= 0) {
@@ -1262,6 +1265,13 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
         // The inputs lose this reader. Normally the walk frees them too; if it stops
         // early (an exception), end_walk kills the ones nobody else holds.
         free_node(t, i, NodeState::freed, [&t](std::uint32_t q) { t.deferred.push_back(q); });
+        // Freed nodes at the end of the tape go now, while they are in cache, rather than
+        // in one pass over the whole tape when it is cleared. (A tensor still naming one
+        // finds no node with its stamp: a freed graph, as after the clear. Only a plain
+        // walk: one that records appends pending nodes past L.)
+        if (!create_graph && !capture && !nested) {
+          while (!t.nodes.empty() && t.nodes.back().state != NodeState::pending) t.nodes.pop_back();
+        }
       }
     }
     // The leaves' (and xg::grad's leaf targets') ranged pieces, while still recording.
@@ -1272,7 +1282,7 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
       }
     }
   } catch (...) {
-    for (std::uint32_t j = lo; j <= i && j <= L; ++j) {
+    for (std::uint32_t j = lo; j <= i && j <= L && j < t.nodes.size(); ++j) {
       t.nodes[j].mark = false;
       t.nodes[j].grad = Tensor();
     }

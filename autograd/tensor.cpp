@@ -102,7 +102,7 @@ Tensor Tensor::empty(const Shape& shape, Dtype dtype) {
   // past either end of a tensor is reported although the read stays inside the allocation.
   detail::poison(header + 1, static_cast<char*>(data) - reinterpret_cast<char*>(header + 1));
   detail::poison(static_cast<char*>(data) + bytes, reinterpret_cast<char*>(buf.get() + words) - (static_cast<char*>(data) + bytes));
-  return Tensor(std::make_shared<TensorImpl>(shape, dtype, std::shared_ptr<void>(std::move(buf), header), data));
+  return Tensor(detail::make_impl(shape, dtype, std::shared_ptr<void>(std::move(buf), header), data));
 }
 
 std::int64_t Tensor::size(int dim) const {
@@ -203,7 +203,7 @@ Tensor Tensor::clone() const {
 
 Tensor Tensor::detach() const {
   const TensorImpl& t = impl_of("detach", impl_);
-  return Tensor(std::make_shared<TensorImpl>(t.shape, t.dtype, t.storage, t.data));
+  return Tensor(detail::make_impl(t.shape, t.dtype, t.storage, t.data));
 }
 
 Tensor Tensor::to(Dtype dtype) const {
@@ -360,7 +360,7 @@ void check_same_float(const char* op, const Tensor& a, const Tensor& b) {
 
 Tensor alias(const Tensor& x, const Shape& shape) {
   const TensorImpl& t = *x.impl();
-  return Tensor(std::make_shared<TensorImpl>(shape, t.dtype, t.storage, t.data));
+  return Tensor(detail::make_impl(shape, t.dtype, t.storage, t.data));
 }
 
 void replace_value(Tensor& dst, const Tensor& src) {

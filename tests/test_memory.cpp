@@ -178,3 +178,117 @@ TEST_CASE("memory: under ASan, a read of a storage waiting in the cache is repor
     (void)p[10];
   }));
 }
+
+// ---- tensor handles' blocks (TensorImpl and its reference counts) -------------------------
+
+namespace {
+// y = tanh(y * a + b) on [1, 1], forward and backward: every op makes and drops handles.
+void tiny_chain(const Tensor& a, const Tensor& b, int n) {
+  Tensor y = xg::full({1, 1}, 0.3);
+  for (int k = 0; k < n; ++k) y = xg::tanh(xg::mul(y, a) + b);
+  y.backward(xg::ones({1, 1}));
+}
+}  // namespace
+
+TEST_CASE("memory: tensor handles are recycled: after the first step every handle comes from the free lists") {
+  Tensor a = xg::full({1, 1}, 0.5).requires_grad_();
+  Tensor b = xg::full({1, 1}, 0.1).requires_grad_();
+  // Warm-up: the first steps also make the leaves' grads (kept) and reach the peak.
+  for (int step = 0; step < 3; ++step) tiny_chain(a, b, 300);
+  xg::reset_memory_stats();
+  const std::int64_t cached_before = xg::memory_stats().cached_objects;
+  for (int step = 0; step < 20; ++step) tiny_chain(a, b, 300);
+  const xg::MemoryStats s = xg::memory_stats();
+  // At least the three outputs of each of the 20 * 300 * 3 ops: all of them reused.
+  CHECK(s.object_requests >= 20 * 300 * 3);
+  CHECK(s.object_reuses == s.object_requests);
+  // No growth: each step returns what it took.
+  CHECK(s.cached_objects == cached_before);
+  CHECK(cached_before >= 300);
+}
+
+TEST_CASE("memory: the handles' free lists are per thread: two training threads, each reuses its own") {
+  struct Counts {
+    std::int64_t requests = 0, reuses = 0, cached_first = 0, cached_last = 0;
+  };
+  auto train = [](Counts& c) {
+    Tensor a = xg::full({1, 1}, 0.5).requires_grad_();
+    Tensor b = xg::full({1, 1}, 0.1).requires_grad_();
+    for (int step = 0; step < 3; ++step) tiny_chain(a, b, 200);
+    xg::reset_memory_stats();
+    c.cached_first = xg::memory_stats().cached_objects;
+    for (int step = 0; step < 50; ++step) tiny_chain(a, b, 200);
+    const xg::MemoryStats s = xg::memory_stats();
+    c.requests = s.object_requests;
+    c.reuses = s.object_reuses;
+    c.cached_last = s.cached_objects;
+  };
+  xg::reset_memory_stats();
+  const std::int64_t here_before = xg::memory_stats().object_requests;
+  Counts c1, c2;
+  std::thread t1([&] { train(c1); });
+  std::thread t2([&] { train(c2); });
+  t1.join();
+  t2.join();
+  for (const Counts* c : {&c1, &c2}) {
+    CHECK(c->requests >= 50 * 200 * 3);
+    CHECK(c->reuses == c->requests);
+    CHECK(c->cached_last == c->cached_first);
+  }
+  // The other threads' traffic is not counted here.
+  CHECK(xg::memory_stats().object_requests == here_before);
+}
+
+TEST_CASE("memory: a handle made on one thread and destroyed on another joins the destroying thread's lists") {
+  // The thread that destroys a handle keeps its block (malloc's, so any thread may free
+  // it), and the next handle it makes reuses it; the making thread's lists do not change.
+  constexpr int kN = 500;
+  std::vector<Tensor> made;
+  const Tensor base = xg::zeros({4});
+  for (int i = 0; i < kN; ++i) made.push_back(base.detach());
+  const std::int64_t here_cached = xg::memory_stats().cached_objects;
+  std::int64_t cached_before = -1, cached_after_free = -1, reuses = -1, requests = -1;
+  std::thread other([&] {
+    { Tensor warm = base.detach(); }  // this thread's cache exists
+    cached_before = xg::memory_stats().cached_objects;
+    made.clear();
+    cached_after_free = xg::memory_stats().cached_objects;
+    xg::reset_memory_stats();
+    std::vector<Tensor> mine;
+    for (int i = 0; i < kN; ++i) mine.push_back(base.detach());
+    reuses = xg::memory_stats().object_reuses;
+    requests = xg::memory_stats().object_requests;
+  });
+  other.join();
+  CHECK(cached_after_free == cached_before + kN);
+  CHECK(requests == kN);
+  CHECK(reuses == kN);
+  CHECK(xg::memory_stats().cached_objects == here_cached);
+}
+
+TEST_CASE("memory: the handles' lists are bounded by the cache limit and emptied by empty_cache") {
+  LimitGuard guard;
+  { std::vector<Tensor> v(100, xg::zeros({2})); for (auto& t : v) t = t.detach(); }
+  CHECK(xg::memory_stats().cached_objects >= 100);
+  xg::empty_cache();
+  CHECK(xg::memory_stats().cached_objects == 0);
+  xg::set_cache_limit(0);
+  { std::vector<Tensor> v(100, xg::zeros({2})); for (auto& t : v) t = t.detach(); }
+  CHECK(xg::memory_stats().cached_objects == 0);
+}
+
+TEST_CASE("memory: under ASan, a read of a handle waiting in the free lists is reported" *
+          doctest::skip(!xgtest::kAddressSanitizer)) {
+  CHECK(xgtest::asan_reports([] {
+    Tensor t = xg::ones({3});
+    const xg::TensorImpl* impl = t.impl();
+    t = Tensor();  // the TensorImpl's block goes to this thread's free lists
+    const volatile std::int64_t* dims = impl->shape.data();
+    (void)dims[0];
+  }));
+  CHECK_FALSE(xgtest::asan_reports([] {
+    Tensor t = xg::ones({3});
+    const volatile std::int64_t* dims = t.impl()->shape.data();
+    (void)dims[0];
+  }));
+}

@@ -48,6 +48,29 @@ struct StorageAllocator {
   bool operator==(const StorageAllocator<U>&) const noexcept { return true; }
 };
 
+// A small block (at most 512 bytes: a TensorImpl with its control block) from the
+// calling thread's free lists or the system; the same pair for returning it. Blocks are
+// malloc's, 16-byte aligned, so one freed on another thread simply joins that thread's lists.
+void* object_alloc(std::size_t bytes);
+void object_free(void* p, std::size_t bytes) noexcept;
+
+// For std::allocate_shared of the objects every tensor has (detail::make_impl).
+template <class T>
+struct ObjectAllocator {
+  static_assert(alignof(T) <= 16, "object_alloc gives malloc's 16-byte alignment");
+  using value_type = T;
+  ObjectAllocator() = default;
+  template <class U>
+  ObjectAllocator(const ObjectAllocator<U>&) noexcept {}
+  T* allocate(std::size_t n) {
+    if (n > static_cast<std::size_t>(-1) / sizeof(T)) throw std::bad_alloc();
+    return static_cast<T*>(object_alloc(n * sizeof(T)));
+  }
+  void deallocate(T* p, std::size_t n) noexcept { object_free(p, n * sizeof(T)); }
+  template <class U>
+  bool operator==(const ObjectAllocator<U>&) const noexcept { return true; }
+};
+
 // Marks [p, p + n) unaddressable (poison) or addressable again (unpoison) under
 // AddressSanitizer; nothing otherwise.
 inline void poison([[maybe_unused]] const void* p, [[maybe_unused]] std::ptrdiff_t n) noexcept {

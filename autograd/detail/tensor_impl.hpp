@@ -2,13 +2,21 @@
 // Private helpers shared by the library's .cpp files. Not installed.
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 #include "../tensor.hpp"
+#include "storage.hpp"
 
 namespace xg {
 
 // Private helpers shared by the library's .cpp files.
 namespace detail {
+// A new TensorImpl, with its reference counts in the same block from the calling thread's
+// free lists (see memory.hpp): every tensor, view and detach() is made through this.
+template <class... A>
+std::shared_ptr<TensorImpl> make_impl(A&&... args) {
+  return std::allocate_shared<TensorImpl>(ObjectAllocator<TensorImpl>{}, std::forward<A>(args)...);
+}
 // Throws StateError when t is undefined; `op` names the caller.
 void check_defined(const char* op, const Tensor& t);
 // Throws DtypeError unless t is f32/f64.
