@@ -6,6 +6,7 @@
 #include "ops_rnn.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -22,6 +23,7 @@
 #include "detail/lanes.hpp"
 #include "../backend/detail/packed_gemm.hpp"
 #include "factory.hpp"
+#include "grad.hpp"
 #include "ops.hpp"
 #include "tape.hpp"
 
@@ -60,10 +62,11 @@ void lstm_row_forward(const T* gr, const T* cp, T* h, T* c, T* a, std::int64_t H
 }
 
 // One row of the backward. gh, gc: d loss / d h, d c of this step; a: activations; c: the
-// step's cell state. Writes d gates (dg, when not null) and d c_prev (dcp, when not null).
+// step's cell state. Writes d gates (dg, when not null) and d c_prev (dcp, when not null),
+// and the step's total d c (dct, when not null: a second-order backward reads it).
 template <class T>
 void lstm_row_backward(const T* gh, const T* gc, const T* a, const T* cp, const T* c, T* dg, T* dcp,
-                       std::int64_t H) {
+                       std::int64_t H, T* dct = nullptr) {
   for_lanes<T>(H, [&]<class L>(std::int64_t j) {
     using V = typename L::V;
     const V one(T(1));
@@ -72,6 +75,7 @@ void lstm_row_backward(const T* gh, const T* gc, const T* a, const T* cp, const 
     const V tc = L::tanh(L::load(c + j));
     // Total d c: directly, and through h = o ⊙ tanh(c).
     const V dc = L::load(gc + j) + dh * o * (one - tc * tc);
+    if (dct) L::store(dct + j, dc);
     if (dg) {
       L::store(dg + j, dc * g * i * (one - i));
       L::store(dg + H + j, dc * L::load(cp + j) * f * (one - f));
@@ -193,10 +197,12 @@ void lstm_sequence_forward(const SeqDims& d, const T* gx, const T* W, const T* h
   if (C) std::memcpy(cn, C + d.t(d.T - 1) * BH, static_cast<std::size_t>(BH) * sizeof(T));
 }
 
-// g [T+1, B, H] (row T: d c_n) -> dgx [T, B, 4H]; dw, dh0, dc0 when not null.
+// g [T+1, B, H] (row T: d c_n) -> dgx [T, B, 4H]; dw, dh0, dc0 when not null. DH, DC
+// [T, B, H] (when not null) keep every step's total d h and d c for a second-order backward.
 template <class T>
 void lstm_sequence_backward(const SeqDims& d, const T* g, const T* acts, const T* C, const T* y, const T* W,
-                            const T* h0, const T* c0, T* dgx, T* dw, T* dh0, T* dc0) {
+                            const T* h0, const T* c0, T* dgx, T* dw, T* dh0, T* dc0, T* DH = nullptr,
+                            T* DC = nullptr) {
   const std::int64_t B = d.B, H = d.H, G = 4 * H, BH = B * H;
   std::vector<T> dh_buf(static_cast<std::size_t>(BH)), dc_buf(static_cast<std::size_t>(BH));
   T* dh = dh_buf.data();
@@ -209,10 +215,11 @@ void lstm_sequence_backward(const SeqDims& d, const T* g, const T* acts, const T
     const std::int64_t t = d.t(k);
     const T* cp = k == 0 ? c0 : C + d.prev(k) * BH;
     T* dg = dgx + t * B * G;
+    if (DH) std::memcpy(DH + t * BH, dh, static_cast<std::size_t>(BH) * sizeof(T));
     for (std::int64_t b = 0; b < B; ++b) {
       // dc in place: the kernel reads a lane's d c before it stores d c_prev there.
       lstm_row_backward<T>(dh + b * H, dc + b * H, acts + t * B * G + b * G, cp + b * H, C + t * BH + b * H,
-                           dg + b * G, dc + b * H, H);
+                           dg + b * G, dc + b * H, H, DC ? DC + t * BH + b * H : nullptr);
     }
     // d h_prev[B, H] = dy(prev) + dgates[B, 4H] . W_hh[4H, H]
     if (k > 0) {
@@ -237,6 +244,164 @@ void lstm_sequence_backward(const SeqDims& d, const T* g, const T* acts, const T
     if (h0) gemm<T>(true, false, G, H, B, T(1), dgx + d.t(0) * B * G, G, h0, H, T(1), dw, H);
   }
   if (dc0) std::memcpy(dc0, dc, static_cast<std::size_t>(BH) * sizeof(T));
+}
+
+// ---------------------------------------------------------------------------
+// LSTM over a whole sequence: second order
+// ---------------------------------------------------------------------------
+//
+// The first-order backward B(θ, g) = J_F(θ)ᵀ g of F: (gx, W_hh, h0, c0) -> [y; c_n] is
+// linear in g, so its derivative in g along a cotangent u is J_F u (the forward-mode
+// tangent of the LSTM); its derivative in θ is d/dε B(θ + εu, g) (forward over reverse),
+// which the symmetry of the Hessian of <g, F(θ)> makes equal to reverse over reverse.
+// Primes below are tangents along u = (u_gx, u_W, u_h0, u_c0).
+
+// One row of the forward tangent. p: pre' [4H] on entry, the activated gates' tangents
+// (i', f', g', o') on exit; a: activations; cp, cpt: c_prev and its tangent; c: c_t.
+// Writes c'_t (ct) and h'_t (ht).
+template <class T>
+void lstm_row_tangent(T* p, const T* a, const T* cp, const T* cpt, const T* c, T* ct, T* ht, std::int64_t H) {
+  for_lanes<T>(H, [&]<class L>(std::int64_t j) {
+    using V = typename L::V;
+    const V one(T(1));
+    const V i = L::load(a + j), f = L::load(a + H + j), g = L::load(a + 2 * H + j), o = L::load(a + 3 * H + j);
+    // i' = σ'(pre_i) pre_i' with σ' = i (1 - i); tanh' = 1 - g²
+    const V it = i * (one - i) * L::load(p + j);
+    const V ft = f * (one - f) * L::load(p + H + j);
+    const V gt = (one - g * g) * L::load(p + 2 * H + j);
+    const V ot = o * (one - o) * L::load(p + 3 * H + j);
+    // c' = f' c_prev + f c'_prev + i' g + i g';  h' = o' tanh c + o (1 - tanh²c) c'
+    const V cct = ft * L::load(cp + j) + f * L::load(cpt + j) + it * g + i * gt;
+    const V tc = L::tanh(L::load(c + j));
+    L::store(ct + j, cct);
+    L::store(ht + j, ot * tc + o * (one - tc * tc) * cct);
+    L::store(p + j, it);
+    L::store(p + H + j, ft);
+    L::store(p + 2 * H + j, gt);
+    L::store(p + 3 * H + j, ot);
+  });
+}
+
+// One row of the backward's tangent. dh, dc: the step's total first-order d h and d c;
+// dht: d h'; dct: d c' carried from the next step on entry, d c_prev' on exit; a, at: the
+// activations and their tangents; cp, cpt: c_prev and c'_prev; c, ct: c_t and c'_t.
+// Writes dpre' [4H] (dpt).
+template <class T>
+void lstm_row_backward_tangent(const T* dh_, const T* dc_, const T* dht_, T* dct_, const T* a, const T* at,
+                               const T* cp_, const T* cpt_, const T* c_, const T* ct_, T* dpt, std::int64_t H) {
+  for_lanes<T>(H, [&]<class L>(std::int64_t j) {
+    using V = typename L::V;
+    const V one(T(1)), two(T(2));
+    const V i = L::load(a + j), f = L::load(a + H + j), g = L::load(a + 2 * H + j), o = L::load(a + 3 * H + j);
+    const V it = L::load(at + j), ft = L::load(at + H + j), gt = L::load(at + 2 * H + j), ot = L::load(at + 3 * H + j);
+    const V dh = L::load(dh_ + j), dc = L::load(dc_ + j), dht = L::load(dht_ + j);
+    const V cp = L::load(cp_ + j), cpt = L::load(cpt_ + j);
+    const V tc = L::tanh(L::load(c_ + j));
+    const V s = one - tc * tc;
+    const V tct = s * L::load(ct_ + j);  // (tanh c)' = (1 - tanh²c) c'
+    // dc = dc_next + dh o (1 - tc²)  ->  dc' = dc_next' + (dh' o + dh o') (1 - tc²) - 2 dh o tc tc'
+    const V dct = L::load(dct_ + j) + (dht * o + dh * ot) * s - two * dh * o * tc * tct;
+    // do = dh tc, di = dc g, df = dc c_prev, dg = dc i, dc_prev = dc f: product rule on each
+    const V dot = dht * tc + dh * tct;
+    const V dit = dct * g + dc * gt;
+    const V dft = dct * cp + dc * cpt;
+    const V dgt = dct * i + dc * it;
+    L::store(dct_ + j, dct * f + dc * ft);
+    // dpre = (di i(1-i), df f(1-f), dg (1-g²), do o(1-o)); (σ(1-σ))' = σ'(1-2σ), (1-g²)' = -2 g g'
+    L::store(dpt + j, dit * i * (one - i) + dc * g * it * (one - two * i));
+    L::store(dpt + H + j, dft * f * (one - f) + dc * cp * ft * (one - two * f));
+    L::store(dpt + 2 * H + j, dgt * (one - g * g) - two * dc * i * g * gt);
+    L::store(dpt + 3 * H + j, dot * o * (one - o) + dh * tc * ot * (one - two * o));
+  });
+}
+
+// The second-order backward of lstm_sequence. Saved: acts, C, y (packed [T+1, B, H]), W,
+// h0 (null: zeros), c0; dgx (= dpre), DH, DC from lstm_sequence_backward. Cotangent u:
+// ugx [T, B, 4H], uW [4H, H], uh0, uc0 [B, H] (null: zero). Writes rgx [T, B, 4H] (d gx =
+// dpre'), rg [T+1, B, H] (d g = [h'; c'_n]), and rw, rh0, rc0 when not null.
+template <class T>
+void lstm_sequence_backward_tangent(const SeqDims& d, const T* acts, const T* C, const T* y, const T* W, const T* h0,
+                                    const T* c0, const T* dgx, const T* DH, const T* DC, const T* ugx, const T* uW,
+                                    const T* uh0, const T* uc0, T* rgx, T* rw, T* rh0, T* rc0, T* rg) {
+  const std::int64_t B = d.B, H = d.H, G = 4 * H, BH = B * H, BG = B * G;
+  const std::size_t nbh = static_cast<std::size_t>(BH);
+  std::vector<T> at_buf(static_cast<std::size_t>(d.T * BG)), ct_buf(static_cast<std::size_t>(d.T * BH));
+  std::vector<T> dht_buf(static_cast<std::size_t>(d.T * BH)), dct_buf(nbh, T(0)), zero_buf;
+  T* AT = at_buf.data();
+  T* CT = ct_buf.data();
+  T* DHT = dht_buf.data();
+  T* dct = dct_buf.data();
+  if (!uc0) {
+    zero_buf.assign(nbh, T(0));
+    uc0 = zero_buf.data();
+  }
+  // Steps after the first: their h_prev rows of y (and of h') and their rows of the [T, ...] buffers.
+  const std::int64_t rest = (d.T - 1) * B;
+  const std::int64_t k1 = d.reverse ? 0 : 1;  // first time row of the steps after the first
+  const std::int64_t hp1 = d.reverse ? 1 : 0;  // first time row of their h_prev
+  const std::int64_t t0 = d.t(0);
+
+  // Forward tangent. pre'_t = u_gx[t] + h_prev u_Wᵀ + h'_prev W_hhᵀ; the u_W term for every
+  // step is one GEMM before the sweep.
+  std::memcpy(AT, ugx, static_cast<std::size_t>(d.T * BG) * sizeof(T));
+  if (rest > 0) gemm<T>(false, true, rest, G, H, T(1), y + hp1 * BH, H, uW, H, T(1), AT + k1 * BG, G);
+  if (h0) gemm<T>(false, true, B, G, H, T(1), h0, H, uW, H, T(1), AT + t0 * BG, G);
+  std::optional<detail::PackedB<T>> wt;
+  if (d.T > 1 && detail::packed_gemm_pays(B, G, H)) wt.emplace(true, H, G, W, H);
+  for (std::int64_t k = 0; k < d.T; ++k) {
+    const std::int64_t t = d.t(k), prev = d.prev(k);
+    T* a = AT + t * BG;
+    const T* hpt = k == 0 ? uh0 : rg + prev * BH;
+    if (hpt && wt) {
+      wt->gemm_acc(B, hpt, H, a, G);
+    } else if (hpt) {
+      gemm<T>(false, true, B, G, H, T(1), hpt, H, W, H, T(1), a, G);
+    }
+    const T* cp = k == 0 ? c0 : C + prev * BH;
+    const T* cpt = k == 0 ? uc0 : CT + prev * BH;
+    for (std::int64_t b = 0; b < B; ++b) {
+      lstm_row_tangent<T>(a + b * G, acts + t * BG + b * G, cp + b * H, cpt + b * H, C + t * BH + b * H,
+                          CT + t * BH + b * H, rg + t * BH + b * H, H);
+    }
+  }
+  std::memcpy(rg + d.T * BH, CT + d.t(d.T - 1) * BH, nbh * sizeof(T));
+
+  // Backward tangent, latest first. dh'_t = dpre'_next W_hh + dpre_next u_W (dy' = 0: g is
+  // held fixed); the u_W term for every step is one GEMM before the sweep.
+  std::fill(DHT + d.t(d.T - 1) * BH, DHT + d.t(d.T - 1) * BH + BH, T(0));
+  if (rest > 0) gemm<T>(false, false, rest, H, G, T(1), dgx + k1 * BG, G, uW, H, T(0), DHT + hp1 * BH, H);
+  std::optional<detail::PackedB<T>> wp;
+  if (d.T > 1 && detail::packed_gemm_pays(B, H, G)) wp.emplace(false, G, H, W, H);
+  for (std::int64_t k = d.T - 1; k >= 0; --k) {
+    const std::int64_t t = d.t(k);
+    const T* cp = k == 0 ? c0 : C + d.prev(k) * BH;
+    const T* cpt = k == 0 ? uc0 : CT + d.prev(k) * BH;
+    T* dpt = rgx + t * BG;
+    for (std::int64_t b = 0; b < B; ++b) {
+      lstm_row_backward_tangent<T>(DH + t * BH + b * H, DC + t * BH + b * H, DHT + t * BH + b * H, dct + b * H,
+                                   acts + t * BG + b * G, AT + t * BG + b * G, cp + b * H, cpt + b * H,
+                                   C + t * BH + b * H, CT + t * BH + b * H, dpt + b * G, H);
+    }
+    T* next = k > 0 ? DHT + d.prev(k) * BH : rh0;
+    if (!next) continue;
+    if (k == 0) gemm<T>(false, false, B, H, G, T(1), dgx + t * BG, G, uW, H, T(0), rh0, H);
+    if (wp) {
+      wp->gemm_acc(B, dpt, G, next, H);
+    } else {
+      gemm<T>(false, false, B, H, G, T(1), dpt, G, W, H, T(1), next, H);
+    }
+  }
+  if (rc0) std::memcpy(rc0, dct, nbh * sizeof(T));
+  if (rw) {
+    // dW_hh = Σ dpreᵀ h_prev  ->  dW_hh' = Σ dpre'ᵀ h_prev + dpreᵀ h'_prev
+    std::fill(rw, rw + G * H, T(0));
+    if (rest > 0) {
+      gemm<T>(true, false, G, H, rest, T(1), rgx + k1 * BG, G, y + hp1 * BH, H, T(1), rw, H);
+      gemm<T>(true, false, G, H, rest, T(1), dgx + k1 * BG, G, rg + hp1 * BH, H, T(1), rw, H);
+    }
+    if (h0) gemm<T>(true, false, G, H, B, T(1), rgx + t0 * BG, G, h0, H, T(1), rw, H);
+    if (uh0) gemm<T>(true, false, G, H, B, T(1), dgx + t0 * BG, G, uh0, H, T(1), rw, H);
+  }
 }
 
 // Rows [first, first + shape[0]) of the packed [T+1, B, H] output as a tensor of `shape`
@@ -412,6 +577,126 @@ struct SavedGx {
   }
   Tensor get() const { return projected ? reshape(linear(x.get(), w.get(), b.get()), shape) : gx.get(); }
 };
+
+// Elements [first, first + shape.numel()) of the flat buffer `flat` as a tensor of `shape`
+// on the same storage; its backward adds the gradient into that range of flat's.
+Tensor flat_part(const Tensor& flat, std::int64_t first, const Shape& shape, const char* name) {
+  const TensorImpl& t = *flat.impl();
+  const std::int64_t esz = static_cast<std::int64_t>(dtype_size(t.dtype));
+  Tensor v(std::make_shared<TensorImpl>(shape, t.dtype, t.storage, static_cast<char*>(t.data) + first * esz));
+  if (needs_record({&flat})) {
+    // d flat = g in [first, first + n), zeros elsewhere
+    record(name, v, {&flat}, [first](const Tensor& g, GradSlots& dx) { dx.set_range(0, g, 0, first); });
+  }
+  return v;
+}
+
+// lstm_sequence's first-order gradients as recorded ops (the composite recurrence
+// differentiated with create_graph), packed as the "lstm_sequence_backward" node's output
+// [d gx, d W_hh, d h0, d c0] (d h0, d c0: zeros without h0, c0). in: gx, w_hh, h0, c0, g.
+// want[j]: input j is differentiated by the caller (composite_backward aliased it).
+Tensor lstm_sequence_grads_composite(const std::vector<Tensor>& in, const std::array<bool, 5>& want, bool has_h0,
+                                     bool has_c0, bool reverse) {
+  const std::int64_t B = in[0].shape()[1], H = in[0].shape()[2] / 4;
+  std::vector<Tensor> xs(in.begin(), in.begin() + 4);
+  for (std::size_t j = 0; j < 4; ++j) {
+    // An input the caller does not differentiate still has a gradient here (its part of
+    // the output depends on the others): a recorded identity over a fresh leaf, so that
+    // this walk neither reaches the outer graph nor mixes leaves with recorded targets.
+    if (!want[j] && xs[j].defined()) xs[j] = mul(xs[j].detach().requires_grad_(), 1.0);
+  }
+  const Tensor gy = want[4] ? in[4] : in[4].detach();
+  const Tensor out = detail::lstm_sequence_composite(xs[0], xs[1], xs[2], xs[3], reverse);
+  std::vector<Tensor> targets{xs[0], xs[1]};
+  if (has_h0) targets.push_back(xs[2]);
+  if (has_c0) targets.push_back(xs[3]);
+  std::vector<Tensor> gr = grad({out}, targets, {gy}, {.create_graph = true, .allow_unused = true});
+  const Dtype dt = in[0].dtype();
+  auto part = [&](std::size_t q, const Shape& s) { return q < gr.size() && gr[q].defined() ? flatten(gr[q]) : zeros(Shape{s.numel()}, dt); };
+  return concat({part(0, in[0].shape()), part(1, in[1].shape()), has_h0 ? part(2, Shape{B, H}) : zeros(Shape{B * H}, dt),
+                 has_c0 ? part(has_h0 ? 3 : 2, Shape{B, H}) : zeros(Shape{B * H}, dt)},
+                0);
+}
+
+// lstm_sequence's backward under create_graph: the first-order gradients by the fused
+// kernel, recorded as ONE node "lstm_sequence_backward" (inputs gx, w_hh, h0, c_init, g;
+// output the flat [d gx, d W_hh, d h0, d c0]) whose own backward is the fused second-order
+// kernel (lstm_sequence_backward_tangent). Fills dx of the lstm_sequence node with views.
+void lstm_sequence_grad_graph(const Tensor& acts, const Tensor& cs, const SavedTensor& so, const Tensor& gx,
+                              const Tensor& w_hh, const Tensor& h0, const Tensor& c_init, bool has_c0,
+                              const Tensor& g, bool reverse, GradSlots& dx) {
+  const std::int64_t T = acts.shape()[0], B = acts.shape()[1], G = acts.shape()[2], H = G / 4;
+  const std::int64_t n_gx = T * B * G, n_w = G * H, n_s = B * H;
+  const Dtype dt = acts.dtype();
+  const bool has_h0 = h0.defined();
+  Tensor flat = Tensor::empty(Shape{n_gx + n_w + 2 * n_s}, dt);
+  // Every step's total d h and d c: the second order differentiates the recurrence through them.
+  Tensor dh_all = Tensor::empty(Shape{T, B, H}, dt), dc_all = Tensor::empty(Shape{T, B, H}, dt);
+  dispatch_float("lstm_sequence backward", dt, [&](auto tag) {
+    using T_ = decltype(tag);
+    T_* f = flat.data<T_>();
+    const Tensor& out = so.get();
+    lstm_sequence_backward<T_>(SeqDims{T, B, H, reverse}, g.data<T_>(), acts.data<T_>(), cs.data<T_>(),
+                               out.data<T_>(), w_hh.data<T_>(), has_h0 ? h0.data<T_>() : nullptr,
+                               c_init.data<T_>(), f, f + n_gx, has_h0 ? f + n_gx + n_w : nullptr,
+                               has_c0 ? f + n_gx + n_w + n_s : nullptr, dh_all.data<T_>(), dc_all.data<T_>());
+    if (!has_h0) std::fill(f + n_gx + n_w, f + n_gx + n_w + n_s, T_(0));
+    if (!has_c0) std::fill(f + n_gx + n_w + n_s, f + n_gx + n_w + 2 * n_s, T_(0));
+    return 0;
+  });
+  if (needs_record({&gx, &w_hh, &h0, &c_init, &g})) {
+    // d g = J_F u (the LSTM's forward tangent along u); d (gx, W_hh, h0, c0) = d/dε J_F(θ+εu)ᵀ g
+    record("lstm_sequence_backward", flat, {&gx, &w_hh, &h0, &c_init, &g},
+           [acts, cs, so, dh_all, dc_all, sflat = save_output(flat), sgx = save(gx, 0), sw = save(w_hh, 1),
+            sh = save(h0, 2), sc = save(c_init, 3), sg = save(g, 4), has_c0, reverse](const Tensor& u, GradSlots& dx) {
+             if (is_grad_enabled()) {
+               // create_graph (third order): the first-order gradients rebuilt from recorded ops.
+               const std::array<bool, 5> want{dx.needs(0), dx.needs(1), dx.needs(2), dx.needs(3), dx.needs(4)};
+               const bool has_h0 = sh.defined();
+               composite_backward({sgx.get(), sw.get(), sh.get(), sc.get(), sg.get()}, u, dx,
+                                  [want, has_h0, has_c0, reverse](const std::vector<Tensor>& in) {
+                                    return lstm_sequence_grads_composite(in, want, has_h0, has_c0, reverse);
+                                  });
+               return;
+             }
+             const std::int64_t T = acts.shape()[0], B = acts.shape()[1], G = acts.shape()[2], H = G / 4;
+             const std::int64_t n_gx = T * B * G, n_w = G * H, n_s = B * H;
+             const Dtype dt = acts.dtype();
+             const Tensor& w_hh = sw.get();
+             const Tensor& h0 = sh.get();
+             const Tensor& c_init = sc.get();
+             const Tensor& out = so.get();
+             const Tensor& first = sflat.get();
+             const bool has_h0 = h0.defined();
+             Tensor rgx = Tensor::empty(Shape{T, B, G}, dt);
+             Tensor rg = Tensor::empty(Shape{T + 1, B, H}, dt);
+             Tensor rw = dx.needs(1) ? Tensor::empty(Shape{G, H}, dt) : Tensor();
+             Tensor rh0 = dx.needs(2) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
+             Tensor rc0 = dx.needs(3) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
+             dispatch_float("lstm_sequence_backward backward", dt, [&](auto tag) {
+               using T_ = decltype(tag);
+               auto ptr = [](Tensor& t) { return t.defined() ? t.data<T_>() : nullptr; };
+               const T_* pu = u.data<T_>();
+               lstm_sequence_backward_tangent<T_>(
+                   SeqDims{T, B, H, reverse}, acts.data<T_>(), cs.data<T_>(), out.data<T_>(), w_hh.data<T_>(),
+                   has_h0 ? h0.data<T_>() : nullptr, c_init.data<T_>(), first.data<T_>(), dh_all.data<T_>(),
+                   dc_all.data<T_>(), pu, pu + n_gx, has_h0 ? pu + n_gx + n_w : nullptr,
+                   has_c0 ? pu + n_gx + n_w + n_s : nullptr, rgx.data<T_>(), ptr(rw), ptr(rh0), ptr(rc0),
+                   rg.data<T_>());
+               return 0;
+             });
+             if (dx.needs(0)) dx[0] = rgx;
+             dx[1] = rw;
+             dx[2] = rh0;
+             dx[3] = rc0;
+             if (dx.needs(4)) dx[4] = rg;
+           });
+  }
+  if (dx.needs(0)) dx[0] = flat_part(flat, 0, Shape{T, B, G}, "lstm_sequence_backward_gx");
+  if (dx.needs(1)) dx[1] = flat_part(flat, n_gx, Shape{G, H}, "lstm_sequence_backward_w");
+  if (dx.needs(2)) dx[2] = flat_part(flat, n_gx + n_w, Shape{B, H}, "lstm_sequence_backward_h0");
+  if (dx.needs(3)) dx[3] = flat_part(flat, n_gx + n_w + n_s, Shape{B, H}, "lstm_sequence_backward_c0");
+}
 }  // namespace
 
 LSTMSequenceOut lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0, bool reverse) {
@@ -450,10 +735,14 @@ LSTMSequenceOut detail::lstm_sequence(const Tensor& gx, const Tensor& w_hh, cons
            // gx (or how it was made) is kept for create_graph only: the saved gates are activated
            // constants.
            [acts, cs, sg = std::make_shared<const SavedGx>(gx, proj), sw = save(w_hh, 1), sh = save(h0, 2), sc = save(c_init, 3),
-            so = save_output(packed), reverse](const Tensor& g, GradSlots& dx) {
+            so = save_output(packed), has_c0 = c0.defined(), reverse](const Tensor& g, GradSlots& dx) {
+             if (is_grad_enabled() && acts.shape()[1] * acts.shape()[2] > 0) {
+               // create_graph: the fused kernel, recorded as one node with a fused second order.
+               lstm_sequence_grad_graph(acts, cs, so, sg->get(), sw.get(), sh.get(), sc.get(), has_c0, g, reverse, dx);
+               return;
+             }
              if (is_grad_enabled()) {
-               // create_graph: composite_backward through lstm_sequence_composite, the recurrence
-               // as T steps of linear, sigmoid, tanh, mul and add.
+               // create_graph, no rows or no units: composite_backward through lstm_sequence_composite.
                composite_backward({sg->get(), sw.get(), sh.get(), sc.get()}, g, dx,
                                   [reverse](const std::vector<Tensor>& in) {
                                     return detail::lstm_sequence_composite(in[0], in[1], in[2], in[3], reverse);
