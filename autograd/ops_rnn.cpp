@@ -591,13 +591,25 @@ Tensor flat_part(const Tensor& flat, std::int64_t first, const Shape& shape, con
   return v;
 }
 
-// lstm_sequence's first-order gradients as recorded ops (the composite recurrence
-// differentiated with create_graph), packed as the "lstm_sequence_backward" node's output
-// [d gx, d W_hh, d h0, d c0] (d h0, d c0: zeros without h0, c0). in: gx, w_hh, h0, c0, g.
-// want[j]: input j is differentiated by the caller (composite_backward aliased it).
-Tensor lstm_sequence_grads_composite(const std::vector<Tensor>& in, const std::array<bool, 5>& want, bool has_h0,
-                                     bool has_c0, bool reverse) {
-  const std::int64_t B = in[0].shape()[1], H = in[0].shape()[2] / 4;
+// The packed kernels, defined with the rest of the packed layout below.
+template <class T>
+void lstm_packed_backward(const PackedLayout& p, std::int64_t H, bool reverse, const T* g, const T* acts, const T* C,
+                          const T* y, const T* W, const T* h0, const T* c0, T* dgx, T* dw, T* dh0, T* dc0, T* DH,
+                          T* DC);
+template <class T>
+void lstm_packed_backward_tangent(const PackedLayout& p, std::int64_t H, bool reverse, const T* acts, const T* C,
+                                  const T* y, const T* W, const T* h0, const T* c0, const T* dgx, const T* DH,
+                                  const T* DC, const T* ugx, const T* uW, const T* uh0, const T* uc0, T* rgx, T* rw,
+                                  T* rh0, T* rc0, T* rg);
+
+// The first-order gradients of lstm_sequence (lay null) or lstm_sequence_packed as recorded
+// ops (the composite recurrence differentiated with create_graph), packed as the
+// second-order node's output [d gx, d W_hh, d h0, d c0] (d h0, d c0: zeros without h0, c0).
+// in: gx, w_hh, h0, c0, g. want[j]: input j is differentiated by the caller
+// (composite_backward aliased it).
+Tensor lstm_grads_composite(const std::vector<Tensor>& in, const std::array<bool, 5>& want, bool has_h0, bool has_c0,
+                            const PackedLayout* lay, bool reverse) {
+  const std::int64_t H = in[1].shape()[1], BH = (lay ? lay->B : in[0].shape()[1]) * H;
   std::vector<Tensor> xs(in.begin(), in.begin() + 4);
   for (std::size_t j = 0; j < 4; ++j) {
     // An input the caller does not differentiate still has a gradient here (its part of
@@ -606,83 +618,103 @@ Tensor lstm_sequence_grads_composite(const std::vector<Tensor>& in, const std::a
     if (!want[j] && xs[j].defined()) xs[j] = mul(xs[j].detach().requires_grad_(), 1.0);
   }
   const Tensor gy = want[4] ? in[4] : in[4].detach();
-  const Tensor out = detail::lstm_sequence_composite(xs[0], xs[1], xs[2], xs[3], reverse);
+  const Tensor out = lay ? detail::lstm_packed_composite(xs[0], xs[1], xs[2], xs[3], *lay, reverse)
+                         : detail::lstm_sequence_composite(xs[0], xs[1], xs[2], xs[3], reverse);
   std::vector<Tensor> targets{xs[0], xs[1]};
   if (has_h0) targets.push_back(xs[2]);
   if (has_c0) targets.push_back(xs[3]);
-  std::vector<Tensor> gr = grad({out}, targets, {gy}, {.create_graph = true, .allow_unused = true});
+  const std::vector<Tensor> gr = grad({out}, targets, {gy}, {.create_graph = true, .allow_unused = true});
   const Dtype dt = in[0].dtype();
-  auto part = [&](std::size_t q, const Shape& s) { return q < gr.size() && gr[q].defined() ? flatten(gr[q]) : zeros(Shape{s.numel()}, dt); };
-  return concat({part(0, in[0].shape()), part(1, in[1].shape()), has_h0 ? part(2, Shape{B, H}) : zeros(Shape{B * H}, dt),
-                 has_c0 ? part(has_h0 ? 3 : 2, Shape{B, H}) : zeros(Shape{B * H}, dt)},
+  auto part = [&](std::size_t q, std::int64_t n) {
+    return q < gr.size() && gr[q].defined() ? flatten(gr[q]) : zeros(Shape{n}, dt);
+  };
+  return concat({part(0, in[0].numel()), part(1, in[1].numel()), has_h0 ? part(2, BH) : zeros(Shape{BH}, dt),
+                 has_c0 ? part(has_h0 ? 3 : 2, BH) : zeros(Shape{BH}, dt)},
                 0);
 }
 
-// lstm_sequence's backward under create_graph: the first-order gradients by the fused
-// kernel, recorded as ONE node "lstm_sequence_backward" (inputs gx, w_hh, h0, c_init, g;
-// output the flat [d gx, d W_hh, d h0, d c0]) whose own backward is the fused second-order
-// kernel (lstm_sequence_backward_tangent). Fills dx of the lstm_sequence node with views.
-void lstm_sequence_grad_graph(const Tensor& acts, const Tensor& cs, const SavedTensor& so, const Tensor& gx,
-                              const Tensor& w_hh, const Tensor& h0, const Tensor& c_init, bool has_c0,
-                              const Tensor& g, bool reverse, GradSlots& dx) {
-  const std::int64_t T = acts.shape()[0], B = acts.shape()[1], G = acts.shape()[2], H = G / 4;
-  const std::int64_t n_gx = T * B * G, n_w = G * H, n_s = B * H;
+// The backward of lstm_sequence (lay null) or lstm_sequence_packed under create_graph: the
+// first-order gradients by the fused kernel, recorded as ONE node (inputs gx, w_hh, h0,
+// c_init, g; output the flat [d gx, d W_hh, d h0, d c0]) whose own backward is the fused
+// second-order kernel. Fills the op's dx with views of that output.
+void lstm_grad_graph(const Tensor& acts, const Tensor& cs, const SavedTensor& so, const Tensor& gx, const Tensor& w_hh,
+                     const Tensor& h0, const Tensor& c_init, bool has_c0, const Tensor& g,
+                     const std::shared_ptr<const PackedLayout>& lay, bool reverse, GradSlots& dx) {
+  const std::int64_t G = acts.shape()[acts.ndim() - 1], H = G / 4, B = lay ? lay->B : acts.shape()[1];
+  const std::int64_t n_gx = acts.numel(), n_w = G * H, n_s = B * H;
   const Dtype dt = acts.dtype();
   const bool has_h0 = h0.defined();
   Tensor flat = Tensor::empty(Shape{n_gx + n_w + 2 * n_s}, dt);
   // Every step's total d h and d c: the second order differentiates the recurrence through them.
-  Tensor dh_all = Tensor::empty(Shape{T, B, H}, dt), dc_all = Tensor::empty(Shape{T, B, H}, dt);
+  Tensor dh_all = Tensor::empty(cs.shape(), dt), dc_all = Tensor::empty(cs.shape(), dt);
   dispatch_float("lstm_sequence backward", dt, [&](auto tag) {
     using T_ = decltype(tag);
     T_* f = flat.data<T_>();
     const Tensor& out = so.get();
-    lstm_sequence_backward<T_>(SeqDims{T, B, H, reverse}, g.data<T_>(), acts.data<T_>(), cs.data<T_>(),
-                               out.data<T_>(), w_hh.data<T_>(), has_h0 ? h0.data<T_>() : nullptr,
-                               c_init.data<T_>(), f, f + n_gx, has_h0 ? f + n_gx + n_w : nullptr,
-                               has_c0 ? f + n_gx + n_w + n_s : nullptr, dh_all.data<T_>(), dc_all.data<T_>());
+    const T_* ph0 = has_h0 ? h0.data<T_>() : nullptr;
+    T_* dh0 = has_h0 ? f + n_gx + n_w : nullptr;
+    T_* dc0 = has_c0 ? f + n_gx + n_w + n_s : nullptr;
+    if (lay) {
+      lstm_packed_backward<T_>(*lay, H, reverse, g.data<T_>(), acts.data<T_>(), cs.data<T_>(), out.data<T_>(),
+                               w_hh.data<T_>(), ph0, c_init.data<T_>(), f, f + n_gx, dh0, dc0, dh_all.data<T_>(),
+                               dc_all.data<T_>());
+    } else {
+      lstm_sequence_backward<T_>(SeqDims{acts.shape()[0], B, H, reverse}, g.data<T_>(), acts.data<T_>(),
+                                 cs.data<T_>(), out.data<T_>(), w_hh.data<T_>(), ph0, c_init.data<T_>(), f, f + n_gx,
+                                 dh0, dc0, dh_all.data<T_>(), dc_all.data<T_>());
+    }
     if (!has_h0) std::fill(f + n_gx + n_w, f + n_gx + n_w + n_s, T_(0));
     if (!has_c0) std::fill(f + n_gx + n_w + n_s, f + n_gx + n_w + 2 * n_s, T_(0));
     return 0;
   });
   if (needs_record({&gx, &w_hh, &h0, &c_init, &g})) {
     // d g = J_F u (the LSTM's forward tangent along u); d (gx, W_hh, h0, c0) = d/dε J_F(θ+εu)ᵀ g
-    record("lstm_sequence_backward", flat, {&gx, &w_hh, &h0, &c_init, &g},
+    record(lay ? "lstm_sequence_packed_backward" : "lstm_sequence_backward", flat, {&gx, &w_hh, &h0, &c_init, &g},
            [acts, cs, so, dh_all, dc_all, sflat = save_output(flat), sgx = save(gx, 0), sw = save(w_hh, 1),
-            sh = save(h0, 2), sc = save(c_init, 3), sg = save(g, 4), has_c0, reverse](const Tensor& u, GradSlots& dx) {
+            sh = save(h0, 2), sc = save(c_init, 3), sg = save(g, 4), gshape = g.shape(), has_c0, lay,
+            reverse](const Tensor& u, GradSlots& dx) {
+             const bool has_h0 = sh.defined();
              if (is_grad_enabled()) {
                // create_graph (third order): the first-order gradients rebuilt from recorded ops.
                const std::array<bool, 5> want{dx.needs(0), dx.needs(1), dx.needs(2), dx.needs(3), dx.needs(4)};
-               const bool has_h0 = sh.defined();
                composite_backward({sgx.get(), sw.get(), sh.get(), sc.get(), sg.get()}, u, dx,
-                                  [want, has_h0, has_c0, reverse](const std::vector<Tensor>& in) {
-                                    return lstm_sequence_grads_composite(in, want, has_h0, has_c0, reverse);
+                                  [want, has_h0, has_c0, lay, reverse](const std::vector<Tensor>& in) {
+                                    return lstm_grads_composite(in, want, has_h0, has_c0, lay.get(), reverse);
                                   });
                return;
              }
-             const std::int64_t T = acts.shape()[0], B = acts.shape()[1], G = acts.shape()[2], H = G / 4;
-             const std::int64_t n_gx = T * B * G, n_w = G * H, n_s = B * H;
+             const std::int64_t G = acts.shape()[acts.ndim() - 1], H = G / 4, B = lay ? lay->B : acts.shape()[1];
+             const std::int64_t n_gx = acts.numel(), n_w = G * H, n_s = B * H;
              const Dtype dt = acts.dtype();
              const Tensor& w_hh = sw.get();
              const Tensor& h0 = sh.get();
              const Tensor& c_init = sc.get();
              const Tensor& out = so.get();
              const Tensor& first = sflat.get();
-             const bool has_h0 = h0.defined();
-             Tensor rgx = Tensor::empty(Shape{T, B, G}, dt);
-             Tensor rg = Tensor::empty(Shape{T + 1, B, H}, dt);
+             Tensor rgx = Tensor::empty(acts.shape(), dt);
+             Tensor rg = Tensor::empty(gshape, dt);
              Tensor rw = dx.needs(1) ? Tensor::empty(Shape{G, H}, dt) : Tensor();
              Tensor rh0 = dx.needs(2) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
              Tensor rc0 = dx.needs(3) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
-             dispatch_float("lstm_sequence_backward backward", dt, [&](auto tag) {
+             dispatch_float("lstm_sequence backward backward", dt, [&](auto tag) {
                using T_ = decltype(tag);
                auto ptr = [](Tensor& t) { return t.defined() ? t.data<T_>() : nullptr; };
                const T_* pu = u.data<T_>();
-               lstm_sequence_backward_tangent<T_>(
-                   SeqDims{T, B, H, reverse}, acts.data<T_>(), cs.data<T_>(), out.data<T_>(), w_hh.data<T_>(),
-                   has_h0 ? h0.data<T_>() : nullptr, c_init.data<T_>(), first.data<T_>(), dh_all.data<T_>(),
-                   dc_all.data<T_>(), pu, pu + n_gx, has_h0 ? pu + n_gx + n_w : nullptr,
-                   has_c0 ? pu + n_gx + n_w + n_s : nullptr, rgx.data<T_>(), ptr(rw), ptr(rh0), ptr(rc0),
-                   rg.data<T_>());
+               const T_* uh0 = has_h0 ? pu + n_gx + n_w : nullptr;
+               const T_* uc0 = has_c0 ? pu + n_gx + n_w + n_s : nullptr;
+               if (lay) {
+                 lstm_packed_backward_tangent<T_>(*lay, H, reverse, acts.data<T_>(), cs.data<T_>(), out.data<T_>(),
+                                                  w_hh.data<T_>(), has_h0 ? h0.data<T_>() : nullptr,
+                                                  c_init.data<T_>(), first.data<T_>(), dh_all.data<T_>(),
+                                                  dc_all.data<T_>(), pu, pu + n_gx, uh0, uc0, rgx.data<T_>(),
+                                                  ptr(rw), ptr(rh0), ptr(rc0), rg.data<T_>());
+               } else {
+                 lstm_sequence_backward_tangent<T_>(
+                     SeqDims{acts.shape()[0], B, H, reverse}, acts.data<T_>(), cs.data<T_>(), out.data<T_>(),
+                     w_hh.data<T_>(), has_h0 ? h0.data<T_>() : nullptr, c_init.data<T_>(), first.data<T_>(),
+                     dh_all.data<T_>(), dc_all.data<T_>(), pu, pu + n_gx, uh0, uc0, rgx.data<T_>(), ptr(rw),
+                     ptr(rh0), ptr(rc0), rg.data<T_>());
+               }
                return 0;
              });
              if (dx.needs(0)) dx[0] = rgx;
@@ -692,10 +724,15 @@ void lstm_sequence_grad_graph(const Tensor& acts, const Tensor& cs, const SavedT
              if (dx.needs(4)) dx[4] = rg;
            });
   }
-  if (dx.needs(0)) dx[0] = flat_part(flat, 0, Shape{T, B, G}, "lstm_sequence_backward_gx");
-  if (dx.needs(1)) dx[1] = flat_part(flat, n_gx, Shape{G, H}, "lstm_sequence_backward_w");
-  if (dx.needs(2)) dx[2] = flat_part(flat, n_gx + n_w, Shape{B, H}, "lstm_sequence_backward_h0");
-  if (dx.needs(3)) dx[3] = flat_part(flat, n_gx + n_w + n_s, Shape{B, H}, "lstm_sequence_backward_c0");
+  if (dx.needs(0)) dx[0] = flat_part(flat, 0, acts.shape(), lay ? "lstm_sequence_packed_backward_gx" : "lstm_sequence_backward_gx");
+  if (dx.needs(1)) dx[1] = flat_part(flat, n_gx, Shape{G, H}, lay ? "lstm_sequence_packed_backward_w" : "lstm_sequence_backward_w");
+  if (dx.needs(2)) {
+    dx[2] = flat_part(flat, n_gx + n_w, Shape{B, H}, lay ? "lstm_sequence_packed_backward_h0" : "lstm_sequence_backward_h0");
+  }
+  if (dx.needs(3)) {
+    dx[3] = flat_part(flat, n_gx + n_w + n_s, Shape{B, H},
+                      lay ? "lstm_sequence_packed_backward_c0" : "lstm_sequence_backward_c0");
+  }
 }
 }  // namespace
 
@@ -738,7 +775,7 @@ LSTMSequenceOut detail::lstm_sequence(const Tensor& gx, const Tensor& w_hh, cons
             so = save_output(packed), has_c0 = c0.defined(), reverse](const Tensor& g, GradSlots& dx) {
              if (is_grad_enabled() && acts.shape()[1] * acts.shape()[2] > 0) {
                // create_graph: the fused kernel, recorded as one node with a fused second order.
-               lstm_sequence_grad_graph(acts, cs, so, sg->get(), sw.get(), sh.get(), sc.get(), has_c0, g, reverse, dx);
+               lstm_grad_graph(acts, cs, so, sg->get(), sw.get(), sh.get(), sc.get(), has_c0, g, nullptr, reverse, dx);
                return;
              }
              if (is_grad_enabled()) {
@@ -770,7 +807,8 @@ LSTMSequenceOut detail::lstm_sequence(const Tensor& gx, const Tensor& w_hh, cons
                  auto ptr = [](Tensor& t) { return t.defined() ? t.data<T_>() : nullptr; };
                  lstm_sequence_backward<T_>(SeqDims{T, B, H, reverse}, g.data<T_>(), acts.data<T_>(), cs.data<T_>(),
                                             out.data<T_>(), w_hh.data<T_>(), h0.defined() ? h0.data<T_>() : nullptr,
-                                            c_init.data<T_>(), dgx.data<T_>(), ptr(dw), ptr(dh0), ptr(dc0));
+                                            c_init.data<T_>(), dgx.data<T_>(), ptr(dw), ptr(dh0), ptr(dc0), nullptr,
+                                          nullptr);
                  return 0;
                });
              }
@@ -1072,10 +1110,12 @@ void lstm_packed_forward(const PackedLayout& p, std::int64_t H, bool reverse, bo
 }
 
 // g [N + 2B, H] (rows: dy, d h_n, d c_n) -> dgx [N, 4H]; dw, dh0, dc0 when not null.
-// h0 may be null (zeros); c0 is never null.
+// h0 may be null (zeros); c0 is never null. DH, DC [N, H] (when not null) keep every
+// packed row's total d h and d c for a second-order backward.
 template <class T>
 void lstm_packed_backward(const PackedLayout& p, std::int64_t H, bool reverse, const T* g, const T* acts, const T* C,
-                          const T* y, const T* W, const T* h0, const T* c0, T* dgx, T* dw, T* dh0, T* dc0) {
+                          const T* y, const T* W, const T* h0, const T* c0, T* dgx, T* dw, T* dh0, T* dc0, T* DH,
+                          T* DC) {
   const std::int64_t B = p.B, G = 4 * H, N = p.rows();
   std::vector<T> dh_buf(g + N * H, g + (N + B) * H), dc_buf(g + (N + B) * H, g + (N + 2 * B) * H);
   T* dh = dh_buf.data();
@@ -1104,12 +1144,13 @@ void lstm_packed_backward(const PackedLayout& p, std::int64_t H, bool reverse, c
     const std::int64_t nb = k == 0 ? 0 : std::min(b, p.batch_sizes[static_cast<std::size_t>(tp)]);
     const std::int64_t op = k == 0 ? 0 : p.offsets[static_cast<std::size_t>(tp)];
     for (std::int64_t j = 0; j < b * H; ++j) dh[j] += g[o * H + j];
+    if (DH) std::memcpy(DH + o * H, dh, static_cast<std::size_t>(b * H) * sizeof(T));
     T* dg = dgx + o * G;
     for (std::int64_t r = 0; r < b; ++r) {
       const T* cp = r < nb ? C + (op + r) * H : c0 + r * H;
       // dc in place: the kernel reads a lane's d c before it stores d c_prev there.
       lstm_row_backward<T>(dh + r * H, dc + r * H, acts + (o + r) * G, cp, C + (o + r) * H, dg + r * G, dc + r * H,
-                           H);
+                           H, DC ? DC + (o + r) * H : nullptr);
     }
     if (dc0 && b > nb) std::memcpy(dc0 + nb * H, dc + nb * H, static_cast<std::size_t>((b - nb) * H) * sizeof(T));
     dh_prev(nb, dg, dh);
@@ -1125,6 +1166,118 @@ void lstm_packed_backward(const PackedLayout& p, std::int64_t H, bool reverse, c
     }
   }
   if (dw) gemm<T>(true, false, G, H, N, T(1), dgx, G, hprev.data(), H, T(0), dw, H);
+}
+
+// lstm_sequence_backward_tangent over a packed batch: the same formulas per packed row,
+// step t over its b_t rows; h_prev, c_prev (and their tangents) of a row are the previous
+// step's same row, or h0 / c0 (u_h0 / u_c0) where its sequence starts. rg [N + 2B, H]:
+// rows h'_t, then h'_n, c'_n.
+template <class T>
+void lstm_packed_backward_tangent(const PackedLayout& p, std::int64_t H, bool reverse, const T* acts, const T* C,
+                                  const T* y, const T* W, const T* h0, const T* c0, const T* dgx, const T* DH,
+                                  const T* DC, const T* ugx, const T* uW, const T* uh0, const T* uc0, T* rgx, T* rw,
+                                  T* rh0, T* rc0, T* rg) {
+  const std::int64_t B = p.B, G = 4 * H, N = p.rows(), BH = B * H;
+  auto buf = [](std::int64_t n) { return std::vector<T>(static_cast<std::size_t>(n), T(0)); };
+  // AT: pre' then the activations' tangents; CT: c'_t; HP, HPT: h_prev and h'_prev per row.
+  std::vector<T> at_buf = buf(N * G), ct_buf = buf(N * H), hp_buf = buf(N * H), hpt_buf = buf(N * H), q_buf = buf(N * H);
+  // Running state: h', c' forward; d h', d c' backward (d h_n' = d c_n' = 0: g is held fixed).
+  std::vector<T> ht_buf = buf(BH), cst_buf = buf(BH), dht_buf = buf(BH), dct_buf = buf(BH), zero_buf = buf(BH);
+  T* AT = at_buf.data();
+  T* CT = ct_buf.data();
+  T* HP = hp_buf.data();
+  T* HPT = hpt_buf.data();
+  T* Q = q_buf.data();
+  T* ht = ht_buf.data();
+  T* cst = cst_buf.data();
+  T* dht = dht_buf.data();
+  T* dct = dct_buf.data();
+  const std::size_t bh = static_cast<std::size_t>(BH) * sizeof(T);
+  if (uh0) std::memcpy(ht, uh0, bh);
+  if (uc0) std::memcpy(cst, uc0, bh);
+  if (!uc0) uc0 = zero_buf.data();
+  // Step k's rows, and how many of them continue from the step processed before (at op).
+  struct Rows {
+    std::int64_t b, o, nb, op;
+  };
+  auto rows = [&p, reverse](std::int64_t k) {
+    const std::int64_t t = reverse ? p.steps - 1 - k : k, tp = reverse ? t + 1 : t - 1;
+    const std::int64_t b = p.batch_sizes[static_cast<std::size_t>(t)];
+    return Rows{b, p.offsets[static_cast<std::size_t>(t)],
+                k == 0 ? 0 : std::min(b, p.batch_sizes[static_cast<std::size_t>(tp)]),
+                k == 0 ? 0 : p.offsets[static_cast<std::size_t>(tp)]};
+  };
+  for (std::int64_t k = 0; k < p.steps; ++k) {
+    const Rows s = rows(k);
+    std::memcpy(HP + s.o * H, y + s.op * H, static_cast<std::size_t>(s.nb * H) * sizeof(T));
+    if (h0) std::memcpy(HP + (s.o + s.nb) * H, h0 + s.nb * H, static_cast<std::size_t>((s.b - s.nb) * H) * sizeof(T));
+  }
+
+  // Forward tangent: pre' = u_gx + h_prev u_Wᵀ (one GEMM over all rows) + h'_prev W_hhᵀ.
+  std::memcpy(AT, ugx, static_cast<std::size_t>(N * G) * sizeof(T));
+  gemm<T>(false, true, N, G, H, T(1), HP, H, uW, H, T(1), AT, G);
+  std::optional<detail::PackedB<T>> wt;
+  if (p.steps > 1 && detail::packed_gemm_pays(B, G, H)) wt.emplace(true, H, G, W, H);
+  for (std::int64_t k = 0; k < p.steps; ++k) {
+    const Rows s = rows(k);
+    T* a = AT + s.o * G;
+    std::memcpy(HPT + s.o * H, ht, static_cast<std::size_t>(s.b * H) * sizeof(T));
+    if (k > 0 || uh0) {
+      if (wt) {
+        wt->gemm_acc(s.b, ht, H, a, G);
+      } else {
+        gemm<T>(false, true, s.b, G, H, T(1), ht, H, W, H, T(1), a, G);
+      }
+    }
+    for (std::int64_t r = 0; r < s.b; ++r) {
+      const T* cp = r < s.nb ? C + (s.op + r) * H : c0 + r * H;
+      // c' in place: the kernel reads a lane's c'_prev before it stores c'_t there.
+      lstm_row_tangent<T>(a + r * G, acts + (s.o + r) * G, cp, cst + r * H, C + (s.o + r) * H, cst + r * H,
+                          ht + r * H, H);
+    }
+    std::memcpy(CT + s.o * H, cst, static_cast<std::size_t>(s.b * H) * sizeof(T));
+    std::memcpy(rg + s.o * H, ht, static_cast<std::size_t>(s.b * H) * sizeof(T));
+  }
+  std::memcpy(rg + N * H, ht, bh);
+  std::memcpy(rg + (N + B) * H, cst, bh);
+
+  // Backward tangent, latest first: d h' of a row's previous step = dpre' W_hh + dpre u_W
+  // (the dpre u_W terms of all rows: one GEMM).
+  gemm<T>(false, false, N, H, G, T(1), dgx, G, uW, H, T(0), Q, H);
+  std::optional<detail::PackedB<T>> wp;
+  if (p.steps > 1 && detail::packed_gemm_pays(B, H, G)) wp.emplace(false, G, H, W, H);
+  auto dh_prev = [&](std::int64_t m, const T* dpt, const T* q, T* out) {  // out[m, H] = q + dpt[m, 4H] . W_hh
+    if (m == 0) return;
+    std::memcpy(out, q, static_cast<std::size_t>(m * H) * sizeof(T));
+    if (wp) {
+      wp->gemm_acc(m, dpt, G, out, H);
+    } else {
+      gemm<T>(false, false, m, H, G, T(1), dpt, G, W, H, T(1), out, H);
+    }
+  };
+  if (rh0) std::fill(rh0, rh0 + BH, T(0));
+  if (rc0) std::fill(rc0, rc0 + BH, T(0));
+  for (std::int64_t k = p.steps - 1; k >= 0; --k) {
+    const Rows s = rows(k);
+    T* dpt = rgx + s.o * G;
+    for (std::int64_t r = 0; r < s.b; ++r) {
+      const std::int64_t row = s.o + r;
+      const T* cp = r < s.nb ? C + (s.op + r) * H : c0 + r * H;
+      const T* cpt = r < s.nb ? CT + (s.op + r) * H : uc0 + r * H;
+      lstm_row_backward_tangent<T>(DH + row * H, DC + row * H, dht + r * H, dct + r * H, acts + row * G, AT + row * G,
+                                   cp, cpt, C + row * H, CT + row * H, dpt + r * G, H);
+    }
+    if (rc0 && s.b > s.nb) {
+      std::memcpy(rc0 + s.nb * H, dct + s.nb * H, static_cast<std::size_t>((s.b - s.nb) * H) * sizeof(T));
+    }
+    dh_prev(s.nb, dpt, Q + s.o * H, dht);
+    if (rh0) dh_prev(s.b - s.nb, dpt + s.nb * G, Q + (s.o + s.nb) * H, rh0 + s.nb * H);
+  }
+  if (rw) {
+    // dW_hh' = Σ_rows dpre'ᵀ h_prev + dpreᵀ h'_prev
+    gemm<T>(true, false, G, H, N, T(1), rgx, G, HP, H, T(0), rw, H);
+    gemm<T>(true, false, G, H, N, T(1), dgx, G, HPT, H, T(1), rw, H);
+  }
 }
 
 void check_packed_lstm_shapes(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
@@ -1229,11 +1382,15 @@ LSTMSequenceOut detail::lstm_sequence_packed(const Tensor& gx, const Tensor& w_h
            // gx (or how it was made) is kept for create_graph only: the saved gates are activated
            // constants.
            [acts, cs, sg = std::make_shared<const SavedGx>(gx, proj), sw = save(w_hh, 1), sh = save(h0, 2), sc = save(c_init, 3),
-            so = save_output(packed), lay = std::make_shared<const PackedLayout>(p), reverse](const Tensor& g,
-                                                                                              GradSlots& dx) {
+            so = save_output(packed), lay = std::make_shared<const PackedLayout>(p), has_c0 = c0.defined(),
+            reverse](const Tensor& g, GradSlots& dx) {
+             if (is_grad_enabled() && lay->B * acts.shape()[1] > 0) {
+               // create_graph: the fused kernel, recorded as one node with a fused second order.
+               lstm_grad_graph(acts, cs, so, sg->get(), sw.get(), sh.get(), sc.get(), has_c0, g, lay, reverse, dx);
+               return;
+             }
              if (is_grad_enabled()) {
-               // create_graph: composite_backward through lstm_packed_composite (per step the b_t
-               // running rows, as the fused kernel).
+               // create_graph, no rows or no units: composite_backward through lstm_packed_composite.
                composite_backward({sg->get(), sw.get(), sh.get(), sc.get()}, g, dx,
                                   [lay, reverse](const std::vector<Tensor>& in) {
                                     return detail::lstm_packed_composite(in[0], in[1], in[2], in[3], *lay, reverse);
@@ -1259,7 +1416,8 @@ LSTMSequenceOut detail::lstm_sequence_packed(const Tensor& gx, const Tensor& w_h
                  auto ptr = [](Tensor& t) { return t.defined() ? t.data<T_>() : nullptr; };
                  lstm_packed_backward<T_>(p, H, reverse, g.data<T_>(), acts.data<T_>(), cs.data<T_>(),
                                           out.data<T_>(), w_hh.data<T_>(), h0.defined() ? h0.data<T_>() : nullptr,
-                                          c_init.data<T_>(), dgx.data<T_>(), ptr(dw), ptr(dh0), ptr(dc0));
+                                          c_init.data<T_>(), dgx.data<T_>(), ptr(dw), ptr(dh0), ptr(dc0), nullptr,
+                                          nullptr);
                  return 0;
                });
              }

@@ -217,17 +217,24 @@ namespace {
 
 // First-order gradients of <gy, packed> in (gx, w, h0, c0) with create_graph, and the
 // gradients of <grads, v> in (gx, w, h0, c0, gy): the fused node or the composite
-// recurrence (c0 undefined: zeros for the composite).
+// recurrence (c0 undefined: zeros for the composite); lay: lstm_sequence_packed's.
 std::vector<Tensor> lstm_second_order(bool fused, const std::vector<Tensor>& in, const Tensor& gy,
-                                      const std::vector<Tensor>& v, bool reverse) {
+                                      const std::vector<Tensor>& v, bool reverse, const PackedLayout* lay = nullptr) {
   const bool state = in[2].defined();
-  const Shape hs{in[0].shape()[1], in[0].shape()[2] / 4};
-  const Tensor out = fused ? lstm_sequence(in[0], in[1], in[2], in[3], reverse).packed
-                           : detail::lstm_sequence_composite(in[0], in[1], in[2], state ? in[3] : zeros(hs, f64), reverse);
+  const std::int64_t H = in[1].shape()[1];
+  const Tensor c0 = state ? in[3] : zeros({lay ? lay->B : in[0].shape()[1], H}, in[0].dtype());
+  Tensor out;
+  if (lay) {
+    out = fused ? lstm_sequence_packed(in[0], in[1], in[2], in[3], *lay, reverse).packed
+                : detail::lstm_packed_composite(in[0], in[1], in[2], c0, *lay, reverse);
+  } else {
+    out = fused ? lstm_sequence(in[0], in[1], in[2], in[3], reverse).packed
+                : detail::lstm_sequence_composite(in[0], in[1], in[2], c0, reverse);
+  }
   std::vector<Tensor> wrt{in[0], in[1]};
   if (state) wrt.insert(wrt.end(), {in[2], in[3]});
   const std::vector<Tensor> g1 = grad({out}, wrt, {gy}, {.create_graph = true});
-  if (fused) CHECK(g1[0].op_name() == "lstm_sequence_backward_gx");
+  if (fused) CHECK(g1[0].op_name() == (lay ? "lstm_sequence_packed_backward_gx" : "lstm_sequence_backward_gx"));
   Tensor s;
   for (std::size_t j = 0; j < g1.size(); ++j) {
     const Tensor term = sum(mul(g1[j], v[j]));
@@ -256,6 +263,34 @@ TEST_CASE("lstm_sequence's fused second order equals the composite recurrence's 
                                     rnd({B, H}, -1, 1, 29)};
         const std::vector<Tensor> fused = lstm_second_order(true, in, gy, v, reverse);
         const std::vector<Tensor> comp = lstm_second_order(false, in, gy, v, reverse);
+        REQUIRE(fused.size() == comp.size());
+        for (std::size_t j = 0; j < fused.size(); ++j) {
+          CAPTURE(j);
+          check_close(fused[j], comp[j], 1e-12, 0);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("lstm_sequence_packed's fused second order equals the composite recurrence's (float64, 1e-12)") {
+  const std::int64_t H = 5;
+  // Lengths 2, 4, 1 (unsorted: the layout sorts them) and one batch of a single step.
+  for (const std::vector<std::int64_t>& lengths : {std::vector<std::int64_t>{2, 4, 1}, std::vector<std::int64_t>{1, 1}}) {
+    const PackedLayout p = packed_layout(lengths, 4);
+    for (bool reverse : {false, true}) {
+      for (bool state : {false, true}) {
+        CAPTURE(p.B);
+        CAPTURE(reverse);
+        CAPTURE(state);
+        const std::vector<Tensor> in{leaf({p.rows(), 4 * H}, -1.5, 1.5, 51), leaf({4 * H, H}, -0.6, 0.6, 52),
+                                     state ? leaf({p.B, H}, -1, 1, 53) : Tensor(),
+                                     state ? leaf({p.B, H}, -1, 1, 54) : Tensor()};
+        const Tensor gy = leaf({p.rows() + 2 * p.B, H}, -1, 1, 55);
+        const std::vector<Tensor> v{rnd({p.rows(), 4 * H}, -1, 1, 56), rnd({4 * H, H}, -1, 1, 57),
+                                    rnd({p.B, H}, -1, 1, 58), rnd({p.B, H}, -1, 1, 59)};
+        const std::vector<Tensor> fused = lstm_second_order(true, in, gy, v, reverse, &p);
+        const std::vector<Tensor> comp = lstm_second_order(false, in, gy, v, reverse, &p);
         REQUIRE(fused.size() == comp.size());
         for (std::size_t j = 0; j < fused.size(); ++j) {
           CAPTURE(j);
@@ -309,6 +344,22 @@ TEST_CASE("gradgradcheck of lstm_sequence's create_graph gradient (third order),
           return flat_all(grad({out}, {in[0], in[1]}, {in[2]}, {.create_graph = true}));
         },
         {gx, w, gy});
+  }
+}
+
+TEST_CASE("gradgradcheck of lstm_sequence_packed's create_graph gradient (third order), lengths 2, 1") {
+  const std::int64_t H = 1;
+  const PackedLayout p = packed_layout({2, 1}, 2);
+  const Tensor gx = rnd({p.rows(), 4 * H}, -1.5, 1.5, 61), w = rnd({4 * H, H}, -0.6, 0.6, 62);
+  const Tensor h0 = rnd({p.B, H}, -1, 1, 63), c0 = rnd({p.B, H}, -1, 1, 64), gy = rnd({p.rows() + 2 * p.B, H}, -1, 1, 65);
+  for (bool reverse : {false, true}) {
+    CAPTURE(reverse);
+    gg_ok(
+        [&p, reverse](const std::vector<Tensor>& in) {
+          const Tensor out = lstm_sequence_packed(in[0], in[1], in[2], in[3], p, reverse).packed;
+          return flat_all(grad({out}, {in[0], in[1], in[2], in[3]}, {in[4]}, {.create_graph = true}));
+        },
+        {gx, w, h0, c0, gy});
   }
 }
 
