@@ -256,6 +256,15 @@ void lstm_sequence_backward(const SeqDims& d, const T* g, const T* acts, const T
 // which the symmetry of the Hessian of <g, F(θ)> makes equal to reverse over reverse.
 // Primes below are tangents along u = (u_gx, u_W, u_h0, u_c0).
 
+// Uninitialised scratch from the tensor allocator's cache: a std::vector would zero it and,
+// at T·B·4H elements, fault in fresh pages on every call.
+template <class T>
+struct Scratch {
+  Tensor t;
+  T* p;
+  explicit Scratch(std::int64_t n) : t(Tensor::empty(Shape{n}, dtype_of<T>())), p(t.data<T>()) {}
+};
+
 // One row of the forward tangent. p: pre' [4H] on entry, the activated gates' tangents
 // (i', f', g', o') on exit; a: activations; cp, cpt: c_prev and its tangent; c: c_t.
 // Writes c'_t (ct) and h'_t (ht).
@@ -325,11 +334,11 @@ void lstm_sequence_backward_tangent(const SeqDims& d, const T* acts, const T* C,
                                     const T* uh0, const T* uc0, T* rgx, T* rw, T* rh0, T* rc0, T* rg) {
   const std::int64_t B = d.B, H = d.H, G = 4 * H, BH = B * H, BG = B * G;
   const std::size_t nbh = static_cast<std::size_t>(BH);
-  std::vector<T> at_buf(static_cast<std::size_t>(d.T * BG)), ct_buf(static_cast<std::size_t>(d.T * BH));
-  std::vector<T> dht_buf(static_cast<std::size_t>(d.T * BH)), dct_buf(nbh, T(0)), zero_buf;
-  T* AT = at_buf.data();
-  T* CT = ct_buf.data();
-  T* DHT = dht_buf.data();
+  Scratch<T> at_buf(d.T * BG), ct_buf(d.T * BH), dht_buf(d.T * BH);
+  std::vector<T> dct_buf(nbh, T(0)), zero_buf;
+  T* AT = at_buf.p;
+  T* CT = ct_buf.p;
+  T* DHT = dht_buf.p;
   T* dct = dct_buf.data();
   if (!uc0) {
     zero_buf.assign(nbh, T(0));
@@ -1180,14 +1189,14 @@ void lstm_packed_backward_tangent(const PackedLayout& p, std::int64_t H, bool re
   const std::int64_t B = p.B, G = 4 * H, N = p.rows(), BH = B * H;
   auto buf = [](std::int64_t n) { return std::vector<T>(static_cast<std::size_t>(n), T(0)); };
   // AT: pre' then the activations' tangents; CT: c'_t; HP, HPT: h_prev and h'_prev per row.
-  std::vector<T> at_buf = buf(N * G), ct_buf = buf(N * H), hp_buf = buf(N * H), hpt_buf = buf(N * H), q_buf = buf(N * H);
+  Scratch<T> at_buf(N * G), ct_buf(N * H), hp_buf(N * H), hpt_buf(N * H), q_buf(N * H);
   // Running state: h', c' forward; d h', d c' backward (d h_n' = d c_n' = 0: g is held fixed).
   std::vector<T> ht_buf = buf(BH), cst_buf = buf(BH), dht_buf = buf(BH), dct_buf = buf(BH), zero_buf = buf(BH);
-  T* AT = at_buf.data();
-  T* CT = ct_buf.data();
-  T* HP = hp_buf.data();
-  T* HPT = hpt_buf.data();
-  T* Q = q_buf.data();
+  T* AT = at_buf.p;
+  T* CT = ct_buf.p;
+  T* HP = hp_buf.p;
+  T* HPT = hpt_buf.p;
+  T* Q = q_buf.p;
   T* ht = ht_buf.data();
   T* cst = cst_buf.data();
   T* dht = dht_buf.data();
@@ -1210,7 +1219,11 @@ void lstm_packed_backward_tangent(const PackedLayout& p, std::int64_t H, bool re
   for (std::int64_t k = 0; k < p.steps; ++k) {
     const Rows s = rows(k);
     std::memcpy(HP + s.o * H, y + s.op * H, static_cast<std::size_t>(s.nb * H) * sizeof(T));
-    if (h0) std::memcpy(HP + (s.o + s.nb) * H, h0 + s.nb * H, static_cast<std::size_t>((s.b - s.nb) * H) * sizeof(T));
+    if (h0) {
+      std::memcpy(HP + (s.o + s.nb) * H, h0 + s.nb * H, static_cast<std::size_t>((s.b - s.nb) * H) * sizeof(T));
+    } else {
+      std::fill(HP + (s.o + s.nb) * H, HP + (s.o + s.b) * H, T(0));
+    }
   }
 
   // Forward tangent: pre' = u_gx + h_prev u_Wᵀ (one GEMM over all rows) + h'_prev W_hhᵀ.
