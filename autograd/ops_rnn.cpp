@@ -733,10 +733,15 @@ void lstm_grad_graph(const Tensor& acts, const Tensor& cs, const SavedTensor& so
              if (dx.needs(4)) dx[4] = rg;
            });
   }
-  if (dx.needs(0)) dx[0] = flat_part(flat, 0, acts.shape(), lay ? "lstm_sequence_packed_backward_gx" : "lstm_sequence_backward_gx");
-  if (dx.needs(1)) dx[1] = flat_part(flat, n_gx, Shape{G, H}, lay ? "lstm_sequence_packed_backward_w" : "lstm_sequence_backward_w");
+  if (dx.needs(0)) {
+    dx[0] = flat_part(flat, 0, acts.shape(), lay ? "lstm_sequence_packed_backward_gx" : "lstm_sequence_backward_gx");
+  }
+  if (dx.needs(1)) {
+    dx[1] = flat_part(flat, n_gx, Shape{G, H}, lay ? "lstm_sequence_packed_backward_w" : "lstm_sequence_backward_w");
+  }
   if (dx.needs(2)) {
-    dx[2] = flat_part(flat, n_gx + n_w, Shape{B, H}, lay ? "lstm_sequence_packed_backward_h0" : "lstm_sequence_backward_h0");
+    dx[2] = flat_part(flat, n_gx + n_w, Shape{B, H},
+                      lay ? "lstm_sequence_packed_backward_h0" : "lstm_sequence_backward_h0");
   }
   if (dx.needs(3)) {
     dx[3] = flat_part(flat, n_gx + n_w + n_s, Shape{B, H},

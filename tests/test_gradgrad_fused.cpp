@@ -202,8 +202,11 @@ TEST_CASE("gradgradcheck lstm_sequence's fused second order: odd B and H, T = 1,
       CAPTURE(reverse);
       const Tensor gx = rnd({c.T, c.B, 4 * c.H}, -1.5, 1.5, 11), w = rnd({4 * c.H, c.H}, -0.6, 0.6, 12);
       const Tensor h0 = rnd({c.B, c.H}, -1, 1, 13), c0 = rnd({c.B, c.H}, -1, 1, 14);
-      gg_ok([reverse](const std::vector<Tensor>& in) { return lstm_sequence(in[0], in[1], in[2], in[3], reverse).packed; },
-            {gx, w, h0, c0});
+      gg_ok(
+          [reverse](const std::vector<Tensor>& in) {
+            return lstm_sequence(in[0], in[1], in[2], in[3], reverse).packed;
+          },
+          {gx, w, h0, c0});
       gg_ok([reverse](const std::vector<Tensor>& in) { return lstm_sequence(in[0], in[1], {}, {}, reverse).y; },
             {gx, w});
       // Only the final state: y's rows get no gradient, h_n's row one through a select.
@@ -257,7 +260,8 @@ TEST_CASE("lstm_sequence's fused second order equals the composite recurrence's 
         CAPTURE(reverse);
         CAPTURE(state);
         const std::vector<Tensor> in{leaf({T, B, 4 * H}, -1.5, 1.5, 21), leaf({4 * H, H}, -0.6, 0.6, 22),
-                                     state ? leaf({B, H}, -1, 1, 23) : Tensor(), state ? leaf({B, H}, -1, 1, 24) : Tensor()};
+                                     state ? leaf({B, H}, -1, 1, 23) : Tensor(),
+                                     state ? leaf({B, H}, -1, 1, 24) : Tensor()};
         const Tensor gy = leaf({T + 1, B, H}, -1, 1, 25);
         const std::vector<Tensor> v{rnd({T, B, 4 * H}, -1, 1, 26), rnd({4 * H, H}, -1, 1, 27), rnd({B, H}, -1, 1, 28),
                                     rnd({B, H}, -1, 1, 29)};
@@ -276,7 +280,8 @@ TEST_CASE("lstm_sequence's fused second order equals the composite recurrence's 
 TEST_CASE("lstm_sequence_packed's fused second order equals the composite recurrence's (float64, 1e-12)") {
   const std::int64_t H = 5;
   // Lengths 2, 4, 1 (unsorted: the layout sorts them) and one batch of a single step.
-  for (const std::vector<std::int64_t>& lengths : {std::vector<std::int64_t>{2, 4, 1}, std::vector<std::int64_t>{1, 1}}) {
+  using Lengths = std::vector<std::int64_t>;
+  for (const Lengths& lengths : {Lengths{2, 4, 1}, Lengths{1, 1}}) {
     const PackedLayout p = packed_layout(lengths, 4);
     for (bool reverse : {false, true}) {
       for (bool state : {false, true}) {
@@ -351,7 +356,8 @@ TEST_CASE("gradgradcheck of lstm_sequence_packed's create_graph gradient (third 
   const std::int64_t H = 1;
   const PackedLayout p = packed_layout({2, 1}, 2);
   const Tensor gx = rnd({p.rows(), 4 * H}, -1.5, 1.5, 61), w = rnd({4 * H, H}, -0.6, 0.6, 62);
-  const Tensor h0 = rnd({p.B, H}, -1, 1, 63), c0 = rnd({p.B, H}, -1, 1, 64), gy = rnd({p.rows() + 2 * p.B, H}, -1, 1, 65);
+  const Tensor h0 = rnd({p.B, H}, -1, 1, 63), c0 = rnd({p.B, H}, -1, 1, 64);
+  const Tensor gy = rnd({p.rows() + 2 * p.B, H}, -1, 1, 65);
   for (bool reverse : {false, true}) {
     CAPTURE(reverse);
     gg_ok(
