@@ -643,12 +643,14 @@ Tensor lstm_grads_composite(const std::vector<Tensor>& in, const std::array<bool
 }
 
 // The backward of lstm_sequence (lay null) or lstm_sequence_packed under create_graph: the
-// first-order gradients by the fused kernel, recorded as ONE node (inputs gx, w_hh, h0,
-// c_init, g; output the flat [d gx, d W_hh, d h0, d c0]) whose own backward is the fused
-// second-order kernel. Fills the op's dx with views of that output.
-void lstm_grad_graph(const Tensor& acts, const Tensor& cs, const SavedTensor& so, const Tensor& gx, const Tensor& w_hh,
-                     const Tensor& h0, const Tensor& c_init, bool has_c0, const Tensor& g,
-                     const std::shared_ptr<const PackedLayout>& lay, bool reverse, GradSlots& dx) {
+// first-order gradients by the fused kernel, recorded as ONE node (inputs gx -- or x, w_ih,
+// b when gx was projected: the node needs no gx values, only the edges, so gx is not
+// recomputed -- then w_hh, h0, c_init, g; output the flat [d gx, d W_hh, d h0, d c0]) whose
+// own backward is the fused second-order kernel. Fills the op's dx with views of that output.
+void lstm_grad_graph(const Tensor& acts, const Tensor& cs, const SavedTensor& so,
+                     const std::shared_ptr<const SavedGx>& sgx, const Tensor& w_hh, const Tensor& h0,
+                     const Tensor& c_init, bool has_c0, const Tensor& g, const std::shared_ptr<const PackedLayout>& lay,
+                     bool reverse, GradSlots& dx) {
   const std::int64_t G = acts.shape()[acts.ndim() - 1], H = G / 4, B = lay ? lay->B : acts.shape()[1];
   const std::int64_t n_gx = acts.numel(), n_w = G * H, n_s = B * H;
   const Dtype dt = acts.dtype();
@@ -676,19 +678,40 @@ void lstm_grad_graph(const Tensor& acts, const Tensor& cs, const SavedTensor& so
     if (!has_c0) std::fill(f + n_gx + n_w + n_s, f + n_gx + n_w + 2 * n_s, T_(0));
     return 0;
   });
-  if (needs_record({&gx, &w_hh, &h0, &c_init, &g})) {
-    // d g = J_F u (the LSTM's forward tangent along u); d (gx, W_hh, h0, c0) = d/dε J_F(θ+εu)ᵀ g
-    record(lay ? "lstm_sequence_packed_backward" : "lstm_sequence_backward", flat, {&gx, &w_hh, &h0, &c_init, &g},
-           [acts, cs, so, dh_all, dc_all, sflat = save_output(flat), sgx = save(gx, 0), sw = save(w_hh, 1),
-            sh = save(h0, 2), sc = save(c_init, 3), sg = save(g, 4), gshape = g.shape(), has_c0, lay,
+  // The node's inputs: gx's (gx, or x, w_ih, b), then w_hh, h0, c_init, g from index o.
+  std::vector<Tensor> ins;
+  if (sgx->projected) {
+    ins = {sgx->x.get(), sgx->w.get(), sgx->b.get()};
+  } else {
+    ins = {sgx->gx.get()};
+  }
+  ins.insert(ins.end(), {w_hh, h0, c_init, g});
+  if (needs_record(std::span<const Tensor>(ins))) {
+    // d g = J_F u (the LSTM's forward tangent along u); d (gx, W_hh, h0, c0) = d/dε J_F(θ+εu)ᵀ g;
+    // projected: d x = d gx · W_ih, d W_ih = d gxᵀ · x, d b = Σ_rows d gx
+    record(lay ? "lstm_sequence_packed_backward" : "lstm_sequence_backward", flat, std::span<const Tensor>(ins),
+           [acts, cs, so, dh_all, dc_all, sflat = save_output(flat), sgx, sw = save(w_hh, 1), sh = save(h0, 2),
+            sc = save(c_init, 3), sg = save(g, 4), gshape = g.shape(), has_c0, lay,
             reverse](const Tensor& u, GradSlots& dx) {
              const bool has_h0 = sh.defined();
+             const std::size_t o = sgx->projected ? 3 : 1;
              if (is_grad_enabled()) {
                // create_graph (third order): the first-order gradients rebuilt from recorded ops.
-               const std::array<bool, 5> want{dx.needs(0), dx.needs(1), dx.needs(2), dx.needs(3), dx.needs(4)};
-               composite_backward({sgx.get(), sw.get(), sh.get(), sc.get(), sg.get()}, u, dx,
-                                  [want, has_h0, has_c0, lay, reverse](const std::vector<Tensor>& in) {
-                                    return lstm_grads_composite(in, want, has_h0, has_c0, lay.get(), reverse);
+               std::vector<Tensor> inputs;
+               if (sgx->projected) {
+                 inputs = {sgx->x.get(), sgx->w.get(), sgx->b.get()};
+               } else {
+                 inputs = {sgx->gx.get()};
+               }
+               inputs.insert(inputs.end(), {sw.get(), sh.get(), sc.get(), sg.get()});
+               bool want_gx = false;
+               for (std::size_t j = 0; j < o; ++j) want_gx |= dx.needs(j);
+               const std::array<bool, 5> want{want_gx, dx.needs(o), dx.needs(o + 1), dx.needs(o + 2), dx.needs(o + 3)};
+               composite_backward(inputs, u, dx,
+                                  [want, has_h0, has_c0, lay, reverse, o, shape = sgx->shape](const std::vector<Tensor>& in) {
+                                    const Tensor gx = o == 3 ? reshape(linear(in[0], in[1], in[2]), shape) : in[0];
+                                    return lstm_grads_composite({gx, in[o], in[o + 1], in[o + 2], in[o + 3]}, want,
+                                                                has_h0, has_c0, lay.get(), reverse);
                                   });
                return;
              }
@@ -702,9 +725,12 @@ void lstm_grad_graph(const Tensor& acts, const Tensor& cs, const SavedTensor& so
              const Tensor& first = sflat.get();
              Tensor rgx = Tensor::empty(acts.shape(), dt);
              Tensor rg = Tensor::empty(gshape, dt);
-             Tensor rw = dx.needs(1) ? Tensor::empty(Shape{G, H}, dt) : Tensor();
-             Tensor rh0 = dx.needs(2) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
-             Tensor rc0 = dx.needs(3) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
+             Tensor rw = dx.needs(o) ? Tensor::empty(Shape{G, H}, dt) : Tensor();
+             Tensor rh0 = dx.needs(o + 1) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
+             Tensor rc0 = dx.needs(o + 2) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
+             Tensor rx = sgx->projected && dx.needs(0) ? Tensor::empty(dx.shape(0), dt) : Tensor();
+             Tensor rwih = sgx->projected && dx.needs(1) ? Tensor::empty(dx.shape(1), dt) : Tensor();
+             Tensor rb = sgx->projected && dx.needs(2) ? Tensor::empty(dx.shape(2), dt) : Tensor();
              dispatch_float("lstm_sequence backward backward", dt, [&](auto tag) {
                using T_ = decltype(tag);
                auto ptr = [](Tensor& t) { return t.defined() ? t.data<T_>() : nullptr; };
@@ -724,13 +750,40 @@ void lstm_grad_graph(const Tensor& acts, const Tensor& cs, const SavedTensor& so
                      dh_all.data<T_>(), dc_all.data<T_>(), pu, pu + n_gx, uh0, uc0, rgx.data<T_>(), ptr(rw),
                      ptr(rh0), ptr(rc0), rg.data<T_>());
                }
+               if (!sgx->projected) return 0;
+               // d gx [rows, 4H] through gx = x · W_ihᵀ + b: the linear's backward
+               const std::int64_t rows = n_gx / G;
+               const T_* pg = rgx.data<T_>();
+               if (rx.defined()) {
+                 const Tensor& w_ih = sgx->w.get();
+                 const std::int64_t I = w_ih.shape()[1];
+                 gemm<T_>(false, false, rows, I, G, T_(1), pg, G, w_ih.data<T_>(), I, T_(0), rx.data<T_>(), I);
+               }
+               if (rwih.defined()) {
+                 const Tensor& x = sgx->x.get();
+                 const std::int64_t I = x.numel() / rows;
+                 gemm<T_>(true, false, G, I, rows, T_(1), pg, G, x.data<T_>(), I, T_(0), rwih.data<T_>(), I);
+               }
+               if (rb.defined()) {
+                 T_* pb = rb.data<T_>();
+                 std::fill(pb, pb + G, T_(0));
+                 for (std::int64_t r = 0; r < rows; ++r) {
+                   for (std::int64_t j = 0; j < G; ++j) pb[j] += pg[r * G + j];
+                 }
+               }
                return 0;
              });
-             if (dx.needs(0)) dx[0] = rgx;
-             dx[1] = rw;
-             dx[2] = rh0;
-             dx[3] = rc0;
-             if (dx.needs(4)) dx[4] = rg;
+             if (sgx->projected) {
+               dx[0] = rx;
+               dx[1] = rwih;
+               dx[2] = rb;
+             } else if (dx.needs(0)) {
+               dx[0] = rgx;
+             }
+             dx[o] = rw;
+             dx[o + 1] = rh0;
+             dx[o + 2] = rc0;
+             if (dx.needs(o + 3)) dx[o + 3] = rg;
            });
   }
   if (dx.needs(0)) {
@@ -789,7 +842,7 @@ LSTMSequenceOut detail::lstm_sequence(const Tensor& gx, const Tensor& w_hh, cons
             so = save_output(packed), has_c0 = c0.defined(), reverse](const Tensor& g, GradSlots& dx) {
              if (is_grad_enabled() && acts.shape()[1] * acts.shape()[2] > 0) {
                // create_graph: the fused kernel, recorded as one node with a fused second order.
-               lstm_grad_graph(acts, cs, so, sg->get(), sw.get(), sh.get(), sc.get(), has_c0, g, nullptr, reverse, dx);
+               lstm_grad_graph(acts, cs, so, sg, sw.get(), sh.get(), sc.get(), has_c0, g, nullptr, reverse, dx);
                return;
              }
              if (is_grad_enabled()) {
@@ -1404,7 +1457,7 @@ LSTMSequenceOut detail::lstm_sequence_packed(const Tensor& gx, const Tensor& w_h
             reverse](const Tensor& g, GradSlots& dx) {
              if (is_grad_enabled() && lay->B * acts.shape()[1] > 0) {
                // create_graph: the fused kernel, recorded as one node with a fused second order.
-               lstm_grad_graph(acts, cs, so, sg->get(), sw.get(), sh.get(), sc.get(), has_c0, g, lay, reverse, dx);
+               lstm_grad_graph(acts, cs, so, sg, sw.get(), sh.get(), sc.get(), has_c0, g, lay, reverse, dx);
                return;
              }
              if (is_grad_enabled()) {

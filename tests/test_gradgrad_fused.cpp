@@ -369,6 +369,56 @@ TEST_CASE("gradgradcheck of lstm_sequence_packed's create_graph gradient (third 
   }
 }
 
+namespace {
+
+// lstm_sequence over gx = x · W_ihᵀ + b, told how gx was made (as nn::LSTM does) or not.
+// in: x, w_ih, b, w_hh, h0, c0.
+Tensor projected_lstm(const std::vector<Tensor>& in, bool tell, bool reverse) {
+  const std::int64_t T = in[0].shape()[0], B = in[0].shape()[1], G = in[1].shape()[0];
+  const Tensor gx = reshape(linear(in[0], in[1], in[2]), {T, B, G});
+  const detail::GxProjection proj{in[0], in[1], in[2]};
+  return detail::lstm_sequence(gx, in[3], in[4], in[5], reverse, tell ? &proj : nullptr).packed;
+}
+
+}  // namespace
+
+TEST_CASE("lstm_sequence with gx's projection (nn::LSTM's form): second and third order through x, W_ih and b") {
+  const std::int64_t T = 3, B = 2, I = 3, H = 2;
+  const Tensor x = rnd({T, B, I}, -1, 1, 71), w_ih = rnd({4 * H, I}, -0.6, 0.6, 72), b = rnd({4 * H}, -0.5, 0.5, 73);
+  const Tensor w_hh = rnd({4 * H, H}, -0.6, 0.6, 74), h0 = rnd({B, H}, -1, 1, 75), c0 = rnd({B, H}, -1, 1, 76);
+  const Tensor gy = rnd({T + 1, B, H}, -1, 1, 77);
+  for (bool reverse : {false, true}) {
+    CAPTURE(reverse);
+    gg_ok([reverse](const std::vector<Tensor>& in) { return projected_lstm(in, true, reverse); },
+          {x, w_ih, b, w_hh, h0, c0});
+    gg_ok(
+        [reverse](const std::vector<Tensor>& in) {
+          const std::vector<Tensor> ins(in.begin(), in.begin() + 6);
+          return flat_all(grad({projected_lstm(ins, true, reverse)}, ins, {in[6]}, {.create_graph = true}));
+        },
+        {x, w_ih, b, w_hh, h0, c0, gy});
+    // The node fed by x, W_ih and b directly gives what it gives fed by gx.
+    std::vector<std::vector<Tensor>> results;
+    for (bool tell : {true, false}) {
+      std::vector<Tensor> in;
+      for (const Tensor& t : {x, w_ih, b, w_hh, h0, c0}) in.push_back(t.detach().requires_grad_());
+      const Tensor gyl = gy.detach().requires_grad_();
+      const std::vector<Tensor> g1 = grad({projected_lstm(in, tell, reverse)}, in, {gyl}, {.create_graph = true});
+      Tensor s;
+      for (std::size_t j = 0; j < g1.size(); ++j) {
+        const Tensor term = sum(mul(g1[j], rnd(g1[j].shape(), -1, 1, 80 + j)));
+        s = s.defined() ? add(s, term) : term;
+      }
+      in.push_back(gyl);
+      results.push_back(grad({s}, in));
+    }
+    for (std::size_t j = 0; j < results[0].size(); ++j) {
+      CAPTURE(j);
+      check_close(results[0][j], results[1][j], 1e-12, 1e-12);
+    }
+  }
+}
+
 TEST_CASE("gradgradcheck lstm_sequence_packed: lengths 2, 3, 1, both directions, with and without h0 / c0") {
   const std::int64_t H = 2;
   const PackedLayout p = packed_layout({2, 3, 1}, 3);
