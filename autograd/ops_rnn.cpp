@@ -6,6 +6,7 @@
 #include "ops_rnn.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -22,6 +23,7 @@
 #include "detail/lanes.hpp"
 #include "../backend/detail/packed_gemm.hpp"
 #include "factory.hpp"
+#include "grad.hpp"
 #include "ops.hpp"
 #include "tape.hpp"
 
@@ -60,10 +62,11 @@ void lstm_row_forward(const T* gr, const T* cp, T* h, T* c, T* a, std::int64_t H
 }
 
 // One row of the backward. gh, gc: d loss / d h, d c of this step; a: activations; c: the
-// step's cell state. Writes d gates (dg, when not null) and d c_prev (dcp, when not null).
+// step's cell state. Writes d gates (dg, when not null) and d c_prev (dcp, when not null),
+// and the step's total d c (dct, when not null: a second-order backward reads it).
 template <class T>
 void lstm_row_backward(const T* gh, const T* gc, const T* a, const T* cp, const T* c, T* dg, T* dcp,
-                       std::int64_t H) {
+                       std::int64_t H, T* dct = nullptr) {
   for_lanes<T>(H, [&]<class L>(std::int64_t j) {
     using V = typename L::V;
     const V one(T(1));
@@ -72,6 +75,7 @@ void lstm_row_backward(const T* gh, const T* gc, const T* a, const T* cp, const 
     const V tc = L::tanh(L::load(c + j));
     // Total d c: directly, and through h = o ⊙ tanh(c).
     const V dc = L::load(gc + j) + dh * o * (one - tc * tc);
+    if (dct) L::store(dct + j, dc);
     if (dg) {
       L::store(dg + j, dc * g * i * (one - i));
       L::store(dg + H + j, dc * L::load(cp + j) * f * (one - f));
@@ -193,10 +197,12 @@ void lstm_sequence_forward(const SeqDims& d, const T* gx, const T* W, const T* h
   if (C) std::memcpy(cn, C + d.t(d.T - 1) * BH, static_cast<std::size_t>(BH) * sizeof(T));
 }
 
-// g [T+1, B, H] (row T: d c_n) -> dgx [T, B, 4H]; dw, dh0, dc0 when not null.
+// g [T+1, B, H] (row T: d c_n) -> dgx [T, B, 4H]; dw, dh0, dc0 when not null. DH, DC
+// [T, B, H] (when not null) keep every step's total d h and d c for a second-order backward.
 template <class T>
 void lstm_sequence_backward(const SeqDims& d, const T* g, const T* acts, const T* C, const T* y, const T* W,
-                            const T* h0, const T* c0, T* dgx, T* dw, T* dh0, T* dc0) {
+                            const T* h0, const T* c0, T* dgx, T* dw, T* dh0, T* dc0, T* DH = nullptr,
+                            T* DC = nullptr) {
   const std::int64_t B = d.B, H = d.H, G = 4 * H, BH = B * H;
   std::vector<T> dh_buf(static_cast<std::size_t>(BH)), dc_buf(static_cast<std::size_t>(BH));
   T* dh = dh_buf.data();
@@ -209,10 +215,11 @@ void lstm_sequence_backward(const SeqDims& d, const T* g, const T* acts, const T
     const std::int64_t t = d.t(k);
     const T* cp = k == 0 ? c0 : C + d.prev(k) * BH;
     T* dg = dgx + t * B * G;
+    if (DH) std::memcpy(DH + t * BH, dh, static_cast<std::size_t>(BH) * sizeof(T));
     for (std::int64_t b = 0; b < B; ++b) {
       // dc in place: the kernel reads a lane's d c before it stores d c_prev there.
       lstm_row_backward<T>(dh + b * H, dc + b * H, acts + t * B * G + b * G, cp + b * H, C + t * BH + b * H,
-                           dg + b * G, dc + b * H, H);
+                           dg + b * G, dc + b * H, H, DC ? DC + t * BH + b * H : nullptr);
     }
     // d h_prev[B, H] = dy(prev) + dgates[B, 4H] . W_hh[4H, H]
     if (k > 0) {
@@ -237,6 +244,173 @@ void lstm_sequence_backward(const SeqDims& d, const T* g, const T* acts, const T
     if (h0) gemm<T>(true, false, G, H, B, T(1), dgx + d.t(0) * B * G, G, h0, H, T(1), dw, H);
   }
   if (dc0) std::memcpy(dc0, dc, static_cast<std::size_t>(BH) * sizeof(T));
+}
+
+// ---------------------------------------------------------------------------
+// LSTM over a whole sequence: second order
+// ---------------------------------------------------------------------------
+//
+// The first-order backward B(θ, g) = J_F(θ)ᵀ g of F: (gx, W_hh, h0, c0) -> [y; c_n] is
+// linear in g, so its derivative in g along a cotangent u is J_F u (the forward-mode
+// tangent of the LSTM); its derivative in θ is d/dε B(θ + εu, g) (forward over reverse),
+// which the symmetry of the Hessian of <g, F(θ)> makes equal to reverse over reverse.
+// Primes below are tangents along u = (u_gx, u_W, u_h0, u_c0).
+
+// Uninitialised scratch from the tensor allocator's cache: a std::vector would zero it and,
+// at T·B·4H elements, fault in fresh pages on every call.
+template <class T>
+struct Scratch {
+  Tensor t;
+  T* p;
+  explicit Scratch(std::int64_t n) : t(Tensor::empty(Shape{n}, dtype_of<T>())), p(t.data<T>()) {}
+};
+
+// One row of the forward tangent. p: pre' [4H] on entry, the activated gates' tangents
+// (i', f', g', o') on exit; a: activations; cp, cpt: c_prev and its tangent; c: c_t.
+// Writes c'_t (ct) and h'_t (ht).
+template <class T>
+void lstm_row_tangent(T* p, const T* a, const T* cp, const T* cpt, const T* c, T* ct, T* ht, std::int64_t H) {
+  for_lanes<T>(H, [&]<class L>(std::int64_t j) {
+    using V = typename L::V;
+    const V one(T(1));
+    const V i = L::load(a + j), f = L::load(a + H + j), g = L::load(a + 2 * H + j), o = L::load(a + 3 * H + j);
+    // i' = σ'(pre_i) pre_i' with σ' = i (1 - i); tanh' = 1 - g²
+    const V it = i * (one - i) * L::load(p + j);
+    const V ft = f * (one - f) * L::load(p + H + j);
+    const V gt = (one - g * g) * L::load(p + 2 * H + j);
+    const V ot = o * (one - o) * L::load(p + 3 * H + j);
+    // c' = f' c_prev + f c'_prev + i' g + i g';  h' = o' tanh c + o (1 - tanh²c) c'
+    const V cct = ft * L::load(cp + j) + f * L::load(cpt + j) + it * g + i * gt;
+    const V tc = L::tanh(L::load(c + j));
+    L::store(ct + j, cct);
+    L::store(ht + j, ot * tc + o * (one - tc * tc) * cct);
+    L::store(p + j, it);
+    L::store(p + H + j, ft);
+    L::store(p + 2 * H + j, gt);
+    L::store(p + 3 * H + j, ot);
+  });
+}
+
+// One row of the backward's tangent. dh, dc: the step's total first-order d h and d c;
+// dht: d h'; dct: d c' carried from the next step on entry, d c_prev' on exit; a, at: the
+// activations and their tangents; cp, cpt: c_prev and c'_prev; c, ct: c_t and c'_t.
+// Writes dpre' [4H] (dpt).
+template <class T>
+void lstm_row_backward_tangent(const T* dh_, const T* dc_, const T* dht_, T* dct_, const T* a, const T* at,
+                               const T* cp_, const T* cpt_, const T* c_, const T* ct_, T* dpt, std::int64_t H) {
+  for_lanes<T>(H, [&]<class L>(std::int64_t j) {
+    using V = typename L::V;
+    const V one(T(1)), two(T(2));
+    const V i = L::load(a + j), f = L::load(a + H + j), g = L::load(a + 2 * H + j), o = L::load(a + 3 * H + j);
+    const V it = L::load(at + j), ft = L::load(at + H + j), gt = L::load(at + 2 * H + j), ot = L::load(at + 3 * H + j);
+    const V dh = L::load(dh_ + j), dc = L::load(dc_ + j), dht = L::load(dht_ + j);
+    const V cp = L::load(cp_ + j), cpt = L::load(cpt_ + j);
+    const V tc = L::tanh(L::load(c_ + j));
+    const V s = one - tc * tc;
+    const V tct = s * L::load(ct_ + j);  // (tanh c)' = (1 - tanh²c) c'
+    // dc = dc_next + dh o (1 - tc²)  ->  dc' = dc_next' + (dh' o + dh o') (1 - tc²) - 2 dh o tc tc'
+    const V dct = L::load(dct_ + j) + (dht * o + dh * ot) * s - two * dh * o * tc * tct;
+    // do = dh tc, di = dc g, df = dc c_prev, dg = dc i, dc_prev = dc f: product rule on each
+    const V dot = dht * tc + dh * tct;
+    const V dit = dct * g + dc * gt;
+    const V dft = dct * cp + dc * cpt;
+    const V dgt = dct * i + dc * it;
+    L::store(dct_ + j, dct * f + dc * ft);
+    // dpre = (di i(1-i), df f(1-f), dg (1-g²), do o(1-o)); (σ(1-σ))' = σ'(1-2σ), (1-g²)' = -2 g g'
+    L::store(dpt + j, dit * i * (one - i) + dc * g * it * (one - two * i));
+    L::store(dpt + H + j, dft * f * (one - f) + dc * cp * ft * (one - two * f));
+    L::store(dpt + 2 * H + j, dgt * (one - g * g) - two * dc * i * g * gt);
+    L::store(dpt + 3 * H + j, dot * o * (one - o) + dh * tc * ot * (one - two * o));
+  });
+}
+
+// The second-order backward of lstm_sequence. Saved: acts, C, y (packed [T+1, B, H]), W,
+// h0 (null: zeros), c0; dgx (= dpre), DH, DC from lstm_sequence_backward. Cotangent u:
+// ugx [T, B, 4H], uW [4H, H], uh0, uc0 [B, H] (null: zero). Writes rgx [T, B, 4H] (d gx =
+// dpre'), rg [T+1, B, H] (d g = [h'; c'_n]), and rw, rh0, rc0 when not null.
+template <class T>
+void lstm_sequence_backward_tangent(const SeqDims& d, const T* acts, const T* C, const T* y, const T* W, const T* h0,
+                                    const T* c0, const T* dgx, const T* DH, const T* DC, const T* ugx, const T* uW,
+                                    const T* uh0, const T* uc0, T* rgx, T* rw, T* rh0, T* rc0, T* rg) {
+  const std::int64_t B = d.B, H = d.H, G = 4 * H, BH = B * H, BG = B * G;
+  const std::size_t nbh = static_cast<std::size_t>(BH);
+  Scratch<T> at_buf(d.T * BG), ct_buf(d.T * BH), dht_buf(d.T * BH);
+  std::vector<T> dct_buf(nbh, T(0)), zero_buf;
+  T* AT = at_buf.p;
+  T* CT = ct_buf.p;
+  T* DHT = dht_buf.p;
+  T* dct = dct_buf.data();
+  if (!uc0) {
+    zero_buf.assign(nbh, T(0));
+    uc0 = zero_buf.data();
+  }
+  // Steps after the first: their h_prev rows of y (and of h') and their rows of the [T, ...] buffers.
+  const std::int64_t rest = (d.T - 1) * B;
+  const std::int64_t k1 = d.reverse ? 0 : 1;  // first time row of the steps after the first
+  const std::int64_t hp1 = d.reverse ? 1 : 0;  // first time row of their h_prev
+  const std::int64_t t0 = d.t(0);
+
+  // Forward tangent. pre'_t = u_gx[t] + h_prev u_Wᵀ + h'_prev W_hhᵀ; the u_W term for every
+  // step is one GEMM before the sweep.
+  std::memcpy(AT, ugx, static_cast<std::size_t>(d.T * BG) * sizeof(T));
+  if (rest > 0) gemm<T>(false, true, rest, G, H, T(1), y + hp1 * BH, H, uW, H, T(1), AT + k1 * BG, G);
+  if (h0) gemm<T>(false, true, B, G, H, T(1), h0, H, uW, H, T(1), AT + t0 * BG, G);
+  std::optional<detail::PackedB<T>> wt;
+  if (d.T > 1 && detail::packed_gemm_pays(B, G, H)) wt.emplace(true, H, G, W, H);
+  for (std::int64_t k = 0; k < d.T; ++k) {
+    const std::int64_t t = d.t(k), prev = d.prev(k);
+    T* a = AT + t * BG;
+    const T* hpt = k == 0 ? uh0 : rg + prev * BH;
+    if (hpt && wt) {
+      wt->gemm_acc(B, hpt, H, a, G);
+    } else if (hpt) {
+      gemm<T>(false, true, B, G, H, T(1), hpt, H, W, H, T(1), a, G);
+    }
+    const T* cp = k == 0 ? c0 : C + prev * BH;
+    const T* cpt = k == 0 ? uc0 : CT + prev * BH;
+    for (std::int64_t b = 0; b < B; ++b) {
+      lstm_row_tangent<T>(a + b * G, acts + t * BG + b * G, cp + b * H, cpt + b * H, C + t * BH + b * H,
+                          CT + t * BH + b * H, rg + t * BH + b * H, H);
+    }
+  }
+  std::memcpy(rg + d.T * BH, CT + d.t(d.T - 1) * BH, nbh * sizeof(T));
+
+  // Backward tangent, latest first. dh'_t = dpre'_next W_hh + dpre_next u_W (dy' = 0: g is
+  // held fixed); the u_W term for every step is one GEMM before the sweep.
+  std::fill(DHT + d.t(d.T - 1) * BH, DHT + d.t(d.T - 1) * BH + BH, T(0));
+  if (rest > 0) gemm<T>(false, false, rest, H, G, T(1), dgx + k1 * BG, G, uW, H, T(0), DHT + hp1 * BH, H);
+  std::optional<detail::PackedB<T>> wp;
+  if (d.T > 1 && detail::packed_gemm_pays(B, H, G)) wp.emplace(false, G, H, W, H);
+  for (std::int64_t k = d.T - 1; k >= 0; --k) {
+    const std::int64_t t = d.t(k);
+    const T* cp = k == 0 ? c0 : C + d.prev(k) * BH;
+    const T* cpt = k == 0 ? uc0 : CT + d.prev(k) * BH;
+    T* dpt = rgx + t * BG;
+    for (std::int64_t b = 0; b < B; ++b) {
+      lstm_row_backward_tangent<T>(DH + t * BH + b * H, DC + t * BH + b * H, DHT + t * BH + b * H, dct + b * H,
+                                   acts + t * BG + b * G, AT + t * BG + b * G, cp + b * H, cpt + b * H,
+                                   C + t * BH + b * H, CT + t * BH + b * H, dpt + b * G, H);
+    }
+    T* next = k > 0 ? DHT + d.prev(k) * BH : rh0;
+    if (!next) continue;
+    if (k == 0) gemm<T>(false, false, B, H, G, T(1), dgx + t * BG, G, uW, H, T(0), rh0, H);
+    if (wp) {
+      wp->gemm_acc(B, dpt, G, next, H);
+    } else {
+      gemm<T>(false, false, B, H, G, T(1), dpt, G, W, H, T(1), next, H);
+    }
+  }
+  if (rc0) std::memcpy(rc0, dct, nbh * sizeof(T));
+  if (rw) {
+    // dW_hh = Σ dpreᵀ h_prev  ->  dW_hh' = Σ dpre'ᵀ h_prev + dpreᵀ h'_prev
+    std::fill(rw, rw + G * H, T(0));
+    if (rest > 0) {
+      gemm<T>(true, false, G, H, rest, T(1), rgx + k1 * BG, G, y + hp1 * BH, H, T(1), rw, H);
+      gemm<T>(true, false, G, H, rest, T(1), dgx + k1 * BG, G, rg + hp1 * BH, H, T(1), rw, H);
+    }
+    if (h0) gemm<T>(true, false, G, H, B, T(1), rgx + t0 * BG, G, h0, H, T(1), rw, H);
+    if (uh0) gemm<T>(true, false, G, H, B, T(1), dgx + t0 * BG, G, uh0, H, T(1), rw, H);
+  }
 }
 
 // Rows [first, first + shape[0]) of the packed [T+1, B, H] output as a tensor of `shape`
@@ -412,6 +586,221 @@ struct SavedGx {
   }
   Tensor get() const { return projected ? reshape(linear(x.get(), w.get(), b.get()), shape) : gx.get(); }
 };
+
+// Elements [first, first + shape.numel()) of the flat buffer `flat` as a tensor of `shape`
+// on the same storage; its backward adds the gradient into that range of flat's.
+Tensor flat_part(const Tensor& flat, std::int64_t first, const Shape& shape, const char* name) {
+  const TensorImpl& t = *flat.impl();
+  const std::int64_t esz = static_cast<std::int64_t>(dtype_size(t.dtype));
+  Tensor v(std::make_shared<TensorImpl>(shape, t.dtype, t.storage, static_cast<char*>(t.data) + first * esz));
+  if (needs_record({&flat})) {
+    // d flat = g in [first, first + n), zeros elsewhere
+    record(name, v, {&flat}, [first](const Tensor& g, GradSlots& dx) { dx.set_range(0, g, 0, first); });
+  }
+  return v;
+}
+
+// The packed kernels, defined with the rest of the packed layout below.
+template <class T>
+void lstm_packed_backward(const PackedLayout& p, std::int64_t H, bool reverse, const T* g, const T* acts, const T* C,
+                          const T* y, const T* W, const T* h0, const T* c0, T* dgx, T* dw, T* dh0, T* dc0, T* DH,
+                          T* DC);
+template <class T>
+void lstm_packed_backward_tangent(const PackedLayout& p, std::int64_t H, bool reverse, const T* acts, const T* C,
+                                  const T* y, const T* W, const T* h0, const T* c0, const T* dgx, const T* DH,
+                                  const T* DC, const T* ugx, const T* uW, const T* uh0, const T* uc0, T* rgx, T* rw,
+                                  T* rh0, T* rc0, T* rg);
+
+// The first-order gradients of lstm_sequence (lay null) or lstm_sequence_packed as recorded
+// ops (the composite recurrence differentiated with create_graph), packed as the
+// second-order node's output [d gx, d W_hh, d h0, d c0] (d h0, d c0: zeros without h0, c0).
+// in: gx, w_hh, h0, c0, g. want[j]: input j is differentiated by the caller
+// (composite_backward aliased it).
+Tensor lstm_grads_composite(const std::vector<Tensor>& in, const std::array<bool, 5>& want, bool has_h0, bool has_c0,
+                            const PackedLayout* lay, bool reverse) {
+  const std::int64_t H = in[1].shape()[1], BH = (lay ? lay->B : in[0].shape()[1]) * H;
+  std::vector<Tensor> xs(in.begin(), in.begin() + 4);
+  for (std::size_t j = 0; j < 4; ++j) {
+    // An input the caller does not differentiate still has a gradient here (its part of
+    // the output depends on the others): a recorded identity over a fresh leaf, so that
+    // this walk neither reaches the outer graph nor mixes leaves with recorded targets.
+    if (!want[j] && xs[j].defined()) xs[j] = mul(xs[j].detach().requires_grad_(), 1.0);
+  }
+  const Tensor gy = want[4] ? in[4] : in[4].detach();
+  const Tensor out = lay ? detail::lstm_packed_composite(xs[0], xs[1], xs[2], xs[3], *lay, reverse)
+                         : detail::lstm_sequence_composite(xs[0], xs[1], xs[2], xs[3], reverse);
+  std::vector<Tensor> targets{xs[0], xs[1]};
+  if (has_h0) targets.push_back(xs[2]);
+  if (has_c0) targets.push_back(xs[3]);
+  const std::vector<Tensor> gr = grad({out}, targets, {gy}, {.create_graph = true, .allow_unused = true});
+  const Dtype dt = in[0].dtype();
+  auto part = [&](std::size_t q, std::int64_t n) {
+    return q < gr.size() && gr[q].defined() ? flatten(gr[q]) : zeros(Shape{n}, dt);
+  };
+  return concat({part(0, in[0].numel()), part(1, in[1].numel()), has_h0 ? part(2, BH) : zeros(Shape{BH}, dt),
+                 has_c0 ? part(has_h0 ? 3 : 2, BH) : zeros(Shape{BH}, dt)},
+                0);
+}
+
+// The backward of lstm_sequence (lay null) or lstm_sequence_packed under create_graph: the
+// first-order gradients by the fused kernel, recorded as ONE node (inputs gx -- or x, w_ih,
+// b when gx was projected: the node needs no gx values, only the edges, so gx is not
+// recomputed -- then w_hh, h0, c_init, g; output the flat [d gx, d W_hh, d h0, d c0]) whose
+// own backward is the fused second-order kernel. Fills the op's dx with views of that output.
+void lstm_grad_graph(const Tensor& acts, const Tensor& cs, const SavedTensor& so,
+                     const std::shared_ptr<const SavedGx>& sgx, const Tensor& w_hh, const Tensor& h0,
+                     const Tensor& c_init, bool has_c0, const Tensor& g, const std::shared_ptr<const PackedLayout>& lay,
+                     bool reverse, GradSlots& dx) {
+  const std::int64_t G = acts.shape()[acts.ndim() - 1], H = G / 4, B = lay ? lay->B : acts.shape()[1];
+  const std::int64_t n_gx = acts.numel(), n_w = G * H, n_s = B * H;
+  const Dtype dt = acts.dtype();
+  const bool has_h0 = h0.defined();
+  Tensor flat = Tensor::empty(Shape{n_gx + n_w + 2 * n_s}, dt);
+  // Every step's total d h and d c: the second order differentiates the recurrence through them.
+  Tensor dh_all = Tensor::empty(cs.shape(), dt), dc_all = Tensor::empty(cs.shape(), dt);
+  dispatch_float("lstm_sequence backward", dt, [&](auto tag) {
+    using T_ = decltype(tag);
+    T_* f = flat.data<T_>();
+    const Tensor& out = so.get();
+    const T_* ph0 = has_h0 ? h0.data<T_>() : nullptr;
+    T_* dh0 = has_h0 ? f + n_gx + n_w : nullptr;
+    T_* dc0 = has_c0 ? f + n_gx + n_w + n_s : nullptr;
+    if (lay) {
+      lstm_packed_backward<T_>(*lay, H, reverse, g.data<T_>(), acts.data<T_>(), cs.data<T_>(), out.data<T_>(),
+                               w_hh.data<T_>(), ph0, c_init.data<T_>(), f, f + n_gx, dh0, dc0, dh_all.data<T_>(),
+                               dc_all.data<T_>());
+    } else {
+      lstm_sequence_backward<T_>(SeqDims{acts.shape()[0], B, H, reverse}, g.data<T_>(), acts.data<T_>(),
+                                 cs.data<T_>(), out.data<T_>(), w_hh.data<T_>(), ph0, c_init.data<T_>(), f, f + n_gx,
+                                 dh0, dc0, dh_all.data<T_>(), dc_all.data<T_>());
+    }
+    if (!has_h0) std::fill(f + n_gx + n_w, f + n_gx + n_w + n_s, T_(0));
+    if (!has_c0) std::fill(f + n_gx + n_w + n_s, f + n_gx + n_w + 2 * n_s, T_(0));
+    return 0;
+  });
+  // The node's inputs: gx's (gx, or x, w_ih, b), then w_hh, h0, c_init, g from index o.
+  std::vector<Tensor> ins;
+  if (sgx->projected) {
+    ins = {sgx->x.get(), sgx->w.get(), sgx->b.get()};
+  } else {
+    ins = {sgx->gx.get()};
+  }
+  ins.insert(ins.end(), {w_hh, h0, c_init, g});
+  if (needs_record(std::span<const Tensor>(ins))) {
+    // d g = J_F u (the LSTM's forward tangent along u); d (gx, W_hh, h0, c0) = d/dε J_F(θ+εu)ᵀ g;
+    // projected: d x = d gx · W_ih, d W_ih = d gxᵀ · x, d b = Σ_rows d gx
+    record(lay ? "lstm_sequence_packed_backward" : "lstm_sequence_backward", flat, std::span<const Tensor>(ins),
+           [acts, cs, so, dh_all, dc_all, sflat = save_output(flat), sgx, sw = save(w_hh, 1), sh = save(h0, 2),
+            sc = save(c_init, 3), sg = save(g, 4), gshape = g.shape(), has_c0, lay,
+            reverse](const Tensor& u, GradSlots& dx) {
+             const bool has_h0 = sh.defined();
+             const std::size_t o = sgx->projected ? 3 : 1;
+             if (is_grad_enabled()) {
+               // create_graph (third order): the first-order gradients rebuilt from recorded ops.
+               std::vector<Tensor> inputs;
+               if (sgx->projected) {
+                 inputs = {sgx->x.get(), sgx->w.get(), sgx->b.get()};
+               } else {
+                 inputs = {sgx->gx.get()};
+               }
+               inputs.insert(inputs.end(), {sw.get(), sh.get(), sc.get(), sg.get()});
+               bool want_gx = false;
+               for (std::size_t j = 0; j < o; ++j) want_gx |= dx.needs(j);
+               const std::array<bool, 5> want{want_gx, dx.needs(o), dx.needs(o + 1), dx.needs(o + 2), dx.needs(o + 3)};
+               composite_backward(inputs, u, dx,
+                                  [want, has_h0, has_c0, lay, reverse, o, shape = sgx->shape](const std::vector<Tensor>& in) {
+                                    const Tensor gx = o == 3 ? reshape(linear(in[0], in[1], in[2]), shape) : in[0];
+                                    return lstm_grads_composite({gx, in[o], in[o + 1], in[o + 2], in[o + 3]}, want,
+                                                                has_h0, has_c0, lay.get(), reverse);
+                                  });
+               return;
+             }
+             const std::int64_t G = acts.shape()[acts.ndim() - 1], H = G / 4, B = lay ? lay->B : acts.shape()[1];
+             const std::int64_t n_gx = acts.numel(), n_w = G * H, n_s = B * H;
+             const Dtype dt = acts.dtype();
+             const Tensor& w_hh = sw.get();
+             const Tensor& h0 = sh.get();
+             const Tensor& c_init = sc.get();
+             const Tensor& out = so.get();
+             const Tensor& first = sflat.get();
+             Tensor rgx = Tensor::empty(acts.shape(), dt);
+             Tensor rg = Tensor::empty(gshape, dt);
+             Tensor rw = dx.needs(o) ? Tensor::empty(Shape{G, H}, dt) : Tensor();
+             Tensor rh0 = dx.needs(o + 1) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
+             Tensor rc0 = dx.needs(o + 2) ? Tensor::empty(Shape{B, H}, dt) : Tensor();
+             Tensor rx = sgx->projected && dx.needs(0) ? Tensor::empty(dx.shape(0), dt) : Tensor();
+             Tensor rwih = sgx->projected && dx.needs(1) ? Tensor::empty(dx.shape(1), dt) : Tensor();
+             Tensor rb = sgx->projected && dx.needs(2) ? Tensor::empty(dx.shape(2), dt) : Tensor();
+             dispatch_float("lstm_sequence backward backward", dt, [&](auto tag) {
+               using T_ = decltype(tag);
+               auto ptr = [](Tensor& t) { return t.defined() ? t.data<T_>() : nullptr; };
+               const T_* pu = u.data<T_>();
+               const T_* uh0 = has_h0 ? pu + n_gx + n_w : nullptr;
+               const T_* uc0 = has_c0 ? pu + n_gx + n_w + n_s : nullptr;
+               if (lay) {
+                 lstm_packed_backward_tangent<T_>(*lay, H, reverse, acts.data<T_>(), cs.data<T_>(), out.data<T_>(),
+                                                  w_hh.data<T_>(), has_h0 ? h0.data<T_>() : nullptr,
+                                                  c_init.data<T_>(), first.data<T_>(), dh_all.data<T_>(),
+                                                  dc_all.data<T_>(), pu, pu + n_gx, uh0, uc0, rgx.data<T_>(),
+                                                  ptr(rw), ptr(rh0), ptr(rc0), rg.data<T_>());
+               } else {
+                 lstm_sequence_backward_tangent<T_>(
+                     SeqDims{acts.shape()[0], B, H, reverse}, acts.data<T_>(), cs.data<T_>(), out.data<T_>(),
+                     w_hh.data<T_>(), has_h0 ? h0.data<T_>() : nullptr, c_init.data<T_>(), first.data<T_>(),
+                     dh_all.data<T_>(), dc_all.data<T_>(), pu, pu + n_gx, uh0, uc0, rgx.data<T_>(), ptr(rw),
+                     ptr(rh0), ptr(rc0), rg.data<T_>());
+               }
+               if (!sgx->projected) return 0;
+               // d gx [rows, 4H] through gx = x · W_ihᵀ + b: the linear's backward
+               const std::int64_t rows = n_gx / G;
+               const T_* pg = rgx.data<T_>();
+               if (rx.defined()) {
+                 const Tensor& w_ih = sgx->w.get();
+                 const std::int64_t I = w_ih.shape()[1];
+                 gemm<T_>(false, false, rows, I, G, T_(1), pg, G, w_ih.data<T_>(), I, T_(0), rx.data<T_>(), I);
+               }
+               if (rwih.defined()) {
+                 const Tensor& x = sgx->x.get();
+                 const std::int64_t I = x.numel() / rows;
+                 gemm<T_>(true, false, G, I, rows, T_(1), pg, G, x.data<T_>(), I, T_(0), rwih.data<T_>(), I);
+               }
+               if (rb.defined()) {
+                 T_* pb = rb.data<T_>();
+                 std::fill(pb, pb + G, T_(0));
+                 for (std::int64_t r = 0; r < rows; ++r) {
+                   for (std::int64_t j = 0; j < G; ++j) pb[j] += pg[r * G + j];
+                 }
+               }
+               return 0;
+             });
+             if (sgx->projected) {
+               dx[0] = rx;
+               dx[1] = rwih;
+               dx[2] = rb;
+             } else if (dx.needs(0)) {
+               dx[0] = rgx;
+             }
+             dx[o] = rw;
+             dx[o + 1] = rh0;
+             dx[o + 2] = rc0;
+             if (dx.needs(o + 3)) dx[o + 3] = rg;
+           });
+  }
+  if (dx.needs(0)) {
+    dx[0] = flat_part(flat, 0, acts.shape(), lay ? "lstm_sequence_packed_backward_gx" : "lstm_sequence_backward_gx");
+  }
+  if (dx.needs(1)) {
+    dx[1] = flat_part(flat, n_gx, Shape{G, H}, lay ? "lstm_sequence_packed_backward_w" : "lstm_sequence_backward_w");
+  }
+  if (dx.needs(2)) {
+    dx[2] = flat_part(flat, n_gx + n_w, Shape{B, H},
+                      lay ? "lstm_sequence_packed_backward_h0" : "lstm_sequence_backward_h0");
+  }
+  if (dx.needs(3)) {
+    dx[3] = flat_part(flat, n_gx + n_w + n_s, Shape{B, H},
+                      lay ? "lstm_sequence_packed_backward_c0" : "lstm_sequence_backward_c0");
+  }
+}
 }  // namespace
 
 LSTMSequenceOut lstm_sequence(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0, bool reverse) {
@@ -450,10 +839,14 @@ LSTMSequenceOut detail::lstm_sequence(const Tensor& gx, const Tensor& w_hh, cons
            // gx (or how it was made) is kept for create_graph only: the saved gates are activated
            // constants.
            [acts, cs, sg = std::make_shared<const SavedGx>(gx, proj), sw = save(w_hh, 1), sh = save(h0, 2), sc = save(c_init, 3),
-            so = save_output(packed), reverse](const Tensor& g, GradSlots& dx) {
+            so = save_output(packed), has_c0 = c0.defined(), reverse](const Tensor& g, GradSlots& dx) {
+             if (is_grad_enabled() && acts.shape()[1] * acts.shape()[2] > 0) {
+               // create_graph: the fused kernel, recorded as one node with a fused second order.
+               lstm_grad_graph(acts, cs, so, sg, sw.get(), sh.get(), sc.get(), has_c0, g, nullptr, reverse, dx);
+               return;
+             }
              if (is_grad_enabled()) {
-               // create_graph: composite_backward through lstm_sequence_composite, the recurrence
-               // as T steps of linear, sigmoid, tanh, mul and add.
+               // create_graph, no rows or no units: composite_backward through lstm_sequence_composite.
                composite_backward({sg->get(), sw.get(), sh.get(), sc.get()}, g, dx,
                                   [reverse](const std::vector<Tensor>& in) {
                                     return detail::lstm_sequence_composite(in[0], in[1], in[2], in[3], reverse);
@@ -481,7 +874,8 @@ LSTMSequenceOut detail::lstm_sequence(const Tensor& gx, const Tensor& w_hh, cons
                  auto ptr = [](Tensor& t) { return t.defined() ? t.data<T_>() : nullptr; };
                  lstm_sequence_backward<T_>(SeqDims{T, B, H, reverse}, g.data<T_>(), acts.data<T_>(), cs.data<T_>(),
                                             out.data<T_>(), w_hh.data<T_>(), h0.defined() ? h0.data<T_>() : nullptr,
-                                            c_init.data<T_>(), dgx.data<T_>(), ptr(dw), ptr(dh0), ptr(dc0));
+                                            c_init.data<T_>(), dgx.data<T_>(), ptr(dw), ptr(dh0), ptr(dc0), nullptr,
+                                          nullptr);
                  return 0;
                });
              }
@@ -783,10 +1177,12 @@ void lstm_packed_forward(const PackedLayout& p, std::int64_t H, bool reverse, bo
 }
 
 // g [N + 2B, H] (rows: dy, d h_n, d c_n) -> dgx [N, 4H]; dw, dh0, dc0 when not null.
-// h0 may be null (zeros); c0 is never null.
+// h0 may be null (zeros); c0 is never null. DH, DC [N, H] (when not null) keep every
+// packed row's total d h and d c for a second-order backward.
 template <class T>
 void lstm_packed_backward(const PackedLayout& p, std::int64_t H, bool reverse, const T* g, const T* acts, const T* C,
-                          const T* y, const T* W, const T* h0, const T* c0, T* dgx, T* dw, T* dh0, T* dc0) {
+                          const T* y, const T* W, const T* h0, const T* c0, T* dgx, T* dw, T* dh0, T* dc0, T* DH,
+                          T* DC) {
   const std::int64_t B = p.B, G = 4 * H, N = p.rows();
   std::vector<T> dh_buf(g + N * H, g + (N + B) * H), dc_buf(g + (N + B) * H, g + (N + 2 * B) * H);
   T* dh = dh_buf.data();
@@ -815,12 +1211,13 @@ void lstm_packed_backward(const PackedLayout& p, std::int64_t H, bool reverse, c
     const std::int64_t nb = k == 0 ? 0 : std::min(b, p.batch_sizes[static_cast<std::size_t>(tp)]);
     const std::int64_t op = k == 0 ? 0 : p.offsets[static_cast<std::size_t>(tp)];
     for (std::int64_t j = 0; j < b * H; ++j) dh[j] += g[o * H + j];
+    if (DH) std::memcpy(DH + o * H, dh, static_cast<std::size_t>(b * H) * sizeof(T));
     T* dg = dgx + o * G;
     for (std::int64_t r = 0; r < b; ++r) {
       const T* cp = r < nb ? C + (op + r) * H : c0 + r * H;
       // dc in place: the kernel reads a lane's d c before it stores d c_prev there.
       lstm_row_backward<T>(dh + r * H, dc + r * H, acts + (o + r) * G, cp, C + (o + r) * H, dg + r * G, dc + r * H,
-                           H);
+                           H, DC ? DC + (o + r) * H : nullptr);
     }
     if (dc0 && b > nb) std::memcpy(dc0 + nb * H, dc + nb * H, static_cast<std::size_t>((b - nb) * H) * sizeof(T));
     dh_prev(nb, dg, dh);
@@ -836,6 +1233,122 @@ void lstm_packed_backward(const PackedLayout& p, std::int64_t H, bool reverse, c
     }
   }
   if (dw) gemm<T>(true, false, G, H, N, T(1), dgx, G, hprev.data(), H, T(0), dw, H);
+}
+
+// lstm_sequence_backward_tangent over a packed batch: the same formulas per packed row,
+// step t over its b_t rows; h_prev, c_prev (and their tangents) of a row are the previous
+// step's same row, or h0 / c0 (u_h0 / u_c0) where its sequence starts. rg [N + 2B, H]:
+// rows h'_t, then h'_n, c'_n.
+template <class T>
+void lstm_packed_backward_tangent(const PackedLayout& p, std::int64_t H, bool reverse, const T* acts, const T* C,
+                                  const T* y, const T* W, const T* h0, const T* c0, const T* dgx, const T* DH,
+                                  const T* DC, const T* ugx, const T* uW, const T* uh0, const T* uc0, T* rgx, T* rw,
+                                  T* rh0, T* rc0, T* rg) {
+  const std::int64_t B = p.B, G = 4 * H, N = p.rows(), BH = B * H;
+  auto buf = [](std::int64_t n) { return std::vector<T>(static_cast<std::size_t>(n), T(0)); };
+  // AT: pre' then the activations' tangents; CT: c'_t; HP, HPT: h_prev and h'_prev per row.
+  Scratch<T> at_buf(N * G), ct_buf(N * H), hp_buf(N * H), hpt_buf(N * H), q_buf(N * H);
+  // Running state: h', c' forward; d h', d c' backward (d h_n' = d c_n' = 0: g is held fixed).
+  std::vector<T> ht_buf = buf(BH), cst_buf = buf(BH), dht_buf = buf(BH), dct_buf = buf(BH), zero_buf = buf(BH);
+  T* AT = at_buf.p;
+  T* CT = ct_buf.p;
+  T* HP = hp_buf.p;
+  T* HPT = hpt_buf.p;
+  T* Q = q_buf.p;
+  T* ht = ht_buf.data();
+  T* cst = cst_buf.data();
+  T* dht = dht_buf.data();
+  T* dct = dct_buf.data();
+  const std::size_t bh = static_cast<std::size_t>(BH) * sizeof(T);
+  if (uh0) std::memcpy(ht, uh0, bh);
+  if (uc0) std::memcpy(cst, uc0, bh);
+  if (!uc0) uc0 = zero_buf.data();
+  // Step k's rows, and how many of them continue from the step processed before (at op).
+  struct Rows {
+    std::int64_t b, o, nb, op;
+  };
+  auto rows = [&p, reverse](std::int64_t k) {
+    const std::int64_t t = reverse ? p.steps - 1 - k : k, tp = reverse ? t + 1 : t - 1;
+    const std::int64_t b = p.batch_sizes[static_cast<std::size_t>(t)];
+    return Rows{b, p.offsets[static_cast<std::size_t>(t)],
+                k == 0 ? 0 : std::min(b, p.batch_sizes[static_cast<std::size_t>(tp)]),
+                k == 0 ? 0 : p.offsets[static_cast<std::size_t>(tp)]};
+  };
+  for (std::int64_t k = 0; k < p.steps; ++k) {
+    const Rows s = rows(k);
+    std::memcpy(HP + s.o * H, y + s.op * H, static_cast<std::size_t>(s.nb * H) * sizeof(T));
+    if (h0) {
+      std::memcpy(HP + (s.o + s.nb) * H, h0 + s.nb * H, static_cast<std::size_t>((s.b - s.nb) * H) * sizeof(T));
+    } else {
+      std::fill(HP + (s.o + s.nb) * H, HP + (s.o + s.b) * H, T(0));
+    }
+  }
+
+  // Forward tangent: pre' = u_gx + h_prev u_Wᵀ (one GEMM over all rows) + h'_prev W_hhᵀ.
+  std::memcpy(AT, ugx, static_cast<std::size_t>(N * G) * sizeof(T));
+  gemm<T>(false, true, N, G, H, T(1), HP, H, uW, H, T(1), AT, G);
+  std::optional<detail::PackedB<T>> wt;
+  if (p.steps > 1 && detail::packed_gemm_pays(B, G, H)) wt.emplace(true, H, G, W, H);
+  for (std::int64_t k = 0; k < p.steps; ++k) {
+    const Rows s = rows(k);
+    T* a = AT + s.o * G;
+    std::memcpy(HPT + s.o * H, ht, static_cast<std::size_t>(s.b * H) * sizeof(T));
+    if (k > 0 || uh0) {
+      if (wt) {
+        wt->gemm_acc(s.b, ht, H, a, G);
+      } else {
+        gemm<T>(false, true, s.b, G, H, T(1), ht, H, W, H, T(1), a, G);
+      }
+    }
+    for (std::int64_t r = 0; r < s.b; ++r) {
+      const T* cp = r < s.nb ? C + (s.op + r) * H : c0 + r * H;
+      // c' in place: the kernel reads a lane's c'_prev before it stores c'_t there.
+      lstm_row_tangent<T>(a + r * G, acts + (s.o + r) * G, cp, cst + r * H, C + (s.o + r) * H, cst + r * H,
+                          ht + r * H, H);
+    }
+    std::memcpy(CT + s.o * H, cst, static_cast<std::size_t>(s.b * H) * sizeof(T));
+    std::memcpy(rg + s.o * H, ht, static_cast<std::size_t>(s.b * H) * sizeof(T));
+  }
+  std::memcpy(rg + N * H, ht, bh);
+  std::memcpy(rg + (N + B) * H, cst, bh);
+
+  // Backward tangent, latest first: d h' of a row's previous step = dpre' W_hh + dpre u_W
+  // (the dpre u_W terms of all rows: one GEMM).
+  gemm<T>(false, false, N, H, G, T(1), dgx, G, uW, H, T(0), Q, H);
+  std::optional<detail::PackedB<T>> wp;
+  if (p.steps > 1 && detail::packed_gemm_pays(B, H, G)) wp.emplace(false, G, H, W, H);
+  auto dh_prev = [&](std::int64_t m, const T* dpt, const T* q, T* out) {  // out[m, H] = q + dpt[m, 4H] . W_hh
+    if (m == 0) return;
+    std::memcpy(out, q, static_cast<std::size_t>(m * H) * sizeof(T));
+    if (wp) {
+      wp->gemm_acc(m, dpt, G, out, H);
+    } else {
+      gemm<T>(false, false, m, H, G, T(1), dpt, G, W, H, T(1), out, H);
+    }
+  };
+  if (rh0) std::fill(rh0, rh0 + BH, T(0));
+  if (rc0) std::fill(rc0, rc0 + BH, T(0));
+  for (std::int64_t k = p.steps - 1; k >= 0; --k) {
+    const Rows s = rows(k);
+    T* dpt = rgx + s.o * G;
+    for (std::int64_t r = 0; r < s.b; ++r) {
+      const std::int64_t row = s.o + r;
+      const T* cp = r < s.nb ? C + (s.op + r) * H : c0 + r * H;
+      const T* cpt = r < s.nb ? CT + (s.op + r) * H : uc0 + r * H;
+      lstm_row_backward_tangent<T>(DH + row * H, DC + row * H, dht + r * H, dct + r * H, acts + row * G, AT + row * G,
+                                   cp, cpt, C + row * H, CT + row * H, dpt + r * G, H);
+    }
+    if (rc0 && s.b > s.nb) {
+      std::memcpy(rc0 + s.nb * H, dct + s.nb * H, static_cast<std::size_t>((s.b - s.nb) * H) * sizeof(T));
+    }
+    dh_prev(s.nb, dpt, Q + s.o * H, dht);
+    if (rh0) dh_prev(s.b - s.nb, dpt + s.nb * G, Q + (s.o + s.nb) * H, rh0 + s.nb * H);
+  }
+  if (rw) {
+    // dW_hh' = Σ_rows dpre'ᵀ h_prev + dpreᵀ h'_prev
+    gemm<T>(true, false, G, H, N, T(1), rgx, G, HP, H, T(0), rw, H);
+    gemm<T>(true, false, G, H, N, T(1), dgx, G, HPT, H, T(1), rw, H);
+  }
 }
 
 void check_packed_lstm_shapes(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
@@ -940,11 +1453,15 @@ LSTMSequenceOut detail::lstm_sequence_packed(const Tensor& gx, const Tensor& w_h
            // gx (or how it was made) is kept for create_graph only: the saved gates are activated
            // constants.
            [acts, cs, sg = std::make_shared<const SavedGx>(gx, proj), sw = save(w_hh, 1), sh = save(h0, 2), sc = save(c_init, 3),
-            so = save_output(packed), lay = std::make_shared<const PackedLayout>(p), reverse](const Tensor& g,
-                                                                                              GradSlots& dx) {
+            so = save_output(packed), lay = std::make_shared<const PackedLayout>(p), has_c0 = c0.defined(),
+            reverse](const Tensor& g, GradSlots& dx) {
+             if (is_grad_enabled() && lay->B * acts.shape()[1] > 0) {
+               // create_graph: the fused kernel, recorded as one node with a fused second order.
+               lstm_grad_graph(acts, cs, so, sg, sw.get(), sh.get(), sc.get(), has_c0, g, lay, reverse, dx);
+               return;
+             }
              if (is_grad_enabled()) {
-               // create_graph: composite_backward through lstm_packed_composite (per step the b_t
-               // running rows, as the fused kernel).
+               // create_graph, no rows or no units: composite_backward through lstm_packed_composite.
                composite_backward({sg->get(), sw.get(), sh.get(), sc.get()}, g, dx,
                                   [lay, reverse](const std::vector<Tensor>& in) {
                                     return detail::lstm_packed_composite(in[0], in[1], in[2], in[3], *lay, reverse);
@@ -970,7 +1487,8 @@ LSTMSequenceOut detail::lstm_sequence_packed(const Tensor& gx, const Tensor& w_h
                  auto ptr = [](Tensor& t) { return t.defined() ? t.data<T_>() : nullptr; };
                  lstm_packed_backward<T_>(p, H, reverse, g.data<T_>(), acts.data<T_>(), cs.data<T_>(),
                                           out.data<T_>(), w_hh.data<T_>(), h0.defined() ? h0.data<T_>() : nullptr,
-                                          c_init.data<T_>(), dgx.data<T_>(), ptr(dw), ptr(dh0), ptr(dc0));
+                                          c_init.data<T_>(), dgx.data<T_>(), ptr(dw), ptr(dh0), ptr(dc0), nullptr,
+                                          nullptr);
                  return 0;
                });
              }

@@ -47,7 +47,11 @@ LSTMGatesOut lstm_cell_fused(const Tensor& gates, const Tensor& c_prev);
 // step), c_n [B, H]. As with lstm_cell_fused the node's output is one packed tensor,
 // `packed` [T+1, B, H] (rows 0..T-1 = y, row T = c_n); y and c_n are views of it (tiny
 // nodes), h_n = select(y, 0, last). Backward saves the activated gates [T, B, 4H] and the
-// cell states [T, B, H]. Shapes: ShapeError naming the op and every shape; dtypes must all
+// cell states [T, B, H]. Under create_graph, backward runs the same kernel and records it as
+// one node ("lstm_sequence_backward": the four gradients in one buffer, handed out as views)
+// whose own backward is a fused kernel too: two more sweeps over the recurrence (a forward
+// tangent and the backward's tangent), not the recurrence re-recorded op by op.
+// Shapes: ShapeError naming the op and every shape; dtypes must all
 // be f32 or all f64 (DtypeError); T = 0 is a ShapeError; B = 0 or H = 0 give empty results.
 struct LSTMSequenceOut {
   Tensor y;       // [T, B, H]
@@ -123,7 +127,8 @@ Tensor pad_packed(const Tensor& packed, const PackedLayout& p, bool batch_first 
 // The forward direction starts every sequence at t = 0 and stops it after its last step;
 // reverse starts each at its own last step (t = length - 1, from h0 / c0) and ends at t = 0.
 // -> y [N, H] packed, h_n / c_n [B, H] (sorted order): each sequence's state after its last
-// processed step. packed [N + 2B, H] is the node's output (rows: y, h_n, c_n).
+// processed step. packed [N + 2B, H] is the node's output (rows: y, h_n, c_n). Its
+// create_graph backward is lstm_sequence's, per step over the running rows.
 LSTMSequenceOut lstm_sequence_packed(const Tensor& gx, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
                                      const PackedLayout& p, bool reverse = false);
 namespace detail {

@@ -187,6 +187,238 @@ TEST_CASE("gradgradcheck lstm_sequence: both directions, with and without h0 / c
   }
 }
 
+// lstm_sequence's create_graph backward is one "lstm_sequence_backward" node with a fused
+// second order (the forward tangent for d g, forward over reverse for the rest). These hit
+// it directly: odd batch and hidden sizes (H = 5 runs the vector lanes and the scalar
+// tail), T = 1, both directions, with and without h0 / c0.
+TEST_CASE("gradgradcheck lstm_sequence's fused second order: odd B and H, T = 1, both directions, h0 / c0 or not") {
+  struct Case {
+    std::int64_t T, B, H;
+  };
+  for (const Case c : {Case{1, 3, 2}, Case{4, 3, 5}}) {
+    for (bool reverse : {false, true}) {
+      CAPTURE(c.T);
+      CAPTURE(c.H);
+      CAPTURE(reverse);
+      const Tensor gx = rnd({c.T, c.B, 4 * c.H}, -1.5, 1.5, 11), w = rnd({4 * c.H, c.H}, -0.6, 0.6, 12);
+      const Tensor h0 = rnd({c.B, c.H}, -1, 1, 13), c0 = rnd({c.B, c.H}, -1, 1, 14);
+      gg_ok(
+          [reverse](const std::vector<Tensor>& in) {
+            return lstm_sequence(in[0], in[1], in[2], in[3], reverse).packed;
+          },
+          {gx, w, h0, c0});
+      gg_ok([reverse](const std::vector<Tensor>& in) { return lstm_sequence(in[0], in[1], {}, {}, reverse).y; },
+            {gx, w});
+      // Only the final state: y's rows get no gradient, h_n's row one through a select.
+      gg_ok([reverse](const std::vector<Tensor>& in) { return lstm_sequence(in[0], in[1], in[2], in[3], reverse).h_n; },
+            {gx, w, h0, c0});
+    }
+  }
+}
+
+namespace {
+
+// First-order gradients of <gy, packed> in (gx, w, h0, c0) with create_graph, and the
+// gradients of <grads, v> in (gx, w, h0, c0, gy): the fused node or the composite
+// recurrence (c0 undefined: zeros for the composite); lay: lstm_sequence_packed's.
+std::vector<Tensor> lstm_second_order(bool fused, const std::vector<Tensor>& in, const Tensor& gy,
+                                      const std::vector<Tensor>& v, bool reverse, const PackedLayout* lay = nullptr) {
+  const bool state = in[2].defined();
+  const std::int64_t H = in[1].shape()[1];
+  const Tensor c0 = state ? in[3] : zeros({lay ? lay->B : in[0].shape()[1], H}, in[0].dtype());
+  Tensor out;
+  if (lay) {
+    out = fused ? lstm_sequence_packed(in[0], in[1], in[2], in[3], *lay, reverse).packed
+                : detail::lstm_packed_composite(in[0], in[1], in[2], c0, *lay, reverse);
+  } else {
+    out = fused ? lstm_sequence(in[0], in[1], in[2], in[3], reverse).packed
+                : detail::lstm_sequence_composite(in[0], in[1], in[2], c0, reverse);
+  }
+  std::vector<Tensor> wrt{in[0], in[1]};
+  if (state) wrt.insert(wrt.end(), {in[2], in[3]});
+  const std::vector<Tensor> g1 = grad({out}, wrt, {gy}, {.create_graph = true});
+  if (fused) CHECK(g1[0].op_name() == (lay ? "lstm_sequence_packed_backward_gx" : "lstm_sequence_backward_gx"));
+  Tensor s;
+  for (std::size_t j = 0; j < g1.size(); ++j) {
+    const Tensor term = sum(mul(g1[j], v[j]));
+    s = s.defined() ? add(s, term) : term;
+  }
+  wrt.push_back(gy);
+  std::vector<Tensor> r = grad({s}, wrt);
+  for (const Tensor& g : g1) r.push_back(g.detach());
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("lstm_sequence's fused second order equals the composite recurrence's (float64, 1e-12)") {
+  const std::int64_t B = 3, H = 5;
+  for (const std::int64_t T : {1, 4}) {
+    for (bool reverse : {false, true}) {
+      for (bool state : {false, true}) {
+        CAPTURE(T);
+        CAPTURE(reverse);
+        CAPTURE(state);
+        const std::vector<Tensor> in{leaf({T, B, 4 * H}, -1.5, 1.5, 21), leaf({4 * H, H}, -0.6, 0.6, 22),
+                                     state ? leaf({B, H}, -1, 1, 23) : Tensor(),
+                                     state ? leaf({B, H}, -1, 1, 24) : Tensor()};
+        const Tensor gy = leaf({T + 1, B, H}, -1, 1, 25);
+        const std::vector<Tensor> v{rnd({T, B, 4 * H}, -1, 1, 26), rnd({4 * H, H}, -1, 1, 27), rnd({B, H}, -1, 1, 28),
+                                    rnd({B, H}, -1, 1, 29)};
+        const std::vector<Tensor> fused = lstm_second_order(true, in, gy, v, reverse);
+        const std::vector<Tensor> comp = lstm_second_order(false, in, gy, v, reverse);
+        REQUIRE(fused.size() == comp.size());
+        for (std::size_t j = 0; j < fused.size(); ++j) {
+          CAPTURE(j);
+          check_close(fused[j], comp[j], 1e-12, 0);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("lstm_sequence_packed's fused second order equals the composite recurrence's (float64, 1e-12)") {
+  const std::int64_t H = 5;
+  // Lengths 2, 4, 1 (unsorted: the layout sorts them) and one batch of a single step.
+  using Lengths = std::vector<std::int64_t>;
+  for (const Lengths& lengths : {Lengths{2, 4, 1}, Lengths{1, 1}}) {
+    const PackedLayout p = packed_layout(lengths, 4);
+    for (bool reverse : {false, true}) {
+      for (bool state : {false, true}) {
+        CAPTURE(p.B);
+        CAPTURE(reverse);
+        CAPTURE(state);
+        const std::vector<Tensor> in{leaf({p.rows(), 4 * H}, -1.5, 1.5, 51), leaf({4 * H, H}, -0.6, 0.6, 52),
+                                     state ? leaf({p.B, H}, -1, 1, 53) : Tensor(),
+                                     state ? leaf({p.B, H}, -1, 1, 54) : Tensor()};
+        const Tensor gy = leaf({p.rows() + 2 * p.B, H}, -1, 1, 55);
+        const std::vector<Tensor> v{rnd({p.rows(), 4 * H}, -1, 1, 56), rnd({4 * H, H}, -1, 1, 57),
+                                    rnd({p.B, H}, -1, 1, 58), rnd({p.B, H}, -1, 1, 59)};
+        const std::vector<Tensor> fused = lstm_second_order(true, in, gy, v, reverse, &p);
+        const std::vector<Tensor> comp = lstm_second_order(false, in, gy, v, reverse, &p);
+        REQUIRE(fused.size() == comp.size());
+        for (std::size_t j = 0; j < fused.size(); ++j) {
+          CAPTURE(j);
+          check_close(fused[j], comp[j], 1e-12, 0);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("lstm_sequence's fused second order in float32 follows float64 (charlstm-like gates)") {
+  const std::int64_t T = 6, B = 3, H = 9;
+  const std::vector<Tensor> in64{leaf({T, B, 4 * H}, -1.5, 1.5, 31), leaf({4 * H, H}, -0.6, 0.6, 32),
+                                 leaf({B, H}, -1, 1, 33), leaf({B, H}, -1, 1, 34)};
+  const Tensor gy64 = leaf({T + 1, B, H}, -1, 1, 35);
+  const std::vector<Tensor> v64{rnd({T, B, 4 * H}, -1, 1, 36), rnd({4 * H, H}, -1, 1, 37), rnd({B, H}, -1, 1, 38),
+                                rnd({B, H}, -1, 1, 39)};
+  std::vector<Tensor> in32, v32;
+  for (const Tensor& t : in64) in32.push_back(t.detach().to(f32).requires_grad_());
+  for (const Tensor& t : v64) v32.push_back(t.to(f32));
+  const Tensor gy32 = gy64.detach().to(f32).requires_grad_();
+  for (bool reverse : {false, true}) {
+    CAPTURE(reverse);
+    const std::vector<Tensor> r64 = lstm_second_order(true, in64, gy64, v64, reverse);
+    const std::vector<Tensor> r32 = lstm_second_order(true, in32, gy32, v32, reverse);
+    for (std::size_t j = 0; j < r64.size(); ++j) {
+      CAPTURE(j);
+      REQUIRE(r32[j].dtype() == f32);
+      check_close(r32[j].to(f64), r64[j], 1e-4, 1e-4);
+    }
+  }
+}
+
+// Third order: the fused second-order node's own create_graph backward takes the recorded
+// path (the first-order gradients rebuilt from the composite recurrence).
+TEST_CASE("gradgradcheck of lstm_sequence's create_graph gradient (third order), with and without h0 / c0") {
+  const std::int64_t T = 2, B = 1, H = 1;
+  const Tensor gx = rnd({T, B, 4 * H}, -1.5, 1.5, 41), w = rnd({4 * H, H}, -0.6, 0.6, 42);
+  const Tensor h0 = rnd({B, H}, -1, 1, 43), c0 = rnd({B, H}, -1, 1, 44), gy = rnd({T + 1, B, H}, -1, 1, 45);
+  for (bool reverse : {false, true}) {
+    CAPTURE(reverse);
+    gg_ok(
+        [reverse](const std::vector<Tensor>& in) {
+          const Tensor out = lstm_sequence(in[0], in[1], in[2], in[3], reverse).packed;
+          return flat_all(grad({out}, {in[0], in[1], in[2], in[3]}, {in[4]}, {.create_graph = true}));
+        },
+        {gx, w, h0, c0, gy});
+    gg_ok(
+        [reverse](const std::vector<Tensor>& in) {
+          const Tensor out = lstm_sequence(in[0], in[1], {}, {}, reverse).packed;
+          return flat_all(grad({out}, {in[0], in[1]}, {in[2]}, {.create_graph = true}));
+        },
+        {gx, w, gy});
+  }
+}
+
+TEST_CASE("gradgradcheck of lstm_sequence_packed's create_graph gradient (third order), lengths 2, 1") {
+  const std::int64_t H = 1;
+  const PackedLayout p = packed_layout({2, 1}, 2);
+  const Tensor gx = rnd({p.rows(), 4 * H}, -1.5, 1.5, 61), w = rnd({4 * H, H}, -0.6, 0.6, 62);
+  const Tensor h0 = rnd({p.B, H}, -1, 1, 63), c0 = rnd({p.B, H}, -1, 1, 64);
+  const Tensor gy = rnd({p.rows() + 2 * p.B, H}, -1, 1, 65);
+  for (bool reverse : {false, true}) {
+    CAPTURE(reverse);
+    gg_ok(
+        [&p, reverse](const std::vector<Tensor>& in) {
+          const Tensor out = lstm_sequence_packed(in[0], in[1], in[2], in[3], p, reverse).packed;
+          return flat_all(grad({out}, {in[0], in[1], in[2], in[3]}, {in[4]}, {.create_graph = true}));
+        },
+        {gx, w, h0, c0, gy});
+  }
+}
+
+namespace {
+
+// lstm_sequence over gx = x · W_ihᵀ + b, told how gx was made (as nn::LSTM does) or not.
+// in: x, w_ih, b, w_hh, h0, c0.
+Tensor projected_lstm(const std::vector<Tensor>& in, bool tell, bool reverse) {
+  const std::int64_t T = in[0].shape()[0], B = in[0].shape()[1], G = in[1].shape()[0];
+  const Tensor gx = reshape(linear(in[0], in[1], in[2]), {T, B, G});
+  const detail::GxProjection proj{in[0], in[1], in[2]};
+  return detail::lstm_sequence(gx, in[3], in[4], in[5], reverse, tell ? &proj : nullptr).packed;
+}
+
+}  // namespace
+
+TEST_CASE("lstm_sequence with gx's projection (nn::LSTM's form): second and third order through x, W_ih and b") {
+  const std::int64_t T = 3, B = 2, I = 3, H = 2;
+  const Tensor x = rnd({T, B, I}, -1, 1, 71), w_ih = rnd({4 * H, I}, -0.6, 0.6, 72), b = rnd({4 * H}, -0.5, 0.5, 73);
+  const Tensor w_hh = rnd({4 * H, H}, -0.6, 0.6, 74), h0 = rnd({B, H}, -1, 1, 75), c0 = rnd({B, H}, -1, 1, 76);
+  const Tensor gy = rnd({T + 1, B, H}, -1, 1, 77);
+  for (bool reverse : {false, true}) {
+    CAPTURE(reverse);
+    gg_ok([reverse](const std::vector<Tensor>& in) { return projected_lstm(in, true, reverse); },
+          {x, w_ih, b, w_hh, h0, c0});
+    gg_ok(
+        [reverse](const std::vector<Tensor>& in) {
+          const std::vector<Tensor> ins(in.begin(), in.begin() + 6);
+          return flat_all(grad({projected_lstm(ins, true, reverse)}, ins, {in[6]}, {.create_graph = true}));
+        },
+        {x, w_ih, b, w_hh, h0, c0, gy});
+    // The node fed by x, W_ih and b directly gives what it gives fed by gx.
+    std::vector<std::vector<Tensor>> results;
+    for (bool tell : {true, false}) {
+      std::vector<Tensor> in;
+      for (const Tensor& t : {x, w_ih, b, w_hh, h0, c0}) in.push_back(t.detach().requires_grad_());
+      const Tensor gyl = gy.detach().requires_grad_();
+      const std::vector<Tensor> g1 = grad({projected_lstm(in, tell, reverse)}, in, {gyl}, {.create_graph = true});
+      Tensor s;
+      for (std::size_t j = 0; j < g1.size(); ++j) {
+        const Tensor term = sum(mul(g1[j], rnd(g1[j].shape(), -1, 1, 80 + j)));
+        s = s.defined() ? add(s, term) : term;
+      }
+      in.push_back(gyl);
+      results.push_back(grad({s}, in));
+    }
+    for (std::size_t j = 0; j < results[0].size(); ++j) {
+      CAPTURE(j);
+      check_close(results[0][j], results[1][j], 1e-12, 1e-12);
+    }
+  }
+}
+
 TEST_CASE("gradgradcheck lstm_sequence_packed: lengths 2, 3, 1, both directions, with and without h0 / c0") {
   const std::int64_t H = 2;
   const PackedLayout p = packed_layout({2, 3, 1}, 3);
