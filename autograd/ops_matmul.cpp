@@ -147,7 +147,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
           }
           dx[0] = da;
         }
-        if (dx.needs(1)) {
+        if (dx.needs(1) && nb == 1 && dx.shape(1).size() == 2) {
+          // db[K,N] = aᵀ[K,M] . g[M,N], stacked with the other steps' when b is a leaf
+          dx.set_product(1, detail::alias(a.get(), Shape{M, K}), detail::alias(g, Shape{M, N}));
+        } else if (dx.needs(1)) {
           Tensor db = Tensor::empty(dx.shape(1), g.dtype());
           // db[K,N] = aᵀ[K,M] . g[M,N]
           batched<T>(true, false, nb, K, N, M, a.get().data<T>(), K, M * K, g.data<T>(), N, M * N, db.data<T>());
@@ -227,10 +230,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
           dx[0] = d;
         }
         if (dx.needs(1)) {
-          Tensor d = Tensor::empty(dx.shape(1), g.dtype());
-          // dW[out,in] = gᵀ[out,n] . x[n,in]
-          gemm<T>(true, false, out, in, n, T(1), gp, out, x.get().data<T>(), in, T(0), d.data<T>(), in);
-          dx[1] = d;
+          // dW[out,in] = gᵀ[out,n] . x[n,in], stacked with the other steps' when W is a leaf
+          dx.set_product(1, detail::alias(g, Shape{n, out}), detail::alias(x.get(), Shape{n, in}));
         }
         if (dx.needs(2)) {
           Tensor d = zeros(Shape{out}, g.dtype());

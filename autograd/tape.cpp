@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "detail/grad_products.hpp"
 #include "detail/tape_internal.hpp"
 #include "detail/tensor_impl.hpp"
 
@@ -124,6 +125,8 @@ thread_local std::deque<Tensor> t_attached;
 // The running backward function read a saved value with history (under create_graph).
 thread_local bool t_read_history = false;
 thread_local bool t_anomaly = false;
+// The weight-gradient products (GradSlots::set_product) of the running plain walk.
+thread_local detail::ProductStacks t_products;
 thread_local bool t_tape_alive = false;
 thread_local std::uint32_t t_tape_id = 0;  // this thread's tape, 0 before it exists
 
@@ -1094,6 +1097,9 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
   std::vector<const Shape*> shapes;
   std::vector<Shape> shape_copies;  // create_graph: node shapes may move while fn runs
   std::vector<GradRange> ranges;
+  // A plain walk stacks the products bound for each leaf and multiplies them out at its
+  // end (or when a stack is large): leaves are read by nobody before the walk returns.
+  const bool stack_products = !create_graph && !capture && !nested && !t_anomaly;
   std::uint32_t i = L + 1;
   try {
     for (std::size_t q = 0; q < roots.size(); ++q) {
@@ -1201,6 +1207,24 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
           const Shape& want = *shapes[j];
           const Dtype want_dt = en != kNoNode ? t.nodes[en].out_dtype : leaf->dtype;
           const GradRange& r = ranges[j];
+          if (r.rhs.defined()) {
+            const Tensor& lhs = slots[j];
+            const bool fits = lhs.ndim() == 2 && r.rhs.ndim() == 2 && want.size() == 2 &&
+                              lhs.shape()[1] == want[0] && r.rhs.shape()[1] == want[1] && lhs.dtype() == want_dt;
+            if (!fits) {
+              throw StateError(fmt::format(
+                  "backward of '{}' (tape node #{}): the gradient for input {} is the product lhsᵀ · rhs of {} {} "
+                  "and {} but the input is {} {}",
+                  t.nodes[i].name, i, j, dtype_name(lhs.dtype()), lhs.shape().str(), r.rhs.shape().str(),
+                  dtype_name(want_dt), want.str()));
+            }
+            if (stack_products && en == kNoNode && leaf != nullptr) {
+              Tensor full = t_products.add(t.nodes[i].inputs[j].leaf, lhs, r.rhs);
+              if (full.defined()) accumulate_leaf(*leaf, std::move(full));
+              continue;
+            }
+            slots[j] = detail::product_now(lhs, r.rhs);
+          }
           if (r.dim >= 0) {
             check_range_grad(t.nodes[i].name, i, j, slots[j], want, want_dt, r);
           } else if (slots[j].shape() != want || slots[j].dtype() != want_dt) {
@@ -1274,6 +1298,9 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
         }
       }
     }
+    if (stack_products) {
+      for (auto& [leaf, g] : t_products.take_all()) accumulate_leaf(*leaf, std::move(g));
+    }
     // The leaves' (and xg::grad's leaf targets') ranged pieces, while still recording.
     for (auto& [leaf, ps] : leaf_pieces) accumulate_leaf(*leaf, ranged_sum(ps, leaf->shape), true);
     for (std::size_t q = 0; q < nt; ++q) {
@@ -1282,6 +1309,7 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
       }
     }
   } catch (...) {
+    if (stack_products) t_products.clear();
     for (std::uint32_t j = lo; j <= i && j <= L && j < t.nodes.size(); ++j) {
       t.nodes[j].mark = false;
       t.nodes[j].grad = Tensor();
@@ -1361,7 +1389,7 @@ void GradSlots::set_range(std::size_t i, Tensor g, int d, std::int64_t start) {
     return;
   }
   s_[i] = std::move(g);
-  ranges_[i] = GradRange{d, start, Tensor()};
+  ranges_[i] = GradRange{d, start, Tensor(), Tensor()};
 }
 
 void GradSlots::set_index_add(std::size_t i, Tensor g, int d, Tensor index) {
@@ -1370,7 +1398,16 @@ void GradSlots::set_index_add(std::size_t i, Tensor g, int d, Tensor index) {
     return;
   }
   s_[i] = std::move(g);
-  ranges_[i] = GradRange{d, 0, std::move(index)};
+  ranges_[i] = GradRange{d, 0, std::move(index), Tensor()};
+}
+
+void GradSlots::set_product(std::size_t i, Tensor lhs, Tensor rhs) {
+  if (ranges_ == nullptr || is_grad_enabled()) {  // a caller that cannot take one, or create_graph
+    s_[i] = detail::product_now(lhs, rhs);
+    return;
+  }
+  s_[i] = std::move(lhs);
+  ranges_[i] = GradRange{-1, 0, Tensor(), std::move(rhs)};
 }
 
 }  // namespace xg

@@ -1,0 +1,46 @@
+#pragma once
+// Private: the weight gradients of products, stacked per leaf during one plain backward
+// walk and summed by one GEMM (GradSlots::set_product).
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "../tensor.hpp"
+
+namespace xg::detail {
+
+// lhsᵀ · rhs for 2-D lhs [K, M], rhs [K, N] of one dtype: a new [M, N] tensor, unrecorded.
+Tensor product_now(const Tensor& lhs, const Tensor& rhs);
+
+// Why: a loop over T steps of x_t · W hands the engine T products x_tᵀ g_t for W's
+// gradient. Each is a thin GEMM (K = the batch size), and each result is then added into
+// W.grad: T passes over a weight-sized tensor. Stacking the rows of every x_t and g_t and
+// multiplying once, Σ_t x_tᵀ g_t = Xᵀ G, is one GEMM with K = T * B, the product a fused
+// recurrent module computes. A stack is multiplied out early when it passes kFlushBytes,
+// so memory stays bounded whatever T is.
+class ProductStacks {
+ public:
+  static constexpr std::int64_t kFlushBytes = std::int64_t{4} << 20;
+  // Appends lhs's rows and rhs's rows to leaf's stack. Returns the leaf's summed product
+  // (and empties its stack) when the stack is over kFlushBytes; else an undefined tensor.
+  Tensor add(const std::shared_ptr<TensorImpl>& leaf, const Tensor& lhs, const Tensor& rhs);
+  // Every stack's summed product, by leaf, in the order the leaves were first reached;
+  // the stacks are emptied.
+  std::vector<std::pair<std::shared_ptr<TensorImpl>, Tensor>> take_all();
+  // Drops every stack (a walk that threw).
+  void clear() { stacks_.clear(); }
+  bool empty() const { return stacks_.empty(); }
+
+ private:
+  struct Stack {
+    std::shared_ptr<TensorImpl> leaf;
+    Tensor lhs, rhs;  // [capacity, M], [capacity, N]
+    std::int64_t rows = 0;
+    bool flushed = false;  // multiplied out early at least once
+  };
+  static Tensor multiply(Stack& s);
+  std::vector<Stack> stacks_;
+};
+
+}  // namespace xg::detail
