@@ -1,5 +1,8 @@
 // Binary elementwise arithmetic with numpy broadcasting, and the two ops every
 // broadcast backward uses: sum_to and broadcast_to.
+#include <algorithm>
+#include <cstring>
+
 #include <fmt/format.h>
 
 #include <xtensor/xbroadcast.hpp>
@@ -242,13 +245,34 @@ Tensor broadcast_to(const Tensor& x, const Shape& shape) {
   }
   if (x.shape() == shape) return x;
   Tensor y = Tensor::empty(shape, x.dtype());
-  detail::dispatch_mask(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    auto xx = detail::nd<T>(x);
-    auto o = detail::nd<T>(y);
-    xt::noalias(o) = xt::broadcast(xx, o.shape());
-    return 0;
-  });
+  // x's values repeated whole (a scalar, or x's shape a suffix of the target after leading
+  // 1s: mean's and a bias's backward) are copies of one block, not an xtensor broadcast.
+  const Shape& xs = x.shape();
+  int lead = 0;
+  while (lead < xs.size() && xs[lead] == 1) ++lead;
+  bool suffix = xs.size() - lead <= shape.size();
+  for (int i = lead; suffix && i < xs.size(); ++i) suffix = xs[i] == shape[shape.size() - xs.size() + i];
+  if (suffix && x.numel() > 0) {
+    const std::size_t es = dtype_size(x.dtype());
+    const std::int64_t block = x.numel(), reps = y.numel() / block;
+    const auto* src = static_cast<const unsigned char*>(x.data_ptr());
+    auto* dst = static_cast<unsigned char*>(y.data_ptr());
+    if (block == 1 && es == 4) {
+      std::fill_n(reinterpret_cast<float*>(dst), reps, *reinterpret_cast<const float*>(src));
+    } else if (block == 1 && es == 8 && x.dtype() == Dtype::f64) {
+      std::fill_n(reinterpret_cast<double*>(dst), reps, *reinterpret_cast<const double*>(src));
+    } else {
+      for (std::int64_t r = 0; r < reps; ++r) std::memcpy(dst + r * block * es, src, block * es);
+    }
+  } else {
+    detail::dispatch_mask(x.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      auto xx = detail::nd<T>(x);
+      auto o = detail::nd<T>(y);
+      xt::noalias(o) = xt::broadcast(xx, o.shape());
+      return 0;
+    });
+  }
   if (needs_record({&x})) {
     // d broadcast_to(x) = g summed back to x's shape
     record("broadcast_to", y, {&x}, [xs = x.shape()](const Tensor& g, GradSlots& dx) { dx[0] = sum_to(g, xs); });

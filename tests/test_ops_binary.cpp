@@ -295,6 +295,34 @@ TEST_CASE("broadcast_to: values against a hand loop, and the identity when shape
   CHECK(broadcast_to(x, Shape{3, 0}).numel() == 0);
 }
 
+TEST_CASE("broadcast_to: whole-block repeats (scalars, suffix shapes) of every dtype match the general path") {
+  // A scalar, a row, a row behind leading 1s, and a [2, 3] block under two more dims.
+  const std::vector<std::pair<Shape, Shape>> cases{
+      {Shape{}, Shape{3, 5}}, {Shape{4}, Shape{3, 4}}, {Shape{1, 1, 4}, Shape{2, 3, 4}},
+      {Shape{2, 3}, Shape{2, 2, 3}}, {Shape{1}, Shape{7}}, {Shape{2, 3}, Shape{4, 1, 2, 3}}};
+  for (const auto& [xs, ys] : cases) {
+    CAPTURE(xs.str());
+    CAPTURE(ys.str());
+    const std::int64_t n = xs.numel(), m = ys.numel();
+    std::vector<double> v(static_cast<std::size_t>(n));
+    for (std::int64_t k = 0; k < n; ++k) v[k] = 0.5 + k;
+    const Tensor x = from_vector(v, xs);
+    const Tensor y = broadcast_to(x, ys);
+    REQUIRE(y.shape() == ys);
+    // Row-major: element k of the result is x's element k mod numel(x).
+    std::vector<double> want(static_cast<std::size_t>(m));
+    for (std::int64_t k = 0; k < m; ++k) want[k] = v[k % n];
+    check_values(y, want);
+    check_values(broadcast_to(x.to(f32), ys), want);
+    const std::vector<std::int64_t> ints = broadcast_to(x.to(Dtype::i64), ys).to_vector<std::int64_t>();
+    const std::vector<bool> bools = broadcast_to(gt(x, 1.0), ys).to_vector<bool>();
+    for (std::int64_t k = 0; k < m; ++k) {
+      CHECK(ints[k] == static_cast<std::int64_t>(want[k]));
+      CHECK(bools[k] == (want[k] > 1.0));
+    }
+  }
+}
+
 TEST_CASE("binary ops: empty tensors broadcast and backpropagate without crashing") {
   Tensor a = zeros(Shape{0, 3}, f64).requires_grad_();
   Tensor b = from_vector(std::vector<double>{1.0, 2.0, 3.0}).requires_grad_();
