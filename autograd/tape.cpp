@@ -1097,9 +1097,10 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
   std::vector<const Shape*> shapes;
   std::vector<Shape> shape_copies;  // create_graph: node shapes may move while fn runs
   std::vector<GradRange> ranges;
-  // A plain walk stacks the products bound for each leaf and multiplies them out at its
-  // end (or when a stack is large): leaves are read by nobody before the walk returns.
-  const bool stack_products = !create_graph && !capture && !nested && !t_anomaly;
+  // A walk without create_graph stacks the products bound for each leaf (or leaf target of
+  // xg::grad) and multiplies them out at its end (or when a stack is large): those
+  // gradients are read by nobody before the walk returns.
+  const bool stack_products = !create_graph && !nested && !t_anomaly;
   std::uint32_t i = L + 1;
   try {
     for (std::size_t q = 0; q < roots.size(); ++q) {
@@ -1218,9 +1219,15 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
                   t.nodes[i].name, i, j, dtype_name(lhs.dtype()), lhs.shape().str(), r.rhs.shape().str(),
                   dtype_name(want_dt), want.str()));
             }
-            if (stack_products && en == kNoNode && leaf != nullptr) {
+            if (stack_products && en == kNoNode && leaf != nullptr && (!capture || leaf_target(leaf) < nt)) {
               Tensor full = t_products.add(t.nodes[i].inputs[j].leaf, lhs, r.rhs);
-              if (full.defined()) accumulate_leaf(*leaf, std::move(full));
+              if (!full.defined()) continue;
+              if (capture) {
+                const std::size_t q = leaf_target(leaf);
+                add_value(out[q], owned[q], std::move(full));
+              } else {
+                accumulate_leaf(*leaf, std::move(full));
+              }
               continue;
             }
             slots[j] = detail::product_now(lhs, r.rhs);
@@ -1299,7 +1306,14 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
       }
     }
     if (stack_products) {
-      for (auto& [leaf, g] : t_products.take_all()) accumulate_leaf(*leaf, std::move(g));
+      for (auto& [leaf, g] : t_products.take_all()) {
+        if (capture) {
+          const std::size_t q = leaf_target(leaf.get());
+          add_value(out[q], owned[q], std::move(g));
+        } else {
+          accumulate_leaf(*leaf, std::move(g));
+        }
+      }
     }
     // The leaves' (and xg::grad's leaf targets') ranged pieces, while still recording.
     for (auto& [leaf, ps] : leaf_pieces) accumulate_leaf(*leaf, ranged_sum(ps, leaf->shape), true);

@@ -95,10 +95,11 @@ class GradSlots {
   // (index_select's backward), added by the engine into the accumulated gradient.
   void set_index_add(std::size_t i, Tensor g, int d, Tensor index);
   // The gradient of input i is lhsᵀ · rhs (lhs [K, M], rhs [K, N], contiguous: [M, N]), the
-  // weight gradient of a product. When input i is a leaf, a plain backward stacks the rows
-  // of every such product it reaches for that leaf and computes their sum as one GEMM over
-  // all of them: a T-step loop's x_tᵀ g_t become one product with K = T * B, as efficient
-  // as a fused recurrent module's, instead of T thin GEMMs and T full-size additions.
+  // weight gradient of a product. When input i is a leaf, a backward (or xg::grad) without
+  // create_graph stacks the rows of every such product it reaches for that leaf and
+  // computes their sum as one GEMM over all of them: a T-step loop's x_tᵀ g_t become one
+  // product with K = T * B, as efficient as a fused recurrent module's, instead of T thin
+  // GEMMs and T full-size additions.
   void set_product(std::size_t i, Tensor lhs, Tensor rhs);
   const GradRange* range(std::size_t i) const { return ranges_ != nullptr ? &ranges_[i] : nullptr; }
 

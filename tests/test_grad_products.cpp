@@ -152,3 +152,28 @@ TEST_CASE("weight products: a T = 64 loop's backward asks for O(T) rows, not T w
   CHECK(s.requested_bytes < T * w_bytes / 4);
   CHECK(w.grad().shape() == Shape{H, H});
 }
+
+TEST_CASE("weight products: a leaf reached by products and by other ops sums both, in backward and xg::grad") {
+  manual_seed(16);
+  constexpr std::int64_t T = 5, B = 3, I = 4, N = 2;
+  const Loop l = make_loop(T, B, I, N);
+  Tensor w = randn({I, N}, Dtype::f64).requires_grad_();
+  Tensor v = randn({N, I}, Dtype::f64).requires_grad_();
+  // + sum(w ⊙ w) + sum(v ⊙ v): 2w and 2v on top of the products' sums.
+  auto loss = [&] { return add(loop_loss(l, w, v), add(sum(mul(w, w)), sum(mul(v, v)))); };
+  const std::vector<Tensor> g = xg::grad({loss()}, {v, w});
+  loss().backward();
+  const std::vector<double> prod = hand_grad(l, I, N);
+  const std::vector<double> wv = w.to_vector<double>(), vv = v.to_vector<double>();
+  const std::vector<double> gw = w.grad().to_vector<double>(), gv = v.grad().to_vector<double>();
+  const std::vector<double> xw = g[1].to_vector<double>(), xv = g[0].to_vector<double>();
+  for (std::int64_t i = 0; i < I; ++i) {
+    for (std::int64_t n = 0; n < N; ++n) {
+      const double ew = prod[i * N + n] + 2 * wv[i * N + n], ev = prod[i * N + n] + 2 * vv[n * I + i];
+      CHECK(gw[i * N + n] == doctest::Approx(ew).epsilon(1e-12));
+      CHECK(xw[i * N + n] == doctest::Approx(ew).epsilon(1e-12));
+      CHECK(gv[n * I + i] == doctest::Approx(ev).epsilon(1e-12));
+      CHECK(xv[n * I + i] == doctest::Approx(ev).epsilon(1e-12));
+    }
+  }
+}
