@@ -33,12 +33,14 @@ void product_into(const Tensor& a, const Tensor& b, std::int64_t rows, Tensor& c
   });
 }
 
-// Copies t's rows to row `at` of the stack s, growing it (doubling) when full.
-void append_rows(Tensor& s, std::int64_t at, const Tensor& t) {
+// Copies t's rows to row `at` of the stack s, growing it (doubling, up to `limit` rows)
+// when full. The caller keeps at + rows(t) <= limit.
+void append_rows(Tensor& s, std::int64_t at, const Tensor& t, std::int64_t limit) {
   const std::int64_t n = t.shape()[0], w = t.shape()[1];
   const std::size_t esize = dtype_size(t.dtype());
   if (!s.defined() || at + n > s.shape()[0]) {
-    const std::int64_t cap = std::max<std::int64_t>(at + n, s.defined() ? 2 * s.shape()[0] : 4 * n);
+    const std::int64_t grown = s.defined() ? 2 * s.shape()[0] : 4 * n;
+    const std::int64_t cap = std::max(at + n, std::min(grown, limit));
     Tensor bigger = Tensor::empty(Shape{cap, w}, t.dtype());
     if (at > 0) std::memcpy(bigger.data_ptr(), s.data_ptr(), static_cast<std::size_t>(at * w) * esize);
     s = std::move(bigger);
@@ -65,20 +67,27 @@ Tensor ProductStacks::multiply(Stack& s) {
 
 Tensor ProductStacks::add(const std::shared_ptr<TensorImpl>& leaf, const Tensor& lhs, const Tensor& rhs) {
   check_pair(lhs, rhs);
+  const std::int64_t n = lhs.shape()[0];
+  const std::int64_t row_bytes = (lhs.shape()[1] + rhs.shape()[1]) * static_cast<std::int64_t>(dtype_size(lhs.dtype()));
+  const std::int64_t limit = std::max<std::int64_t>(1, kFlushBytes / std::max<std::int64_t>(1, row_bytes));
   auto it = std::find_if(stacks_.begin(), stacks_.end(), [&](const Stack& s) { return s.leaf == leaf; });
+  // A product already as tall as half a stack gains nothing from stacking (its K is large)
+  // and copying it would only add its size to the peak: it is multiplied at once.
+  if (2 * n > limit) return product_now(lhs, rhs);
   if (it == stacks_.end()) {
     stacks_.push_back(Stack{leaf, Tensor(), Tensor(), 0, false});
     it = stacks_.end() - 1;
   }
   Stack& s = *it;
-  append_rows(s.lhs, s.rows, lhs);
-  append_rows(s.rhs, s.rows, rhs);
-  s.rows += lhs.shape()[0];
-  const std::int64_t bytes =
-      s.rows * (lhs.shape()[1] + rhs.shape()[1]) * static_cast<std::int64_t>(dtype_size(lhs.dtype()));
-  if (bytes <= kFlushBytes) return Tensor();
-  s.flushed = true;
-  return multiply(s);
+  Tensor full;
+  if (s.rows + n > limit) {  // full: multiplied out before these rows go in
+    s.flushed = true;
+    full = multiply(s);
+  }
+  append_rows(s.lhs, s.rows, lhs, limit);
+  append_rows(s.rhs, s.rows, rhs, limit);
+  s.rows += n;
+  return full;
 }
 
 std::vector<std::pair<std::shared_ptr<TensorImpl>, Tensor>> ProductStacks::take_all() {

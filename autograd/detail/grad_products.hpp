@@ -22,8 +22,11 @@ Tensor product_now(const Tensor& lhs, const Tensor& rhs);
 class ProductStacks {
  public:
   static constexpr std::int64_t kFlushBytes = std::int64_t{4} << 20;
-  // Appends lhs's rows and rhs's rows to leaf's stack. Returns the leaf's summed product
-  // (and empties its stack) when the stack is over kFlushBytes; else an undefined tensor.
+  // Appends lhs's rows and rhs's rows to leaf's stack. Returns a product for the caller to
+  // add into the leaf's gradient: the stack's sum when these rows would pass kFlushBytes
+  // (multiplied out first, the stack emptied), or lhsᵀ · rhs itself when it is taller than
+  // half a stack (stacking gains nothing there, and its copy would add to the peak); else
+  // an undefined tensor.
   Tensor add(const std::shared_ptr<TensorImpl>& leaf, const Tensor& lhs, const Tensor& rhs);
   // Every stack's summed product, by leaf, in the order the leaves were first reached;
   // the stacks are emptied.
