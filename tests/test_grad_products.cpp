@@ -1,7 +1,9 @@
 // Weight gradients of products stacked per leaf and summed by one GEMM
 // (GradSlots::set_product): values against hand sums, the early flush past 4 MiB, what a
 // walk that throws leaves behind, and the bytes a T-step loop's backward asks for.
+#include <array>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include <xgrad/xgrad.hpp>
@@ -23,6 +25,11 @@ Loop make_loop(std::int64_t T, std::int64_t B, std::int64_t I, std::int64_t N) {
     l.cs.push_back(randn({B, N}, Dtype::f64));
   }
   return l;
+}
+
+// Leaf weights W [I, N] and V [N, I].
+std::pair<Tensor, Tensor> make_weights(std::int64_t I, std::int64_t N) {
+  return {randn({I, N}, Dtype::f64).requires_grad_(), randn({N, I}, Dtype::f64).requires_grad_()};
 }
 
 // L = Σ_t sum(c_t ⊙ (x_t · W)) + Σ_t sum(c_t ⊙ linear(x_t, V)) for W [I, N], V [N, I].
@@ -73,8 +80,7 @@ TEST_CASE("weight products: a loop's stacked weight gradients equal the hand sum
   for (auto [T, B, I, N] : std::vector<std::array<std::int64_t, 4>>{{1, 1, 1, 1}, {7, 3, 4, 5}, {16, 2, 9, 3}}) {
     CAPTURE(T);
     const Loop l = make_loop(T, B, I, N);
-    Tensor w = randn({I, N}, Dtype::f64).requires_grad_();
-    Tensor v = randn({N, I}, Dtype::f64).requires_grad_();
+    auto [w, v] = make_weights(I, N);
     loop_loss(l, w, v).backward();
     check_grads(w, v, hand_grad(l, I, N), I, N);
     // A second backward adds onto the gradients already there.
@@ -88,8 +94,20 @@ TEST_CASE("weight products: stacks past 4 MiB are multiplied out early and the s
   // 160 KiB of rows per step and leaf: 60 steps flush each stack twice.
   constexpr std::int64_t T = 60, B = 64, I = 64, N = 256;
   const Loop l = make_loop(T, B, I, N);
-  Tensor w = randn({I, N}, Dtype::f64).requires_grad_();
-  Tensor v = randn({N, I}, Dtype::f64).requires_grad_();
+  auto [w, v] = make_weights(I, N);
+  loop_loss(l, w, v).backward();
+  check_grads(w, v, hand_grad(l, I, N), I, N);
+}
+
+TEST_CASE("weight products: a product taller than half a stack is multiplied at once, beside stacked ones") {
+  manual_seed(17);
+  // 2 KiB per row: a stack holds 2048 rows, so the 1500-row step is not copied.
+  constexpr std::int64_t I = 128, N = 128;
+  Loop l = make_loop(3, 2, I, N);
+  const Loop tall = make_loop(1, 1500, I, N);
+  l.xs.insert(l.xs.begin() + 1, tall.xs[0]);
+  l.cs.insert(l.cs.begin() + 1, tall.cs[0]);
+  auto [w, v] = make_weights(I, N);
   loop_loss(l, w, v).backward();
   check_grads(w, v, hand_grad(l, I, N), I, N);
 }
@@ -98,8 +116,7 @@ TEST_CASE("weight products: backward, xg::grad and an anomaly-checked backward a
   manual_seed(13);
   constexpr std::int64_t T = 9, B = 4, I = 6, N = 5;
   const Loop l = make_loop(T, B, I, N);
-  Tensor w = randn({I, N}, Dtype::f64).requires_grad_();
-  Tensor v = randn({N, I}, Dtype::f64).requires_grad_();
+  auto [w, v] = make_weights(I, N);
   const std::vector<Tensor> g = xg::grad({loop_loss(l, w, v)}, {w, v});
   {
     DetectAnomalyGuard guard;
@@ -157,8 +174,7 @@ TEST_CASE("weight products: a leaf reached by products and by other ops sums bot
   manual_seed(16);
   constexpr std::int64_t T = 5, B = 3, I = 4, N = 2;
   const Loop l = make_loop(T, B, I, N);
-  Tensor w = randn({I, N}, Dtype::f64).requires_grad_();
-  Tensor v = randn({N, I}, Dtype::f64).requires_grad_();
+  auto [w, v] = make_weights(I, N);
   // + sum(w ⊙ w) + sum(v ⊙ v): 2w and 2v on top of the products' sums.
   auto loss = [&] { return add(loop_loss(l, w, v), add(sum(mul(w, w)), sum(mul(v, v)))); };
   const std::vector<Tensor> g = xg::grad({loss()}, {v, w});
