@@ -1211,7 +1211,8 @@ std::vector<Tensor> walk(const std::vector<Tensor>& roots, const std::vector<Ten
           if (r.rhs.defined()) {
             const Tensor& lhs = slots[j];
             const bool fits = lhs.ndim() == 2 && r.rhs.ndim() == 2 && want.size() == 2 &&
-                              lhs.shape()[1] == want[0] && r.rhs.shape()[1] == want[1] && lhs.dtype() == want_dt;
+                              lhs.shape()[0] == r.rhs.shape()[0] && lhs.shape()[1] == want[0] &&
+                              r.rhs.shape()[1] == want[1] && lhs.dtype() == want_dt && r.rhs.dtype() == want_dt;
             if (!fits) {
               throw StateError(fmt::format(
                   "backward of '{}' (tape node #{}): the gradient for input {} is the product lhsᵀ · rhs of {} {} "

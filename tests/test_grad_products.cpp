@@ -193,3 +193,28 @@ TEST_CASE("weight products: a leaf reached by products and by other ops sums bot
     }
   }
 }
+
+TEST_CASE("weight products: a set_product of the wrong shape or rank is a StateError naming the op") {
+  Tensor w = randn({3, 4}, Dtype::f64).requires_grad_();
+  const Tensor x = randn({2, 3}, Dtype::f64);
+  // lhs [K, M], rhs [K, N] must give w's [3, 4]; each case breaks one rule.
+  const std::vector<std::pair<Shape, Shape>> bad{
+      {Shape{2, 4}, Shape{2, 4}}, {Shape{2, 3}, Shape{2, 5}}, {Shape{2, 3}, Shape{5, 4}}, {Shape{6}, Shape{2, 4}}};
+  for (const auto& [ls, rs] : bad) {
+    CAPTURE(ls.str());
+    CAPTURE(rs.str());
+    Tensor y = matmul(x, w.detach());
+    record("bad_product", y, {&w}, [ls, rs](const Tensor&, GradSlots& dx) {
+      dx.set_product(0, zeros(ls, Dtype::f64), zeros(rs, Dtype::f64));
+    });
+    try {
+      sum(y).backward();
+      FAIL("no error");
+    } catch (const StateError& e) {
+      const std::string m = e.what();
+      CHECK(m.find("bad_product") != std::string::npos);
+      CHECK((m.find(ls.str()) != std::string::npos || m.find("[3,4]") != std::string::npos));
+    }
+    CHECK(!w.grad().defined());
+  }
+}
