@@ -247,12 +247,7 @@ Tensor broadcast_to(const Tensor& x, const Shape& shape) {
   Tensor y = Tensor::empty(shape, x.dtype());
   // x's values repeated whole (a scalar, or x's shape a suffix of the target after leading
   // 1s: mean's and a bias's backward) are copies of one block, not an xtensor broadcast.
-  const Shape& xs = x.shape();
-  int lead = 0;
-  while (lead < xs.size() && xs[lead] == 1) ++lead;
-  bool suffix = xs.size() - lead <= shape.size();
-  for (int i = lead; suffix && i < xs.size(); ++i) suffix = xs[i] == shape[shape.size() - xs.size() + i];
-  if (suffix && x.numel() > 0) {
+  if (detail::repeats_into(x.shape(), shape) && x.numel() > 0) {
     const std::size_t es = dtype_size(x.dtype());
     const std::int64_t block = x.numel(), reps = y.numel() / block;
     const auto* src = static_cast<const unsigned char*>(x.data_ptr());

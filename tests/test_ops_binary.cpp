@@ -56,6 +56,8 @@ const std::vector<Pair> kPairs = {
     {{3, 4}, {3, 4}, {3, 4}},  {{3, 1}, {1, 4}, {3, 4}}, {{2, 3}, {3}, {2, 3}},
     {{4}, {}, {4}},            {{}, {4}, {4}},           {{1}, {2, 1, 3}, {2, 1, 3}},
     {{2, 1, 3}, {1}, {2, 1, 3}}, {{}, {}, {}},
+    // A block repeated along leading dims (the row loop), on either side.
+    {{1, 3}, {4, 2, 3}, {4, 2, 3}}, {{4, 2, 3}, {2, 3}, {4, 2, 3}},
 };
 
 using BinOp = Tensor (*)(const Tensor&, const Tensor&);

@@ -55,6 +55,19 @@ void binary_kernel(const Tensor& a, const Tensor& b, Tensor& out, F&& f) {
   }
 }
 
+// True when x's values, repeated whole, make a tensor of shape `to` in row-major order:
+// x's shape without its leading 1s is a suffix of `to` (a scalar, a bias row [N] or [1, N]).
+inline bool repeats_into(const Shape& x, const Shape& to) {
+  int lead = 0;
+  while (lead < x.size() && x[lead] == 1) ++lead;
+  const int rest = x.size() - lead;
+  if (rest > to.size()) return false;
+  for (int i = 0; i < rest; ++i) {
+    if (x[lead + i] != to[to.size() - rest + i]) return false;
+  }
+  return true;
+}
+
 // As binary_kernel, for f built from arithmetic operators only: with equal shapes f is
 // called on scalars in a plain loop (gcc vectorises + - * /, and a small tensor skips
 // xtensor's per-assignment shape logic, most of the cost of a 1x1 op).
@@ -66,9 +79,27 @@ void arith_kernel(const Tensor& a, const Tensor& b, Tensor& out, F&& f) {
     T* po = static_cast<T*>(out.data_ptr());
     const std::int64_t n = out.numel();
     for (std::int64_t i = 0; i < n; ++i) po[i] = f(pa[i], pb[i]);
-  } else {
-    binary_kernel<T>(a, b, out, f);
+    return;
   }
+  // One operand full-shape, the other a block repeated along the leading dims (a bias
+  // row, a scalar): a loop per repeat, no xtensor broadcast.
+  const std::int64_t n = out.numel(), na = a.numel(), nb = b.numel();
+  const bool a_full = a.shape() == out.shape(), b_full = b.shape() == out.shape();
+  if (n > 0 && ((a_full && repeats_into(b.shape(), out.shape())) || (b_full && repeats_into(a.shape(), out.shape())))) {
+    const T* pa = static_cast<const T*>(a.data_ptr());
+    const T* pb = static_cast<const T*>(b.data_ptr());
+    T* po = static_cast<T*>(out.data_ptr());
+    const std::int64_t block = a_full ? nb : na;
+    for (std::int64_t r = 0; r < n; r += block) {
+      if (a_full) {
+        for (std::int64_t i = 0; i < block; ++i) po[r + i] = f(pa[r + i], pb[i]);
+      } else {
+        for (std::int64_t i = 0; i < block; ++i) po[r + i] = f(pa[i], pb[r + i]);
+      }
+    }
+    return;
+  }
+  binary_kernel<T>(a, b, out, f);
 }
 
 // A new tensor shaped like a with out[i] = f(a[i], b[i]) (a, b same shape and dtype).
