@@ -13,6 +13,7 @@
 
 #include "../backend/detail/blas.hpp"
 #include "detail/kernels.hpp"
+#include "detail/matmul_t.hpp"
 #include "detail/packed_cache.hpp"
 #include "factory.hpp"
 #include "ops.hpp"
@@ -100,18 +101,17 @@ bool by_packed(const Tensor& w, bool trans, std::int64_t M, std::int64_t K, std:
   return true;
 }
 
-// matmul's backward as recorded matmuls on views (create_graph): every rank pair is
-// [nb, M, K] x [nb, K, N] after a reshape, as in the forward, and the reshapes and
-// transposes are recorded too, so the gradients are differentiable again.
+// matmul's backward as recorded products on views (create_graph): every rank pair is
+// [nb, M, K] x [nb, K, N] after a reshape, as in the forward; the transposes are flags of
+// matmul_t, so the gradients are differentiable again without transposed copies.
 void matmul_backward_recorded(const Tensor& a, const Tensor& b, const Tensor& g, const Mm& p, GradSlots& dx) {
   const bool batched = p.nb > 1;
   auto as3 = [&](const Tensor& t, std::int64_t r, std::int64_t c) {
     return batched ? reshape(t, Shape{p.nb, r, c}) : reshape(t, Shape{r, c});
   };
-  auto tr = [&](const Tensor& t) { return batched ? transpose(t, 1, 2) : transpose(t, 0, 1); };
   const Tensor g3 = as3(g, p.M, p.N);
-  if (dx.needs(0)) dx[0] = reshape(matmul(g3, tr(as3(b, p.K, p.N))), dx.shape(0));  // g . bᵀ
-  if (dx.needs(1)) dx[1] = reshape(matmul(tr(as3(a, p.M, p.K)), g3), dx.shape(1));  // aᵀ . g
+  if (dx.needs(0)) dx[0] = reshape(detail::matmul_t(g3, false, as3(b, p.K, p.N), true), dx.shape(0));  // g . bᵀ
+  if (dx.needs(1)) dx[1] = reshape(detail::matmul_t(as3(a, p.M, p.K), true, g3, false), dx.shape(1));  // aᵀ . g
 }
 
 }  // namespace
@@ -213,7 +213,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
         // create_graph: the same three products as recorded ops on [n, *] views
         const Tensor g2 = reshape(g, Shape{n, out});
         if (dx.needs(0)) dx[0] = reshape(matmul(g2, weight.get()), dx.shape(0));
-        if (dx.needs(1)) dx[1] = matmul(transpose(g2, 0, 1), reshape(x.get(), Shape{n, in}));
+        if (dx.needs(1)) dx[1] = detail::matmul_t(g2, true, reshape(x.get(), Shape{n, in}), false);
         if (dx.needs(2)) dx[2] = sum(g2, {0});
         return;
       }
@@ -244,6 +244,53 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
         }
         return 0;
       });
+    });
+  }
+  return y;
+}
+
+// ---------------------------------------------------------------------------
+// matmul_t
+// ---------------------------------------------------------------------------
+
+Tensor detail::matmul_t(const Tensor& a, bool ta, const Tensor& b, bool tb) {
+  detail::check_same_float("matmul_t", a, b);
+  const Shape& sa = a.shape();
+  const Shape& sb = b.shape();
+  const char* ops[2] = {"", "ᵀ"};
+  if (sa.size() != sb.size() || (sa.size() != 2 && sa.size() != 3)) {
+    throw ShapeError(fmt::format("matmul_t: {}{} x {}{}: both operands must be 2-D or both 3-D (batched)", sa.str(),
+                                 ops[ta], sb.str(), ops[tb]));
+  }
+  const bool batched = sa.size() == 3;
+  const int r = batched ? 1 : 0;
+  if (batched && sa[0] != sb[0]) {
+    throw ShapeError(fmt::format("matmul_t: {} x {}: batch sizes differ ({} vs {})", sa.str(), sb.str(), sa[0], sb[0]));
+  }
+  const std::int64_t nb = batched ? sa[0] : 1;
+  const std::int64_t M = ta ? sa[r + 1] : sa[r], K = ta ? sa[r] : sa[r + 1];
+  const std::int64_t Kb = tb ? sb[r + 1] : sb[r], N = tb ? sb[r] : sb[r + 1];
+  if (K != Kb) {
+    throw ShapeError(fmt::format("matmul_t: {}{} x {}{}: inner dimensions differ ({} vs {})", sa.str(), ops[ta],
+                                 sb.str(), ops[tb], K, Kb));
+  }
+  const Shape out = batched ? Shape{nb, M, N} : Shape{M, N};
+  if (!numel_fits("matmul_t", out)) throw_numel_error(fmt::format("matmul_t: {} x {}: the result", sa.str(), sb.str()), out);
+  Tensor y = Tensor::empty(out, a.dtype());
+  dispatch_float("matmul_t", a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const std::int64_t lda = sa[r + 1], ldb = sb[r + 1];
+    for (std::int64_t i = 0; i < nb; ++i) {
+      gemm<T>(ta, tb, M, N, K, T(1), a.data<T>() + i * sa[r] * lda, lda, b.data<T>() + i * sb[r] * ldb, ldb, T(0),
+              y.data<T>() + i * M * N, N);
+    }
+    return 0;
+  });
+  if (needs_record({&a, &b})) {
+    // d(op(A) op(B)) = G op(B)ᵀ, op(A)ᵀ G, each written as matmul_t of the stored operands
+    record("matmul_t", y, {&a, &b}, [a = save(a, 0), b = save(b, 1), ta, tb](const Tensor& g, GradSlots& dx) {
+      if (dx.needs(0)) dx[0] = ta ? matmul_t(b.get(), tb, g, true) : matmul_t(g, false, b.get(), !tb);
+      if (dx.needs(1)) dx[1] = tb ? matmul_t(g, true, a.get(), ta) : matmul_t(a.get(), !ta, g, false);
     });
   }
   return y;

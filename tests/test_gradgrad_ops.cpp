@@ -5,12 +5,14 @@
 // second derivatives against formulas worked out by hand, so a gradient that silently
 // became a constant (zero second derivative) fails even where a check of first
 // derivatives would pass.
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "../autograd/detail/matmul_t.hpp"
 #include "helpers.hpp"
 
 using namespace xg;
@@ -497,6 +499,58 @@ TEST_CASE("gradgradcheck: linear with and without bias, 1-D to 3-D input") {
     gradgrad_ok([](const std::vector<Tensor>& in) { return tanh(linear(in[0], in[1], in[2])); }, {x, w, b});
     gradgrad_ok([](const std::vector<Tensor>& in) { return pow(linear(in[0], in[1]), 2.0); }, {x, w});
   }
+}
+
+// matmul_t: the product with transpose flags that matmul's and linear's create_graph
+// backwards record.
+TEST_CASE("matmul_t: every flag pair, 2-D and batched, equals matmul of explicit transposes; gradcheck and gradgradcheck") {
+  std::uint64_t seed = 300;
+  // (M, K, N, batch): batch 0 is 2-D. Sizes of 1 included.
+  const std::vector<std::array<std::int64_t, 4>> dims{{2, 3, 4, 0}, {1, 3, 1, 0}, {3, 1, 2, 0}, {2, 3, 2, 2}, {1, 2, 3, 1}};
+  for (const auto& [M, K, N, nb] : dims) {
+    for (const bool ta : {false, true}) {
+      for (const bool tb : {false, true}) {
+        CAPTURE(M);
+        CAPTURE(K);
+        CAPTURE(N);
+        CAPTURE(nb);
+        CAPTURE(ta);
+        CAPTURE(tb);
+        auto shape = [&](std::int64_t r, std::int64_t c) { return nb > 0 ? Shape{nb, r, c} : Shape{r, c}; };
+        const Tensor a = rnd(ta ? shape(K, M) : shape(M, K), -1, 1, ++seed);
+        const Tensor b = rnd(tb ? shape(N, K) : shape(K, N), -1, 1, ++seed);
+        const int d0 = nb > 0 ? 1 : 0;
+        const Tensor want = matmul(ta ? transpose(a, d0, d0 + 1) : a, tb ? transpose(b, d0, d0 + 1) : b);
+        const Tensor got = detail::matmul_t(a, ta, b, tb);
+        REQUIRE(got.shape() == want.shape());
+        check_close(got, want, 1e-14);
+        auto f = [ta, tb](const std::vector<Tensor>& in) { return detail::matmul_t(in[0], ta, in[1], tb); };
+        auto f2 = [ta, tb](const std::vector<Tensor>& in) { return pow(detail::matmul_t(in[0], ta, in[1], tb), 2.0); };
+        xgtest::gradcheck_ok(f, {a, b});
+        gradgrad_ok(f, {a, b});
+        gradgrad_ok(f2, {a, b});
+      }
+    }
+  }
+}
+
+TEST_CASE("matmul_t: bad operands are a ShapeError or DtypeError naming matmul_t and the shapes") {
+  const Tensor a = rnd({2, 3}, -1, 1, 1), b = rnd({3, 4}, -1, 1, 2);
+  auto msg = [](auto&& f) -> std::string {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  CHECK_THROWS_AS(detail::matmul_t(a, true, b, false), ShapeError);  // [3,2] x [3,4]
+  CHECK(msg([&] { detail::matmul_t(a, true, b, false); }).find("matmul_t: [2,3]") != std::string::npos);
+  CHECK_THROWS_AS(detail::matmul_t(a, false, rnd({2, 3, 4}, -1, 1, 3), false), ShapeError);  // ranks differ
+  CHECK_THROWS_AS(detail::matmul_t(rnd({2, 2, 3}, -1, 1, 4), false, rnd({3, 3, 4}, -1, 1, 5), false), ShapeError);
+  CHECK_THROWS_AS(detail::matmul_t(rnd({3}, -1, 1, 6), false, rnd({3}, -1, 1, 7), false), ShapeError);  // 1-D
+  CHECK_THROWS_AS(detail::matmul_t(a, false, b.to(f32), false), DtypeError);
+  CHECK(msg([&] { detail::matmul_t(a, false, rnd({2, 3, 4}, -1, 1, 3), false); }).find("matmul_t") != std::string::npos);
 }
 
 TEST_CASE("linear's create_graph backward on an empty batch: exactly zero weight and bias gradients") {
