@@ -3,6 +3,7 @@
 // walk that throws leaves behind, and the bytes a T-step loop's backward asks for.
 #include <array>
 #include <cstdint>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -77,10 +78,13 @@ void check_grads(const Tensor& w, const Tensor& v, const std::vector<double>& wa
 
 TEST_CASE("weight products: a loop's stacked weight gradients equal the hand sum, for matmul and linear") {
   manual_seed(11);
-  for (auto [T, B, I, N] : std::vector<std::array<std::int64_t, 4>>{{1, 1, 1, 1}, {7, 3, 4, 5}, {16, 2, 9, 3}}) {
+  // Not a structured binding: clang 14 cannot capture those (CAPTURE, lambdas).
+  for (const auto& d : std::vector<std::array<std::int64_t, 4>>{{1, 1, 1, 1}, {7, 3, 4, 5}, {16, 2, 9, 3}}) {
+    const std::int64_t T = d[0], B = d[1], I = d[2], N = d[3];
     CAPTURE(T);
     const Loop l = make_loop(T, B, I, N);
-    auto [w, v] = make_weights(I, N);
+    Tensor w, v;
+    std::tie(w, v) = make_weights(I, N);
     loop_loss(l, w, v).backward();
     check_grads(w, v, hand_grad(l, I, N), I, N);
     // A second backward adds onto the gradients already there.
@@ -94,7 +98,8 @@ TEST_CASE("weight products: stacks past 4 MiB are multiplied out early and the s
   // 160 KiB of rows per step and leaf: 60 steps flush each stack twice.
   constexpr std::int64_t T = 60, B = 64, I = 64, N = 256;
   const Loop l = make_loop(T, B, I, N);
-  auto [w, v] = make_weights(I, N);
+  Tensor w, v;
+  std::tie(w, v) = make_weights(I, N);
   loop_loss(l, w, v).backward();
   check_grads(w, v, hand_grad(l, I, N), I, N);
 }
@@ -107,7 +112,8 @@ TEST_CASE("weight products: a product taller than half a stack is multiplied at 
   const Loop tall = make_loop(1, 1500, I, N);
   l.xs.insert(l.xs.begin() + 1, tall.xs[0]);
   l.cs.insert(l.cs.begin() + 1, tall.cs[0]);
-  auto [w, v] = make_weights(I, N);
+  Tensor w, v;
+  std::tie(w, v) = make_weights(I, N);
   loop_loss(l, w, v).backward();
   check_grads(w, v, hand_grad(l, I, N), I, N);
 }
@@ -116,7 +122,8 @@ TEST_CASE("weight products: backward, xg::grad and an anomaly-checked backward a
   manual_seed(13);
   constexpr std::int64_t T = 9, B = 4, I = 6, N = 5;
   const Loop l = make_loop(T, B, I, N);
-  auto [w, v] = make_weights(I, N);
+  Tensor w, v;
+  std::tie(w, v) = make_weights(I, N);
   const std::vector<Tensor> g = xg::grad({loop_loss(l, w, v)}, {w, v});
   {
     DetectAnomalyGuard guard;
@@ -174,7 +181,8 @@ TEST_CASE("weight products: a leaf reached by products and by other ops sums bot
   manual_seed(16);
   constexpr std::int64_t T = 5, B = 3, I = 4, N = 2;
   const Loop l = make_loop(T, B, I, N);
-  auto [w, v] = make_weights(I, N);
+  Tensor w, v;
+  std::tie(w, v) = make_weights(I, N);
   // + sum(w ⊙ w) + sum(v ⊙ v): 2w and 2v on top of the products' sums.
   auto loss = [&] { return add(loop_loss(l, w, v), add(sum(mul(w, w)), sum(mul(v, v)))); };
   const std::vector<Tensor> g = xg::grad({loss()}, {v, w});
@@ -200,7 +208,8 @@ TEST_CASE("weight products: a set_product of the wrong shape or rank is a StateE
   // lhs [K, M], rhs [K, N] must give w's [3, 4]; each case breaks one rule.
   const std::vector<std::pair<Shape, Shape>> bad{
       {Shape{2, 4}, Shape{2, 4}}, {Shape{2, 3}, Shape{2, 5}}, {Shape{2, 3}, Shape{5, 4}}, {Shape{6}, Shape{2, 4}}};
-  for (const auto& [ls, rs] : bad) {
+  for (const auto& pair : bad) {
+    const Shape ls = pair.first, rs = pair.second;
     CAPTURE(ls.str());
     CAPTURE(rs.str());
     Tensor y = matmul(x, w.detach());

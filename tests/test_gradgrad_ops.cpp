@@ -507,7 +507,8 @@ TEST_CASE("matmul_t: every flag pair, 2-D and batched, equals matmul of explicit
   std::uint64_t seed = 300;
   // (M, K, N, batch): batch 0 is 2-D. Sizes of 1 included.
   const std::vector<std::array<std::int64_t, 4>> dims{{2, 3, 4, 0}, {1, 3, 1, 0}, {3, 1, 2, 0}, {2, 3, 2, 2}, {1, 2, 3, 1}};
-  for (const auto& [M, K, N, nb] : dims) {
+  for (const auto& d : dims) {
+    const std::int64_t M = d[0], K = d[1], N = d[2], nb = d[3];
     for (const bool ta : {false, true}) {
       for (const bool tb : {false, true}) {
         CAPTURE(M);
