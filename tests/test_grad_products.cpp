@@ -74,6 +74,14 @@ void check_grads(const Tensor& w, const Tensor& v, const std::vector<double>& wa
   CHECK(worst < 1e-12);
 }
 
+// Fresh weights, one backward of loop_loss, the gradients against the hand sum.
+void backward_matches_hand(const Loop& l, std::int64_t I, std::int64_t N) {
+  Tensor w, v;
+  std::tie(w, v) = make_weights(I, N);
+  loop_loss(l, w, v).backward();
+  check_grads(w, v, hand_grad(l, I, N), I, N);
+}
+
 }  // namespace
 
 TEST_CASE("weight products: a loop's stacked weight gradients equal the hand sum, for matmul and linear") {
@@ -97,11 +105,7 @@ TEST_CASE("weight products: stacks past 4 MiB are multiplied out early and the s
   manual_seed(12);
   // 160 KiB of rows per step and leaf: 60 steps flush each stack twice.
   constexpr std::int64_t T = 60, B = 64, I = 64, N = 256;
-  const Loop l = make_loop(T, B, I, N);
-  Tensor w, v;
-  std::tie(w, v) = make_weights(I, N);
-  loop_loss(l, w, v).backward();
-  check_grads(w, v, hand_grad(l, I, N), I, N);
+  backward_matches_hand(make_loop(T, B, I, N), I, N);
 }
 
 TEST_CASE("weight products: a product taller than half a stack is multiplied at once, beside stacked ones") {
@@ -112,10 +116,7 @@ TEST_CASE("weight products: a product taller than half a stack is multiplied at 
   const Loop tall = make_loop(1, 1500, I, N);
   l.xs.insert(l.xs.begin() + 1, tall.xs[0]);
   l.cs.insert(l.cs.begin() + 1, tall.cs[0]);
-  Tensor w, v;
-  std::tie(w, v) = make_weights(I, N);
-  loop_loss(l, w, v).backward();
-  check_grads(w, v, hand_grad(l, I, N), I, N);
+  backward_matches_hand(l, I, N);
 }
 
 TEST_CASE("weight products: backward, xg::grad and an anomaly-checked backward agree") {
