@@ -7,11 +7,14 @@
 //   gru_loop      PyTorch's GRU equations from ops
 //   nn_lstm, nn_gru  the built-in modules
 // The same cells in PyTorch (eager and TorchScript): bench/torch_customcell.py.
+// The LSTM rows also carry gemm_floor_ms: the same GEMMs alone (x_gemm_floor = cpu_ms over it).
 #include <time.h>
 
 #include <cmath>
 
 #include "bench_common.hpp"
+#include "xgrad/backend/detail/blas.hpp"  // detail::gemm, for the GEMM floor
+#include "xgrad/backend/detail/packed_gemm.hpp"
 
 namespace bench {
 
@@ -118,6 +121,35 @@ struct GruFromOps {
   }
 };
 
+// The GEMMs of one forward + backward of the LSTM from ops (the loop, or hoisted: one
+// x W_ih for the whole sequence), alone and as xgrad runs them: the per-step products on
+// W_ih / W_hh packed once (the packed-parameter cache), the weight gradients as one product
+// over all T * B rows (GradSlots::set_product). nn::LSTM runs the hoisted set. Median ms.
+double lstm_gemm_floor_ms(const Size& sz, std::int64_t T, bool hoisted, int reps) {
+  const std::int64_t B = sz.B, H = sz.H, G = 4 * H, TB = T * B;
+  std::vector<float> x(std::size_t(TB * H), 0.01f), w(std::size_t(H * G), 0.02f), g(std::size_t(TB * G), 0.03f);
+  std::vector<float> out(std::size_t(TB * G), 0.0f), dw(std::size_t(H * G), 0.0f);
+  std::vector<double> ms;
+  for (int r = 0; r < reps + 1; ++r) {
+    const double t0 = cpu_ms();
+    const detail::PackedB<float> w_fwd(false, H, G, w.data(), G);  // h · W
+    const detail::PackedB<float> w_bwd(true, G, H, w.data(), G);   // g · Wᵀ
+    if (hoisted) {
+      detail::gemm<float>(false, false, TB, G, H, 1.0f, x.data(), H, w.data(), G, 0.0f, out.data(), G);
+    } else {
+      for (std::int64_t t = 0; t < T; ++t) w_fwd.gemm_acc(B, x.data() + t * B * H, H, out.data() + t * B * G, G);
+    }
+    for (std::int64_t t = 0; t < T; ++t) w_fwd.gemm_acc(B, x.data() + t * B * H, H, out.data() + t * B * G, G);
+    for (std::int64_t t = 1; t < T; ++t) w_bwd.gemm_acc(B, g.data() + t * B * G, G, x.data() + t * B * H, H);
+    // d W_ih and d W_hh: [H, G] = Xᵀ G over all rows.
+    for (int k = 0; k < 2; ++k) {
+      detail::gemm<float>(true, false, H, G, TB, 1.0f, x.data(), H, g.data(), G, 0.0f, dw.data(), G);
+    }
+    if (r > 0) ms.push_back(cpu_ms() - t0);
+  }
+  return median(ms);
+}
+
 Result time_cell(const Args& args, const std::string& name, const Size& sz,
                  const std::function<Tensor(const Tensor&)>& forward, const std::vector<Tensor>& params) {
   constexpr std::int64_t T = 64;
@@ -181,6 +213,11 @@ Result customcell(const Args& args) {
     if (r.variant == "nn_lstm" || r.variant == "nn_gru") builtin[r.variant] = r.extra.at("cpu_ms");
   }
   for (Result& r : rows) {
+    if (r.variant == "lstm_loop" || r.variant == "lstm_hoisted" || r.variant == "nn_lstm") {
+      const double floor = lstm_gemm_floor_ms(sz, 64, r.variant != "lstm_loop", args.steps_or(12));
+      r.extra["gemm_floor_ms"] = floor;
+      r.extra["x_gemm_floor"] = r.extra.at("cpu_ms") / floor;
+    }
     const char* family = r.variant == "gru_loop" || r.variant == "nn_gru" ? "nn_gru" : "nn_lstm";
     // Against the built-in module in CPU time, which a busy machine does not inflate.
     if (builtin.count(family) && r.variant != family) r.extra["x_builtin"] = r.extra.at("cpu_ms") / builtin[family];
