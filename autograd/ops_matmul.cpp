@@ -97,10 +97,7 @@ bool by_packed(const Tensor& w, bool trans, std::int64_t M, std::int64_t K, std:
   const detail::PackedB<T>* pw = detail::packed_parameter<T>(w, trans, M, K, N);
   if (pw == nullptr) return false;
   if (!accumulate) std::fill_n(C, M * N, T(0));
-  // Blocks of rows, as the per-step products run: the block of A stays in cache while the
-  // panels stream past it.
-  constexpr std::int64_t kRows = 128;
-  for (std::int64_t r = 0; r < M; r += kRows) pw->gemm_acc(std::min(kRows, M - r), A + r * K, K, C + r * N, N);
+  pw->gemm_acc(M, A, K, C, N);
   return true;
 }
 

@@ -28,6 +28,8 @@ namespace xg::detail {
 
 namespace {
 
+// Past this many rows the GEMM's own packing costs under 1/256 of its multiply.
+constexpr std::int64_t kMaxRows = 256;
 constexpr std::size_t kMaxEntries = 64;
 constexpr std::int64_t kMaxBytes = std::int64_t{256} << 20;
 
@@ -89,7 +91,7 @@ template <class T>
 const PackedB<T>* packed_parameter(const Tensor& w, bool trans, std::int64_t M, std::int64_t K, std::int64_t N) {
   const TensorImpl* t = w.impl();
   if (t == nullptr || !t->requires_grad || t->node != kNoNode || t->header().external) return nullptr;
-  if (M <= 0 || K <= 0 || N <= 0 || !packed_gemm_pays(M, N, K)) return nullptr;
+  if (M > kMaxRows || M <= 0 || K <= 0 || N <= 0 || !packed_gemm_pays(M, N, K)) return nullptr;
   const std::int64_t bytes = K * N * static_cast<std::int64_t>(sizeof(T));
   if (bytes > kMaxBytes / 2) return nullptr;
   Cache& c = cache();

@@ -12,9 +12,8 @@ namespace xg::detail {
 // op(w) [K, N] (w stored [K, N], or [N, K] when trans) packed for PackedB::gemm_acc, for
 // a product with M rows; null when the plain GEMM is the better path: w is not a
 // parameter (a leaf that requires grad), its storage is the caller's (from_blob: writes
-// into it are not seen), or the packed kernel does not pay here (a product large enough
-// for several BLAS threads to split). A tall product runs on the panels in blocks of rows:
-// on this kernel that beat the BLAS by 5-25% even where packing per call is amortised. The pointer is valid until the next call on
+// into it are not seen), M is large enough that packing per call is already amortised,
+// or the packed kernel does not pay here. The pointer is valid until the next call on
 // this thread.
 template <class T>
 const PackedB<T>* packed_parameter(const Tensor& w, bool trans, std::int64_t M, std::int64_t K, std::int64_t N);
