@@ -23,7 +23,7 @@ void check_pair(const Tensor& lhs, const Tensor& rhs) {
   }
 }
 
-// c (= or +=) aᵀ · b over the first `rows` rows of a [*, M] and b [*, N].
+// c = aᵀ · b over the first `rows` rows of a [*, M] and b [*, N].
 void product_into(const Tensor& a, const Tensor& b, std::int64_t rows, Tensor& c) {
   const std::int64_t M = a.shape()[1], N = b.shape()[1];
   dispatch_float("set_product", a.dtype(), [&](auto tag) {
@@ -61,6 +61,7 @@ Tensor product_now(const Tensor& lhs, const Tensor& rhs) {
 Tensor ProductStacks::multiply(Stack& s) {
   Tensor c = Tensor::empty(Shape{s.lhs.shape()[1], s.rhs.shape()[1]}, s.lhs.dtype());
   product_into(s.lhs, s.rhs, s.rows, c);
+  bytes_ -= s.rows * (s.lhs.shape()[1] + s.rhs.shape()[1]) * static_cast<std::int64_t>(dtype_size(s.lhs.dtype()));
   s.rows = 0;
   return c;
 }
@@ -80,13 +81,19 @@ Tensor ProductStacks::add(const std::shared_ptr<TensorImpl>& leaf, const Tensor&
   }
   Stack& s = *it;
   Tensor full;
-  if (s.rows + n > limit) {  // full: multiplied out before these rows go in
+  const bool stack_full = s.rows + n > limit;
+  const bool all_full = s.rows > 0 && bytes_ + n * row_bytes > kTotalBytes;
+  if (stack_full || all_full) {  // multiplied out before these rows go in
     s.flushed = true;
     full = multiply(s);
+    // All stacks together are full: this one also gives its room back, so that what the
+    // stacks hold stays near kTotalBytes however many weights there are.
+    if (!stack_full) s.lhs = s.rhs = Tensor();
   }
   append_rows(s.lhs, s.rows, lhs, limit);
   append_rows(s.rhs, s.rows, rhs, limit);
   s.rows += n;
+  bytes_ += n * row_bytes;
   return full;
 }
 
@@ -99,6 +106,7 @@ std::vector<std::pair<std::shared_ptr<TensorImpl>, Tensor>> ProductStacks::take_
     if (s.rows > 0 || !s.flushed) out.emplace_back(s.leaf, multiply(s));
   }
   stacks_.clear();
+  bytes_ = 0;
   return out;
 }
 

@@ -125,7 +125,8 @@ thread_local std::deque<Tensor> t_attached;
 // The running backward function read a saved value with history (under create_graph).
 thread_local bool t_read_history = false;
 thread_local bool t_anomaly = false;
-// The weight-gradient products (GradSlots::set_product) of the running plain walk.
+// The weight-gradient products (GradSlots::set_product) of the running walk without
+// create_graph.
 thread_local detail::ProductStacks t_products;
 thread_local bool t_tape_alive = false;
 thread_local std::uint32_t t_tape_id = 0;  // this thread's tape, 0 before it exists

@@ -17,11 +17,13 @@ Tensor product_now(const Tensor& lhs, const Tensor& rhs);
 // gradient. Each is a thin GEMM (K = the batch size), and each result is then added into
 // W.grad: T passes over a weight-sized tensor. Stacking the rows of every x_t and g_t and
 // multiplying once, Σ_t x_tᵀ g_t = Xᵀ G, is one GEMM with K = T * B, the product a fused
-// recurrent module computes. A stack is multiplied out early when it passes kFlushBytes,
-// so memory stays bounded whatever T is.
+// recurrent module computes. A stack is multiplied out early when it would pass
+// kFlushBytes, or when all stacks together would pass kTotalBytes (a model with many
+// weights), so memory stays bounded whatever T and the number of weights are.
 class ProductStacks {
  public:
   static constexpr std::int64_t kFlushBytes = std::int64_t{4} << 20;
+  static constexpr std::int64_t kTotalBytes = std::int64_t{16} << 20;
   // Appends lhs's rows and rhs's rows to leaf's stack. Returns a product for the caller to
   // add into the leaf's gradient: the stack's sum when these rows would pass kFlushBytes
   // (multiplied out first, the stack emptied), or lhsᵀ · rhs itself when it is taller than
@@ -32,7 +34,10 @@ class ProductStacks {
   // the stacks are emptied.
   std::vector<std::pair<std::shared_ptr<TensorImpl>, Tensor>> take_all();
   // Drops every stack (a walk that threw).
-  void clear() { stacks_.clear(); }
+  void clear() {
+    stacks_.clear();
+    bytes_ = 0;
+  }
   bool empty() const { return stacks_.empty(); }
 
  private:
@@ -42,8 +47,9 @@ class ProductStacks {
     std::int64_t rows = 0;
     bool flushed = false;  // multiplied out early at least once
   };
-  static Tensor multiply(Stack& s);
+  Tensor multiply(Stack& s);
   std::vector<Stack> stacks_;
+  std::int64_t bytes_ = 0;  // rows held by all stacks
 };
 
 }  // namespace xg::detail
