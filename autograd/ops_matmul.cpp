@@ -279,6 +279,9 @@ Tensor detail::matmul_t(const Tensor& a, bool ta, const Tensor& b, bool tb) {
   Tensor y = Tensor::empty(out, a.dtype());
   dispatch_float("matmul_t", a.dtype(), [&](auto tag) {
     using T = decltype(tag);
+    // A parameter's cached panels serve it here as in matmul (a create_graph backward's
+    // per-step g · W_hhᵀ): no re-packing of W by the BLAS at every step.
+    if (!batched && !ta && by_packed<T>(b, tb, M, K, N, a.data<T>(), y.data<T>(), false)) return 0;
     const std::int64_t lda = sa[r + 1], ldb = sb[r + 1];
     for (std::int64_t i = 0; i < nb; ++i) {
       gemm<T>(ta, tb, M, N, K, T(1), a.data<T>() + i * sa[r] * lda, lda, b.data<T>() + i * sb[r] * ldb, ldb, T(0),

@@ -1,6 +1,7 @@
 // Weight gradients of products stacked per leaf and summed by one GEMM
-// (GradSlots::set_product): values against hand sums, the early flush past 4 MiB, what a
-// walk that throws leaves behind, and the bytes a T-step loop's backward asks for.
+// (GradSlots::set_product): values against hand sums, the early flush past 4 MiB, tall
+// products, the 16 MiB budget of all stacks, xg::grad and anomaly mode, what a walk that
+// throws leaves behind, the bytes a T-step loop's backward asks for, and bad operands.
 #include <array>
 #include <cstdint>
 #include <tuple>

@@ -10,6 +10,7 @@
 
 #include <xgrad/xgrad.hpp>
 
+#include "../autograd/detail/matmul_t.hpp"
 #include "helpers.hpp"
 #include "xgrad/backend/detail/gemm_test_hook.hpp"
 
@@ -191,6 +192,25 @@ TEST_CASE("packed parameters: linear packs Wᵀ for forward and W for backward, 
     xg::sum(xg::mul(y2, y2)).backward();
     CHECK(max_abs_diff(y, y2) < 1e-12);
     CHECK(max_abs_diff(x.grad(), x2.grad()) < 1e-12);
+  }
+}
+
+TEST_CASE("packed parameters: matmul_t (create_graph's g · Wᵀ) uses the panels and agrees with the plain GEMM") {
+  Packed guard;
+  xg::manual_seed(7);
+  for (const bool tb : {false, true}) {
+    CAPTURE(tb);
+    Tensor W = xg::uniform(tb ? xg::Shape{12, 20} : xg::Shape{20, 12}, -1, 1, xg::f64).requires_grad_();
+    const Tensor a = xg::randn({5, 20}, xg::f64);
+    xg::reset_memory_stats();
+    const Tensor y = xg::detail::matmul_t(a, false, W, tb);
+    CHECK(xg::memory_stats().packed_packs == 1);
+    CHECK(max_abs_diff(y, xg::detail::matmul_t(a, false, W.detach(), tb)) < 1e-12);
+    // A transposed left operand is not a packed product: the plain GEMM.
+    xg::reset_memory_stats();
+    const Tensor at = xg::randn({20, 5}, xg::f64);
+    CHECK(max_abs_diff(xg::detail::matmul_t(at, true, W, tb), xg::detail::matmul_t(at, true, W.detach(), tb)) == 0.0);
+    CHECK(xg::memory_stats().packed_packs == 0);
   }
 }
 
